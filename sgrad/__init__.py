@@ -1,0 +1,1 @@
+"""sgrad: train networks with Decoupled Neural Interfaces (synthetic gradients) in JAX."""

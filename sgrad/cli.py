@@ -1,0 +1,49 @@
+"""`sgrad-train`: compose the Hydra config, check it, and call train_and_evaluate in the run dir."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from sgrad.config import ConfigError, register
+from sgrad.overrides import check_overrides
+
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
+log = logging.getLogger("sgrad")
+
+register()
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+def _run(cfg: DictConfig) -> float:
+    from sgrad.data import DatasetError
+    from sgrad.train import DivergenceError, train_and_evaluate
+
+    workdir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        summary = train_and_evaluate(cfg, workdir)
+    except (ConfigError, DatasetError, DivergenceError, ValueError) as e:
+        # One line for the user; the run dir keeps the logs written so far.
+        print(f"sgrad-train: {e}", file=sys.stderr)
+        log.error("%s", e)
+        sys.exit(3 if isinstance(e, DivergenceError) else 2)
+    # The return value lets Hydra sweepers (e.g. optuna) optimise test error.
+    return float(summary.get("test/error", float("nan")))
+
+
+def main() -> None:
+    try:
+        check_overrides(sys.argv[1:], CONFIG_DIR)
+    except ConfigError as e:
+        print(f"sgrad-train: {e}", file=sys.stderr)
+        sys.exit(2)
+    _run()
+
+
+if __name__ == "__main__":
+    main()

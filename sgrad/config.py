@@ -1,0 +1,172 @@
+"""Typed schema of every sgrad setting, registered in Hydra's ConfigStore.
+
+The YAML files under configs/ are validated against these dataclasses, so an
+unknown key or a value of the wrong type fails at start-up, naming the key.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+
+
+class Mode(str, enum.Enum):
+    backprop = "backprop"
+    dni = "dni"
+    cdni = "cdni"
+
+
+class DatasetName(str, enum.Enum):
+    mnist = "mnist"
+    fashion_mnist = "fashion_mnist"
+    kmnist = "kmnist"
+    cifar10 = "cifar10"
+    idx = "idx"
+
+
+class ModelName(str, enum.Enum):
+    fcn = "fcn"
+    cnn = "cnn"
+
+
+class OptimName(str, enum.Enum):
+    adam = "adam"
+    sgd = "sgd"
+
+
+class Schedule(str, enum.Enum):
+    constant = "constant"
+    piecewise = "piecewise"
+    cosine = "cosine"
+
+
+@dataclass
+class DatasetConfig:
+    name: DatasetName = DatasetName.mnist
+    # Folder holding the files; None means $SGRAD_DATA/<name> or ~/.cache/sgrad/<name>.
+    dir: Optional[str] = None
+    download: bool = True
+    num_classes: int = 10
+
+
+@dataclass
+class ModelConfig:
+    name: ModelName = ModelName.fcn
+    layers: int = 4
+    width: int = 256
+    batch_norm: bool = True
+    dni_every: int = 1
+    channels: int = 128
+    kernel: int = 5
+    pool: int = 3
+
+
+@dataclass
+class OptimConfig:
+    name: OptimName = OptimName.adam
+    lr: float = 3e-5
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    schedule: Schedule = Schedule.piecewise
+    boundaries: list[int] = field(default_factory=lambda: [300_000, 400_000])
+    decay_factor: float = 0.1
+    warmup_steps: int = 0
+    clip_norm: float = 0.0
+
+
+@dataclass
+class SGConfig:
+    hidden_layers: int = 2
+    width: int = 1024
+    conv_channels: int = 128
+    kernel: int = 5
+    batch_norm: bool = True
+    scale: float = 1.0
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+
+@dataclass
+class TrainerConfig:
+    steps: int = 500_000
+    epochs: Optional[int] = None
+    batch_size: int = 256
+    eval_every: Optional[int] = None
+    eval_batch_size: int = 1000
+    log_every: int = 100
+    progress: bool = True
+
+
+@dataclass
+class LogConfig:
+    grad_probe_every: int = 500
+    tensorboard: bool = True
+
+
+@dataclass
+class TrainConfig:
+    defaults: list[Any] = field(default_factory=list)
+    mode: Mode = Mode.dni
+    seed: int = 0
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sg: SGConfig = field(default_factory=SGConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+GROUPS = ("dataset", "model", "mode", "optim", "exp")
+
+
+class ConfigError(ValueError):
+    """A setting is outside what sgrad can run; the message names key and allowed values."""
+
+
+def register() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+
+
+def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is not allowed: {key} must be {allowed}")
+
+
+def validate(cfg: Any) -> None:
+    """Range checks that a type system cannot express."""
+    _check(cfg.model.layers >= 2, "model.layers", cfg.model.layers, "an integer >= 2")
+    _check(cfg.model.width >= 1, "model.width", cfg.model.width, "an integer >= 1")
+    _check(cfg.model.channels >= 1, "model.channels", cfg.model.channels, "an integer >= 1")
+    _check(
+        1 <= cfg.model.dni_every < cfg.model.layers,
+        "model.dni_every",
+        cfg.model.dni_every,
+        f"an integer in [1, model.layers-1={cfg.model.layers - 1}] so that at least one interface exists",
+    )
+    _check(cfg.sg.hidden_layers >= 0, "sg.hidden_layers", cfg.sg.hidden_layers, "an integer >= 0 (0 = linear)")
+    _check(cfg.sg.width >= 1, "sg.width", cfg.sg.width, "an integer >= 1")
+    _check(cfg.trainer.steps >= 1, "trainer.steps", cfg.trainer.steps, "an integer >= 1")
+    _check(
+        cfg.trainer.epochs is None or cfg.trainer.epochs >= 1,
+        "trainer.epochs", cfg.trainer.epochs, "null or an integer >= 1",
+    )
+    _check(cfg.trainer.batch_size >= 1, "trainer.batch_size", cfg.trainer.batch_size, "an integer >= 1")
+    _check(
+        cfg.trainer.eval_every is None or cfg.trainer.eval_every >= 1,
+        "trainer.eval_every", cfg.trainer.eval_every, "null (once per epoch) or an integer >= 1",
+    )
+    _check(cfg.trainer.log_every >= 1, "trainer.log_every", cfg.trainer.log_every, "an integer >= 1")
+    _check(cfg.log.grad_probe_every >= 0, "log.grad_probe_every", cfg.log.grad_probe_every, "an integer >= 0 (0 = off)")
+    for prefix, optim in (("optim", cfg.optim), ("sg.optim", cfg.sg.optim)):
+        _check(optim.lr > 0, f"{prefix}.lr", optim.lr, "a float > 0")
+        _check(0 < optim.decay_factor, f"{prefix}.decay_factor", optim.decay_factor, "a float > 0")
+        bounds = list(optim.boundaries)
+        _check(bounds == sorted(bounds) and all(b > 0 for b in bounds), f"{prefix}.boundaries", bounds,
+               "an increasing list of positive step numbers")

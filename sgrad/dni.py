@@ -1,0 +1,222 @@
+"""The decoupled update rule of Jaderberg et al. 2016: modules, interfaces, synthetic gradients, SG targets.
+
+A network is K modules f_1..f_K; interface i (i < K) sits after f_i and has an SG
+model M_i. Gradients here are in *summed-loss units*: the cotangent at h is
+B * dL/dh for the batch-mean loss L, so synthetic gradients do not depend on the
+batch size. Module parameter gradients are returned in mean-loss units.
+
+Everything is explicit VJPs, one per module, so no gradient can reach module i
+from above except through the cotangent it is handed: M_i(h_i) in DNI, the
+chain of true cotangents in backprop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import partial
+from typing import Any, NamedTuple, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+PyTree = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Network:
+    """The static structure: modules f_1..f_K and SG models M_1..M_{K-1} (none for backprop)."""
+
+    modules: tuple[nn.Module, ...]
+    sg_models: tuple[nn.Module, ...]
+    num_classes: int
+    conditioned: bool = False  # cDNI: M_i also sees one-hot(y)
+
+
+def apply_module(module: nn.Module, params: PyTree, stats: PyTree, h: jnp.ndarray,
+                 train: bool) -> tuple[jnp.ndarray, PyTree]:
+    """h_out = f(h) and the module's updated batch-norm statistics (unchanged when not training)."""
+    variables = {"params": params, "batch_stats": stats} if stats else {"params": params}
+    if not train:
+        return module.apply(variables, h, False), stats
+    out, mutated = module.apply(variables, h, True, mutable=["batch_stats"])
+    return out, mutated.get("batch_stats", stats)
+
+
+def apply_sg(model: nn.Module, params: PyTree, stats: PyTree, h: jnp.ndarray,
+             label: jnp.ndarray | None, train: bool) -> tuple[jnp.ndarray, PyTree]:
+    """ĝ = M(h[, label]) and the SG model's updated batch-norm statistics."""
+    variables = {"params": params, "batch_stats": stats} if stats else {"params": params}
+    if not train:
+        return model.apply(variables, h, label, False), stats
+    out, mutated = model.apply(variables, h, label, True, mutable=["batch_stats"])
+    return out, mutated.get("batch_stats", stats)
+
+
+class Forward(NamedTuple):
+    activations: tuple[jnp.ndarray, ...]  # h_1..h_K; h_K are the logits
+    vjps: tuple[Any, ...]                  # vjp_i: cotangent at h_i -> (d params_i, d h_{i-1})
+    stats: tuple[PyTree, ...]              # each module's updated batch-norm statistics
+
+
+def forward(modules: Sequence[nn.Module], params: Sequence[PyTree], stats: Sequence[PyTree],
+            x: jnp.ndarray) -> Forward:
+    """Training-mode forward pass that keeps each module's VJP for the local updates."""
+    h, acts, vjps, new_stats = x, [], [], []
+    for f, p, s in zip(modules, params, stats):
+        h, vjp, s_new = jax.vjp(partial(_module_train, f, s), p, h, has_aux=True)
+        acts.append(h)
+        vjps.append(vjp)
+        new_stats.append(s_new)
+    return Forward(tuple(acts), tuple(vjps), tuple(new_stats))
+
+
+def _module_train(module, stats, params, h):
+    return apply_module(module, params, stats, h, True)
+
+
+def loss_and_top_gradient(logits: jnp.ndarray, labels: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Mean cross-entropy and its gradient at the logits in summed-loss units."""
+    def summed(l):
+        return optax.softmax_cross_entropy_with_integer_labels(l, labels).sum()
+    total, grad = jax.value_and_grad(summed)(logits)
+    return total / logits.shape[0], grad
+
+
+def _scale(tree: PyTree, factor) -> PyTree:
+    return jax.tree.map(lambda g: g * factor, tree)
+
+
+def backprop_chain(fwd: Forward, top_gradient: jnp.ndarray) -> tuple[tuple[PyTree, ...], tuple[jnp.ndarray, ...]]:
+    """Plain backprop through the module VJPs.
+
+    Returns each module's parameter gradient (mean-loss units) and the true
+    gradient at every interface h_1..h_{K-1} (summed-loss units).
+    """
+    batch = top_gradient.shape[0]
+    k = len(fwd.vjps)
+    grads: list[PyTree] = [None] * k
+    interface: list[jnp.ndarray] = [None] * (k - 1)
+    cot = top_gradient
+    for i in reversed(range(k)):
+        d_params, cot = fwd.vjps[i](cot)
+        grads[i] = _scale(d_params, 1.0 / batch)
+        if i > 0:
+            interface[i - 1] = cot
+    return tuple(grads), tuple(interface)
+
+
+def decoupled_module_grads(fwd: Forward, synthetic: Sequence[jnp.ndarray], top_gradient: jnp.ndarray,
+                           sg_scale: float = 1.0) -> tuple[tuple[PyTree, ...], tuple[jnp.ndarray, ...]]:
+    """The decoupled update: module i < K steps along VJP_{f_i}(ĝ_i), module K along the true gradient.
+
+    Also returns the SG targets δ_i = VJP of f_{i+1} w.r.t. its input at the
+    cotangent f_{i+1} itself used (ĝ_{i+1}, or the true gradient for the last
+    module): the bootstrapped target of M_i. `sg_scale` scales the update only,
+    never the target, so M_i keeps regressing the unscaled gradient.
+    """
+    k = len(fwd.vjps)
+    if len(synthetic) != k - 1:
+        raise ValueError(f"{k} modules need {k - 1} synthetic gradients, got {len(synthetic)}")
+    batch = top_gradient.shape[0]
+    cotangents = list(synthetic) + [top_gradient]
+    grads, input_cots = [], []
+    for i in range(k):
+        d_params, d_input = fwd.vjps[i](cotangents[i])
+        factor = (1.0 if i == k - 1 else sg_scale) / batch
+        grads.append(_scale(d_params, factor))
+        input_cots.append(d_input)
+    return tuple(grads), tuple(input_cots[1:])
+
+
+class Synthetic(NamedTuple):
+    gradients: tuple[jnp.ndarray, ...]  # ĝ_1..ĝ_{K-1}, summed-loss units
+    vjps: tuple[Any, ...]               # vjp_i: cotangent at ĝ_i -> d sg_params_i
+    stats: tuple[PyTree, ...]
+
+
+def predict_synthetic(net: Network, sg_params: Sequence[PyTree], sg_stats: Sequence[PyTree],
+                      activations: Sequence[jnp.ndarray], labels: jnp.ndarray) -> Synthetic:
+    """ĝ_i = M_i(h_i[, one-hot y]) for every interface, keeping the VJPs for the SG regression."""
+    onehot = jax.nn.one_hot(labels, net.num_classes) if net.conditioned else None
+    grads, vjps, stats = [], [], []
+    for model, q, s, h in zip(net.sg_models, sg_params, sg_stats, activations[:-1]):
+        fn = partial(_sg_train, model, s, jax.lax.stop_gradient(h), onehot)
+        g_hat, vjp, s_new = jax.vjp(fn, q, has_aux=True)
+        grads.append(g_hat)
+        vjps.append(vjp)
+        stats.append(s_new)
+    return Synthetic(tuple(grads), tuple(vjps), tuple(stats))
+
+
+def _sg_train(model, stats, h, label, params):
+    return apply_sg(model, params, stats, h, label, True)
+
+
+def sg_regression(pred: Synthetic, targets: Sequence[jnp.ndarray]) -> tuple[tuple[PyTree, ...], tuple[jnp.ndarray, ...]]:
+    """Gradients of mean_b ||M_i(h_i) - sg(δ_i)||² w.r.t. each SG model's parameters, and the losses."""
+    grads, losses = [], []
+    for g_hat, vjp, target in zip(pred.gradients, pred.vjps, targets):
+        # The target is a constant for M_i: bootstrapping must not train f_{i+1} or M_{i+1} through it.
+        err = g_hat - jax.lax.stop_gradient(target)
+        batch = err.shape[0]
+        losses.append(jnp.sum(err ** 2) / batch)
+        (d_params,) = vjp(2.0 * err / batch)
+        grads.append(d_params)
+    return tuple(grads), tuple(losses)
+
+
+def _accuracy(logits, labels):
+    return jnp.mean(jnp.argmax(logits, -1) == labels)
+
+
+def backprop_grads(net: Network, params: PyTree, stats: PyTree, x: jnp.ndarray, labels: jnp.ndarray):
+    """Full-chain gradient of the batch-mean loss; returns (grads, new_stats, metrics)."""
+    fwd = forward(net.modules, params["modules"], stats["modules"], x)
+    loss, top = loss_and_top_gradient(fwd.activations[-1], labels)
+    module_grads, _ = backprop_chain(fwd, top)
+    grads = {"modules": module_grads, "sg": ()}
+    new_stats = {"modules": fwd.stats, "sg": ()}
+    return grads, new_stats, {"loss": loss, "accuracy": _accuracy(fwd.activations[-1], labels)}
+
+
+def dni_grads(net: Network, params: PyTree, stats: PyTree, x: jnp.ndarray, labels: jnp.ndarray,
+              sg_scale: float = 1.0):
+    """Decoupled gradients for modules and SG models; returns (grads, new_stats, metrics)."""
+    fwd = forward(net.modules, params["modules"], stats["modules"], x)
+    loss, top = loss_and_top_gradient(fwd.activations[-1], labels)
+    pred = predict_synthetic(net, params["sg"], stats["sg"], fwd.activations, labels)
+    module_grads, targets = decoupled_module_grads(fwd, pred.gradients, top, sg_scale)
+    sg_grads, sg_losses = sg_regression(pred, targets)
+    grads = {"modules": module_grads, "sg": sg_grads}
+    new_stats = {"modules": fwd.stats, "sg": pred.stats}
+    metrics = {"loss": loss, "accuracy": _accuracy(fwd.activations[-1], labels)}
+    for i, (sg_loss, g_hat) in enumerate(zip(sg_losses, pred.gradients), start=1):
+        metrics[f"sg/loss/{i}"] = sg_loss
+        metrics[f"sg/norm/{i}"] = jnp.sqrt(jnp.sum(g_hat ** 2) / g_hat.shape[0])
+    return grads, new_stats, metrics
+
+
+def probe_synthetic_gradients(net: Network, params: PyTree, stats: PyTree, x: jnp.ndarray,
+                              labels: jnp.ndarray) -> dict[str, jnp.ndarray]:
+    """Cosine and norm ratio between ĝ_i and the true backprop gradient at h_i (the paper's diagnostic)."""
+    fwd = forward(net.modules, params["modules"], stats["modules"], x)
+    _, top = loss_and_top_gradient(fwd.activations[-1], labels)
+    _, true_grads = backprop_chain(fwd, top)
+    pred = predict_synthetic(net, params["sg"], stats["sg"], fwd.activations, labels)
+    out = {}
+    for i, (g_hat, g) in enumerate(zip(pred.gradients, true_grads), start=1):
+        a, b = g_hat.reshape(-1), g.reshape(-1)
+        na, nb = jnp.linalg.norm(a), jnp.linalg.norm(b)
+        out[f"sg/cosine/{i}"] = jnp.dot(a, b) / jnp.maximum(na * nb, 1e-12)
+        out[f"sg/norm_ratio/{i}"] = na / jnp.maximum(nb, 1e-12)
+    return out
+
+
+def predict(net: Network, params: PyTree, stats: PyTree, x: jnp.ndarray) -> jnp.ndarray:
+    """Inference-mode logits (batch norm uses running statistics)."""
+    h = x
+    for f, p, s in zip(net.modules, params["modules"], stats["modules"]):
+        h, _ = apply_module(f, p, s, h, False)
+    return h

@@ -1,0 +1,56 @@
+"""The one place that writes metrics: TensorBoard event files and metrics.jsonl in the run dir.
+
+TensorBoard files are written with the `tensorboard` package's own event writer
+and protos, so no TensorFlow is needed and TensorBoard's reader accepts them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Mapping
+
+from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+
+class MetricWriter:
+    """write(step, {name: scalar}) appends one JSON line and one TensorBoard event per scalar."""
+
+    def __init__(self, workdir: str | Path, tensorboard: bool = True):
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._jsonl = open(self.workdir / "metrics.jsonl", "a", buffering=1)
+        self._tb = EventFileWriter(str(self.workdir / "tb")) if tensorboard else None
+
+    def write(self, step: int, scalars: Mapping[str, float]) -> None:
+        values = {k: float(v) for k, v in scalars.items()}
+        record = {"step": int(step), **{k: (v if math.isfinite(v) else str(v)) for k, v in values.items()}}
+        self._jsonl.write(json.dumps(record) + "\n")
+        if self._tb is not None:
+            summary = summary_pb2.Summary(
+                value=[summary_pb2.Summary.Value(tag=k, simple_value=v) for k, v in values.items()])
+            self._tb.add_event(event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary))
+
+    def flush(self) -> None:
+        self._jsonl.flush()
+        if self._tb is not None:
+            self._tb.flush()
+
+    def close(self) -> None:
+        self._jsonl.close()
+        if self._tb is not None:
+            self._tb.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]

@@ -1,0 +1,50 @@
+"""Assemble a dni.Network from config and initialise its variables (params and batch stats)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from sgrad.dni import Network, apply_module
+from sgrad.models import build_modules
+from sgrad.synthetic import build_sg_model
+
+
+def _mode(cfg) -> str:
+    return str(getattr(cfg.mode, "value", cfg.mode))
+
+
+def build_network(cfg, input_shape: tuple[int, ...], num_classes: int) -> Network:
+    """Modules from `cfg.model`; one SG model per interface unless mode is backprop."""
+    modules = build_modules(cfg.model, num_classes)
+    mode = _mode(cfg)
+    if mode == "backprop":
+        return Network(modules, (), num_classes, False)
+    sg_models = []
+    h = jax.ShapeDtypeStruct((2, *input_shape), jnp.float32)
+    for f in modules[:-1]:
+        variables = jax.eval_shape(lambda x, f=f: f.init(jax.random.key(0), x, False), h)
+        h = jax.eval_shape(lambda v, x, f=f: f.apply(v, x, False), variables, h)
+        sg_models.append(build_sg_model(cfg.sg, len(h.shape)))
+    return Network(modules, tuple(sg_models), num_classes, conditioned=(mode == "cdni"))
+
+
+def init_variables(net: Network, key: jax.Array, x: jnp.ndarray) -> tuple[dict, dict]:
+    """Params and batch stats laid out as {"modules": (per module), "sg": (per interface)}."""
+    keys = jax.random.split(key, 2 * len(net.modules))
+    params, stats, acts = [], [], []
+    h = x
+    for f, k in zip(net.modules, keys):
+        v = f.init(k, h, False)
+        params.append(v["params"])
+        stats.append(v.get("batch_stats", {}))
+        h, _ = apply_module(f, v["params"], stats[-1], h, False)
+        acts.append(h)
+    label = jnp.zeros((x.shape[0], net.num_classes), jnp.float32) if net.conditioned else None
+    sg_params, sg_stats = [], []
+    for m, h, k in zip(net.sg_models, acts, keys[len(net.modules):]):
+        v = m.init(k, h, label, False)
+        sg_params.append(v["params"])
+        sg_stats.append(v.get("batch_stats", {}))
+    return ({"modules": tuple(params), "sg": tuple(sg_params)},
+            {"modules": tuple(stats), "sg": tuple(sg_stats)})

@@ -1,0 +1,86 @@
+"""Check command-line overrides against the schema before Hydra runs, so a typo costs one clear line.
+
+Hydra would reject the same mistakes, but over several lines and without the
+allowed keys or values; this names the key and what it may be.
+"""
+
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+from typing import Any
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import ChoiceSweep, Override
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from sgrad.config import GROUPS, ConfigError, TrainConfig
+
+
+def _choices(config_dir: Path, group: str) -> list[str]:
+    return sorted(p.stem for p in (config_dir / group).glob("*.yaml"))
+
+
+def _values(o: Override) -> list[Any]:
+    v = o.value()
+    if isinstance(v, ChoiceSweep):
+        return list(v.list)
+    if o.is_sweep_override():
+        return []  # ranges and intervals are left to Hydra
+    return [v]
+
+
+def _check_group(o: Override, config_dir: Path) -> None:
+    allowed = _choices(config_dir, o.key_or_group)
+    for v in _values(o):
+        if str(v) not in allowed:
+            raise ConfigError(f"{o.key_or_group}={v} is not a known choice: "
+                              f"{o.key_or_group} must be one of {', '.join(allowed)}")
+
+
+def _check_key(o: Override, schema: Any) -> None:
+    parts = o.key_or_group.split(".")
+    node = schema
+    for depth, part in enumerate(parts):
+        if not OmegaConf.is_dict(node) or part not in node:
+            where = ".".join(parts[:depth]) or "the top level"
+            keys = ", ".join(k for k in node.keys() if k != "defaults") if OmegaConf.is_dict(node) else ""
+            raise ConfigError(f"unknown config key '{o.key_or_group}': keys under {where} are: {keys}")
+        parent, node = node, node._get_node(part)
+    if o.is_delete():
+        return
+    ref = OmegaConf.get_type(parent, parts[-1])
+    for v in _values(o):
+        trial = OmegaConf.structured(TrainConfig)
+        try:
+            OmegaConf.update(trial, o.key_or_group, v, merge=True)
+        except OmegaConfBaseException:
+            if isinstance(ref, type) and issubclass(ref, enum.Enum):
+                allowed = ", ".join(m.name for m in ref)
+            else:
+                allowed = f"a value of type {getattr(ref, '__name__', ref)}"
+            raise ConfigError(f"{o.key_or_group}={v!r} is not allowed: {o.key_or_group} must be {allowed}") from None
+
+
+def check_overrides(argv: list[str], config_dir: str | Path) -> None:
+    """Raise ConfigError for the first override that names an unknown key, group choice or bad value."""
+    config_dir = Path(config_dir)
+    args = [a for a in argv if "=" in a and not a.startswith("-")]
+    if not args:
+        return
+    try:
+        parsed = OverridesParser.create().parse_overrides(args)
+    except Exception as e:  # Hydra's own grammar error is already one clear line
+        raise ConfigError(str(e).splitlines()[0]) from None
+    schema = OmegaConf.structured(TrainConfig)
+    for o in parsed:
+        key = o.key_or_group
+        if key.startswith("hydra") or o.package:
+            continue
+        if key in GROUPS and not o.is_add() or key == "exp":
+            _check_group(o, config_dir)
+        elif isinstance(o.value(), str) and o.value().startswith("${"):
+            continue  # interpolations resolve later; Hydra checks them
+        else:
+            _check_key(o, schema)

@@ -1,0 +1,210 @@
+"""train_and_evaluate(cfg, workdir): the loop that runs compiled chunks of steps, evaluates and logs.
+
+Data stays on the device; each chunk of `trainer.log_every` steps is one jitted
+`lax.scan` that gathers its own batches from index arrays, so the host only
+orchestrates. Chunks always have the same shape (short ones are masked), so the
+step compiles once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+from sgrad.config import validate
+from sgrad.data import Dataset, load_dataset
+from sgrad.metrics import MetricWriter
+from sgrad.network import build_network, init_variables
+from sgrad.optim import build_train_optimizer, learning_rate
+from sgrad.step import TrainState, create_state, eval_counts, make_train_step, probe
+
+log = logging.getLogger("sgrad")
+
+
+class DivergenceError(RuntimeError):
+    """A metric became NaN/Inf; the message names the step and the metric (module or interface)."""
+
+
+def _value(v) -> str:
+    return str(getattr(v, "value", v))
+
+
+def preprocess(x_uint8: jnp.ndarray, mean: jnp.ndarray, std: jnp.ndarray) -> jnp.ndarray:
+    """uint8 pixels -> standardised float32, per channel."""
+    return (x_uint8.astype(jnp.float32) / 255.0 - mean) / std
+
+
+class BatchOrder:
+    """Which examples each step sees: a fresh permutation per epoch, a pure function of (seed, step)."""
+
+    def __init__(self, num_examples: int, batch_size: int, seed: int):
+        self.n, self.b, self.seed = num_examples, batch_size, seed
+        self.steps_per_epoch = num_examples // batch_size
+        self._epoch, self._perm = -1, None
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        if epoch != self._epoch:
+            self._epoch = epoch
+            self._perm = np.random.default_rng([self.seed, epoch]).permutation(self.n)
+        return self._perm
+
+    def chunk(self, start: int, count: int, length: int) -> tuple[np.ndarray, np.ndarray]:
+        """Indices [length, B] for steps start..start+count-1, padded with masked rows."""
+        idx = np.zeros((length, self.b), np.int32)
+        for j in range(count):
+            epoch, pos = divmod(start + j, self.steps_per_epoch)
+            idx[j] = self._permutation(epoch)[pos * self.b:(pos + 1) * self.b]
+        return idx, np.arange(length) < count
+
+
+def _finite_or_raise(step: int, metrics: dict[str, float]) -> None:
+    bad = [k for k, v in metrics.items() if not np.isfinite(v)]
+    if bad:
+        where = ", ".join(bad)
+        raise DivergenceError(f"run diverged at step {step}: non-finite {where}")
+
+
+def _pad_eval(x: np.ndarray, y: np.ndarray, batch: int):
+    n = len(y)
+    nb = -(-n // batch)
+    pad = nb * batch - n
+    xp = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)]) if pad else x
+    yp = np.concatenate([y, np.zeros((pad,), y.dtype)]) if pad else y
+    mask = np.arange(nb * batch) < n
+    return (xp.reshape(nb, batch, *x.shape[1:]), yp.reshape(nb, batch), mask.reshape(nb, batch))
+
+
+def train_and_evaluate(cfg: Any, workdir: str | Path, dataset: Dataset | None = None) -> dict:
+    """Train per `cfg`, writing metrics.jsonl, TensorBoard events and summary.json into `workdir`."""
+    validate(cfg)
+    workdir = Path(workdir)
+    tcfg = cfg.trainer
+    mode = _value(cfg.mode)
+    data = dataset or load_dataset(_value(cfg.dataset.name), cfg.dataset.dir, cfg.dataset.download,
+                                   cfg.dataset.num_classes, progress=tcfg.progress)
+    order = BatchOrder(len(data.train_y), tcfg.batch_size, cfg.seed)
+    if order.steps_per_epoch == 0:
+        raise ValueError(f"trainer.batch_size={tcfg.batch_size} exceeds the {len(data.train_y)} training examples")
+    total = tcfg.epochs * order.steps_per_epoch if tcfg.epochs else tcfg.steps
+    eval_every = tcfg.eval_every or order.steps_per_epoch
+    probe_every = cfg.log.grad_probe_every if mode != "backprop" else 0
+
+    net = build_network(cfg, data.input_shape, data.num_classes)
+    mean, std = jnp.asarray(data.mean), jnp.asarray(data.std)
+    train_x, train_y = jax.device_put(data.train_x), jax.device_put(data.train_y)
+    key = jax.random.key(cfg.seed)
+    params, stats = init_variables(net, key, preprocess(train_x[:tcfg.batch_size], mean, std))
+    tx = build_train_optimizer(cfg, total)
+    state = create_state(params, stats, tx)
+    train_step = make_train_step(net, tx, mode, cfg.sg.scale)
+    metric_shapes = jax.eval_shape(train_step, state, jnp.zeros((tcfg.batch_size, *data.input_shape)),
+                                   jnp.zeros((tcfg.batch_size,), jnp.int32))[1]
+
+    @partial(jax.jit, donate_argnums=0)
+    def run_chunk(state: TrainState, xs, ys, idx_CxB, valid_C):
+        def body(s, inp):
+            idx, valid = inp
+            x, y = preprocess(xs[idx], mean, std), ys[idx]
+            skip = lambda s: (s, jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype), metric_shapes))
+            return jax.lax.cond(valid, lambda s: train_step(s, x, y), skip, s)
+        s, metrics = jax.lax.scan(body, state, (idx_CxB, valid_C))
+        w = valid_C.astype(jnp.float32)
+        return s, jax.tree.map(lambda m: jnp.sum(m * w) / jnp.maximum(jnp.sum(w), 1.0), metrics)
+
+    test = [jax.device_put(a) for a in _pad_eval(data.test_x, data.test_y, tcfg.eval_batch_size)]
+
+    @jax.jit
+    def evaluate(state: TrainState, xs, ys, masks):
+        def body(acc, inp):
+            x, y, m = inp
+            c = eval_counts(net, state, preprocess(x, mean, std), y, m)
+            return jax.tree.map(jnp.add, acc, c), None
+        zero = {"loss": 0.0, "correct": 0.0, "count": 0.0}
+        acc, _ = jax.lax.scan(body, jax.tree.map(jnp.float32, zero), (xs, ys, masks))
+        return {"test/loss": acc["loss"] / acc["count"], "test/accuracy": acc["correct"] / acc["count"]}
+
+    probe_x = jax.device_put(data.test_x[:tcfg.batch_size])
+    probe_y = jax.device_put(data.test_y[:tcfg.batch_size])
+    run_probe = jax.jit(lambda s: probe(net, s, preprocess(probe_x, mean, std), probe_y))
+    lr_at = learning_rate(cfg.optim, total)
+
+    (workdir / "summary.json").unlink(missing_ok=True)
+    writer = MetricWriter(workdir, cfg.log.tensorboard)
+    log.info("mode=%s model=%s layers=%d dataset=%s (%s): %d steps, %d per epoch, %d modules, run dir %s",
+             mode, _value(cfg.model.name), cfg.model.layers, data.name, data.source, total,
+             order.steps_per_epoch, len(net.modules), workdir)
+    bar = tqdm(total=total, desc=f"{mode}", unit="step", disable=not tcfg.progress, dynamic_ncols=True)
+    last_train: dict[str, float] = {}
+    last_test: dict[str, float] = {}
+    status = "running"
+    step, t_mark, step_mark, t_start = 0, time.perf_counter(), 0, time.perf_counter()
+    pending = None
+
+    def drain(pending):
+        """Pull a finished chunk's metrics to the host, after the next chunk was already dispatched."""
+        nonlocal t_mark, step_mark
+        end_step, means = pending
+        host = {k: float(v) for k, v in jax.device_get(means).items()}
+        _finite_or_raise(end_step, host)
+        now = time.perf_counter()
+        rate = (end_step - step_mark) / max(now - t_mark, 1e-9)
+        t_mark, step_mark = now, end_step
+        out = {("train/" + k if "/" not in k else k): v for k, v in host.items()}
+        out["train/error"] = 1.0 - out["train/accuracy"]
+        out["train/lr"] = float(lr_at(end_step))
+        out["perf/steps_per_sec"] = rate
+        out["perf/examples_per_sec"] = rate * tcfg.batch_size
+        writer.write(end_step, out)
+        bar.set_postfix(loss=f"{out['train/loss']:.4f}", acc=f"{out['train/accuracy']:.3f}", refresh=False)
+        return out
+
+    try:
+        while step < total:
+            stop = min(total, step + tcfg.log_every, (step // eval_every + 1) * eval_every)
+            if probe_every:
+                stop = min(stop, (step // probe_every + 1) * probe_every)
+            idx, valid = order.chunk(step, stop - step, tcfg.log_every)
+            state, means = run_chunk(state, train_x, train_y, idx, valid)
+            if pending is not None:
+                last_train = drain(pending)
+            bar.update(stop - step)
+            pending, step = (stop, means), stop
+            if step % eval_every == 0 or step == total or (probe_every and step % probe_every == 0):
+                last_train = drain(pending)
+                pending = None
+            if probe_every and (step % probe_every == 0 or step == total):
+                p = {k: float(v) for k, v in jax.device_get(run_probe(state)).items()}
+                _finite_or_raise(step, p)
+                writer.write(step, p)
+            if step % eval_every == 0 or step == total:
+                ev = {k: float(v) for k, v in jax.device_get(evaluate(state, *test)).items()}
+                _finite_or_raise(step, ev)
+                ev["test/error"] = 1.0 - ev["test/accuracy"]
+                ev["epoch"] = step / order.steps_per_epoch
+                writer.write(step, ev)
+                last_test = ev
+                log.info("step %d epoch %.2f: train loss %.4f acc %.4f | test loss %.4f acc %.4f",
+                         step, ev["epoch"], last_train.get("train/loss", float("nan")),
+                         last_train.get("train/accuracy", float("nan")), ev["test/loss"], ev["test/accuracy"])
+        status = "completed"
+    except DivergenceError:
+        status = "diverged"
+        raise
+    finally:
+        bar.close()
+        writer.close()
+        wall = time.perf_counter() - t_start
+        summary = {"status": status, "step": step, "mode": mode, "dataset": data.name,
+                   "model": _value(cfg.model.name), "layers": cfg.model.layers, "seed": cfg.seed,
+                   "wall_seconds": wall, **last_train, **last_test}
+        (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
