@@ -154,7 +154,6 @@ def train_and_evaluate(cfg: Any, workdir: str | Path, dataset: Dataset | None = 
         nonlocal t_mark, step_mark
         end_step, means = pending
         host = {k: float(v) for k, v in jax.device_get(means).items()}
-        _finite_or_raise(end_step, host)
         now = time.perf_counter()
         rate = (end_step - step_mark) / max(now - t_mark, 1e-9)
         t_mark, step_mark = now, end_step
@@ -164,6 +163,7 @@ def train_and_evaluate(cfg: Any, workdir: str | Path, dataset: Dataset | None = 
         out["perf/steps_per_sec"] = rate
         out["perf/examples_per_sec"] = rate * tcfg.batch_size
         writer.write(end_step, out)
+        _finite_or_raise(end_step, host)  # after writing: the log shows the non-finite values too
         bar.set_postfix(loss=f"{out['train/loss']:.4f}", acc=f"{out['train/accuracy']:.3f}", refresh=False)
         return out
 
@@ -183,14 +183,14 @@ def train_and_evaluate(cfg: Any, workdir: str | Path, dataset: Dataset | None = 
                 pending = None
             if probe_every and (step % probe_every == 0 or step == total):
                 p = {k: float(v) for k, v in jax.device_get(run_probe(state)).items()}
-                _finite_or_raise(step, p)
                 writer.write(step, p)
+                _finite_or_raise(step, p)
             if step % eval_every == 0 or step == total:
                 ev = {k: float(v) for k, v in jax.device_get(evaluate(state, *test)).items()}
-                _finite_or_raise(step, ev)
                 ev["test/error"] = 1.0 - ev["test/accuracy"]
                 ev["epoch"] = step / order.steps_per_epoch
                 writer.write(step, ev)
+                _finite_or_raise(step, ev)
                 last_test = ev
                 log.info("step %d epoch %.2f: train loss %.4f acc %.4f | test loss %.4f acc %.4f",
                          step, ev["epoch"], last_train.get("train/loss", float("nan")),

@@ -1,0 +1,59 @@
+"""Shared test fixtures: small configs and tiny datasets that the tests write themselves."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from sgrad.config import TrainConfig
+from sgrad.data.idx import write_idx
+
+FASHION_DIR = "/usr/share/datasets/fashion-mnist"
+
+
+def make_cfg(*dotlist: str):
+    """A TrainConfig with test-sized defaults, then the given `key=value` overrides."""
+    cfg = OmegaConf.structured(TrainConfig)
+    small = ["model.width=32", "sg.width=64", "sg.conv_channels=8", "model.channels=8", "model.kernel=3",
+             "sg.kernel=3", "trainer.batch_size=32", "trainer.log_every=25", "trainer.progress=false",
+             "trainer.eval_batch_size=128", "log.grad_probe_every=50", "optim.lr=3e-3",
+             "optim.schedule=constant", "sg.optim.lr=3e-3", "sg.optim.schedule=constant"]
+    return OmegaConf.merge(cfg, OmegaConf.from_dotlist(small + list(dotlist)))
+
+
+def prototype_images(n: int, classes: int, side: int, seed: int, noise: float = 60.0):
+    """Images drawn around one random prototype per class: learnable, far from trivially separable."""
+    rng = np.random.default_rng(seed)
+    protos = np.random.default_rng(1234).uniform(0, 255, (classes, side, side))
+    y = rng.integers(0, classes, n)
+    x = protos[y] + rng.normal(0, noise, (n, side, side))
+    return np.clip(x, 0, 255).astype(np.uint8), y.astype(np.uint8)
+
+
+def write_idx_dataset(folder, n_train=1024, n_test=512, classes=10, side=8, gz=True):
+    folder.mkdir(parents=True, exist_ok=True)
+    ext = ".gz" if gz else ""
+    xtr, ytr = prototype_images(n_train, classes, side, seed=0)
+    xte, yte = prototype_images(n_test, classes, side, seed=1)
+    write_idx(folder / f"train-images-idx3-ubyte{ext}", xtr)
+    write_idx(folder / f"train-labels-idx1-ubyte{ext}", ytr)
+    write_idx(folder / f"t10k-images-idx3-ubyte{ext}", xte)
+    write_idx(folder / f"t10k-labels-idx1-ubyte{ext}", yte)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def idx_dir(tmp_path_factory):
+    """A tiny MNIST-format dataset (8x8 images, 10 classes) in IDX files."""
+    return write_idx_dataset(tmp_path_factory.mktemp("idx"))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_data_cache(tmp_path, monkeypatch):
+    # Tests never read or fill the user's real cache.
+    monkeypatch.setenv("SGRAD_DATA", str(tmp_path / "sgrad-data"))

@@ -1,0 +1,82 @@
+"""The loop: every mode and model learns on data the test writes, compiles once, and stops on NaN."""
+
+import json
+import logging
+
+import jax
+import pytest
+
+from conftest import make_cfg
+from sgrad.metrics import read_jsonl
+from sgrad.train import DivergenceError, train_and_evaluate
+
+
+def _train(idx_dir, tmp_path, *overrides):
+    cfg = make_cfg("dataset.name=idx", f"dataset.dir={idx_dir}", "dataset.download=false", *overrides)
+    return train_and_evaluate(cfg, tmp_path)
+
+
+@pytest.mark.parametrize("model", ["fcn", "cnn"])
+@pytest.mark.parametrize("mode", ["backprop", "dni", "cdni"])
+def test_every_mode_learns(idx_dir, tmp_path, mode, model):
+    layers = 4 if model == "fcn" else 3
+    summary = _train(idx_dir, tmp_path, f"mode={mode}", f"model.name={model}", f"model.layers={layers}",
+                     "trainer.steps=300", "sg.hidden_layers=1" if mode == "dni" else "sg.hidden_layers=0")
+    rows = read_jsonl(tmp_path / "metrics.jsonl")
+    losses = [r["train/loss"] for r in rows if "train/loss" in r]
+    assert losses[-1] < 0.5 * losses[0], losses
+    assert summary["status"] == "completed" and summary["step"] == 300
+    assert summary["test/accuracy"] > 0.5, summary  # chance is 0.1
+    if mode != "backprop":
+        keys = set().union(*rows)
+        assert {"sg/loss/1", "sg/loss/2", "sg/cosine/1", "sg/norm_ratio/2"} <= keys
+        sg = [r["sg/loss/1"] for r in rows if "sg/loss/1" in r]
+        assert all(v >= 0 for v in sg)
+
+
+def test_run_dir_contents_and_epoch_evaluation(idx_dir, tmp_path):
+    # 1024 examples / batch 32 = 32 steps per epoch; 70 steps -> evaluations at 32, 64 and 70.
+    _train(idx_dir, tmp_path, "mode=dni", "trainer.steps=70", "log.grad_probe_every=20")
+    rows = read_jsonl(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in rows if "test/accuracy" in r] == [32, 64, 70]
+    assert [r["step"] for r in rows if "sg/cosine/1" in r] == [20, 40, 60, 70]
+    train_steps = [r["step"] for r in rows if "train/loss" in r]
+    assert train_steps == sorted(train_steps) and train_steps[-1] == 70
+    assert all(r["perf/steps_per_sec"] > 0 for r in rows if "perf/steps_per_sec" in r)
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["step"] == 70 and "test/error" in summary and "train/loss" in summary
+
+
+def test_epochs_override_steps(idx_dir, tmp_path):
+    summary = _train(idx_dir, tmp_path, "mode=backprop", "trainer.epochs=2", "trainer.steps=5")
+    assert summary["step"] == 64
+
+
+def test_chunks_compile_once(idx_dir, tmp_path, caplog):
+    # Short final chunks, evaluation and probes in between must not trigger recompilation.
+    jax.config.update("jax_log_compiles", True)
+    try:
+        with caplog.at_level(logging.WARNING):
+            _train(idx_dir, tmp_path, "mode=dni", "trainer.steps=90", "log.grad_probe_every=15")
+    finally:
+        jax.config.update("jax_log_compiles", False)
+    compiled = [r.getMessage()[:40] for r in caplog.records if r.getMessage().startswith("Compiling ")]
+    assert sum(m.startswith("Compiling jit(run_chunk)") for m in compiled) == 1, compiled
+    assert sum(m.startswith("Compiling jit(evaluate)") for m in compiled) == 1, compiled
+
+
+def test_divergence_stops_with_step_and_metric_and_keeps_logs(idx_dir, tmp_path):
+    with pytest.raises(DivergenceError, match=r"diverged at step \d+: non-finite .*loss"):
+        _train(idx_dir, tmp_path, "mode=dni", "trainer.steps=200", "sg.optim.lr=1e9", "sg.optim.name=sgd",
+               "sg.optim.momentum=0", "log.grad_probe_every=0")
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "diverged"
+    rows = read_jsonl(tmp_path / "metrics.jsonl")  # the log is kept and shows the non-finite values
+    assert any(v in ("nan", "inf", "-inf") for r in rows for v in r.values())
+
+
+def test_same_seed_same_metrics(idx_dir, tmp_path):
+    a = _train(idx_dir, tmp_path / "a", "mode=cdni", "trainer.steps=40", "seed=3")
+    b = _train(idx_dir, tmp_path / "b", "mode=cdni", "trainer.steps=40", "seed=3")
+    assert a["train/loss"] == b["train/loss"] and a["test/accuracy"] == b["test/accuracy"]
