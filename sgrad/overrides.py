@@ -47,10 +47,11 @@ def _check_key(o: Override, schema: Any) -> None:
             where = ".".join(parts[:depth]) or "the top level"
             keys = ", ".join(k for k in node.keys() if k != "defaults") if OmegaConf.is_dict(node) else ""
             raise ConfigError(f"unknown config key '{o.key_or_group}': keys under {where} are: {keys}")
-        parent, node = node, node._get_node(part)
+        node = node._get_node(part)
     if o.is_delete():
         return
-    ref = OmegaConf.get_type(parent, parts[-1])
+    meta = node._metadata
+    ref = meta.ref_type
     for v in _values(o):
         trial = OmegaConf.structured(TrainConfig)
         try:
@@ -60,6 +61,7 @@ def _check_key(o: Override, schema: Any) -> None:
                 allowed = ", ".join(m.name for m in ref)
             else:
                 allowed = f"a value of type {getattr(ref, '__name__', ref)}"
+                allowed += " or null" if meta.optional else ""
             raise ConfigError(f"{o.key_or_group}={v!r} is not allowed: {o.key_or_group} must be {allowed}") from None
 
 

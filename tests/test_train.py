@@ -2,11 +2,12 @@
 
 import json
 import logging
+import os
 
 import jax
 import pytest
 
-from conftest import make_cfg
+from conftest import FASHION_DIR, make_cfg
 from sgrad.metrics import read_jsonl
 from sgrad.train import DivergenceError, train_and_evaluate
 
@@ -80,3 +81,13 @@ def test_same_seed_same_metrics(idx_dir, tmp_path):
     a = _train(idx_dir, tmp_path / "a", "mode=cdni", "trainer.steps=40", "seed=3")
     b = _train(idx_dir, tmp_path / "b", "mode=cdni", "trainer.steps=40", "seed=3")
     assert a["train/loss"] == b["train/loss"] and a["test/accuracy"] == b["test/accuracy"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir(FASHION_DIR), reason="Debian package dataset-fashion-mnist not installed")
+def test_real_fashion_mnist_cdni_learns(tmp_path):
+    cfg = make_cfg("dataset.name=fashion_mnist", "dataset.download=false", "mode=cdni", "model.layers=3",
+                   "model.width=256", "sg.hidden_layers=0", "trainer.batch_size=256", "trainer.steps=200",
+                   "trainer.log_every=50", "trainer.eval_batch_size=1000", "optim.lr=1e-3", "sg.optim.lr=1e-3")
+    summary = train_and_evaluate(cfg, tmp_path)
+    assert summary["test/accuracy"] > 0.75, summary  # chance is 0.1

@@ -1,0 +1,134 @@
+"""The command line: Hydra composition of every preset, one-line errors, a real run and a multirun."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from sgrad.cli import CONFIG_DIR
+from sgrad.config import ConfigError, register, validate
+from sgrad.network import build_network
+from sgrad.overrides import check_overrides
+from sgrad.train import train_and_evaluate
+
+EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "exp").glob("*.yaml"))
+TINY = ["model.width=16", "model.channels=4", "model.kernel=3", "sg.width=16", "sg.conv_channels=4",
+        "sg.kernel=3", "trainer.steps=20", "trainer.batch_size=32", "trainer.log_every=10",
+        "trainer.progress=false", "trainer.eval_batch_size=256", "log.grad_probe_every=10"]
+
+
+def _compose(*overrides):
+    register()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(config_name="train", overrides=list(overrides))
+
+
+def test_defaults_are_the_paper_settings():
+    cfg = _compose()
+    assert (cfg.mode, cfg.model.name, cfg.model.width, cfg.model.batch_norm) == ("dni", "fcn", 256, True)
+    assert (cfg.sg.hidden_layers, cfg.sg.width) == (2, 1024)
+    assert (cfg.optim.name, cfg.optim.lr, list(cfg.optim.boundaries)) == ("adam", 3e-5, [300000, 400000])
+    assert (cfg.trainer.batch_size, cfg.trainer.steps) == (256, 500000)
+    assert cfg.sg.optim.lr == cfg.optim.lr  # SG models follow the module optimizer by default
+    assert _compose("mode=cdni").sg.hidden_layers == 0  # cDNI: linear SG on [h, one-hot(y)]
+    assert _compose("optim.lr=0.01", "sg.optim.lr=0.5").sg.optim.lr == 0.5
+
+
+@pytest.mark.parametrize("exp", EXPERIMENTS)
+def test_every_experiment_composes_and_builds(exp):
+    cfg = _compose(f"+exp={exp}")
+    validate(cfg)
+    shape = (32, 32, 3) if cfg.dataset.name == "cifar10" else (28, 28, 1)
+    net = build_network(cfg, shape, 10)
+    assert len(net.modules) == cfg.model.layers
+    assert len(net.sg_models) == (0 if cfg.mode == "backprop" else cfg.model.layers - 1)
+    assert net.conditioned == (cfg.mode == "cdni")
+
+
+@pytest.mark.parametrize("exp", EXPERIMENTS)
+def test_every_experiment_smoke_runs_on_tiny_data(exp, idx_dir, tmp_path):
+    cfg = _compose(f"+exp={exp}", "dataset=idx", f"dataset.dir={idx_dir}", "model.layers=3", *TINY)
+    summary = train_and_evaluate(cfg, tmp_path)
+    assert summary["status"] == "completed" and summary["step"] == 20
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["model.widht=3"], "unknown config key 'model.widht': keys under model are: name, layers, width"),
+    (["mode=foo"], "mode=foo is not a known choice: mode must be one of backprop, cdni, dni"),
+    (["dataset=imagenet"], "dataset must be one of cifar10, fashion_mnist, idx, kmnist, mnist"),
+    (["+exp=nope"], "exp must be one of"),
+    (["optim.name=adamw"], "optim.name must be adam, sgd"),
+    (["model.name=resnet"], "model.name must be fcn, cnn"),
+    (["model.layers=abc"], "model.layers must be a value of type int"),
+    (["trainer.epochs=x"], "trainer.epochs must be a value of type int or null"),
+    (["-m", "mode=dni,bogus"], "mode=bogus is not a known choice"),
+    (["sg.optim.lrr=1"], "unknown config key 'sg.optim.lrr': keys under sg.optim are: name, lr"),
+])
+def test_typos_give_one_line_naming_key_and_allowed_values(args, fragment):
+    with pytest.raises(ConfigError) as err:
+        check_overrides(args, CONFIG_DIR)
+    assert fragment in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_valid_overrides_pass_the_check():
+    check_overrides(["+exp=mnist_dni", "model.layers=6", "mode=cdni", "dataset.dir=/x", "trainer.epochs=null",
+                     "-m", "seed=0,1,2", "hydra/launcher=basic", "hydra.run.dir=/tmp/x", "--cfg", "job"],
+                    CONFIG_DIR)
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("model.layers=1", "model.layers must be an integer >= 2"),
+    ("model.dni_every=4", "model.dni_every must be an integer in [1, model.layers-1=3]"),
+    ("trainer.batch_size=0", "trainer.batch_size must be an integer >= 1"),
+])
+def test_bad_values_are_named(override, fragment):
+    with pytest.raises(ConfigError, match=fragment.replace("[", r"\[").replace("]", r"\]")):
+        validate(_compose(override))
+
+
+def _cli(*args, cwd):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "sgrad.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_real_subprocess_run_writes_the_run_dir(idx_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    res = _cli("+exp=mnist_cdni", "dataset=idx", f"dataset.dir={idx_dir}", "model.layers=3", *TINY,
+               f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["mode"] == "cdni" and summary["step"] == 20
+    assert (run_dir / "metrics.jsonl").stat().st_size > 0
+    assert list((run_dir / "tb").glob("events.out.tfevents.*"))
+    resolved = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    assert resolved.mode == "cdni" and resolved.model.layers == 3
+
+
+@pytest.mark.slow
+def test_cli_errors_exit_nonzero_with_one_line(tmp_path):
+    res = _cli("model.widht=3", cwd=tmp_path)
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == [
+        "sgrad-train: unknown config key 'model.widht': keys under model are: "
+        "name, layers, width, batch_norm, dni_every, channels, kernel, pool"]
+    res = _cli("dataset=idx", f"dataset.dir={tmp_path / 'none'}", f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path)
+    assert res.returncode == 2
+    assert "files not found in" in res.stderr and str(tmp_path / "none") in res.stderr
+
+
+@pytest.mark.slow
+def test_multirun_sweeps_modes(idx_dir, tmp_path):
+    sweep = tmp_path / "sweep"
+    res = _cli("-m", "mode=backprop,dni", "dataset=idx", f"dataset.dir={idx_dir}", "model.layers=3", *TINY,
+               f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    modes = sorted(json.loads(p.read_text())["mode"] for p in sweep.glob("*/summary.json"))
+    assert modes == ["backprop", "dni"]
