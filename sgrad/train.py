@@ -25,6 +25,7 @@ from sgrad.data import Dataset, load_dataset
 from sgrad.metrics import MetricWriter
 from sgrad.network import build_network, init_variables
 from sgrad.optim import build_train_optimizer, learning_rate
+from sgrad.provenance import provenance
 from sgrad.step import TrainState, create_state, eval_counts, make_train_step, probe
 
 log = logging.getLogger("sgrad")
@@ -83,6 +84,28 @@ def _pad_eval(x: np.ndarray, y: np.ndarray, batch: int):
     return (xp.reshape(nb, batch, *x.shape[1:]), yp.reshape(nb, batch), mask.reshape(nb, batch))
 
 
+def make_chunk_runner(train_step, mean: jnp.ndarray, std: jnp.ndarray):
+    """jit(run_chunk)(state, xs, ys, idx_CxB, valid_C) -> (state, mean metrics over the valid steps).
+
+    One `lax.scan` over a chunk of steps, each gathering its batch from the
+    device-resident data; masked steps leave the state untouched, so the last,
+    shorter chunk reuses the compiled program. The state buffers are donated.
+    """
+    @partial(jax.jit, donate_argnums=0)
+    def run_chunk(state: TrainState, xs, ys, idx_CxB, valid_C):
+        def body(s, inp):
+            idx, valid = inp
+            x, y = preprocess(xs[idx], mean, std), ys[idx]
+            shapes = jax.eval_shape(train_step, s, x, y)[1]
+            skip = lambda s: (s, jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype), shapes))
+            return jax.lax.cond(valid, lambda s: train_step(s, x, y), skip, s)
+        s, metrics = jax.lax.scan(body, state, (idx_CxB, valid_C))
+        w = valid_C.astype(jnp.float32)
+        return s, jax.tree.map(lambda m: jnp.sum(m * w) / jnp.maximum(jnp.sum(w), 1.0), metrics)
+
+    return run_chunk
+
+
 def train_and_evaluate(cfg: Any, workdir: str | Path, dataset: Dataset | None = None) -> dict:
     """Train per `cfg`, writing metrics.jsonl, TensorBoard events and summary.json into `workdir`."""
     validate(cfg)
@@ -106,19 +129,7 @@ def train_and_evaluate(cfg: Any, workdir: str | Path, dataset: Dataset | None = 
     tx = build_train_optimizer(cfg, total)
     state = create_state(params, stats, tx)
     train_step = make_train_step(net, tx, mode, cfg.sg.scale)
-    metric_shapes = jax.eval_shape(train_step, state, jnp.zeros((tcfg.batch_size, *data.input_shape)),
-                                   jnp.zeros((tcfg.batch_size,), jnp.int32))[1]
-
-    @partial(jax.jit, donate_argnums=0)
-    def run_chunk(state: TrainState, xs, ys, idx_CxB, valid_C):
-        def body(s, inp):
-            idx, valid = inp
-            x, y = preprocess(xs[idx], mean, std), ys[idx]
-            skip = lambda s: (s, jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype), metric_shapes))
-            return jax.lax.cond(valid, lambda s: train_step(s, x, y), skip, s)
-        s, metrics = jax.lax.scan(body, state, (idx_CxB, valid_C))
-        w = valid_C.astype(jnp.float32)
-        return s, jax.tree.map(lambda m: jnp.sum(m * w) / jnp.maximum(jnp.sum(w), 1.0), metrics)
+    run_chunk = make_chunk_runner(train_step, mean, std)
 
     test = [jax.device_put(a) for a in _pad_eval(data.test_x, data.test_y, tcfg.eval_batch_size)]
 
@@ -205,6 +216,6 @@ def train_and_evaluate(cfg: Any, workdir: str | Path, dataset: Dataset | None = 
         wall = time.perf_counter() - t_start
         summary = {"status": status, "step": step, "mode": mode, "dataset": data.name,
                    "model": _value(cfg.model.name), "layers": cfg.model.layers, "seed": cfg.seed,
-                   "wall_seconds": wall, **last_train, **last_test}
+                   "wall_seconds": wall, **last_train, **last_test, **provenance()}
         (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

@@ -1,0 +1,138 @@
+"""Collect the runs of a Hydra multirun into a table, a CSV and convergence curves.
+
+    python scripts/report.py MULTIRUN_DIR [--out DIR]
+
+Reads each run's summary.json, .hydra/config.yaml and metrics.jsonl; writes
+table.md (rows: mode, columns: layers, mean ± std test error over seeds),
+runs.csv (one row per run), curves.png (test error vs step, one panel per depth)
+and provenance.md (the sweep command, commit and machine). Nothing is typed in by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+MODES = ("backprop", "dni", "cdni")
+FIELDS = ("run", "status", "dataset", "model", "layers", "mode", "seed", "step", "test/error", "test/accuracy",
+          "train/loss", "wall_seconds", "commit")
+
+
+def load_runs(root: Path) -> list[dict]:
+    runs = []
+    for summary_path in sorted(root.rglob("summary.json")):
+        run_dir = summary_path.parent
+        summary = json.loads(summary_path.read_text())
+        cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+        curve = []
+        metrics = run_dir / "metrics.jsonl"
+        if metrics.exists():
+            for line in metrics.read_text().splitlines():
+                row = json.loads(line)
+                if "test/error" in row:
+                    curve.append((row["step"], row["test/error"]))
+        runs.append({**summary, "run": str(run_dir.relative_to(root)), "mode": str(cfg.mode),
+                     "layers": int(cfg.model.layers), "seed": int(cfg.seed), "curve": curve})
+    return runs
+
+
+def _mean_std(values: list[float]) -> str:
+    if not values:
+        return "–"
+    pct = [100 * v for v in values]
+    if len(pct) == 1:
+        return f"{pct[0]:.2f}"
+    return f"{statistics.mean(pct):.2f} ± {statistics.stdev(pct):.2f}"
+
+
+def table(runs: list[dict]) -> str:
+    """Markdown: test error (%) by mode (rows) and depth (columns), mean ± std over seeds."""
+    depths = sorted({r["layers"] for r in runs})
+    modes = [m for m in MODES if any(r["mode"] == m for r in runs)]
+    cells = defaultdict(list)
+    for r in runs:
+        if r.get("status") == "completed" and isinstance(r.get("test/error"), float):
+            cells[(r["mode"], r["layers"])].append(r["test/error"])
+    seeds = sorted({r["seed"] for r in runs})
+    head = "| test error (%) | " + " | ".join(f"{d} layers" for d in depths) + " |"
+    rule = "|---|" + "---|" * len(depths)
+    rows = [f"| {m} | " + " | ".join(_mean_std(cells[(m, d)]) for d in depths) + " |" for m in modes]
+    note = f"\nSeeds: {', '.join(map(str, seeds))} (mean ± std where more than one)."
+    failed = [r["run"] for r in runs if r.get("status") != "completed"]
+    if failed:
+        note += f" Not completed (excluded): {', '.join(failed)}."
+    return "\n".join([head, rule, *rows]) + "\n" + note + "\n"
+
+
+def write_csv(runs: list[dict], path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
+        w.writeheader()
+        for r in runs:
+            w.writerow({k: r.get(k, "") for k in FIELDS})
+
+
+def plot_curves(runs: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    depths = sorted({r["layers"] for r in runs})
+    fig, axes = plt.subplots(1, len(depths), figsize=(4.5 * len(depths), 3.6), squeeze=False, sharey=True)
+    colors = {"backprop": "tab:blue", "dni": "tab:orange", "cdni": "tab:green"}
+    for ax, depth in zip(axes[0], depths):
+        for mode in MODES:
+            for i, r in enumerate(x for x in runs if x["layers"] == depth and x["mode"] == mode and x["curve"]):
+                steps, errs = zip(*r["curve"])
+                ax.plot(steps, [100 * e for e in errs], color=colors[mode], alpha=0.85,
+                        label=mode if i == 0 else None)
+        ax.set_title(f"{depth} layers")
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    axes[0][0].set_ylabel("test error (%)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def provenance(root: Path, runs: list[dict]) -> str:
+    lines = ["# Provenance", ""]
+    multirun = root / "multirun.yaml"
+    if multirun.exists():
+        task = OmegaConf.load(multirun).hydra.overrides.task
+        lines += ["Command:", "", "```", "sgrad-train -m " + " ".join(task), "```", ""]
+    commits = sorted({r.get("commit", "unknown") for r in runs})
+    lines.append(f"Commit: {', '.join(commits)}")
+    machines = sorted({f"{r.get('machine/cpu', '?')} ({r.get('machine/cpu_count', '?')} CPUs), "
+                       f"{r.get('machine/platform', '?')}, jax {r.get('machine/jax', '?')}" for r in runs})
+    lines.append(f"Machine: {'; '.join(machines)}")
+    lines.append(f"Runs: {len(runs)}; wall time {sum(r.get('wall_seconds', 0) for r in runs) / 60:.1f} min in all")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("root", type=Path, help="a multirun dir (or any folder of run dirs)")
+    ap.add_argument("--out", type=Path, help="where to write the report (default: ROOT/report)")
+    args = ap.parse_args()
+    runs = load_runs(args.root)
+    if not runs:
+        raise SystemExit(f"report: no summary.json under {args.root}")
+    out = args.out or args.root / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "table.md").write_text(table(runs))
+    write_csv(runs, out / "runs.csv")
+    plot_curves(runs, out / "curves.png")
+    (out / "provenance.md").write_text(provenance(args.root, runs))
+    print((out / "table.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
