@@ -8,6 +8,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from sgrad.config import ConfigError, register
@@ -22,15 +23,22 @@ register()
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def _run(cfg: DictConfig) -> float:
     from sgrad.data import DatasetError
-    from sgrad.train import DivergenceError, train_and_evaluate
+    from sgrad.train import DivergenceError, Preempted, train_and_evaluate
 
-    workdir = Path(HydraConfig.get().runtime.output_dir)
+    hydra_cfg = HydraConfig.get()
+    workdir = Path(hydra_cfg.runtime.output_dir)
     try:
         summary = train_and_evaluate(cfg, workdir)
+    except Preempted as e:
+        print(f"sgrad-train: {e}", file=sys.stderr)
+        sys.exit(128 + e.signum)
     except (ConfigError, DatasetError, DivergenceError, ValueError) as e:
-        # One line for the user; the run dir keeps the logs written so far.
+        # One line for the user; the run dir keeps the logs and checkpoints written so far.
         print(f"sgrad-train: {e}", file=sys.stderr)
         log.error("%s", e)
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            # Let the sweep go on; sgrad.callbacks.FailedJobs reports this job at the end.
+            return float("nan")
         sys.exit(3 if isinstance(e, DivergenceError) else 2)
     # The return value lets Hydra sweepers (e.g. optuna) optimise test error.
     return float(summary.get("test/error", float("nan")))

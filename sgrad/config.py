@@ -101,12 +101,19 @@ class TrainerConfig:
     eval_batch_size: int = 1000
     log_every: int = 100
     progress: bool = True
+    resume: Optional[str] = None
 
 
 @dataclass
 class LogConfig:
     grad_probe_every: int = 500
     tensorboard: bool = True
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 1000
+    keep: int = 3
 
 
 @dataclass
@@ -120,6 +127,7 @@ class TrainConfig:
     sg: SGConfig = field(default_factory=SGConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
 
 GROUPS = ("dataset", "model", "mode", "optim", "exp")
@@ -164,6 +172,9 @@ def validate(cfg: Any) -> None:
     )
     _check(cfg.trainer.log_every >= 1, "trainer.log_every", cfg.trainer.log_every, "an integer >= 1")
     _check(cfg.log.grad_probe_every >= 0, "log.grad_probe_every", cfg.log.grad_probe_every, "an integer >= 0 (0 = off)")
+    _check(cfg.checkpoint.every >= 0, "checkpoint.every", cfg.checkpoint.every,
+           "an integer >= 0 (0 = only at the end and on preemption)")
+    _check(cfg.checkpoint.keep >= 1, "checkpoint.keep", cfg.checkpoint.keep, "an integer >= 1")
     for prefix, optim in (("optim", cfg.optim), ("sg.optim", cfg.sg.optim)):
         _check(optim.lr > 0, f"{prefix}.lr", optim.lr, "a float > 0")
         _check(0 < optim.decay_factor, f"{prefix}.decay_factor", optim.decay_factor, "a float > 0")

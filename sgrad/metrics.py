@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Mapping
 
+from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
@@ -54,3 +56,26 @@ class MetricWriter:
 def read_jsonl(path: str | Path) -> list[dict]:
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def rewind(workdir: str | Path, step: int) -> None:
+    """Drop everything logged after `step`, so a resumed run continues its curves with no duplicates."""
+    workdir = Path(workdir)
+    path = workdir / "metrics.jsonl"
+    if path.exists():
+        kept = [line for line in path.read_text().splitlines(keepends=True)
+                if line.strip() and json.loads(line)["step"] <= step]
+        tmp = path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(kept))
+        os.replace(tmp, path)
+    files = sorted((workdir / "tb").glob("events.out.tfevents.*"))
+    if not files:
+        return
+    events = [e for f in files for e in LegacyEventFileLoader(str(f)).Load()
+              if e.HasField("summary") and e.step <= step]
+    writer = EventFileWriter(str(workdir / "tb"), filename_suffix=".resumed")
+    for e in events:
+        writer.add_event(e)
+    writer.close()
+    for f in files:
+        f.unlink()

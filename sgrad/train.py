@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
+import threading
 import time
 from functools import partial
 from pathlib import Path
@@ -20,9 +22,10 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
+from sgrad.checkpoint import Checkpoints, find_checkpoint_dir
 from sgrad.config import validate
 from sgrad.data import Dataset, load_dataset
-from sgrad.metrics import MetricWriter
+from sgrad.metrics import MetricWriter, read_jsonl, rewind
 from sgrad.network import build_network, init_variables
 from sgrad.optim import build_train_optimizer, learning_rate
 from sgrad.provenance import provenance
@@ -67,11 +70,59 @@ class BatchOrder:
         return idx, np.arange(length) < count
 
 
-def _finite_or_raise(step: int, metrics: dict[str, float]) -> None:
+class Preempted(RuntimeError):
+    """SIGTERM/SIGINT arrived; a checkpoint was written at `step` and the run can be resumed."""
+
+    def __init__(self, signum: int, step: int):
+        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; "
+                         "checkpoint saved, run the same command again to resume")
+        self.signum, self.step = signum, step
+
+
+class _SignalFlag:
+    """Within the block, SIGTERM/SIGINT only set a flag, so the loop can checkpoint before it exits."""
+
+    def __init__(self):
+        self.received = 0
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        self.received = signum
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _divergence_message(step: int, metrics: dict[str, float], state: TrainState) -> str:
     bad = [k for k, v in metrics.items() if not np.isfinite(v)]
-    if bad:
-        where = ", ".join(bad)
-        raise DivergenceError(f"run diverged at step {step}: non-finite {where}")
+    parts = []
+    for group, label in (("modules", "module"), ("sg", "SG model of interface")):
+        for i, p in enumerate(state.params[group], start=1):
+            if not all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(p)):
+                parts.append(f"{label} {i}")
+    where = f"; non-finite parameters in {', '.join(parts)}" if parts else ""
+    return (f"run diverged at step {step}: non-finite {', '.join(bad)}{where}. "
+            "The last good checkpoint and the logs are kept in the run dir")
+
+
+def _last_logged(workdir: Path) -> tuple[dict, dict]:
+    """The newest train and test records of a run dir's metrics.jsonl (for a resumed run's summary)."""
+    path = workdir / "metrics.jsonl"
+    train, test = {}, {}
+    if path.exists():
+        for row in read_jsonl(path):
+            if "train/loss" in row:
+                train = {k: v for k, v in row.items() if k != "step"}
+            if "test/accuracy" in row:
+                test = {k: v for k, v in row.items() if k != "step"}
+    return train, test
 
 
 def _pad_eval(x: np.ndarray, y: np.ndarray, batch: int):
@@ -148,17 +199,33 @@ def train_and_evaluate(cfg: Any, workdir: str | Path, dataset: Dataset | None = 
     run_probe = jax.jit(lambda s: probe(net, s, preprocess(probe_x, mean, std), probe_y))
     lr_at = learning_rate(cfg.optim, total)
 
+    checkpoints = Checkpoints(workdir / "checkpoints", cfg.checkpoint.keep)
+    source = Checkpoints(find_checkpoint_dir(tcfg.resume), read_only=True) if tcfg.resume else checkpoints
+    restored = source.restore_latest(state)
+    if restored is None and tcfg.resume:
+        raise ValueError(f"trainer.resume={tcfg.resume}: no readable checkpoint in {source.directory}")
+    step = 0
+    if restored is not None:
+        step, state = restored
+        log.info("resuming from the checkpoint at step %d in %s", step, source.directory)
+    # Whatever was logged after the restored step is about to be recomputed.
+    rewind(workdir, step)
+    last_train, last_test = _last_logged(workdir)
     (workdir / "summary.json").unlink(missing_ok=True)
     writer = MetricWriter(workdir, cfg.log.tensorboard)
     log.info("mode=%s model=%s layers=%d dataset=%s (%s): %d steps, %d per epoch, %d modules, run dir %s",
              mode, _value(cfg.model.name), cfg.model.layers, data.name, data.source, total,
              order.steps_per_epoch, len(net.modules), workdir)
-    bar = tqdm(total=total, desc=f"{mode}", unit="step", disable=not tcfg.progress, dynamic_ncols=True)
-    last_train: dict[str, float] = {}
-    last_test: dict[str, float] = {}
+    bar = tqdm(total=total, initial=step, desc=f"{mode}", unit="step", disable=not tcfg.progress,
+               dynamic_ncols=True)
     status = "running"
-    step, t_mark, step_mark, t_start = 0, time.perf_counter(), 0, time.perf_counter()
+    t_mark, step_mark, t_start = time.perf_counter(), step, time.perf_counter()
     pending = None
+    signals = _SignalFlag()
+
+    def check(at_step: int, values: dict[str, float]) -> None:
+        if not all(np.isfinite(v) for v in values.values()):
+            raise DivergenceError(_divergence_message(at_step, values, state))
 
     def drain(pending):
         """Pull a finished chunk's metrics to the host, after the next chunk was already dispatched."""
@@ -174,45 +241,59 @@ def train_and_evaluate(cfg: Any, workdir: str | Path, dataset: Dataset | None = 
         out["perf/steps_per_sec"] = rate
         out["perf/examples_per_sec"] = rate * tcfg.batch_size
         writer.write(end_step, out)
-        _finite_or_raise(end_step, host)  # after writing: the log shows the non-finite values too
+        check(end_step, host)  # after writing: the log shows the non-finite values too
         bar.set_postfix(loss=f"{out['train/loss']:.4f}", acc=f"{out['train/accuracy']:.3f}", refresh=False)
         return out
 
+    def due(every: int, at_step: int) -> bool:
+        return bool(every) and at_step % every == 0
+
     try:
-        while step < total:
-            stop = min(total, step + tcfg.log_every, (step // eval_every + 1) * eval_every)
-            if probe_every:
-                stop = min(stop, (step // probe_every + 1) * probe_every)
-            idx, valid = order.chunk(step, stop - step, tcfg.log_every)
-            state, means = run_chunk(state, train_x, train_y, idx, valid)
-            if pending is not None:
-                last_train = drain(pending)
-            bar.update(stop - step)
-            pending, step = (stop, means), stop
-            if step % eval_every == 0 or step == total or (probe_every and step % probe_every == 0):
-                last_train = drain(pending)
-                pending = None
-            if probe_every and (step % probe_every == 0 or step == total):
-                p = {k: float(v) for k, v in jax.device_get(run_probe(state)).items()}
-                writer.write(step, p)
-                _finite_or_raise(step, p)
-            if step % eval_every == 0 or step == total:
-                ev = {k: float(v) for k, v in jax.device_get(evaluate(state, *test)).items()}
-                ev["test/error"] = 1.0 - ev["test/accuracy"]
-                ev["epoch"] = step / order.steps_per_epoch
-                writer.write(step, ev)
-                _finite_or_raise(step, ev)
-                last_test = ev
-                log.info("step %d epoch %.2f: train loss %.4f acc %.4f | test loss %.4f acc %.4f",
-                         step, ev["epoch"], last_train.get("train/loss", float("nan")),
-                         last_train.get("train/accuracy", float("nan")), ev["test/loss"], ev["test/accuracy"])
+        with signals:
+            while step < total:
+                # Chunk ends lie on a fixed grid of steps, so a resumed run logs exactly the same points.
+                stop = min([total] + [(step // e + 1) * e for e in
+                                      (tcfg.log_every, eval_every, probe_every, cfg.checkpoint.every) if e])
+                idx, valid = order.chunk(step, stop - step, tcfg.log_every)
+                state, means = run_chunk(state, train_x, train_y, idx, valid)
+                if pending is not None:
+                    last_train = drain(pending)
+                bar.update(stop - step)
+                pending, step = (stop, means), stop
+                saving = due(cfg.checkpoint.every, step) or step == total or signals.received
+                if due(eval_every, step) or due(probe_every, step) or step == total or saving:
+                    last_train = drain(pending)
+                    pending = None
+                if due(probe_every, step) or (probe_every and step == total):
+                    p = {k: float(v) for k, v in jax.device_get(run_probe(state)).items()}
+                    writer.write(step, p)
+                    check(step, p)
+                if due(eval_every, step) or step == total:
+                    ev = {k: float(v) for k, v in jax.device_get(evaluate(state, *test)).items()}
+                    ev["test/error"] = 1.0 - ev["test/accuracy"]
+                    ev["epoch"] = step / order.steps_per_epoch
+                    writer.write(step, ev)
+                    check(step, ev)
+                    last_test = ev
+                    log.info("step %d epoch %.2f: train loss %.4f acc %.4f | test loss %.4f acc %.4f",
+                             step, ev["epoch"], last_train.get("train/loss", float("nan")),
+                             last_train.get("train/accuracy", float("nan")), ev["test/loss"], ev["test/accuracy"])
+                if saving:
+                    writer.flush()
+                    checkpoints.save(step, state)
+                if signals.received:
+                    raise Preempted(signals.received, step)
         status = "completed"
     except DivergenceError:
         status = "diverged"
         raise
+    except Preempted:
+        status = "preempted"
+        raise
     finally:
         bar.close()
         writer.close()
+        checkpoints.close()
         wall = time.perf_counter() - t_start
         summary = {"status": status, "step": step, "mode": mode, "dataset": data.name,
                    "model": _value(cfg.model.name), "layers": cfg.model.layers, "seed": cfg.seed,

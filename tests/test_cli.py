@@ -84,6 +84,8 @@ def test_valid_overrides_pass_the_check():
 
 @pytest.mark.parametrize("override, fragment", [
     ("model.layers=1", "model.layers must be an integer >= 2"),
+    ("model.layers=-3", "model.layers must be an integer >= 2"),
+    ("checkpoint.keep=0", "checkpoint.keep must be an integer >= 1"),
     ("model.dni_every=4", "model.dni_every must be an integer in [1, model.layers-1=3]"),
     ("trainer.batch_size=0", "trainer.batch_size must be an integer >= 1"),
 ])
