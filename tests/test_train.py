@@ -78,9 +78,13 @@ def test_divergence_stops_with_step_and_metric_and_keeps_logs(idx_dir, tmp_path)
 
 
 def test_same_seed_same_metrics(idx_dir, tmp_path):
-    a = _train(idx_dir, tmp_path / "a", "mode=cdni", "trainer.steps=40", "seed=3")
-    b = _train(idx_dir, tmp_path / "b", "mode=cdni", "trainer.steps=40", "seed=3")
+    a = _train(idx_dir, tmp_path / "a", "mode=cdni", "trainer.steps=60", "seed=3")
+    b = _train(idx_dir, tmp_path / "b", "mode=cdni", "trainer.steps=60", "seed=3")
     assert a["train/loss"] == b["train/loss"] and a["test/accuracy"] == b["test/accuracy"]
+    strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in rows]
+    assert strip(read_jsonl(tmp_path / "a" / "metrics.jsonl")) == strip(read_jsonl(tmp_path / "b" / "metrics.jsonl"))
+    c = _train(idx_dir, tmp_path / "c", "mode=cdni", "trainer.steps=60", "seed=4")
+    assert c["train/loss"] != a["train/loss"]
 
 
 @pytest.mark.slow
