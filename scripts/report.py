@@ -1,11 +1,13 @@
 """Collect the runs of a Hydra multirun into a table, a CSV and convergence curves.
 
-    python scripts/report.py MULTIRUN_DIR [--out DIR]
+    python scripts/report.py MULTIRUN_DIR [--out DIR] [--paper FILE.yaml]
 
 Reads each run's summary.json, .hydra/config.yaml and metrics.jsonl; writes
 table.md (rows: mode, columns: layers, mean ± std test error over seeds),
 runs.csv (one row per run), curves.png (test error vs step, one panel per depth)
 and provenance.md (the sweep command, commit and machine). Nothing is typed in by hand.
+With --paper, a YAML file {mode: {layers: test error in %}} of published numbers is
+shown beside ours, marked as such.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ def _mean_std(values: list[float]) -> str:
     return f"{statistics.mean(pct):.2f} ± {statistics.stdev(pct):.2f}"
 
 
-def table(runs: list[dict]) -> str:
+def table(runs: list[dict], paper: dict | None = None) -> str:
     """Markdown: test error (%) by mode (rows) and depth (columns), mean ± std over seeds."""
     depths = sorted({r["layers"] for r in runs})
     modes = [m for m in MODES if any(r["mode"] == m for r in runs)]
@@ -63,6 +65,9 @@ def table(runs: list[dict]) -> str:
     head = "| test error (%) | " + " | ".join(f"{d} layers" for d in depths) + " |"
     rule = "|---|" + "---|" * len(depths)
     rows = [f"| {m} | " + " | ".join(_mean_std(cells[(m, d)]) for d in depths) + " |" for m in modes]
+    if paper:
+        rows += [f"| {m} (paper) | " + " | ".join(str(paper[m].get(d, "–")) for d in depths) + " |"
+                 for m in modes if m in paper]
     note = f"\nSeeds: {', '.join(map(str, seeds))} (mean ± std where more than one)."
     failed = [r["run"] for r in runs if r.get("status") != "completed"]
     if failed:
@@ -121,13 +126,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("root", type=Path, help="a multirun dir (or any folder of run dirs)")
     ap.add_argument("--out", type=Path, help="where to write the report (default: ROOT/report)")
+    ap.add_argument("--paper", type=Path, help="YAML {mode: {layers: published test error %%}}")
     args = ap.parse_args()
+    paper = None
+    if args.paper:
+        raw = OmegaConf.to_container(OmegaConf.load(args.paper))
+        paper = {str(m): {int(d): v for d, v in row.items()} for m, row in raw.items()}
     runs = load_runs(args.root)
     if not runs:
         raise SystemExit(f"report: no summary.json under {args.root}")
     out = args.out or args.root / "report"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "table.md").write_text(table(runs))
+    (out / "table.md").write_text(table(runs, paper))
     write_csv(runs, out / "runs.csv")
     plot_curves(runs, out / "curves.png")
     (out / "provenance.md").write_text(provenance(args.root, runs))

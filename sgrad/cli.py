@@ -25,6 +25,9 @@ def _run(cfg: DictConfig) -> float:
     from sgrad.data import DatasetError
     from sgrad.train import DivergenceError, Preempted, train_and_evaluate
 
+    # Orbax and JAX log every save and backend probe at INFO; keep the run log about training.
+    for name in ("absl", "jax._src.xla_bridge"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     hydra_cfg = HydraConfig.get()
     workdir = Path(hydra_cfg.runtime.output_dir)
     try:

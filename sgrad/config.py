@@ -130,7 +130,7 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
 
-GROUPS = ("dataset", "model", "mode", "optim", "exp")
+GROUPS = ("dataset", "model", "mode", "optim", "exp", "hparams_search")
 
 
 class ConfigError(ValueError):

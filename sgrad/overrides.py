@@ -80,7 +80,7 @@ def check_overrides(argv: list[str], config_dir: str | Path) -> None:
         key = o.key_or_group
         if key.startswith("hydra") or o.package:
             continue
-        if key in GROUPS and not o.is_add() or key == "exp":
+        if key in GROUPS and not o.is_add() or key in ("exp", "hparams_search"):
             _check_group(o, config_dir)
         elif isinstance(o.value(), str) and o.value().startswith("${"):
             continue  # interpolations resolve later; Hydra checks them

@@ -134,3 +134,26 @@ def test_multirun_sweeps_modes(idx_dir, tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     modes = sorted(json.loads(p.read_text())["mode"] for p in sweep.glob("*/summary.json"))
     assert modes == ["backprop", "dni"]
+
+
+def test_sweep_plugins_compose():
+    register()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="train", return_hydra_config=True,
+                      overrides=["+exp=table1_fashion_mnist_fcn", "hydra/launcher=submitit_slurm"])
+        assert "submitit" in cfg.hydra.launcher._target_
+        assert cfg.hydra.sweeper.params["model.layers"] == "3,4,5,6"
+        cfg = compose(config_name="train", return_hydra_config=True,
+                      overrides=["+exp=fashion_mnist_dni", "+hparams_search=cdni_optuna", "hydra/launcher=joblib"])
+        assert "optuna" in cfg.hydra.sweeper._target_ and cfg.mode == "cdni"
+        assert set(cfg.hydra.sweeper.params) == {"sg.optim.lr", "sg.hidden_layers", "sg.width"}
+
+
+@pytest.mark.slow
+def test_optuna_search_runs_trials(idx_dir, tmp_path):
+    sweep = tmp_path / "optuna"
+    res = _cli("-m", "+exp=mnist_dni", "+hparams_search=cdni_optuna", "dataset=idx", f"dataset.dir={idx_dir}",
+               "model.layers=3", *TINY, "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert len(list(sweep.glob("*/summary.json"))) == 2
+    assert "best_value" in (sweep / "optimization_results.yaml").read_text()
