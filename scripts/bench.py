@@ -49,11 +49,28 @@ def matmul_peak(n: int = 2048, repeats: int = 20) -> float:
     return 2 * n ** 3 * repeats / best
 
 
-def bench_one(model: str, layers: int, mode: str, batch: int, chunk: int, chunks: int) -> dict:
-    shape = (32, 32, 3) if model == "cnn" else (28, 28, 1)
-    cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.from_dotlist(
+def paper_cfg(model: str, layers: int, mode: str, batch: int):
+    """The paper's settings for one row of the table (no Hydra needed)."""
+    return OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.from_dotlist(
         [f"mode={mode}", f"model.name={model}", f"model.layers={layers}", f"trainer.batch_size={batch}",
          "optim.schedule=constant", "sg.optim.schedule=constant", *MODE_SG[mode]]))
+
+
+def exp_cfg(exp: str, mode: str):
+    """A preset composed by Hydra exactly as `sgrad-train +exp=EXP mode=MODE` composes it."""
+    from hydra import compose, initialize_config_dir
+
+    from sgrad.cli import CONFIG_DIR
+    from sgrad.config import register
+    register()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(config_name="train", overrides=[f"+exp={exp}", f"mode={mode}"])
+
+
+def bench_one(cfg, chunk: int, chunks: int) -> dict:
+    model, mode = str(getattr(cfg.model.name, "value", cfg.model.name)), str(getattr(cfg.mode, "value", cfg.mode))
+    layers, batch = cfg.model.layers, cfg.trainer.batch_size
+    shape = (32, 32, 3) if model == "cnn" else (28, 28, 1)
     net = build_network(cfg, shape, 10)
     n = 8192
     rng = np.random.default_rng(0)
@@ -66,17 +83,17 @@ def bench_one(model: str, layers: int, mode: str, batch: int, chunk: int, chunks
     train_step = make_train_step(net, tx, mode)
     run_chunk = make_chunk_runner(train_step, mean, std)
     idx = jax.device_put(rng.integers(0, n, (chunk, batch)).astype(np.int32))
-    valid = jax.device_put(np.ones(chunk, bool))
+    n_steps = np.int32(chunk)
     # XLA counts a loop body once, so the FLOPs come from one step compiled on its own.
     x0 = preprocess(xs[:batch], mean, std)
     cost = jax.jit(train_step).lower(state, x0, ys[:batch]).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     flops = float(cost.get("flops", 0.0)) * chunk if cost else 0.0
-    state, m = run_chunk(state, xs, ys, idx, valid)  # warm-up (compiles)
+    state, m = run_chunk(state, xs, ys, idx, n_steps)  # warm-up (compiles)
     jax.block_until_ready(m)
     t = time.perf_counter()
     for _ in range(chunks):
-        state, m = run_chunk(state, xs, ys, idx, valid)
+        state, m = run_chunk(state, xs, ys, idx, n_steps)
     jax.block_until_ready((state, m))
     elapsed = time.perf_counter() - t
     steps = chunk * chunks
@@ -87,6 +104,7 @@ def bench_one(model: str, layers: int, mode: str, batch: int, chunk: int, chunks
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="fcn3,fcn4,fcn6", help="comma list of fcnN / cnnN")
+    ap.add_argument("--exp", help="bench this preset (e.g. bench_peer_mlp) in every mode instead of --models")
     ap.add_argument("--modes", default="backprop,dni,cdni")
     ap.add_argument("--batch", default="64,256")
     ap.add_argument("--chunk", type=int, default=50, help="steps per compiled chunk")
@@ -97,15 +115,21 @@ def main() -> None:
     peak = matmul_peak()
     print(f"float32 matmul peak: {peak / 1e9:.1f} GFLOP/s", flush=True)
     rows = []
-    for spec in args.models.split(","):
-        model, layers = spec.rstrip("0123456789"), int(spec[len(spec.rstrip("0123456789")):])
-        for batch in map(int, args.batch.split(",")):
-            for mode in args.modes.split(","):
-                r = bench_one(model, layers, mode, batch, args.chunk, args.chunks)
-                rows.append(r)
-                print(f"{r['model']:6s} batch {batch:4d} {mode:9s} {r['steps_per_sec']:9.1f} steps/s "
-                      f"{r['examples_per_sec']:10.0f} ex/s {r['flops_per_sec'] / 1e9:7.1f} GFLOP/s "
-                      f"({100 * r['flops_per_sec'] / peak:.0f}% of peak)", flush=True)
+    if args.exp:
+        configs = [exp_cfg(args.exp, mode) for mode in args.modes.split(",")]
+    else:
+        configs = []
+        for spec in args.models.split(","):
+            model, layers = spec.rstrip("0123456789"), int(spec[len(spec.rstrip("0123456789")):])
+            for batch in map(int, args.batch.split(",")):
+                configs += [paper_cfg(model, layers, mode, batch) for mode in args.modes.split(",")]
+    for cfg in configs:
+        r = bench_one(cfg, args.chunk, args.chunks)
+        rows.append(r)
+        batch, mode = r["batch"], r["mode"]
+        print(f"{r['model']:6s} batch {batch:4d} {mode:9s} {r['steps_per_sec']:9.1f} steps/s "
+              f"{r['examples_per_sec']:10.0f} ex/s {r['flops_per_sec'] / 1e9:7.1f} GFLOP/s "
+              f"({100 * r['flops_per_sec'] / peak:.0f}% of peak)", flush=True)
 
     m = machine()
     lines = ["# Single-device training throughput", "",

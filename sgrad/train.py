@@ -61,13 +61,13 @@ class BatchOrder:
             self._perm = np.random.default_rng([self.seed, epoch]).permutation(self.n)
         return self._perm
 
-    def chunk(self, start: int, count: int, length: int) -> tuple[np.ndarray, np.ndarray]:
-        """Indices [length, B] for steps start..start+count-1, padded with masked rows."""
+    def chunk(self, start: int, count: int, length: int) -> np.ndarray:
+        """Indices [length, B] for steps start..start+count-1; rows past `count` are unused padding."""
         idx = np.zeros((length, self.b), np.int32)
         for j in range(count):
             epoch, pos = divmod(start + j, self.steps_per_epoch)
             idx[j] = self._permutation(epoch)[pos * self.b:(pos + 1) * self.b]
-        return idx, np.arange(length) < count
+        return idx
 
 
 class Preempted(RuntimeError):
@@ -136,23 +136,25 @@ def _pad_eval(x: np.ndarray, y: np.ndarray, batch: int):
 
 
 def make_chunk_runner(train_step, mean: jnp.ndarray, std: jnp.ndarray):
-    """jit(run_chunk)(state, xs, ys, idx_CxB, valid_C) -> (state, mean metrics over the valid steps).
+    """jit(run_chunk)(state, xs, ys, idx_CxB, n) -> (state, mean metrics over the first n steps).
 
-    One `lax.scan` over a chunk of steps, each gathering its batch from the
-    device-resident data; masked steps leave the state untouched, so the last,
-    shorter chunk reuses the compiled program. The state buffers are donated.
+    A loop over the first `n` rows of a fixed-size index array, each step
+    gathering its batch from the device-resident data. `n` is a traced value,
+    so the last, shorter chunk of a run reuses the compiled program, and no step
+    is spent on padding. The state buffers are donated.
     """
     @partial(jax.jit, donate_argnums=0)
-    def run_chunk(state: TrainState, xs, ys, idx_CxB, valid_C):
-        def body(s, inp):
-            idx, valid = inp
-            x, y = preprocess(xs[idx], mean, std), ys[idx]
-            shapes = jax.eval_shape(train_step, s, x, y)[1]
-            skip = lambda s: (s, jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype), shapes))
-            return jax.lax.cond(valid, lambda s: train_step(s, x, y), skip, s)
-        s, metrics = jax.lax.scan(body, state, (idx_CxB, valid_C))
-        w = valid_C.astype(jnp.float32)
-        return s, jax.tree.map(lambda m: jnp.sum(m * w) / jnp.maximum(jnp.sum(w), 1.0), metrics)
+    def run_chunk(state: TrainState, xs, ys, idx_CxB, n):
+        def step(i, carry):
+            s, sums = carry
+            idx = idx_CxB[i]
+            s, metrics = train_step(s, preprocess(xs[idx], mean, std), ys[idx])
+            return s, jax.tree.map(jnp.add, sums, metrics)
+
+        shapes = jax.eval_shape(train_step, state, preprocess(xs[idx_CxB[0]], mean, std), ys[idx_CxB[0]])[1]
+        zeros = jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype), shapes)
+        state, sums = jax.lax.fori_loop(0, n, step, (state, zeros))
+        return state, jax.tree.map(lambda m: m / jnp.maximum(n, 1).astype(m.dtype), sums)
 
     return run_chunk
 
@@ -254,8 +256,8 @@ def train_and_evaluate(cfg: Any, workdir: str | Path, dataset: Dataset | None = 
                 # Chunk ends lie on a fixed grid of steps, so a resumed run logs exactly the same points.
                 stop = min([total] + [(step // e + 1) * e for e in
                                       (tcfg.log_every, eval_every, probe_every, cfg.checkpoint.every) if e])
-                idx, valid = order.chunk(step, stop - step, tcfg.log_every)
-                state, means = run_chunk(state, train_x, train_y, idx, valid)
+                idx = order.chunk(step, stop - step, tcfg.log_every)
+                state, means = run_chunk(state, train_x, train_y, idx, np.int32(stop - step))
                 if pending is not None:
                     last_train = drain(pending)
                 bar.update(stop - step)
