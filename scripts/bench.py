@@ -25,7 +25,7 @@ from sgrad.config import TrainConfig  # noqa: E402
 from sgrad.network import build_network, init_variables  # noqa: E402
 from sgrad.optim import build_train_optimizer  # noqa: E402
 from sgrad.provenance import git_commit, machine  # noqa: E402
-from sgrad.step import create_state, make_train_step  # noqa: E402
+from sgrad.step import UpdateRule, create_state, make_train_step  # noqa: E402
 from sgrad.train import make_chunk_runner, preprocess  # noqa: E402
 
 # The SG model of each mode, as in configs/mode/*.yaml (paper settings).
@@ -80,7 +80,7 @@ def bench_one(cfg, chunk: int, chunks: int) -> dict:
     params, stats = init_variables(net, jax.random.key(0), preprocess(xs[:batch], mean, std))
     tx = build_train_optimizer(cfg, 10_000)
     state = create_state(params, stats, tx)
-    train_step = make_train_step(net, tx, mode)
+    train_step = make_train_step(net, tx, mode, UpdateRule.from_config(cfg))
     run_chunk = make_chunk_runner(train_step, mean, std)
     idx = jax.device_put(rng.integers(0, n, (chunk, batch)).astype(np.int32))
     n_steps = np.int32(chunk)

@@ -89,6 +89,10 @@ class SGConfig:
     kernel: int = 5
     batch_norm: bool = True
     scale: float = 1.0
+    lambda_: float = 0.0
+    lambda_final: Optional[float] = None
+    lambda_steps: int = 0
+    warmup_steps: int = 0
     optim: OptimConfig = field(default_factory=OptimConfig)
 
 
@@ -102,6 +106,7 @@ class TrainerConfig:
     log_every: int = 100
     progress: bool = True
     resume: Optional[str] = None
+    update_prob: float = 1.0
 
 
 @dataclass
@@ -172,6 +177,12 @@ def validate(cfg: Any) -> None:
     )
     _check(cfg.trainer.log_every >= 1, "trainer.log_every", cfg.trainer.log_every, "an integer >= 1")
     _check(cfg.log.grad_probe_every >= 0, "log.grad_probe_every", cfg.log.grad_probe_every, "an integer >= 0 (0 = off)")
+    _check(0.0 <= cfg.trainer.update_prob <= 1.0, "trainer.update_prob", cfg.trainer.update_prob,
+           "a probability in [0, 1]")
+    for key in ("lambda_", "lambda_final"):
+        v = cfg.sg[key]
+        _check(v is None or 0.0 <= v <= 1.0, f"sg.{key}", v, "in [0, 1] (0: DNI, 1: backprop)")
+    _check(cfg.sg.warmup_steps >= 0, "sg.warmup_steps", cfg.sg.warmup_steps, "an integer >= 0")
     _check(cfg.checkpoint.every >= 0, "checkpoint.every", cfg.checkpoint.every,
            "an integer >= 0 (0 = only at the end and on preemption)")
     _check(cfg.checkpoint.keep >= 1, "checkpoint.keep", cfg.checkpoint.keep, "an integer >= 1")

@@ -108,25 +108,40 @@ def backprop_chain(fwd: Forward, top_gradient: jnp.ndarray) -> tuple[tuple[PyTre
 
 
 def decoupled_module_grads(fwd: Forward, synthetic: Sequence[jnp.ndarray], top_gradient: jnp.ndarray,
-                           sg_scale: float = 1.0) -> tuple[tuple[PyTree, ...], tuple[jnp.ndarray, ...]]:
+                           sg_scale: float = 1.0, lam=0.0) -> tuple[tuple[PyTree, ...], tuple[jnp.ndarray, ...]]:
     """The decoupled update: module i < K steps along VJP_{f_i}(ĝ_i), module K along the true gradient.
 
     Also returns the SG targets δ_i = VJP of f_{i+1} w.r.t. its input at the
     cotangent f_{i+1} itself used (ĝ_{i+1}, or the true gradient for the last
-    module): the bootstrapped target of M_i. `sg_scale` scales the update only,
-    never the target, so M_i keeps regressing the unscaled gradient.
+    module): the bootstrapped target of M_i. `sg_scale` scales the synthetic
+    part of the update only, never the target, so M_i keeps regressing the
+    unscaled gradient.
+
+    `lam` gives BP(λ) (supplement A): module i uses λ·(cotangent backpropagated
+    from module i+1) + (1-λ)·ĝ_i, so λ=1 is backprop and λ=0 is DNI. A static 0
+    keeps the modules independent of each other, as update unlocking needs.
     """
     k = len(fwd.vjps)
     if len(synthetic) != k - 1:
         raise ValueError(f"{k} modules need {k - 1} synthetic gradients, got {len(synthetic)}")
     batch = top_gradient.shape[0]
-    cotangents = list(synthetic) + [top_gradient]
-    grads, input_cots = [], []
-    for i in range(k):
-        d_params, d_input = fwd.vjps[i](cotangents[i])
-        factor = (1.0 if i == k - 1 else sg_scale) / batch
-        grads.append(_scale(d_params, factor))
-        input_cots.append(d_input)
+    unlocked = isinstance(lam, (int, float)) and lam == 0
+    grads: list[PyTree] = [None] * k
+    input_cots: list[jnp.ndarray] = [None] * k
+    for i in reversed(range(k)):
+        if i == k - 1:
+            cot = update = top_gradient
+        elif unlocked:
+            cot = synthetic[i]
+            update = cot if sg_scale == 1.0 else sg_scale * cot
+        else:
+            above = lam * input_cots[i + 1]
+            cot = above + (1.0 - lam) * synthetic[i]
+            update = cot if sg_scale == 1.0 else above + (1.0 - lam) * sg_scale * synthetic[i]
+        d_params, input_cots[i] = fwd.vjps[i](cot)
+        if update is not cot:
+            d_params, _ = fwd.vjps[i](update)
+        grads[i] = _scale(d_params, 1.0 / batch)
     return tuple(grads), tuple(input_cots[1:])
 
 
@@ -182,12 +197,12 @@ def backprop_grads(net: Network, params: PyTree, stats: PyTree, x: jnp.ndarray, 
 
 
 def dni_grads(net: Network, params: PyTree, stats: PyTree, x: jnp.ndarray, labels: jnp.ndarray,
-              sg_scale: float = 1.0):
+              sg_scale: float = 1.0, lam=0.0):
     """Decoupled gradients for modules and SG models; returns (grads, new_stats, metrics)."""
     fwd = forward(net.modules, params["modules"], stats["modules"], x)
     loss, top = loss_and_top_gradient(fwd.activations[-1], labels)
     pred = predict_synthetic(net, params["sg"], stats["sg"], fwd.activations, labels)
-    module_grads, targets = decoupled_module_grads(fwd, pred.gradients, top, sg_scale)
+    module_grads, targets = decoupled_module_grads(fwd, pred.gradients, top, sg_scale, lam)
     sg_grads, sg_losses = sg_regression(pred, targets)
     grads = {"modules": module_grads, "sg": sg_grads}
     new_stats = {"modules": fwd.stats, "sg": pred.stats}

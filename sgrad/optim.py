@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import jax
+from typing import NamedTuple
+
 import optax
 
 
@@ -48,16 +49,13 @@ def build_optimizer(cfg, total_steps: int) -> optax.GradientTransformation:
     return tx
 
 
-def build_train_optimizer(cfg, total_steps: int) -> optax.GradientTransformation:
-    """Modules follow `cfg.optim`, SG models `cfg.sg.optim`; labels come from the top-level key."""
-    def labels(params):
-        return {k: _label_tree(v, k) for k, v in params.items()}
-    return optax.partition(
-        {"modules": build_optimizer(cfg.optim, total_steps),
-         "sg": build_optimizer(cfg.sg.optim, total_steps)},
-        labels,
-    )
+class Optimizers(NamedTuple):
+    """Module and SG-model optimizers; each module and SG model keeps its own state, so one can skip a step."""
+
+    modules: optax.GradientTransformation
+    sg: optax.GradientTransformation
 
 
-def _label_tree(tree, label):
-    return jax.tree.map(lambda _: label, tree)
+def build_train_optimizer(cfg, total_steps: int) -> Optimizers:
+    """Modules follow `cfg.optim`, SG models `cfg.sg.optim`."""
+    return Optimizers(build_optimizer(cfg.optim, total_steps), build_optimizer(cfg.sg.optim, total_steps))

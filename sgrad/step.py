@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable
 
 import jax
@@ -10,6 +11,7 @@ import optax
 from flax import struct
 
 from sgrad import dni
+from sgrad.optim import Optimizers
 
 PyTree = Any
 
@@ -22,36 +24,96 @@ class TrainState:
     opt_state: PyTree
 
 
-def create_state(params: PyTree, stats: PyTree, tx: optax.GradientTransformation) -> TrainState:
-    return TrainState(jnp.zeros((), jnp.int32), params, stats, tx.init(params))
+def create_state(params: PyTree, stats: PyTree, tx: Optimizers) -> TrainState:
+    """Each module and SG model gets its own optimizer state, so each can skip steps on its own."""
+    opt_state = {"modules": tuple(tx.modules.init(p) for p in params["modules"]),
+                 "sg": tuple(tx.sg.init(q) for q in params["sg"])}
+    return TrainState(jnp.zeros((), jnp.int32), params, stats, opt_state)
+
+
+@dataclasses.dataclass(frozen=True)
+class UpdateRule:
+    """How the decoupled updates are applied, beyond the plain rule (paper sec. 4.1, supplement A)."""
+
+    sg_scale: float = 1.0
+    lam: float = 0.0                         # BP(λ) at step 0 (0: DNI, 1: backprop)
+    lam_final: float | None = None           # anneal λ linearly to this over lam_steps
+    lam_steps: int = 0
+    warmup_steps: int = 0                    # SG models learn true gradients; modules wait
+    update_prob: float = 1.0                 # each module (with its SG model) updates w.p. p
+    seed: int = 0
+
+    @classmethod
+    def from_config(cls, cfg) -> "UpdateRule":
+        return cls(cfg.sg.scale, cfg.sg.lambda_, cfg.sg.lambda_final, cfg.sg.lambda_steps,
+                   cfg.sg.warmup_steps, cfg.trainer.update_prob, cfg.seed)
+
+    def lam_at(self, step: jnp.ndarray):
+        """λ for this step: a static 0.0 when nothing mixes, so modules stay unlocked."""
+        if self.lam_final is None and self.warmup_steps == 0 and self.lam == 0:
+            return 0.0
+        end = self.lam if self.lam_final is None else self.lam_final
+        lam = optax.linear_schedule(self.lam, end, max(self.lam_steps, 1))(step - self.warmup_steps)
+        return jnp.where(step < self.warmup_steps, 1.0, lam)
 
 
 def _global_norm(tree) -> jnp.ndarray:
     return optax.global_norm(tree) if jax.tree.leaves(tree) else jnp.zeros(())
 
 
-def make_train_step(net: dni.Network, tx: optax.GradientTransformation, mode: str,
-                    sg_scale: float = 1.0) -> Callable[[TrainState, jnp.ndarray, jnp.ndarray], tuple[TrainState, dict]]:
+def _masked_update(tx: optax.GradientTransformation, grads, opt_state, params, active):
+    """One optimizer step, kept only where `active` (a traced bool); otherwise params and state stay."""
+    updates, new_state = tx.update(grads, opt_state, params)
+    new_params = optax.apply_updates(params, updates)
+    if active is True:
+        return new_params, new_state, updates
+    keep = lambda new, old: jnp.where(active, new, old)
+    return (jax.tree.map(keep, new_params, params), jax.tree.map(keep, new_state, opt_state),
+            jax.tree.map(lambda u: jnp.where(active, u, 0), updates))
+
+
+def make_train_step(net: dni.Network, tx: Optimizers, mode: str, rule: UpdateRule = UpdateRule()
+                    ) -> Callable[[TrainState, jnp.ndarray, jnp.ndarray], tuple[TrainState, dict]]:
     """step(state, x, y) -> (state, metrics) for `backprop`, or the decoupled family (`dni`, `cdni`)."""
-    if mode == "backprop":
-        def grads_fn(params, stats, x, y):
-            return dni.backprop_grads(net, params, stats, x, y)
-    elif mode in ("dni", "cdni"):
-        if net.conditioned != (mode == "cdni"):
-            raise ValueError(f"mode={mode} needs a network built with conditioned={mode == 'cdni'}")
-        def grads_fn(params, stats, x, y):
-            return dni.dni_grads(net, params, stats, x, y, sg_scale)
-    else:
+    if mode not in ("backprop", "dni", "cdni"):
         raise ValueError(f"mode={mode!r}: allowed values are backprop, dni, cdni")
+    if mode != "backprop" and net.conditioned != (mode == "cdni"):
+        raise ValueError(f"mode={mode} needs a network built with conditioned={mode == 'cdni'}")
+    k = len(net.modules)
 
     def train_step(state: TrainState, x: jnp.ndarray, y: jnp.ndarray):
-        grads, stats, metrics = grads_fn(state.params, state.stats, x, y)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
+        metrics = {}
+        if mode == "backprop":
+            grads, stats, metrics = dni.backprop_grads(net, state.params, state.stats, x, y)
+        else:
+            lam = rule.lam_at(state.step)
+            grads, stats, metrics = dni.dni_grads(net, state.params, state.stats, x, y, rule.sg_scale, lam)
+            if not isinstance(lam, float):
+                metrics["sg/lambda"] = lam
         metrics = dict(metrics)
+        # Which modules (each with the SG model on its output) update this step.
+        if rule.update_prob < 1.0:
+            key = jax.random.fold_in(jax.random.key(rule.seed), state.step)
+            active = list(jax.random.bernoulli(key, rule.update_prob, (k,)))
+        else:
+            active = [True] * k
+        module_active = active
+        if mode != "backprop" and rule.warmup_steps:
+            warm = state.step < rule.warmup_steps
+            module_active = [jnp.logical_and(a, ~warm) for a in active]
+        new_params, new_opt, updates = {"modules": [], "sg": []}, {"modules": [], "sg": []}, []
+        for group, acts, opt in (("modules", module_active, tx.modules), ("sg", active, tx.sg)):
+            for i, (g, s, p) in enumerate(zip(grads[group], state.opt_state[group], state.params[group])):
+                p2, s2, u = _masked_update(opt, g, s, p, acts[i])
+                new_params[group].append(p2)
+                new_opt[group].append(s2)
+                if group == "modules":
+                    updates.append(u)
+        params = {g: tuple(v) for g, v in new_params.items()}
+        opt_state = {g: tuple(v) for g, v in new_opt.items()}
         metrics["norm/grad_modules"] = _global_norm(grads["modules"])
         metrics["norm/grad_sg"] = _global_norm(grads["sg"])
-        metrics["norm/update_modules"] = _global_norm(updates["modules"])
+        metrics["norm/update_modules"] = _global_norm(updates)
         metrics["norm/params_modules"] = _global_norm(params["modules"])
         return TrainState(state.step + 1, params, stats, opt_state), metrics
 

@@ -29,7 +29,7 @@ from sgrad.metrics import MetricWriter, read_jsonl, rewind
 from sgrad.network import build_network, init_variables
 from sgrad.optim import build_train_optimizer, learning_rate
 from sgrad.provenance import provenance
-from sgrad.step import TrainState, create_state, eval_counts, make_train_step, probe
+from sgrad.step import TrainState, UpdateRule, create_state, eval_counts, make_train_step, probe
 
 log = logging.getLogger("sgrad")
 
@@ -181,7 +181,7 @@ def train_and_evaluate(cfg: Any, workdir: str | Path, dataset: Dataset | None = 
     params, stats = init_variables(net, key, preprocess(train_x[:tcfg.batch_size], mean, std))
     tx = build_train_optimizer(cfg, total)
     state = create_state(params, stats, tx)
-    train_step = make_train_step(net, tx, mode, cfg.sg.scale)
+    train_step = make_train_step(net, tx, mode, UpdateRule.from_config(cfg))
     run_chunk = make_chunk_runner(train_step, mean, std)
 
     test = [jax.device_put(a) for a in _pad_eval(data.test_x, data.test_y, tcfg.eval_batch_size)]
