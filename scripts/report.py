@@ -23,7 +23,9 @@ from omegaconf import OmegaConf
 
 MODES = ("backprop", "dni", "cdni")
 FIELDS = ("run", "status", "dataset", "model", "layers", "mode", "seed", "step", "test/error", "test/accuracy",
-          "train/loss", "wall_seconds", "commit")
+          "train/loss", "wall_seconds", "commit", "overrides")
+# Swept keys that have their own place in the table (columns, rows, spread over seeds).
+PLACED = {"model.layers", "mode", "seed"}
 
 
 def load_runs(root: Path) -> list[dict]:
@@ -39,9 +41,23 @@ def load_runs(root: Path) -> list[dict]:
                 row = json.loads(line)
                 if "test/error" in row:
                     curve.append((row["step"], row["test/error"]))
+        overrides_file = run_dir / ".hydra" / "overrides.yaml"
+        overrides = list(OmegaConf.load(overrides_file)) if overrides_file.exists() else []
         runs.append({**summary, "run": str(run_dir.relative_to(root)), "mode": str(cfg.mode),
-                     "layers": int(cfg.model.layers), "seed": int(cfg.seed), "curve": curve})
+                     "layers": int(cfg.model.layers), "seed": int(cfg.seed), "curve": curve,
+                     "overrides": " ".join(overrides)})
+    _label_variants(runs)
     return runs
+
+
+def _label_variants(runs: list[dict]) -> None:
+    """Name each run's row: its mode, plus any other override that differs between runs of the sweep."""
+    parsed = [dict(o.split("=", 1) for o in r["overrides"].split() if "=" in o) for r in runs]
+    keys = sorted({k for p in parsed for k in p} - PLACED)
+    varying = [k for k in keys if len({p.get(k) for p in parsed}) > 1]
+    for r, p in zip(runs, parsed):
+        extra = ", ".join(f"{k}={p.get(k, '(default)')}" for k in varying)
+        r["row"] = r["mode"] + (f" ({extra})" if extra else "")
 
 
 def _mean_std(values: list[float]) -> str:
@@ -56,11 +72,12 @@ def _mean_std(values: list[float]) -> str:
 def table(runs: list[dict], paper: dict | None = None) -> str:
     """Markdown: test error (%) by mode (rows) and depth (columns), mean ± std over seeds."""
     depths = sorted({r["layers"] for r in runs})
-    modes = [m for m in MODES if any(r["mode"] == m for r in runs)]
+    order = {m: i for i, m in enumerate(MODES)}
+    modes = sorted({r["row"] for r in runs}, key=lambda row: (order.get(row.split()[0], 9), row))
     cells = defaultdict(list)
     for r in runs:
         if r.get("status") == "completed" and isinstance(r.get("test/error"), float):
-            cells[(r["mode"], r["layers"])].append(r["test/error"])
+            cells[(r["row"], r["layers"])].append(r["test/error"])
     seeds = sorted({r["seed"] for r in runs})
     head = "| test error (%) | " + " | ".join(f"{d} layers" for d in depths) + " |"
     rule = "|---|" + "---|" * len(depths)
@@ -90,17 +107,18 @@ def plot_curves(runs: list[dict], path: Path) -> None:
 
     depths = sorted({r["layers"] for r in runs})
     fig, axes = plt.subplots(1, len(depths), figsize=(4.5 * len(depths), 3.6), squeeze=False, sharey=True)
-    colors = {"backprop": "tab:blue", "dni": "tab:orange", "cdni": "tab:green"}
+    rows = sorted({r["row"] for r in runs})
+    colors = {row: f"C{i}" for i, row in enumerate(rows)}
     for ax, depth in zip(axes[0], depths):
-        for mode in MODES:
-            for i, r in enumerate(x for x in runs if x["layers"] == depth and x["mode"] == mode and x["curve"]):
+        for row in rows:
+            for i, r in enumerate(x for x in runs if x["layers"] == depth and x["row"] == row and x["curve"]):
                 steps, errs = zip(*r["curve"])
-                ax.plot(steps, [100 * e for e in errs], color=colors[mode], alpha=0.85,
-                        label=mode if i == 0 else None)
+                ax.plot(steps, [100 * e for e in errs], color=colors[row], alpha=0.85,
+                        label=row if i == 0 else None)
         ax.set_title(f"{depth} layers")
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=7)
     axes[0][0].set_ylabel("test error (%)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
