@@ -17,6 +17,8 @@ class Mode(str, enum.Enum):
     backprop = "backprop"
     dni = "dni"
     cdni = "cdni"
+    dni_full = "dni_full"
+    cdni_full = "cdni_full"
 
 
 class DatasetName(str, enum.Enum):
@@ -97,6 +99,14 @@ class SGConfig:
 
 
 @dataclass
+class SyntheticInputConfig:
+    hidden_layers: int = 2
+    width: int = 1024
+    conv_channels: int = 64
+    batch_norm: bool = True
+
+
+@dataclass
 class TrainerConfig:
     steps: int = 500_000
     epochs: Optional[int] = None
@@ -130,6 +140,7 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     sg: SGConfig = field(default_factory=SGConfig)
+    si: SyntheticInputConfig = field(default_factory=SyntheticInputConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     log: LogConfig = field(default_factory=LogConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)

@@ -32,6 +32,7 @@ class Network:
     sg_models: tuple[nn.Module, ...]
     num_classes: int
     conditioned: bool = False  # cDNI: M_i also sees one-hot(y)
+    input_models: tuple[nn.Module, ...] = ()  # complete unlocking: I_2..I_K, module i trains on I_i(x)
 
 
 def apply_module(module: nn.Module, params: PyTree, stats: PyTree, h: jnp.ndarray,
@@ -61,10 +62,15 @@ class Forward(NamedTuple):
 
 
 def forward(modules: Sequence[nn.Module], params: Sequence[PyTree], stats: Sequence[PyTree],
-            x: jnp.ndarray) -> Forward:
-    """Training-mode forward pass that keeps each module's VJP for the local updates."""
+            x: jnp.ndarray, inputs: Sequence[jnp.ndarray] | None = None) -> Forward:
+    """Training-mode forward pass that keeps each module's VJP for the local updates.
+
+    With `inputs`, module i runs on inputs[i] instead of the previous module's output.
+    """
     h, acts, vjps, new_stats = x, [], [], []
-    for f, p, s in zip(modules, params, stats):
+    for i, (f, p, s) in enumerate(zip(modules, params, stats)):
+        if inputs is not None:
+            h = inputs[i]
         h, vjp, s_new = jax.vjp(partial(_module_train, f, s), p, h, has_aux=True)
         acts.append(h)
         vjps.append(vjp)
@@ -171,15 +177,43 @@ def _sg_train(model, stats, h, label, params):
 
 def sg_regression(pred: Synthetic, targets: Sequence[jnp.ndarray]) -> tuple[tuple[PyTree, ...], tuple[jnp.ndarray, ...]]:
     """Gradients of mean_b ||M_i(h_i) - sg(δ_i)||² w.r.t. each SG model's parameters, and the losses."""
+    # The target is a constant for M_i: bootstrapping must not train f_{i+1} or M_{i+1} through it.
+    return regression_grads(pred.gradients, pred.vjps, targets)
+
+
+def regression_grads(outputs: Sequence[jnp.ndarray], vjps: Sequence[Any], targets: Sequence[jnp.ndarray]
+                     ) -> tuple[tuple[PyTree, ...], tuple[jnp.ndarray, ...]]:
+    """Gradients of mean_b ||output - sg(target)||² through each output's parameter VJP, and the losses."""
     grads, losses = [], []
-    for g_hat, vjp, target in zip(pred.gradients, pred.vjps, targets):
-        # The target is a constant for M_i: bootstrapping must not train f_{i+1} or M_{i+1} through it.
-        err = g_hat - jax.lax.stop_gradient(target)
+    for out, vjp, target in zip(outputs, vjps, targets):
+        err = out - jax.lax.stop_gradient(target)
         batch = err.shape[0]
         losses.append(jnp.sum(err ** 2) / batch)
         (d_params,) = vjp(2.0 * err / batch)
         grads.append(d_params)
     return tuple(grads), tuple(losses)
+
+
+class SyntheticInputs(NamedTuple):
+    values: tuple[jnp.ndarray, ...]  # Î_2..Î_K, the predicted inputs of modules 2..K
+    vjps: tuple[Any, ...]
+    stats: tuple[PyTree, ...]
+
+
+def predict_inputs(net: Network, si_params: Sequence[PyTree], si_stats: Sequence[PyTree],
+                   x: jnp.ndarray) -> SyntheticInputs:
+    """Î_i = I_i(x) for modules 2..K, keeping the VJPs for their regression onto the real activations."""
+    values, vjps, stats = [], [], []
+    for model, q, s in zip(net.input_models, si_params, si_stats):
+        out, vjp, s_new = jax.vjp(partial(_si_train, model, s, x), q, has_aux=True)
+        values.append(out)
+        vjps.append(vjp)
+        stats.append(s_new)
+    return SyntheticInputs(tuple(values), tuple(vjps), tuple(stats))
+
+
+def _si_train(model, stats, x, params):
+    return apply_module(model, params, stats, x, True)
 
 
 def _accuracy(logits, labels):
@@ -191,22 +225,32 @@ def backprop_grads(net: Network, params: PyTree, stats: PyTree, x: jnp.ndarray, 
     fwd = forward(net.modules, params["modules"], stats["modules"], x)
     loss, top = loss_and_top_gradient(fwd.activations[-1], labels)
     module_grads, _ = backprop_chain(fwd, top)
-    grads = {"modules": module_grads, "sg": ()}
-    new_stats = {"modules": fwd.stats, "sg": ()}
+    grads = {"modules": module_grads, "sg": (), "si": ()}
+    new_stats = {"modules": fwd.stats, "sg": (), "si": ()}
     return grads, new_stats, {"loss": loss, "accuracy": _accuracy(fwd.activations[-1], labels)}
 
 
 def dni_grads(net: Network, params: PyTree, stats: PyTree, x: jnp.ndarray, labels: jnp.ndarray,
               sg_scale: float = 1.0, lam=0.0):
-    """Decoupled gradients for modules and SG models; returns (grads, new_stats, metrics)."""
-    fwd = forward(net.modules, params["modules"], stats["modules"], x)
+    """Decoupled gradients for modules, SG models (and synthetic input models); (grads, new_stats, metrics).
+
+    With input models (complete unlocking) module i > 1 runs on Î_i = I_i(x), and
+    I_i regresses the activation module i-1 produced; the SG targets are then
+    VJPs at the synthetic inputs, as the module above really used them.
+    """
+    si = predict_inputs(net, params["si"], stats["si"], x) if net.input_models else None
+    inputs = (x, *si.values) if si else None
+    fwd = forward(net.modules, params["modules"], stats["modules"], x, inputs)
     loss, top = loss_and_top_gradient(fwd.activations[-1], labels)
     pred = predict_synthetic(net, params["sg"], stats["sg"], fwd.activations, labels)
     module_grads, targets = decoupled_module_grads(fwd, pred.gradients, top, sg_scale, lam)
     sg_grads, sg_losses = sg_regression(pred, targets)
-    grads = {"modules": module_grads, "sg": sg_grads}
-    new_stats = {"modules": fwd.stats, "sg": pred.stats}
+    si_grads, si_losses = regression_grads(si.values, si.vjps, fwd.activations[:-1]) if si else ((), ())
+    grads = {"modules": module_grads, "sg": sg_grads, "si": si_grads}
+    new_stats = {"modules": fwd.stats, "sg": pred.stats, "si": si.stats if si else ()}
     metrics = {"loss": loss, "accuracy": _accuracy(fwd.activations[-1], labels)}
+    for i, si_loss in enumerate(si_losses, start=2):
+        metrics[f"si/loss/{i}"] = si_loss
     for i, (sg_loss, g_hat) in enumerate(zip(sg_losses, pred.gradients), start=1):
         metrics[f"sg/loss/{i}"] = sg_loss
         metrics[f"sg/norm/{i}"] = jnp.sqrt(jnp.sum(g_hat ** 2) / g_hat.shape[0])

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 from sgrad.dni import Network, apply_module
 from sgrad.models import build_modules
 from sgrad.synthetic import build_sg_model
+from sgrad.synthetic_input import build_input_model
 
 
 def _mode(cfg) -> str:
@@ -20,17 +21,20 @@ def build_network(cfg, input_shape: tuple[int, ...], num_classes: int) -> Networ
     mode = _mode(cfg)
     if mode == "backprop":
         return Network(modules, (), num_classes, False)
-    sg_models = []
+    sg_models, input_models = [], []
     h = jax.ShapeDtypeStruct((2, *input_shape), jnp.float32)
     for f in modules[:-1]:
         variables = jax.eval_shape(lambda x, f=f: f.init(jax.random.key(0), x, False), h)
         h = jax.eval_shape(lambda v, x, f=f: f.apply(v, x, False), variables, h)
         sg_models.append(build_sg_model(cfg.sg, len(h.shape)))
-    return Network(modules, tuple(sg_models), num_classes, conditioned=(mode == "cdni"))
+        if mode.endswith("_full"):
+            input_models.append(build_input_model(cfg.si, h.shape[1:]))
+    return Network(modules, tuple(sg_models), num_classes, conditioned=mode.startswith("cdni"),
+                   input_models=tuple(input_models))
 
 
 def init_variables(net: Network, key: jax.Array, x: jnp.ndarray) -> tuple[dict, dict]:
-    """Params and batch stats laid out as {"modules": (per module), "sg": (per interface)}."""
+    """Params and batch stats as {"modules": (per module), "sg": (per interface), "si": (input models)}."""
     keys = jax.random.split(key, 2 * len(net.modules))
     params, stats, acts = [], [], []
     h = x
@@ -46,5 +50,10 @@ def init_variables(net: Network, key: jax.Array, x: jnp.ndarray) -> tuple[dict, 
         v = m.init(k, h, label, False)
         sg_params.append(v["params"])
         sg_stats.append(v.get("batch_stats", {}))
-    return ({"modules": tuple(params), "sg": tuple(sg_params)},
-            {"modules": tuple(stats), "sg": tuple(sg_stats)})
+    si_params, si_stats = [], []
+    for m, k in zip(net.input_models, jax.random.split(keys[-1], max(len(net.input_models), 1))):
+        v = m.init(k, x, False)
+        si_params.append(v["params"])
+        si_stats.append(v.get("batch_stats", {}))
+    return ({"modules": tuple(params), "sg": tuple(sg_params), "si": tuple(si_params)},
+            {"modules": tuple(stats), "sg": tuple(sg_stats), "si": tuple(si_stats)})

@@ -26,8 +26,10 @@ class TrainState:
 
 def create_state(params: PyTree, stats: PyTree, tx: Optimizers) -> TrainState:
     """Each module and SG model gets its own optimizer state, so each can skip steps on its own."""
+    # Synthetic input models follow the SG models' optimizer.
     opt_state = {"modules": tuple(tx.modules.init(p) for p in params["modules"]),
-                 "sg": tuple(tx.sg.init(q) for q in params["sg"])}
+                 "sg": tuple(tx.sg.init(q) for q in params["sg"]),
+                 "si": tuple(tx.sg.init(q) for q in params["si"])}
     return TrainState(jnp.zeros((), jnp.int32), params, stats, opt_state)
 
 
@@ -75,10 +77,12 @@ def _masked_update(tx: optax.GradientTransformation, grads, opt_state, params, a
 def make_train_step(net: dni.Network, tx: Optimizers, mode: str, rule: UpdateRule = UpdateRule()
                     ) -> Callable[[TrainState, jnp.ndarray, jnp.ndarray], tuple[TrainState, dict]]:
     """step(state, x, y) -> (state, metrics) for `backprop`, or the decoupled family (`dni`, `cdni`)."""
-    if mode not in ("backprop", "dni", "cdni"):
-        raise ValueError(f"mode={mode!r}: allowed values are backprop, dni, cdni")
-    if mode != "backprop" and net.conditioned != (mode == "cdni"):
-        raise ValueError(f"mode={mode} needs a network built with conditioned={mode == 'cdni'}")
+    modes = ("backprop", "dni", "cdni", "dni_full", "cdni_full")
+    if mode not in modes:
+        raise ValueError(f"mode={mode!r}: allowed values are {', '.join(modes)}")
+    if mode != "backprop" and (net.conditioned, bool(net.input_models)) != (mode.startswith("cdni"),
+                                                                            mode.endswith("_full")):
+        raise ValueError(f"mode={mode} does not match the network it was given")
     k = len(net.modules)
 
     def train_step(state: TrainState, x: jnp.ndarray, y: jnp.ndarray):
@@ -101,8 +105,10 @@ def make_train_step(net: dni.Network, tx: Optimizers, mode: str, rule: UpdateRul
         if mode != "backprop" and rule.warmup_steps:
             warm = state.step < rule.warmup_steps
             module_active = [jnp.logical_and(a, ~warm) for a in active]
-        new_params, new_opt, updates = {"modules": [], "sg": []}, {"modules": [], "sg": []}, []
-        for group, acts, opt in (("modules", module_active, tx.modules), ("sg", active, tx.sg)):
+        new_params, new_opt, updates = {"modules": [], "sg": [], "si": []}, {"modules": [], "sg": [], "si": []}, []
+        # Input model i serves module i + 1 and updates with it.
+        for group, acts, opt in (("modules", module_active, tx.modules), ("sg", active, tx.sg),
+                                 ("si", active[1:], tx.sg)):
             for i, (g, s, p) in enumerate(zip(grads[group], state.opt_state[group], state.params[group])):
                 p2, s2, u = _masked_update(opt, g, s, p, acts[i])
                 new_params[group].append(p2)

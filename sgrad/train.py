@@ -103,8 +103,9 @@ class _SignalFlag:
 def _divergence_message(step: int, metrics: dict[str, float], state: TrainState) -> str:
     bad = [k for k, v in metrics.items() if not np.isfinite(v)]
     parts = []
-    for group, label in (("modules", "module"), ("sg", "SG model of interface")):
-        for i, p in enumerate(state.params[group], start=1):
+    for group, label, first in (("modules", "module", 1), ("sg", "SG model of interface", 1),
+                                ("si", "synthetic input model of module", 2)):
+        for i, p in enumerate(state.params[group], start=first):
             if not all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(p)):
                 parts.append(f"{label} {i}")
     where = f"; non-finite parameters in {', '.join(parts)}" if parts else ""

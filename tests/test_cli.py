@@ -59,7 +59,7 @@ def test_every_experiment_smoke_runs_on_tiny_data(exp, idx_dir, tmp_path):
 
 @pytest.mark.parametrize("args, fragment", [
     (["model.widht=3"], "unknown config key 'model.widht': keys under model are: name, layers, width"),
-    (["mode=foo"], "mode=foo is not a known choice: mode must be one of backprop, cdni, dni"),
+    (["mode=foo"], "mode=foo is not a known choice: mode must be one of backprop, cdni, cdni_full, dni, dni_full"),
     (["dataset=imagenet"], "dataset must be one of cifar10, fashion_mnist, idx, kmnist, mnist"),
     (["+exp=nope"], "exp must be one of"),
     (["optim.name=adamw"], "optim.name must be adam, sgd"),

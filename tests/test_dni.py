@@ -29,7 +29,7 @@ def _setup(mode="dni", *extra, seed=0, randomize_sg=False, model="fcn"):
         leaves, tree = jax.tree.flatten(params["sg"])
         keys = jax.random.split(ks, len(leaves))
         leaves = [0.3 * jax.random.normal(k, l.shape) for k, l in zip(keys, leaves)]
-        params = {"modules": params["modules"], "sg": jax.tree.unflatten(tree, leaves)}
+        params = {**params, "sg": jax.tree.unflatten(tree, leaves)}
     return cfg, net, params, stats, x, y
 
 
@@ -158,7 +158,7 @@ def test_no_gradient_leaks_across_an_interface():
     base, _, _ = dni.dni_grads(net, params, stats, x, y)
     # Change everything above module 1 and the labels: module 1 may only feel M_1(h_1).
     noisy = jax.tree.map(lambda p: p + 0.5, params["modules"][1:])
-    altered = {"modules": (params["modules"][0], *noisy), "sg": params["sg"]}
+    altered = {**params, "modules": (params["modules"][0], *noisy)}
     other, _, _ = dni.dni_grads(net, altered, stats, x, (y + 2) % CLASSES)
     _allclose(other["modules"][0], base["modules"][0], rtol=0, atol=0)
     # ...whereas backprop's first-module gradient does depend on what is above.
@@ -167,7 +167,7 @@ def test_no_gradient_leaks_across_an_interface():
     assert not np.allclose(jax.tree.leaves(bp["modules"][0])[0], jax.tree.leaves(bp2["modules"][0])[0])
     # Every non-top module's update is fixed by its own SG model: changing M_2 leaves module 1 alone.
     sg2 = (params["sg"][0], jax.tree.map(lambda p: p * 2.0, params["sg"][1]), *params["sg"][2:])
-    third, _, _ = dni.dni_grads(net, {"modules": params["modules"], "sg": sg2}, stats, x, y)
+    third, _, _ = dni.dni_grads(net, {**params, "sg": sg2}, stats, x, y)
     _allclose(third["modules"][0], base["modules"][0], rtol=0, atol=0)
     assert not np.allclose(jax.tree.leaves(third["modules"][1])[0], jax.tree.leaves(base["modules"][1])[0])
 
@@ -202,3 +202,25 @@ def test_probe_compares_synthetic_with_true_gradients():
         cos = a @ b / np.linalg.norm(a) / np.linalg.norm(b)
         np.testing.assert_allclose(out[f"sg/cosine/{i}"], cos, rtol=1e-4, atol=1e-6)
         np.testing.assert_allclose(out[f"sg/norm_ratio/{i}"], np.linalg.norm(a) / np.linalg.norm(b), rtol=1e-4)
+
+
+@pytest.mark.parametrize("model", ["fcn", "cnn"])
+def test_complete_unlocking_trains_modules_on_synthetic_inputs(model):
+    _, net, params, stats, x, y = _setup(mode="cdni_full", model=model, randomize_sg=True)
+    assert len(net.input_models) == len(net.modules) - 1
+    grads, _, metrics = dni.dni_grads(net, params, stats, x, y)
+    si = dni.predict_inputs(net, params["si"], stats["si"], x)
+    fwd = dni.forward(net.modules, params["modules"], stats["modules"], x, (x, *si.values))
+    # Each input model regresses the activation the module below produced (a constant for it).
+    for i, (m, q, s) in enumerate(zip(net.input_models, params["si"], stats["si"])):
+        target = fwd.activations[i]
+
+        def loss(q):
+            return jnp.sum((dni.apply_module(m, q, s, x, True)[0] - target) ** 2) / B
+        _allclose(grads["si"][i], jax.grad(loss)(q))
+        np.testing.assert_allclose(metrics[f"si/loss/{i + 2}"], loss(q), rtol=1e-5)
+    # Module 2 runs on Î_2, so it does not depend on module 1 in either direction.
+    altered = {**params, "modules": (jax.tree.map(lambda p: p + 0.5, params["modules"][0]), *params["modules"][1:])}
+    other, _, _ = dni.dni_grads(net, altered, stats, x, y)
+    _allclose(other["modules"][1], grads["modules"][1], rtol=0, atol=0)
+    assert not np.allclose(jax.tree.leaves(other["si"][0])[0], jax.tree.leaves(grads["si"][0])[0])

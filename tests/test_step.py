@@ -26,7 +26,7 @@ def _setup(mode="dni", *extra, randomize_sg=True):
     if randomize_sg and params["sg"]:
         leaves, tree = jax.tree.flatten(params["sg"])
         keys = jax.random.split(ks, len(leaves))
-        params = {"modules": params["modules"],
+        params = {**params,
                   "sg": jax.tree.unflatten(tree, [0.3 * jax.random.normal(k, l.shape) for k, l in zip(keys, leaves)])}
     tx = build_train_optimizer(cfg, 100)
     return cfg, net, tx, create_state(params, stats, tx), x, y

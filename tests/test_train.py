@@ -17,12 +17,13 @@ def _train(idx_dir, tmp_path, *overrides):
     return train_and_evaluate(cfg, tmp_path)
 
 
-@pytest.mark.parametrize("model", ["fcn", "cnn"])
-@pytest.mark.parametrize("mode", ["backprop", "dni", "cdni"])
+@pytest.mark.parametrize("model, mode", [(m, mode) for m in ("fcn", "cnn") for mode in ("backprop", "dni", "cdni")]
+                         + [("fcn", "dni_full"), ("fcn", "cdni_full")])
 def test_every_mode_learns(idx_dir, tmp_path, mode, model):
     layers = 4 if model == "fcn" else 3
     summary = _train(idx_dir, tmp_path, f"mode={mode}", f"model.name={model}", f"model.layers={layers}",
-                     "trainer.steps=300", "sg.hidden_layers=1" if mode == "dni" else "sg.hidden_layers=0")
+                     "trainer.steps=300", "si.width=64",
+                     "sg.hidden_layers=1" if mode.startswith("dni") else "sg.hidden_layers=0")
     rows = read_jsonl(tmp_path / "metrics.jsonl")
     losses = [r["train/loss"] for r in rows if "train/loss" in r]
     assert losses[-1] < 0.5 * losses[0], losses
