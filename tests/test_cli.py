@@ -45,8 +45,9 @@ def test_every_experiment_composes_and_builds(exp):
     validate(cfg)
     shape = (32, 32, 3) if cfg.dataset.name == "cifar10" else (28, 28, 1)
     net = build_network(cfg, shape, 10)
-    assert len(net.modules) == cfg.model.layers
-    assert len(net.sg_models) == (0 if cfg.mode == "backprop" else cfg.model.layers - 1)
+    modules = -(-cfg.model.layers // cfg.model.dni_every)
+    assert len(net.modules) == modules
+    assert len(net.sg_models) == (0 if cfg.mode == "backprop" else modules - 1)
     assert net.conditioned == (cfg.mode == "cdni")
 
 
