@@ -38,9 +38,10 @@ def test_table_has_modes_by_depths_with_mean_and_std(sweep, tmp_path):
     paper = tmp_path / "paper.yaml"
     paper.write_text("backprop: {2: 1.5, 3: 1.25}\n")
     report = _run_report(sweep, "--paper", str(paper))
-    lines = (report / "table.md").read_text().splitlines()
+    text = (report / "table.md").read_text()
+    lines = text.split("\n\n")[0].splitlines()
     assert lines[0] == "| test error (%) | 2 layers | 3 layers |"
-    rows = {l.split("|")[1].strip(): [c.strip() for c in l.split("|")[2:-1]] for l in lines[2:] if l.startswith("| ")}
+    rows = {l.split("|")[1].strip(): [c.strip() for c in l.split("|")[2:-1]] for l in lines[2:]}
     assert set(rows) == {"backprop", "cdni", "backprop (paper)"}
     assert rows["backprop (paper)"] == ["1.5", "1.25"]
     summaries = [json.loads(p.read_text()) for p in sweep.glob("*/summary.json")]
@@ -50,6 +51,11 @@ def test_table_has_modes_by_depths_with_mean_and_std(sweep, tmp_path):
             errs = [100 * s["test/error"] for s in summaries if s["mode"] == mode and s["layers"] == depth]
             assert len(errs) == 2
             assert rows[mode][col] == f"{statistics.mean(errs):.2f} ± {statistics.stdev(errs):.2f}"
+    gap = [l for l in text.split("\n\n")[1].splitlines() if l.startswith("| cdni |")][0]
+    for col, depth in enumerate((2, 3)):
+        mean = lambda m: statistics.mean(100 * s["test/error"] for s in summaries
+                                         if s["mode"] == m and s["layers"] == depth)
+        assert gap.split("|")[2 + col].strip() == f"{mean('cdni') - mean('backprop'):+.2f}"
 
 
 @pytest.mark.slow
