@@ -85,13 +85,20 @@ def table(runs: list[dict], paper: dict | None = None) -> str:
     if paper:
         rows += [f"| {m} (paper) | " + " | ".join(str(paper[m].get(d, "–")) for d in depths) + " |"
                  for m in modes if m in paper]
-    base = {d: statistics.mean(cells[("backprop", d)]) for d in depths if cells[("backprop", d)]}
-    gaps = [row for row in modes if row != "backprop"]
-    if base and gaps:
+    def baseline(row: str) -> str:
+        """The backprop row run with the same other overrides."""
+        return "backprop" + row[len(row.split()[0]):]
+
+    gaps = [row for row in modes if not row.startswith("backprop") and baseline(row) in modes]
+    if gaps:
         rows += ["", "| error minus backprop's (points) | " + " | ".join(f"{d} layers" for d in depths) + " |", rule]
-        rows += [f"| {row} | " + " | ".join(
-            f"{100 * (statistics.mean(cells[(row, d)]) - base[d]):+.2f}" if cells[(row, d)] and d in base else "–"
-            for d in depths) + " |" for row in gaps]
+        for row in gaps:
+            diffs = []
+            for d in depths:
+                ours, theirs = cells[(row, d)], cells[(baseline(row), d)]
+                diffs.append(f"{100 * (statistics.mean(ours) - statistics.mean(theirs)):+.2f}"
+                             if ours and theirs else "–")
+            rows.append(f"| {row} | " + " | ".join(diffs) + " |")
     note = f"\nSeeds: {', '.join(map(str, seeds))} (mean ± std where more than one)."
     failed = [r["run"] for r in runs if r.get("status") != "completed"]
     if failed:
