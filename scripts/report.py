@@ -99,7 +99,10 @@ def table(runs: list[dict], paper: dict | None = None) -> str:
                 diffs.append(f"{100 * (statistics.mean(ours) - statistics.mean(theirs)):+.2f}"
                              if ours and theirs else "–")
             rows.append(f"| {row} | " + " | ".join(diffs) + " |")
-    note = f"\nSeeds: {', '.join(map(str, seeds))} (mean ± std where more than one)."
+    common = set.intersection(*(set(r["overrides"].split()) for r in runs))
+    shared = " ".join(o for o in runs[0]["overrides"].split() if o in common and o.split("=")[0] not in PLACED)
+    note = f"\nAll runs: `{shared}`." if shared else ""
+    note += f"\nSeeds: {', '.join(map(str, seeds))} (mean ± std where more than one)."
     failed = [r["run"] for r in runs if r.get("status") != "completed"]
     if failed:
         note += f" Not completed (excluded): {', '.join(failed)}."
