@@ -21,6 +21,11 @@ class Mode(str, enum.Enum):
     cdni_full = "cdni_full"
 
 
+class Parallel(str, enum.Enum):
+    none = "none"
+    data = "data"
+
+
 class DatasetName(str, enum.Enum):
     mnist = "mnist"
     fashion_mnist = "fashion_mnist"
@@ -136,6 +141,7 @@ class TrainConfig:
     defaults: list[Any] = field(default_factory=list)
     mode: Mode = Mode.dni
     seed: int = 0
+    parallel: Parallel = Parallel.none
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

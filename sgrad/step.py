@@ -74,9 +74,14 @@ def _masked_update(tx: optax.GradientTransformation, grads, opt_state, params, a
             jax.tree.map(lambda u: jnp.where(active, u, 0), updates))
 
 
-def make_train_step(net: dni.Network, tx: Optimizers, mode: str, rule: UpdateRule = UpdateRule()
+def make_train_step(net: dni.Network, tx: Optimizers, mode: str, rule: UpdateRule = UpdateRule(),
+                    axis_name: str | None = None
                     ) -> Callable[[TrainState, jnp.ndarray, jnp.ndarray], tuple[TrainState, dict]]:
-    """step(state, x, y) -> (state, metrics) for `backprop`, or the decoupled family (`dni`, `cdni`)."""
+    """step(state, x, y) -> (state, metrics) for `backprop`, or the decoupled family (`dni`, `cdni`).
+
+    With `axis_name` the step runs on one shard of the batch per device (data
+    parallel): gradients, batch-norm statistics and metrics are averaged over it.
+    """
     modes = ("backprop", "dni", "cdni", "dni_full", "cdni_full")
     if mode not in modes:
         raise ValueError(f"mode={mode!r}: allowed values are {', '.join(modes)}")
@@ -95,6 +100,8 @@ def make_train_step(net: dni.Network, tx: Optimizers, mode: str, rule: UpdateRul
             if not isinstance(lam, float):
                 metrics["sg/lambda"] = lam
         metrics = dict(metrics)
+        if axis_name is not None:
+            grads, stats, metrics = jax.lax.pmean((grads, stats, metrics), axis_name)
         # Which modules (each with the SG model on its output) update this step.
         if rule.update_prob < 1.0:
             key = jax.random.fold_in(jax.random.key(rule.seed), state.step)

@@ -28,6 +28,7 @@ from sgrad.data import Dataset, load_dataset
 from sgrad.metrics import MetricWriter, read_jsonl, rewind
 from sgrad.network import build_network, init_variables
 from sgrad.optim import build_train_optimizer, learning_rate
+from sgrad.parallel import DATA_AXIS, make_data_parallel_runner
 from sgrad.provenance import provenance
 from sgrad.step import TrainState, UpdateRule, create_state, eval_counts, make_train_step, probe
 
@@ -136,16 +137,15 @@ def _pad_eval(x: np.ndarray, y: np.ndarray, batch: int):
     return (xp.reshape(nb, batch, *x.shape[1:]), yp.reshape(nb, batch), mask.reshape(nb, batch))
 
 
-def make_chunk_runner(train_step, mean: jnp.ndarray, std: jnp.ndarray):
-    """jit(run_chunk)(state, xs, ys, idx_CxB, n) -> (state, mean metrics over the first n steps).
+def chunk_fn(train_step, mean: jnp.ndarray, std: jnp.ndarray):
+    """chunk(state, xs, ys, idx_CxB, n) -> (state, mean metrics over the first n steps).
 
     A loop over the first `n` rows of a fixed-size index array, each step
     gathering its batch from the device-resident data. `n` is a traced value,
     so the last, shorter chunk of a run reuses the compiled program, and no step
-    is spent on padding. The state buffers are donated.
+    is spent on padding.
     """
-    @partial(jax.jit, donate_argnums=0)
-    def run_chunk(state: TrainState, xs, ys, idx_CxB, n):
+    def chunk(state: TrainState, xs, ys, idx_CxB, n):
         def step(i, carry):
             s, sums = carry
             idx = idx_CxB[i]
@@ -157,7 +157,12 @@ def make_chunk_runner(train_step, mean: jnp.ndarray, std: jnp.ndarray):
         state, sums = jax.lax.fori_loop(0, n, step, (state, zeros))
         return state, jax.tree.map(lambda m: m / jnp.maximum(n, 1).astype(m.dtype), sums)
 
-    return run_chunk
+    return chunk
+
+
+def make_chunk_runner(train_step, mean: jnp.ndarray, std: jnp.ndarray):
+    """The jitted chunk on one device, with the state's buffers donated."""
+    return jax.jit(chunk_fn(train_step, mean, std), donate_argnums=0)
 
 
 def train_and_evaluate(cfg: Any, workdir: str | Path, dataset: Dataset | None = None) -> dict:
@@ -182,8 +187,17 @@ def train_and_evaluate(cfg: Any, workdir: str | Path, dataset: Dataset | None = 
     params, stats = init_variables(net, key, preprocess(train_x[:tcfg.batch_size], mean, std))
     tx = build_train_optimizer(cfg, total)
     state = create_state(params, stats, tx)
-    train_step = make_train_step(net, tx, mode, UpdateRule.from_config(cfg))
-    run_chunk = make_chunk_runner(train_step, mean, std)
+    parallel = _value(cfg.parallel)
+    if parallel == "data":
+        devices = jax.devices()
+        if tcfg.batch_size % len(devices):
+            raise ValueError(f"parallel=data: trainer.batch_size={tcfg.batch_size} must be divisible by the "
+                             f"{len(devices)} devices")
+        train_step = make_train_step(net, tx, mode, UpdateRule.from_config(cfg), axis_name=DATA_AXIS)
+        run_chunk = make_data_parallel_runner(chunk_fn(train_step, mean, std), devices)
+    else:
+        train_step = make_train_step(net, tx, mode, UpdateRule.from_config(cfg))
+        run_chunk = make_chunk_runner(train_step, mean, std)
 
     test = [jax.device_put(a) for a in _pad_eval(data.test_x, data.test_y, tcfg.eval_batch_size)]
 
@@ -292,6 +306,9 @@ def train_and_evaluate(cfg: Any, workdir: str | Path, dataset: Dataset | None = 
         raise
     except Preempted:
         status = "preempted"
+        raise
+    except BaseException:
+        status = "failed"
         raise
     finally:
         bar.close()
