@@ -30,6 +30,10 @@ def _run(cfg: DictConfig) -> float:
         logging.getLogger(name).setLevel(logging.WARNING)
     hydra_cfg = HydraConfig.get()
     workdir = Path(hydra_cfg.runtime.output_dir)
+    if cfg.distributed:
+        import jax
+        # Must precede any other JAX call; SLURM / Open MPI / TPU settings are read from the environment.
+        jax.distributed.initialize()
     try:
         summary = train_and_evaluate(cfg, workdir)
     except Preempted as e:

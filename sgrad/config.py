@@ -142,6 +142,7 @@ class TrainConfig:
     mode: Mode = Mode.dni
     seed: int = 0
     parallel: Parallel = Parallel.none
+    distributed: bool = False
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
