@@ -28,8 +28,10 @@ from sgrad.provenance import git_commit, machine  # noqa: E402
 from sgrad.step import UpdateRule, create_state, make_train_step  # noqa: E402
 from sgrad.train import make_chunk_runner, preprocess  # noqa: E402
 
-# The SG model of each mode, as in configs/mode/*.yaml (paper settings).
-MODE_SG = {"backprop": [], "dni": ["sg.hidden_layers=2", "sg.width=1024"], "cdni": ["sg.hidden_layers=0"]}
+# The SG model of each mode, as in configs/mode/*.yaml (paper settings); dni_linear is DNI with a
+# linear SG model, the case where a decoupled step should cost little more than a backprop step.
+MODE_SG = {"backprop": [], "dni": ["sg.hidden_layers=2", "sg.width=1024"], "cdni": ["sg.hidden_layers=0"],
+           "dni_linear": ["sg.hidden_layers=0"]}
 
 
 def matmul_peak(n: int = 2048, repeats: int = 20) -> float:
@@ -52,8 +54,8 @@ def matmul_peak(n: int = 2048, repeats: int = 20) -> float:
 def paper_cfg(model: str, layers: int, mode: str, batch: int):
     """The paper's settings for one row of the table (no Hydra needed)."""
     return OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.from_dotlist(
-        [f"mode={mode}", f"model.name={model}", f"model.layers={layers}", f"trainer.batch_size={batch}",
-         "optim.schedule=constant", "sg.optim.schedule=constant", *MODE_SG[mode]]))
+        [f"mode={mode.removesuffix('_linear')}", f"model.name={model}", f"model.layers={layers}",
+         f"trainer.batch_size={batch}", "optim.schedule=constant", "sg.optim.schedule=constant", *MODE_SG[mode]]))
 
 
 def exp_cfg(exp: str, mode: str):
@@ -69,6 +71,7 @@ def exp_cfg(exp: str, mode: str):
 
 def bench_one(cfg, chunk: int, chunks: int) -> dict:
     model, mode = str(getattr(cfg.model.name, "value", cfg.model.name)), str(getattr(cfg.mode, "value", cfg.mode))
+    label = mode + ("_linear" if mode == "dni" and cfg.sg.hidden_layers == 0 else "")
     layers, batch = cfg.model.layers, cfg.trainer.batch_size
     shape = (32, 32, 3) if model == "cnn" else (28, 28, 1)
     net = build_network(cfg, shape, 10)
@@ -97,7 +100,7 @@ def bench_one(cfg, chunk: int, chunks: int) -> dict:
     jax.block_until_ready((state, m))
     elapsed = time.perf_counter() - t
     steps = chunk * chunks
-    return {"model": f"{model}{layers}", "mode": mode, "batch": batch, "steps_per_sec": steps / elapsed,
+    return {"model": f"{model}{layers}", "mode": label, "batch": batch, "steps_per_sec": steps / elapsed,
             "examples_per_sec": steps * batch / elapsed, "flops_per_sec": flops * chunks / elapsed}
 
 
@@ -105,7 +108,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="fcn3,fcn4,fcn6", help="comma list of fcnN / cnnN")
     ap.add_argument("--exp", help="bench this preset (e.g. bench_peer_mlp) in every mode instead of --models")
-    ap.add_argument("--modes", default="backprop,dni,cdni")
+    ap.add_argument("--modes", default="backprop,dni,cdni,dni_linear")
     ap.add_argument("--batch", default="64,256")
     ap.add_argument("--chunk", type=int, default=50, help="steps per compiled chunk")
     ap.add_argument("--chunks", type=int, default=4, help="timed chunks after the warm-up")
