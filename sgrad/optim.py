@@ -46,8 +46,7 @@ def build_optimizer(cfg, total_steps: int) -> optax.GradientTransformation:
         raise ValueError(f"optim.name={kind!r}: allowed values are adam, sgd")
     if cfg.clip_norm > 0:
         tx = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), tx)
-    # One flat vector per module: a few large kernels instead of several small ones per leaf.
-    return optax.flatten(tx)
+    return tx
 
 
 class Optimizers(NamedTuple):

@@ -60,12 +60,7 @@ class UpdateRule:
 
 
 def _global_norm(tree) -> jnp.ndarray:
-    leaves = jax.tree.leaves(tree)
-    if not leaves:
-        return jnp.zeros(())
-    # One concatenated reduction: per-leaf reductions would each be a kernel launch, which
-    # dominates a small network's step on CPU.
-    return jnp.linalg.norm(jnp.concatenate([leaf.ravel() for leaf in leaves]))
+    return optax.global_norm(tree) if jax.tree.leaves(tree) else jnp.zeros(())
 
 
 def _masked_update(tx: optax.GradientTransformation, grads, opt_state, params, active):
