@@ -1,9 +1,8 @@
 """train_and_evaluate(cfg, workdir): the loop that runs compiled chunks of steps, evaluates and logs.
 
-Data stays on the device; each chunk of `trainer.log_every` steps is one jitted
-`lax.scan` that gathers its own batches from index arrays, so the host only
-orchestrates. Chunks always have the same shape (short ones are masked), so the
-step compiles once.
+Data stays on the device; each chunk of up to `trainer.log_every` steps is one
+jitted loop that gathers its own batches from index arrays, so the host only
+orchestrates. The step count is a traced value, so the step compiles once.
 """
 
 from __future__ import annotations
