@@ -64,7 +64,7 @@ def test_chunks_compile_once(idx_dir, tmp_path, caplog):
     finally:
         jax.config.update("jax_log_compiles", False)
     compiled = [r.getMessage()[:40] for r in caplog.records if r.getMessage().startswith("Compiling ")]
-    assert sum(m.startswith("Compiling jit(run_chunk)") for m in compiled) == 1, compiled
+    assert sum(m.startswith("Compiling jit(chunk)") for m in compiled) == 1, compiled
     assert sum(m.startswith("Compiling jit(evaluate)") for m in compiled) == 1, compiled
 
 
