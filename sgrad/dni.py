@@ -157,18 +157,24 @@ class Synthetic(NamedTuple):
     stats: tuple[PyTree, ...]
 
 
+def _param_vjps(fns: Sequence[Any], params: Sequence[PyTree]):
+    """Run each fn(params_i) -> (output, new_stats), keeping its VJP w.r.t. params_i (the model's own)."""
+    outs, vjps, stats = [], [], []
+    for fn, q in zip(fns, params):
+        out, vjp, s_new = jax.vjp(fn, q, has_aux=True)
+        outs.append(out)
+        vjps.append(vjp)
+        stats.append(s_new)
+    return tuple(outs), tuple(vjps), tuple(stats)
+
+
 def predict_synthetic(net: Network, sg_params: Sequence[PyTree], sg_stats: Sequence[PyTree],
                       activations: Sequence[jnp.ndarray], labels: jnp.ndarray) -> Synthetic:
     """ĝ_i = M_i(h_i[, one-hot y]) for every interface, keeping the VJPs for the SG regression."""
     onehot = jax.nn.one_hot(labels, net.num_classes) if net.conditioned else None
-    grads, vjps, stats = [], [], []
-    for model, q, s, h in zip(net.sg_models, sg_params, sg_stats, activations[:-1]):
-        fn = partial(_sg_train, model, s, jax.lax.stop_gradient(h), onehot)
-        g_hat, vjp, s_new = jax.vjp(fn, q, has_aux=True)
-        grads.append(g_hat)
-        vjps.append(vjp)
-        stats.append(s_new)
-    return Synthetic(tuple(grads), tuple(vjps), tuple(stats))
+    fns = [partial(_sg_train, model, s, jax.lax.stop_gradient(h), onehot)
+           for model, s, h in zip(net.sg_models, sg_stats, activations[:-1])]
+    return Synthetic(*_param_vjps(fns, sg_params))
 
 
 def _sg_train(model, stats, h, label, params):
@@ -203,13 +209,8 @@ class SyntheticInputs(NamedTuple):
 def predict_inputs(net: Network, si_params: Sequence[PyTree], si_stats: Sequence[PyTree],
                    x: jnp.ndarray) -> SyntheticInputs:
     """Î_i = I_i(x) for modules 2..K, keeping the VJPs for their regression onto the real activations."""
-    values, vjps, stats = [], [], []
-    for model, q, s in zip(net.input_models, si_params, si_stats):
-        out, vjp, s_new = jax.vjp(partial(_si_train, model, s, x), q, has_aux=True)
-        values.append(out)
-        vjps.append(vjp)
-        stats.append(s_new)
-    return SyntheticInputs(tuple(values), tuple(vjps), tuple(stats))
+    fns = [partial(_si_train, model, s, x) for model, s in zip(net.input_models, si_stats)]
+    return SyntheticInputs(*_param_vjps(fns, si_params))
 
 
 def _si_train(model, stats, x, params):

@@ -91,7 +91,6 @@ def make_train_step(net: dni.Network, tx: Optimizers, mode: str, rule: UpdateRul
     k = len(net.modules)
 
     def train_step(state: TrainState, x: jnp.ndarray, y: jnp.ndarray):
-        metrics = {}
         if mode == "backprop":
             grads, stats, metrics = dni.backprop_grads(net, state.params, state.stats, x, y)
         else:
