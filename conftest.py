@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
@@ -14,6 +17,15 @@ from sgrad.config import TrainConfig
 from sgrad.data.idx import write_idx
 
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
+ROOT = Path(__file__).resolve().parent
+
+
+def run_on_cpu_devices(code: str, devices: int) -> subprocess.CompletedProcess:
+    """Run Python code in a fresh process with `devices` CPU devices (JAX fixes the count when it starts)."""
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu"}
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return res
 
 
 def make_cfg(*dotlist: str):

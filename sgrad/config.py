@@ -24,6 +24,7 @@ class Mode(str, enum.Enum):
 class Parallel(str, enum.Enum):
     none = "none"
     data = "data"
+    pipeline = "pipeline"
 
 
 class DatasetName(str, enum.Enum):
@@ -204,6 +205,16 @@ def validate(cfg: Any) -> None:
     _check(cfg.checkpoint.every >= 0, "checkpoint.every", cfg.checkpoint.every,
            "an integer >= 0 (0 = only at the end and on preemption)")
     _check(cfg.checkpoint.keep >= 1, "checkpoint.keep", cfg.checkpoint.keep, "an integer >= 1")
+    if str(getattr(cfg.parallel, "value", cfg.parallel)) == "pipeline":
+        # Each device updates from its own SG at once; anything that waits for the true gradient would lock it.
+        mode = str(getattr(cfg.mode, "value", cfg.mode))
+        _check(mode in ("dni", "cdni"), "mode", mode, "dni or cdni with parallel=pipeline (backprop is update-locked; "
+               "use parallel=data)")
+        _check(cfg.trainer.update_prob == 1.0, "trainer.update_prob", cfg.trainer.update_prob,
+               "1.0 with parallel=pipeline")
+        for key, off in (("lambda_", 0.0), ("lambda_final", None), ("warmup_steps", 0)):
+            _check(cfg.sg[key] == off, f"sg.{key}", cfg.sg[key], f"{off} with parallel=pipeline (it needs the true "
+                   "gradient from the module above)")
     for prefix, optim in (("optim", cfg.optim), ("sg.optim", cfg.sg.optim)):
         _check(optim.lr > 0, f"{prefix}.lr", optim.lr, "a float > 0")
         _check(0 < optim.decay_factor, f"{prefix}.decay_factor", optim.decay_factor, "a float > 0")

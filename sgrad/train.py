@@ -28,6 +28,7 @@ from sgrad.metrics import MetricWriter, read_jsonl, rewind
 from sgrad.network import build_network, init_variables
 from sgrad.optim import build_train_optimizer, learning_rate
 from sgrad.parallel import DATA_AXIS, make_data_parallel_runner
+from sgrad.pipeline import build_pipeline, make_pipeline_runner, to_train_state
 from sgrad.provenance import provenance
 from sgrad.step import TrainState, UpdateRule, create_state, eval_counts, make_train_step, probe
 
@@ -187,7 +188,13 @@ def train_and_evaluate(cfg: Any, workdir: str | Path, dataset: Dataset | None = 
     tx = build_train_optimizer(cfg, total)
     state = create_state(params, stats, tx)
     parallel = _value(cfg.parallel)
-    if parallel == "data":
+    # The loop keeps `state` in the runner's own layout; `view` gives evaluation the plain TrainState.
+    view = lambda s: s
+    if parallel == "pipeline":
+        pipe, state = build_pipeline(net, tx, state, data.input_shape, tcfg.batch_size, cfg.sg.scale)
+        run_chunk = make_pipeline_runner(pipe, partial(preprocess, mean=mean, std=std), jax.devices())
+        view = partial(to_train_state, pipe)
+    elif parallel == "data":
         devices = jax.devices()
         if tcfg.batch_size % len(devices):
             raise ValueError(f"parallel=data: trainer.batch_size={tcfg.batch_size} must be divisible by the "
@@ -241,7 +248,7 @@ def train_and_evaluate(cfg: Any, workdir: str | Path, dataset: Dataset | None = 
 
     def check(at_step: int, values: dict[str, float]) -> None:
         if not all(np.isfinite(v) for v in values.values()):
-            raise DivergenceError(_divergence_message(at_step, values, state))
+            raise DivergenceError(_divergence_message(at_step, values, view(state)))
 
     def drain(pending):
         """Pull a finished chunk's metrics to the host, after the next chunk was already dispatched."""
@@ -281,11 +288,11 @@ def train_and_evaluate(cfg: Any, workdir: str | Path, dataset: Dataset | None = 
                     last_train = drain(pending)
                     pending = None
                 if due(probe_every, step) or (probe_every and step == total):
-                    p = {k: float(v) for k, v in jax.device_get(run_probe(state)).items()}
+                    p = {k: float(v) for k, v in jax.device_get(run_probe(view(state))).items()}
                     writer.write(step, p)
                     check(step, p)
                 if due(eval_every, step) or step == total:
-                    ev = {k: float(v) for k, v in jax.device_get(evaluate(state, *test)).items()}
+                    ev = {k: float(v) for k, v in jax.device_get(evaluate(view(state), *test)).items()}
                     ev["test/error"] = 1.0 - ev["test/accuracy"]
                     ev["epoch"] = step / order.steps_per_epoch
                     writer.write(step, ev)

@@ -1,14 +1,10 @@
 """parallel=data: on N CPU devices the step equals the single-device step on the whole batch."""
 
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from conftest import ROOT, run_on_cpu_devices
 
 # Runs in a fresh process: the device count is fixed when JAX starts.
 SCRIPT = textwrap.dedent("""
@@ -52,8 +48,5 @@ SCRIPT = textwrap.dedent("""
 
 @pytest.mark.parametrize("devices", [2, 4])
 def test_data_parallel_equals_single_device(devices):
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu"}
-    res = subprocess.run([sys.executable, "-c", SCRIPT.format(root=str(ROOT), devices=devices)], env=env,
-                         capture_output=True, text=True, timeout=600, cwd=ROOT)
-    assert res.returncode == 0, res.stderr[-3000:]
+    res = run_on_cpu_devices(SCRIPT.format(root=str(ROOT), devices=devices), devices)
     assert res.stdout.split() == ["backprop", "ok", "dni", "ok", "cdni", "ok"]

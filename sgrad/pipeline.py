@@ -1,0 +1,300 @@
+"""parallel=pipeline: module i and its SG model live on device i and all devices update at once (update unlocking).
+
+At tick t, device i runs module i on the activation device i-1 produced at tick
+t-1 (so it works on minibatch t-i), steps its parameters at once along its own
+synthetic gradient, and sends its activation forward and the SG target for the
+interface below (the VJP of module i at the cotangent it used) backward, one
+`jax.lax.ppermute` each. The target for its own SG model arrives two ticks after
+the activation it belongs to, so each device keeps its last two outputs and
+regresses M_i on the older one. Stages of different shapes run in one SPMD
+program: each device's state is one flat, zero-padded buffer and `lax.switch`
+on the device index picks the stage's code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import partial
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+from jax.flatten_util import ravel_pytree
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from sgrad import dni
+from sgrad.optim import Optimizers
+from sgrad.step import TrainState, _masked_update
+
+PIPE_AXIS = "pipe"
+# Per device and tick: summed loss, correct fraction, a valid input, SG loss, a valid SG target, |ĝ|.
+_LOSS, _ACC, _VALID, _SG_LOSS, _SG_VALID, _SG_NORM = range(6)
+
+
+@struct.dataclass
+class PipelineState:
+    """Everything in flight. Leading axis K (one row per device) except `step`."""
+
+    step: jnp.ndarray           # ticks run = minibatches fed
+    stage_KxS: jnp.ndarray      # each stage's params, SG model, batch stats, optimizer states; flat, padded
+    fwd_KxBxA1: jnp.ndarray     # activation (+ label column, -1: none) arriving at device i next tick
+    bwd_KxBxA1: jnp.ndarray     # SG target (+ valid column) arriving at device i next tick
+    past_Kx2xBxA1: jnp.ndarray  # each device's last two outgoing activations, newest first
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Pipeline:
+    """The static layout: which stage has which shapes and how its state is flattened."""
+
+    net: dni.Network
+    tx: Optimizers
+    sg_scale: float
+    batch: int
+    input_shape: tuple[int, ...]
+    out_shapes: tuple[tuple[int, ...], ...]   # module i's activation, without the batch axis
+    sizes: tuple[int, ...]                    # flat state length of each stage
+    unravel: tuple[Callable, ...]
+    width: int                                # A: the widest activation sent between devices
+
+    @property
+    def k(self) -> int:
+        return len(self.net.modules)
+
+
+def _stage_tree(state: TrainState, i: int, last: bool) -> dict:
+    pick = lambda tree, group: () if last and group != "modules" else tree[group][i]
+    return {"module": pick(state.params, "modules"), "module_stats": pick(state.stats, "modules"),
+            "module_opt": pick(state.opt_state, "modules"), "sg": pick(state.params, "sg"),
+            "sg_stats": pick(state.stats, "sg"), "sg_opt": pick(state.opt_state, "sg")}
+
+
+def build_pipeline(net: dni.Network, tx: Optimizers, state: TrainState, input_shape: Sequence[int],
+                   batch: int, sg_scale: float = 1.0) -> tuple[Pipeline, PipelineState]:
+    """The layout of a decoupled network over len(net.modules) devices and its initial state."""
+    if not net.sg_models:
+        raise ValueError("parallel=pipeline needs synthetic gradients (mode=dni or cdni): backprop is update-locked")
+    if net.input_models:
+        raise ValueError("parallel=pipeline does not run synthetic inputs (mode=dni_full/cdni_full) yet")
+    k = len(net.modules)
+    trees = [_stage_tree(state, i, i == k - 1) for i in range(k)]
+    flats, unravels = zip(*(ravel_pytree(t) for t in trees))
+    h = jnp.zeros((batch, *input_shape), jnp.float32)
+    out_shapes = []
+    for f, p, s in zip(net.modules, state.params["modules"], state.stats["modules"]):
+        h = jax.eval_shape(lambda p, h, f=f, s=s: dni.apply_module(f, p, s, h, False)[0], p, h)
+        out_shapes.append(tuple(h.shape[1:]))
+    width = max(int(np.prod(s)) for s in out_shapes[:-1])
+    pipe = Pipeline(net, tx, sg_scale, batch, tuple(input_shape), tuple(out_shapes),
+                    tuple(int(f.size) for f in flats), tuple(unravels), width)
+    stage = jnp.stack([jnp.pad(f, (0, max(pipe.sizes) - f.size)) for f in flats])
+    msg = jnp.zeros((k, batch, width + 1), jnp.float32)
+    no_label = msg.at[..., -1].set(-1.0)
+    return pipe, PipelineState(state.step, stage, no_label, msg, jnp.stack([no_label, no_label], axis=1))
+
+
+def stage_tick(pipe: Pipeline, i: int, tree: dict, h_in, y_in, ok_in, past_h, past_y, target, target_ok):
+    """One tick of stage i on unpadded arrays -> (tree, h_out, input cotangent, metrics[6]).
+
+    First M_i regresses its output two ticks ago toward the SG target that just
+    arrived; then module i takes the decoupled step on (h_in, y_in). Both use the
+    parameters from before this tick, as the single-device step does, so with
+    one minibatch in flight at a time the pipeline is exactly that step.
+    `ok_in` / `target_ok` (traced bools) mask updates during fill.
+    """
+    net, last = pipe.net, i == pipe.k - 1
+    new = dict(tree)
+    metrics = [jnp.zeros(())] * 6
+    onehot = lambda y: jax.nn.one_hot(y, net.num_classes) if net.conditioned else None
+    if not last:
+        model = net.sg_models[i]
+
+        def sg_out(q):
+            # Only the output is used: the running BN statistics were updated when ĝ was predicted.
+            return dni.apply_sg(model, q, tree["sg_stats"], past_h, onehot(past_y), True)[0]
+
+        pred, vjp = jax.vjp(sg_out, tree["sg"])
+        (g_sg,), (sg_loss,) = dni.regression_grads([pred], [vjp], [target])
+        new["sg"], new["sg_opt"], _ = _masked_update(pipe.tx.sg, g_sg, tree["sg_opt"], tree["sg"], target_ok)
+        metrics[_SG_LOSS] = jnp.where(target_ok, sg_loss, 0.0)
+        metrics[_SG_VALID] = target_ok.astype(jnp.float32)
+    fwd = dni.forward([net.modules[i]], [tree["module"]], [tree["module_stats"]], h_in)
+    h = fwd.activations[0]
+    keep = lambda new_tree, old_tree: jax.tree.map(lambda a, b: jnp.where(ok_in, a, b), new_tree, old_tree)
+    if last:
+        loss, cot = dni.loss_and_top_gradient(h, y_in)
+        factor = 1.0 / pipe.batch
+        metrics[_LOSS] = jnp.where(ok_in, loss, 0.0)
+        metrics[_ACC] = jnp.where(ok_in, jnp.mean(jnp.argmax(h, -1) == y_in), 0.0)
+    else:
+        cot, sg_stats = dni.apply_sg(model, tree["sg"], tree["sg_stats"], h, onehot(y_in), True)
+        new["sg_stats"] = keep(sg_stats, tree["sg_stats"])
+        # The VJP is linear in the cotangent: scaling the update leaves the SG target (d_in) unscaled.
+        factor = pipe.sg_scale / pipe.batch
+        metrics[_SG_NORM] = jnp.where(ok_in, jnp.sqrt(jnp.sum(cot ** 2) / pipe.batch), 0.0)
+    d_params, d_in = fwd.vjps[0](cot)
+    grads = jax.tree.map(lambda g: g * factor, d_params)
+    new["module"], new["module_opt"], _ = _masked_update(pipe.tx.modules, grads, tree["module_opt"],
+                                                         tree["module"], ok_in)
+    new["module_stats"] = keep(fwd.stats[0], tree["module_stats"])
+    metrics[_VALID] = ok_in.astype(jnp.float32)
+    return new, h, d_in, jnp.stack(metrics)
+
+
+def _pad(a: jnp.ndarray, width: int) -> jnp.ndarray:
+    flat = a.reshape(a.shape[0], -1)
+    return jnp.pad(flat, ((0, 0), (0, width - flat.shape[1])))
+
+
+def _unpad(a_BxA: jnp.ndarray, shape: tuple[int, ...]) -> jnp.ndarray:
+    return a_BxA[:, :int(np.prod(shape))].reshape(a_BxA.shape[0], *shape)
+
+
+def _device_tick(pipe: Pipeline, i: int, preprocess: Callable, flat, fwd, bwd, past, xs, ys, idx_B, feed):
+    """Stage i's tick on its padded buffers: unpack the messages, run stage_tick, pack the replies."""
+    tree = pipe.unravel[i](flat[:pipe.sizes[i]])
+    if i == 0:
+        h_in, y_in, ok_in = preprocess(xs[idx_B]), ys[idx_B], feed
+    else:
+        h_in = _unpad(fwd[:, :-1], pipe.out_shapes[i - 1])
+        y_in = fwd[:, -1].astype(jnp.int32)
+        ok_in = y_in[0] >= 0
+    out_shape = pipe.out_shapes[i] if i < pipe.k - 1 else pipe.out_shapes[i - 1]  # last: nothing to regress
+    past_h, past_y = _unpad(past[1, :, :-1], out_shape), past[1, :, -1].astype(jnp.int32)
+    target, target_ok = _unpad(bwd[:, :-1], out_shape), bwd[0, -1] > 0
+    tree, h, d_in, metrics = stage_tick(pipe, i, tree, h_in, y_in, ok_in, past_h, past_y, target, target_ok)
+    flat = ravel_pytree(tree)[0]
+    flat = jnp.pad(flat, (0, max(pipe.sizes) - flat.size))
+    label = jnp.where(ok_in, y_in, -1).astype(jnp.float32)[:, None]
+    out = jnp.zeros_like(fwd) if i == pipe.k - 1 else jnp.concatenate([_pad(h, pipe.width), label], axis=1)
+    if i == 0:
+        back = jnp.zeros_like(bwd)
+    else:
+        ok_col = jnp.broadcast_to(ok_in.astype(jnp.float32), (pipe.batch, 1))
+        back = jnp.concatenate([_pad(d_in, pipe.width), ok_col], axis=1)
+    return flat, out, back, metrics
+
+
+def metric_means(pipe: Pipeline, sums_Kx6: jnp.ndarray) -> dict[str, jnp.ndarray]:
+    """Per-tick sums of every device -> the same metric names the single-device step logs."""
+    per = lambda row, col, count: sums_Kx6[row, col] / jnp.maximum(sums_Kx6[row, count], 1.0)
+    out = {"loss": per(-1, _LOSS, _VALID), "accuracy": per(-1, _ACC, _VALID)}
+    for i in range(pipe.k - 1):
+        out[f"sg/loss/{i + 1}"] = per(i, _SG_LOSS, _SG_VALID)
+        out[f"sg/norm/{i + 1}"] = per(i, _SG_NORM, _VALID)
+    return out
+
+
+def pipeline_chunk_fn(pipe: Pipeline, preprocess: Callable, feed_every: int = 1):
+    """chunk(state, xs, ys, idx_CxB, n) per device, inside shard_map over PIPE_AXIS.
+
+    `feed_every` > 1 feeds a minibatch only every that many ticks (row t of idx
+    at tick t): with feed_every = K + 1 one minibatch is in flight at a time.
+    """
+    k = pipe.k
+    forward_perm = [(j, j + 1) for j in range(k - 1)]
+    backward_perm = [(j + 1, j) for j in range(k - 1)]
+
+    def chunk(state: PipelineState, xs, ys, idx_CxB, n):
+        me = jax.lax.axis_index(PIPE_AXIS)
+        branches = [partial(_device_tick, pipe, i, preprocess) for i in range(k)]
+
+        def tick(j, carry):
+            s, sums = carry
+            feed = s.step % feed_every == 0
+            flat, out, back, metrics = jax.lax.switch(
+                me, branches, s.stage_KxS[0], s.fwd_KxBxA1[0], s.bwd_KxBxA1[0], s.past_Kx2xBxA1[0],
+                xs, ys, idx_CxB[j], feed)
+            fwd = jax.lax.ppermute(out, PIPE_AXIS, forward_perm)
+            bwd = jax.lax.ppermute(back, PIPE_AXIS, backward_perm)
+            # Device 0 receives nothing forward (it reads the data) and device K-1 nothing backward:
+            # zeros, whose valid column says "no target".
+            past = jnp.stack([out, s.past_Kx2xBxA1[0, 0]])
+            s = PipelineState(s.step + 1, flat[None], fwd[None], bwd[None], past[None])
+            return s, sums + metrics
+
+        state, sums = jax.lax.fori_loop(0, n, tick, (state, jnp.zeros(6)))
+        return state, metric_means(pipe, jax.lax.all_gather(sums, PIPE_AXIS))
+
+    return chunk
+
+
+def make_pipeline_runner(pipe: Pipeline, preprocess: Callable, devices: Sequence[jax.Device],
+                         feed_every: int = 1) -> Callable:
+    """jit(shard_map(chunk)) over the first K devices, stage i on device i; state buffers donated."""
+    if len(devices) < pipe.k:
+        raise ValueError(f"parallel=pipeline places one module per device: the network has {pipe.k} modules but "
+                         f"only {len(devices)} devices are visible (on CPU set XLA_FLAGS="
+                         f"--xla_force_host_platform_device_count={pipe.k}, or group layers with model.dni_every)")
+    mesh = jax.make_mesh((pipe.k,), (PIPE_AXIS,), devices=devices[:pipe.k])
+    state_spec = PipelineState(P(), P(PIPE_AXIS), P(PIPE_AXIS), P(PIPE_AXIS), P(PIPE_AXIS))
+    specs = (state_spec, P(), P(), P(), P())
+    sharded = jax.jit(jax.shard_map(pipeline_chunk_fn(pipe, preprocess, feed_every), mesh=mesh, in_specs=specs,
+                                    out_specs=(state_spec, P()), check_vma=False), donate_argnums=0)
+    placements = jax.tree.map(lambda spec: NamedSharding(mesh, spec), specs,
+                              is_leaf=lambda x: isinstance(x, P))
+
+    def run(*args):
+        return sharded(*jax.tree.map(jax.device_put, args, placements))
+
+    return run
+
+
+def to_train_state(pipe: Pipeline, state: PipelineState) -> TrainState:
+    """The pipeline's parameters as an ordinary TrainState on the default device (for eval, probes, export)."""
+    rows = np.asarray(jax.device_get(state.stage_KxS))
+    trees = [pipe.unravel[i](jnp.asarray(rows[i, :pipe.sizes[i]])) for i in range(pipe.k)]
+    group = lambda key, stages: tuple(t[key] for t in stages)
+    sg_trees = trees[:-1]
+    params = {"modules": group("module", trees), "sg": group("sg", sg_trees), "si": ()}
+    stats = {"modules": group("module_stats", trees), "sg": group("sg_stats", sg_trees), "si": ()}
+    opt = {"modules": group("module_opt", trees), "sg": group("sg_opt", sg_trees), "si": ()}
+    return TrainState(jnp.asarray(jax.device_get(state.step)), params, stats, opt)
+
+
+def run_sequential(pipe: Pipeline, state: TrainState, xs, ys, idx_TxB, preprocess: Callable,
+                   feed_every: int = 1) -> TrainState:
+    """The same delayed schedule in plain Python on one device: the reference the pipeline must match.
+
+    Messages are unpadded arrays in Python lists; nothing is flattened or shifted
+    between devices, so this checks the schedule, not the plumbing.
+    """
+    k = pipe.k
+    trees = [_stage_tree(state, i, i == k - 1) for i in range(k)]
+    none = (None, None, jnp.asarray(False))
+    inbox = [none] * k                    # (h, y, ok) sent by device i-1 last tick
+    targets = [(None, jnp.asarray(False))] * k
+    past = [[none, none] for _ in range(k)]
+    tick_fn = [jax.jit(partial(stage_tick, pipe, i)) for i in range(k)]
+    step = int(state.step)
+    for t in range(len(idx_TxB)):
+        sent, returned = [], []
+        for i in range(k):
+            if i == 0:
+                h_in, y_in, ok = preprocess(xs[idx_TxB[t]]), ys[idx_TxB[t]], jnp.asarray(step % feed_every == 0)
+            else:
+                h_in, y_in, ok = inbox[i]
+            if h_in is None:  # nothing has arrived yet: feed zeros, masked out by ok
+                shape = pipe.out_shapes[i - 1]
+                h_in, y_in = jnp.zeros((pipe.batch, *shape)), jnp.zeros((pipe.batch,), jnp.int32)
+            old_h, old_y, _ = past[i][1]
+            target, target_ok = targets[i]
+            if i < k - 1 and (old_h is None or target is None):
+                shape = (pipe.batch, *pipe.out_shapes[i])
+                old_h = jnp.zeros(shape) if old_h is None else old_h
+                old_y = jnp.zeros((pipe.batch,), jnp.int32) if old_y is None else old_y
+                target = jnp.zeros(shape) if target is None else target
+            trees[i], h, d_in, _ = tick_fn[i](trees[i], h_in, y_in, ok, old_h, old_y, target, target_ok)
+            sent.append((h, y_in, ok))
+            returned.append((d_in, ok))
+        inbox = [none] + sent[:-1]
+        targets = returned[1:] + [(None, jnp.asarray(False))]
+        past = [[sent[i], past[i][0]] for i in range(k)]
+        step += 1
+    params = {"modules": tuple(t["module"] for t in trees), "sg": tuple(t["sg"] for t in trees[:-1]), "si": ()}
+    stats = {"modules": tuple(t["module_stats"] for t in trees),
+             "sg": tuple(t["sg_stats"] for t in trees[:-1]), "si": ()}
+    opt = {"modules": tuple(t["module_opt"] for t in trees), "sg": tuple(t["sg_opt"] for t in trees[:-1]), "si": ()}
+    return TrainState(jnp.asarray(step, jnp.int32), params, stats, opt)

@@ -1,0 +1,145 @@
+"""parallel=pipeline: the pipelined run equals the same schedule run sequentially, and with one minibatch in
+flight at a time it equals the single-device DNI step."""
+
+import json
+import textwrap
+
+import pytest
+
+from conftest import ROOT, make_cfg, run_on_cpu_devices
+from sgrad.config import ConfigError, validate
+
+# A fresh process per device count: it is fixed when JAX starts.
+SCRIPT = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {root!r})
+    import jax, jax.numpy as jnp, numpy as np
+    from conftest import make_cfg
+    from sgrad.network import build_network, init_variables
+    from sgrad.optim import build_train_optimizer
+    from sgrad.pipeline import build_pipeline, make_pipeline_runner, run_sequential, to_train_state
+    from sgrad.step import create_state, make_train_step
+    from sgrad.train import make_chunk_runner, preprocess
+
+    K = {devices}
+    assert jax.device_count() == K
+    rng = np.random.default_rng(0)
+    B = 16
+
+    def setup(*overrides, shape=(6, 6, 1)):
+        cfg = make_cfg(f"model.layers={{K}}", "model.width=16", "sg.hidden_layers=1", "sg.width=32", *overrides)
+        net = build_network(cfg, shape, 10)
+        xs = jnp.asarray(rng.integers(0, 256, (128, *shape), dtype=np.uint8))
+        ys = jnp.asarray(rng.integers(0, 10, 128).astype(np.int32))
+        mean, std = jnp.full((1,), 0.5), jnp.full((1,), 0.25)
+        params, stats = init_variables(net, jax.random.key(1), jnp.zeros((B, *shape)))
+        tx = build_train_optimizer(cfg, 100)
+        # The runners donate the state: every run starts from its own copy.
+        fresh = lambda: create_state(jax.tree.map(jnp.copy, params), jax.tree.map(jnp.copy, stats), tx)
+        pre = lambda x: preprocess(x, mean, std)
+        return net, tx, fresh, xs, ys, pre, (mean, std)
+
+    def max_diff(a, b):
+        return max(float(jnp.max(jnp.abs(x - y))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+    def moved(a, b):
+        # Every module and every SG model changed somewhere.
+        models = lambda p: list(p["modules"]) + list(p["sg"])
+        return all(max_diff(x, y) > 0 for x, y in zip(models(a), models(b)))
+
+    # 1. Pipelined (shard_map, ppermute, padded flat buffers) == the same schedule in plain Python.
+    # SGD, because Adam divides by the root of tiny early SG gradients and so magnifies float rounding.
+    sgd = ["optim.name=sgd", "optim.lr=0.01", "sg.optim.name=sgd", "sg.optim.lr=0.01"]
+    cases = [("dni", "fcn", (6, 6, 1)), ("cdni", "fcn", (6, 6, 1))]
+    if K == 2:
+        cases.append(("dni", "cnn", (8, 8, 1)))
+    for mode, model, shape in cases:
+        net, tx, fresh, xs, ys, pre, _ = setup(f"mode={{mode}}", f"model.name={{model}}", *sgd, shape=shape)
+        T = 3 * K + 4  # fill, steady state with every SG target arriving, several times over
+        idx = rng.integers(0, 128, (T, B)).astype(np.int32)
+        pipe, state = build_pipeline(net, tx, fresh(), shape, B)
+        run = make_pipeline_runner(pipe, pre, jax.devices())
+        state, metrics = run(state, xs, ys, idx, np.int32(T))
+        got = to_train_state(pipe, state)
+        ref = run_sequential(pipe, fresh(), xs, ys, idx, pre)
+        start = fresh()
+        assert int(got.step) == int(ref.step) == T
+        assert moved(got.params, start.params), "every module and SG model must have been updated"
+        d = max_diff(got.params, ref.params)
+        assert d < 1e-5, (mode, model, d)
+        assert max_diff(got.stats, ref.stats) < 1e-5 and max_diff(got.opt_state, ref.opt_state) < 1e-5
+        assert np.isfinite(float(metrics["loss"])) and f"sg/loss/{{K - 1}}" in metrics
+        print("sequential", mode, model, "ok")
+
+    # 2. Staleness 0: feed every K+1 ticks, so each minibatch finishes (SG targets included) before the next.
+    for mode in ("dni", "cdni"):
+        net, tx, fresh, xs, ys, pre, (mean, std) = setup(f"mode={{mode}}")
+        n = K + 2  # SG models bootstrap from the top down: the lowest needs K-1 steps to get a target
+        idx = rng.integers(0, 128, (n, B)).astype(np.int32)
+        drained = np.zeros((n * (K + 1), B), np.int32)
+        drained[::K + 1] = idx
+        pipe, state = build_pipeline(net, tx, fresh(), (6, 6, 1), B)
+        run = make_pipeline_runner(pipe, pre, jax.devices(), feed_every=K + 1)
+        state, _ = run(state, xs, ys, drained, np.int32(len(drained)))
+        got = to_train_state(pipe, state)
+        single, _ = make_chunk_runner(make_train_step(net, tx, mode), mean, std)(fresh(), xs, ys, idx, np.int32(n))
+        assert moved(got.params, fresh().params)
+        for part in ("params", "stats", "opt_state"):
+            d = max_diff(getattr(got, part), getattr(single, part))
+            assert d < 1e-6, (mode, part, d)
+        print("drained", mode, "ok")
+""")
+
+
+@pytest.mark.parametrize("devices", [2, 4])
+def test_pipeline_matches_sequential_schedule_and_single_device_step(devices):
+    res = run_on_cpu_devices(SCRIPT.format(root=str(ROOT), devices=devices), devices)
+    expected = ["sequential dni fcn ok", "sequential cdni fcn ok"] + (["sequential dni cnn ok"] if devices == 2 else [])
+    assert res.stdout.splitlines() == expected + ["drained dni ok", "drained cdni ok"]
+
+
+TRAIN = textwrap.dedent("""
+    import json, sys
+    sys.path.insert(0, {root!r})
+    import jax, numpy as np
+    from conftest import make_cfg
+    from sgrad.checkpoint import Checkpoints
+    from sgrad.train import train_and_evaluate
+
+    def run(workdir, steps, *extra):
+        cfg = make_cfg("dataset.name=idx", "dataset.dir={data}", "dataset.download=false", "parallel=pipeline",
+                       "mode=cdni", "model.layers=3", "sg.hidden_layers=0", f"trainer.steps={{steps}}",
+                       "checkpoint.every=50", "trainer.eval_every=50", *extra)
+        return train_and_evaluate(cfg, workdir)
+
+    full = run("{tmp}/full", 200)
+    print(json.dumps({{"accuracy": full["test/accuracy"], "status": full["status"]}}))
+    # Stopped at 100 and resumed: the in-flight activations and targets are part of the checkpoint.
+    run("{tmp}/resumed", 100)
+    resumed = run("{tmp}/resumed", 200)
+    b = Checkpoints("{tmp}/resumed/checkpoints", read_only=True)
+    same = all(resumed[k] == full[k] for k in ("test/loss", "train/loss", "sg/loss/1"))
+    print(json.dumps({{"same": same, "steps": b.steps()}}))
+""")
+
+
+def test_pipeline_run_learns_and_resumes(idx_dir, tmp_path):
+    res = run_on_cpu_devices(TRAIN.format(root=str(ROOT), data=str(idx_dir), tmp=str(tmp_path)), 3)
+    first, second = (json.loads(line) for line in res.stdout.splitlines()[-2:])
+    assert first["status"] == "completed" and first["accuracy"] > 0.5, first  # chance is 0.1
+    assert second["same"] and second["steps"][-1] == 200, second
+
+
+@pytest.mark.parametrize("override, key", [("mode=backprop", "mode"), ("trainer.update_prob=0.5", "trainer.update_prob"),
+                                           ("sg.lambda_=0.5", "sg.lambda_"), ("sg.warmup_steps=10", "sg.warmup_steps")])
+def test_pipeline_rejects_what_would_lock_it(override, key):
+    with pytest.raises(ConfigError, match=key):
+        validate(make_cfg("parallel=pipeline", override))
+
+
+def test_pipeline_needs_one_device_per_module(idx_dir, tmp_path):
+    from sgrad.train import train_and_evaluate
+    cfg = make_cfg("dataset.name=idx", f"dataset.dir={idx_dir}", "dataset.download=false", "parallel=pipeline",
+                   "model.layers=4", "trainer.steps=5")
+    with pytest.raises(ValueError, match="4 modules but only 1 devices.*xla_force_host_platform_device_count=4"):
+        train_and_evaluate(cfg, tmp_path)
