@@ -1,6 +1,10 @@
-"""Single-device throughput of the training step, per mode, next to the machine's measured matmul peak.
+"""Training throughput per mode: on one device next to the measured matmul peak, or across devices.
 
     python scripts/bench.py [--models fcn3,fcn4,fcn6,cnn4] [--batch 64,256] [--out results/bench/single_device.md]
+    python scripts/bench.py --devices 1,2,4 [--out results/bench/devices.md]
+
+`--devices` runs one process per device count N with N CPU devices of one thread
+each, and measures parallel=none (one of those devices), data and pipeline.
 
 Times the same compiled chunk of steps that `sgrad-train` runs (data on the
 device, batches gathered inside jit), after a warm-up chunk, and reads the FLOPs
@@ -10,6 +14,9 @@ per chunk from XLA's cost analysis. Writes a markdown table with the machine.
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,7 +33,8 @@ from sgrad.network import build_network, init_variables  # noqa: E402
 from sgrad.optim import build_train_optimizer  # noqa: E402
 from sgrad.provenance import git_commit, machine  # noqa: E402
 from sgrad.step import UpdateRule, create_state, make_train_step  # noqa: E402
-from sgrad.train import make_chunk_runner, preprocess  # noqa: E402
+from sgrad.chunk import make_chunk_runner, preprocess  # noqa: E402
+from sgrad.parallel import make_runner  # noqa: E402
 
 # The SG model of each mode, as in configs/mode/*.yaml (paper settings); dni_linear is DNI with a
 # linear SG model, the case where a decoupled step should cost little more than a backprop step.
@@ -69,10 +77,10 @@ def exp_cfg(exp: str, mode: str):
         return compose(config_name="train", overrides=[f"+exp={exp}", f"mode={mode}"])
 
 
-def bench_one(cfg, chunk: int, chunks: int) -> dict:
-    model, mode = str(getattr(cfg.model.name, "value", cfg.model.name)), str(getattr(cfg.mode, "value", cfg.mode))
-    label = mode + ("_linear" if mode == "dni" and cfg.sg.hidden_layers == 0 else "")
-    layers, batch = cfg.model.layers, cfg.trainer.batch_size
+def _setup(cfg):
+    """Network, random uint8 data on the device, initial state: what every benchmark row starts from."""
+    model = str(getattr(cfg.model.name, "value", cfg.model.name))
+    batch = cfg.trainer.batch_size
     shape = (32, 32, 3) if model == "cnn" else (28, 28, 1)
     net = build_network(cfg, shape, 10)
     n = 8192
@@ -82,26 +90,107 @@ def bench_one(cfg, chunk: int, chunks: int) -> dict:
     mean, std = jnp.full((shape[-1],), 0.5), jnp.full((shape[-1],), 0.25)
     params, stats = init_variables(net, jax.random.key(0), preprocess(xs[:batch], mean, std))
     tx = build_train_optimizer(cfg, 10_000)
-    state = create_state(params, stats, tx)
-    train_step = make_train_step(net, tx, mode, UpdateRule.from_config(cfg))
-    run_chunk = make_chunk_runner(train_step, mean, std)
-    idx = jax.device_put(rng.integers(0, n, (chunk, batch)).astype(np.int32))
-    n_steps = np.int32(chunk)
-    # XLA counts a loop body once, so the FLOPs come from one step compiled on its own.
-    x0 = preprocess(xs[:batch], mean, std)
-    cost = jax.jit(train_step).lower(state, x0, ys[:batch]).compile().cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    flops = float(cost.get("flops", 0.0)) * chunk if cost else 0.0
-    state, m = run_chunk(state, xs, ys, idx, n_steps)  # warm-up (compiles)
+    idx = rng.integers(0, n, (cfg.trainer.log_every, batch)).astype(np.int32)
+    return net, tx, create_state(params, stats, tx), shape, xs, ys, idx, (mean, std)
+
+
+def _time(run_chunk, state, xs, ys, idx, chunks: int) -> float:
+    """Seconds for `chunks` chunks after a warm-up chunk that compiles."""
+    n_steps = np.int32(len(idx))
+    state, m = run_chunk(state, xs, ys, idx, n_steps)
     jax.block_until_ready(m)
     t = time.perf_counter()
     for _ in range(chunks):
         state, m = run_chunk(state, xs, ys, idx, n_steps)
     jax.block_until_ready((state, m))
-    elapsed = time.perf_counter() - t
+    return time.perf_counter() - t
+
+
+def _mode(cfg) -> str:
+    return str(getattr(cfg.mode, "value", cfg.mode))
+
+
+def bench_one(cfg, chunk: int, chunks: int) -> dict:
+    cfg = OmegaConf.merge(cfg, {"trainer": {"log_every": chunk}})
+    model, mode = str(getattr(cfg.model.name, "value", cfg.model.name)), _mode(cfg)
+    label = mode + ("_linear" if mode == "dni" and cfg.sg.hidden_layers == 0 else "")
+    layers, batch = cfg.model.layers, cfg.trainer.batch_size
+    net, tx, state, _, xs, ys, idx, (mean, std) = _setup(cfg)
+    train_step = make_train_step(net, tx, mode, UpdateRule.from_config(cfg))
+    # XLA counts a loop body once, so the FLOPs come from one step compiled on its own.
+    x0 = preprocess(xs[:batch], mean, std)
+    cost = jax.jit(train_step).lower(state, x0, ys[:batch]).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops = float(cost.get("flops", 0.0)) * chunk if cost else 0.0
+    elapsed = _time(make_chunk_runner(train_step, mean, std), state, xs, ys, jax.device_put(idx), chunks)
     steps = chunk * chunks
     return {"model": f"{model}{layers}", "mode": label, "batch": batch, "steps_per_sec": steps / elapsed,
             "examples_per_sec": steps * batch / elapsed, "flops_per_sec": flops * chunks / elapsed}
+
+
+def bench_parallel(cfg, parallel: str, devices: int, chunk: int, chunks: int) -> dict:
+    """Examples/s of `sgrad-train parallel=...` on the first `devices` devices (ticks count as steps)."""
+    cfg = OmegaConf.merge(cfg, {"trainer": {"log_every": chunk}})
+    net, tx, state, shape, xs, ys, idx, (mean, std) = _setup(cfg)
+    run, state, _ = make_runner(parallel, net, tx, state, _mode(cfg), UpdateRule.from_config(cfg), shape,
+                                cfg.trainer.batch_size, mean, std, jax.devices()[:devices])
+    elapsed = _time(run, state, xs, ys, idx, chunks)
+    return {"mode": _mode(cfg), "parallel": parallel, "devices": devices, "modules": len(net.modules),
+            "examples_per_sec": chunk * chunks * cfg.trainer.batch_size / elapsed}
+
+
+# One thread per CPU device, so N devices use N cores and never share one.
+ONE_THREAD = "--xla_cpu_multi_thread_eigen=false"
+
+
+def device_rows(n: int, modes: list[str], layers: int, batch: int, chunk: int, chunks: int) -> list[dict]:
+    """In a process with n devices: none (one device), data and pipeline (n devices), same modules for all."""
+    rows = []
+    every = max(layers // n, 1) if n > 1 else 1
+    for mode in modes:
+        cfg = paper_cfg("fcn", layers, mode, batch)
+        cfg.model.dni_every = every
+        plans = [("none", 1)] + ([("data", n)] if n > 1 else [])
+        if mode != "backprop" and n > 1 and -(-layers // every) == n:
+            plans.append(("pipeline", n))
+        for parallel, d in plans:
+            r = bench_parallel(cfg, parallel, d, chunk, chunks)
+            rows.append({**r, "process_devices": n})
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def devices_main(args) -> None:
+    """One subprocess per device count, then a markdown table with the speed-up over one device."""
+    rows = []
+    for n in map(int, args.devices.split(",")):
+        env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={n} {ONE_THREAD}",
+               "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu")}
+        cmd = [sys.executable, __file__, "--device-worker", str(n), "--modes", args.modes, "--layers",
+               str(args.layers), "--batch", args.batch, "--chunk", str(args.chunk), "--chunks", str(args.chunks)]
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+        rows += [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+        print(out, end="", flush=True)
+    m = machine()
+    lines = ["# Throughput across devices (parallel = none / data / pipeline)", "",
+             f"Machine: {m['cpu']} ({m['cpu_count']} CPUs), platform {m['platform']}, jax {m['jax']}; "
+             f"N CPU devices with one thread each (`XLA_FLAGS=--xla_force_host_platform_device_count=N "
+             f"{ONE_THREAD}`).", f"Commit: {git_commit()}.",
+             f"Command: `python scripts/bench.py {' '.join(sys.argv[1:])}`.",
+             "", f"FCN, {args.layers} layers of width 256 with batch norm, batch {args.batch}, Adam; DNI SG = "
+             "2×1024 hidden layers, cDNI SG = linear on [h, one-hot y]. With N devices the layers are grouped into "
+             "N modules (`model.dni_every`), and `none` runs that same network on one of the devices. Pipeline "
+             "examples/s count minibatches fed per tick. Mean over "
+             f"{args.chunks} chunks of {args.chunk} steps after a warm-up chunk.",
+             "", "| mode | devices | modules | parallel | examples/s | × one device |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        base = next(b["examples_per_sec"] for b in rows if b["parallel"] == "none" and b["mode"] == r["mode"]
+                    and b["process_devices"] == r["process_devices"])
+        lines.append(f"| {r['mode']} | {r['devices']} | {r['modules']} | {r['parallel']} | "
+                     f"{r['examples_per_sec']:.0f} | {r['examples_per_sec'] / base:.2f} |")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.out}")
 
 
 def main() -> None:
@@ -112,8 +201,20 @@ def main() -> None:
     ap.add_argument("--batch", default="64,256")
     ap.add_argument("--chunk", type=int, default=50, help="steps per compiled chunk")
     ap.add_argument("--chunks", type=int, default=4, help="timed chunks after the warm-up")
-    ap.add_argument("--out", type=Path, default=Path("results/bench/single_device.md"))
+    ap.add_argument("--out", type=Path, default=None, help="default results/bench/single_device.md "
+                    "(devices.md with --devices)")
+    ap.add_argument("--devices", help="comma list of device counts: measure parallel=none/data/pipeline")
+    ap.add_argument("--layers", type=int, default=4, help="FCN depth for --devices")
+    ap.add_argument("--device-worker", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.device_worker:
+        device_rows(args.device_worker, args.modes.split(","), args.layers, int(args.batch), args.chunk, args.chunks)
+        return
+    if args.devices:
+        args.out = args.out or Path("results/bench/devices.md")
+        devices_main(args)
+        return
+    args.out = args.out or Path("results/bench/single_device.md")
 
     peak = matmul_peak()
     print(f"float32 matmul peak: {peak / 1e9:.1f} GFLOP/s", flush=True)

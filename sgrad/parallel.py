@@ -1,13 +1,19 @@
-"""Execution across devices. `parallel=data`: the whole network on every device, the batch split
-over them and gradients averaged (jax.shard_map with pmean), in every mode."""
+"""Execution across devices: `parallel=none` (one device), `data` (the whole network on every device,
+the batch split over them and gradients averaged with jax.shard_map + pmean, in every mode) and
+`pipeline` (module i on device i, see sgrad/pipeline.py)."""
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from functools import partial
+from typing import Any, Callable, Sequence
 
 import jax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+
+from sgrad.chunk import chunk_fn, make_chunk_runner, preprocess
+from sgrad.pipeline import build_pipeline, make_pipeline_runner, to_train_state
+from sgrad.step import TrainState, UpdateRule, make_train_step
 
 DATA_AXIS = "data"
 
@@ -25,3 +31,27 @@ def make_data_parallel_runner(chunk: Callable, devices: Sequence[jax.Device]) ->
         return sharded(*(jax.device_put(a, s) for a, s in zip(args, placements)))
 
     return run
+
+
+def make_runner(parallel: str, net, tx, state: TrainState, mode: str, rule: UpdateRule,
+                input_shape: Sequence[int], batch: int, mean, std,
+                devices: Sequence[jax.Device] | None = None) -> tuple[Callable, Any, Callable]:
+    """(run_chunk, state in the runner's layout, view: that layout -> a plain TrainState for eval and probes)."""
+    devices = list(devices or jax.devices())
+    if parallel == "pipeline":
+        pipe, pstate = build_pipeline(net, tx, state, input_shape, batch, rule.sg_scale)
+        run = make_pipeline_runner(pipe, partial(preprocess, mean=mean, std=std), devices)
+        return run, pstate, partial(to_train_state, pipe)
+    if parallel == "data":
+        if batch % len(devices):
+            raise ValueError(f"parallel=data: trainer.batch_size={batch} must be divisible by the "
+                             f"{len(devices)} devices")
+        step = make_train_step(net, tx, mode, rule, axis_name=DATA_AXIS)
+        return make_data_parallel_runner(chunk_fn(step, mean, std), devices), state, _same
+    if parallel != "none":
+        raise ValueError(f"parallel={parallel!r}: allowed values are none, data, pipeline")
+    return make_chunk_runner(make_train_step(net, tx, mode, rule), mean, std), state, _same
+
+
+def _same(state):
+    return state

@@ -12,7 +12,6 @@ import logging
 import signal
 import threading
 import time
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,15 +21,15 @@ import numpy as np
 from tqdm import tqdm
 
 from sgrad.checkpoint import Checkpoints, find_checkpoint_dir
+from sgrad.chunk import preprocess
 from sgrad.config import validate
 from sgrad.data import Dataset, load_dataset
 from sgrad.metrics import MetricWriter, read_jsonl, rewind
 from sgrad.network import build_network, init_variables
 from sgrad.optim import build_train_optimizer, learning_rate
-from sgrad.parallel import DATA_AXIS, make_data_parallel_runner
-from sgrad.pipeline import build_pipeline, make_pipeline_runner, to_train_state
+from sgrad.parallel import make_runner
 from sgrad.provenance import provenance
-from sgrad.step import TrainState, UpdateRule, create_state, eval_counts, make_train_step, probe
+from sgrad.step import TrainState, UpdateRule, create_state, eval_counts, probe
 
 log = logging.getLogger("sgrad")
 
@@ -41,11 +40,6 @@ class DivergenceError(RuntimeError):
 
 def _value(v) -> str:
     return str(getattr(v, "value", v))
-
-
-def preprocess(x_uint8: jnp.ndarray, mean: jnp.ndarray, std: jnp.ndarray) -> jnp.ndarray:
-    """uint8 pixels -> standardised float32, per channel."""
-    return (x_uint8.astype(jnp.float32) / 255.0 - mean) / std
 
 
 class BatchOrder:
@@ -137,34 +131,6 @@ def _pad_eval(x: np.ndarray, y: np.ndarray, batch: int):
     return (xp.reshape(nb, batch, *x.shape[1:]), yp.reshape(nb, batch), mask.reshape(nb, batch))
 
 
-def chunk_fn(train_step, mean: jnp.ndarray, std: jnp.ndarray):
-    """chunk(state, xs, ys, idx_CxB, n) -> (state, mean metrics over the first n steps).
-
-    A loop over the first `n` rows of a fixed-size index array, each step
-    gathering its batch from the device-resident data. `n` is a traced value,
-    so the last, shorter chunk of a run reuses the compiled program, and no step
-    is spent on padding.
-    """
-    def chunk(state: TrainState, xs, ys, idx_CxB, n):
-        def step(i, carry):
-            s, sums = carry
-            idx = idx_CxB[i]
-            s, metrics = train_step(s, preprocess(xs[idx], mean, std), ys[idx])
-            return s, jax.tree.map(jnp.add, sums, metrics)
-
-        shapes = jax.eval_shape(train_step, state, preprocess(xs[idx_CxB[0]], mean, std), ys[idx_CxB[0]])[1]
-        zeros = jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype), shapes)
-        state, sums = jax.lax.fori_loop(0, n, step, (state, zeros))
-        return state, jax.tree.map(lambda m: m / jnp.maximum(n, 1).astype(m.dtype), sums)
-
-    return chunk
-
-
-def make_chunk_runner(train_step, mean: jnp.ndarray, std: jnp.ndarray):
-    """The jitted chunk on one device, with the state's buffers donated."""
-    return jax.jit(chunk_fn(train_step, mean, std), donate_argnums=0)
-
-
 def train_and_evaluate(cfg: Any, workdir: str | Path, dataset: Dataset | None = None) -> dict:
     """Train per `cfg`, writing metrics.jsonl, TensorBoard events and summary.json into `workdir`."""
     validate(cfg)
@@ -187,23 +153,8 @@ def train_and_evaluate(cfg: Any, workdir: str | Path, dataset: Dataset | None = 
     params, stats = init_variables(net, key, preprocess(train_x[:tcfg.batch_size], mean, std))
     tx = build_train_optimizer(cfg, total)
     state = create_state(params, stats, tx)
-    parallel = _value(cfg.parallel)
-    # The loop keeps `state` in the runner's own layout; `view` gives evaluation the plain TrainState.
-    view = lambda s: s
-    if parallel == "pipeline":
-        pipe, state = build_pipeline(net, tx, state, data.input_shape, tcfg.batch_size, cfg.sg.scale)
-        run_chunk = make_pipeline_runner(pipe, partial(preprocess, mean=mean, std=std), jax.devices())
-        view = partial(to_train_state, pipe)
-    elif parallel == "data":
-        devices = jax.devices()
-        if tcfg.batch_size % len(devices):
-            raise ValueError(f"parallel=data: trainer.batch_size={tcfg.batch_size} must be divisible by the "
-                             f"{len(devices)} devices")
-        train_step = make_train_step(net, tx, mode, UpdateRule.from_config(cfg), axis_name=DATA_AXIS)
-        run_chunk = make_data_parallel_runner(chunk_fn(train_step, mean, std), devices)
-    else:
-        train_step = make_train_step(net, tx, mode, UpdateRule.from_config(cfg))
-        run_chunk = make_chunk_runner(train_step, mean, std)
+    run_chunk, state, view = make_runner(_value(cfg.parallel), net, tx, state, mode, UpdateRule.from_config(cfg),
+                                         data.input_shape, tcfg.batch_size, mean, std)
 
     test = [jax.device_put(a) for a in _pad_eval(data.test_x, data.test_y, tcfg.eval_batch_size)]
 

@@ -16,7 +16,7 @@ SCRIPT = textwrap.dedent("""
     from sgrad.optim import build_train_optimizer
     from sgrad.parallel import DATA_AXIS, make_data_parallel_runner
     from sgrad.step import create_state, make_train_step
-    from sgrad.train import chunk_fn, make_chunk_runner
+    from sgrad.chunk import chunk_fn, make_chunk_runner
 
     assert jax.device_count() == {devices}
     for mode in ("backprop", "dni", "cdni"):

@@ -19,7 +19,7 @@ SCRIPT = textwrap.dedent("""
     from sgrad.optim import build_train_optimizer
     from sgrad.pipeline import build_pipeline, make_pipeline_runner, run_sequential, to_train_state
     from sgrad.step import create_state, make_train_step
-    from sgrad.train import make_chunk_runner, preprocess
+    from sgrad.chunk import make_chunk_runner, preprocess
 
     K = {devices}
     assert jax.device_count() == K

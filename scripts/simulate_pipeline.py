@@ -1,0 +1,194 @@
+"""Cost model of one training step spread over K devices: locked backprop, the DNI pipeline and GPipe.
+
+    python scripts/simulate_pipeline.py [--mode cdni] [--batch 256] [--micro 4,16] [--cores N]
+                                        [--measured results/bench/devices.md] [--out results/bench/pipeline_model]
+
+Measures, on one single-threaded CPU device, what each module costs: a backprop
+module's forward+backward+update (W_i), a DNI stage's whole tick (T_i: forward,
+VJP, SG prediction, SG regression, both updates) and W_i at GPipe's micro-batch
+size. Then, for K modules on K devices (communication taken as free):
+
+  backprop, model parallel (locked)  step = sum_i W_i          (one module busy at a time)
+  DNI pipeline (unlocked)            tick = max(max_i T_i, sum_i T_i / cores)
+  GPipe, M micro-batches             step = (M + K - 1) * max_i W_i(B / M)
+
+For K = 1..64 the network is the paper's FCN cut into K modules (first: 784 -> 256,
+then K-2 hidden 256 -> 256, then the classifier), each cost measured once. It
+also predicts the bench networks of `scripts/bench.py --devices` from their own
+measured stages and sets the prediction beside the measurement when given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench import paper_cfg  # noqa: E402
+from sgrad import dni  # noqa: E402
+from sgrad.network import build_network, init_variables  # noqa: E402
+from sgrad.optim import build_train_optimizer  # noqa: E402
+from sgrad.pipeline import build_pipeline, stage_tick  # noqa: E402
+from sgrad.provenance import git_commit, machine  # noqa: E402
+from sgrad.step import create_state  # noqa: E402
+
+
+def _seconds(fn, *args, repeats: int = 30) -> float:
+    """Best-of-3 mean time of a jitted call (compiled first)."""
+    jax.block_until_ready(fn(*args))
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        for _ in range(repeats):
+            out = fn(*args)
+        jax.block_until_ready(out)
+        best = min(best, (time.perf_counter() - t) / repeats)
+    return best
+
+
+def module_costs(mode: str, layers: int, every: int, batch: int, micro: list[int]) -> dict:
+    """Measured seconds per module: backprop W_i (at batch and at each micro-batch), DNI stage tick T_i."""
+    cfg = paper_cfg("fcn", layers, mode, batch)
+    cfg.model.dni_every = every
+    net = build_network(cfg, (28, 28, 1), 10)
+    x = jax.random.normal(jax.random.key(0), (batch, 28, 28, 1))
+    params, stats = init_variables(net, jax.random.key(1), x)
+    tx = build_train_optimizer(cfg, 1000)
+    state = create_state(params, stats, tx)
+    pipe, _ = build_pipeline(net, tx, state, (28, 28, 1), batch)
+    y = jnp.zeros((batch,), jnp.int32)
+    ok = jnp.asarray(True)
+    ticks, inputs = [], [x]
+    for i in range(pipe.k):
+        tree = {"module": params["modules"][i], "module_stats": stats["modules"][i],
+                "module_opt": state.opt_state["modules"][i],
+                **({"sg": params["sg"][i], "sg_stats": stats["sg"][i], "sg_opt": state.opt_state["sg"][i]}
+                   if i < pipe.k - 1 else {"sg": (), "sg_stats": (), "sg_opt": ()})}
+        h = jnp.zeros((batch, *pipe.out_shapes[i]))
+        ticks.append(_seconds(jax.jit(lambda t, hi, h=h, i=i: stage_tick(pipe, i, t, hi, y, ok, h, y, h, ok)[0]),
+                              tree, inputs[-1]))
+        inputs.append(jnp.ones((batch, *pipe.out_shapes[i])))
+
+    def backprop_module(i, b):
+        f, opt = net.modules[i], tx.modules
+
+        def work(p, s, o, h):
+            fwd = dni.forward([f], [p], [s], h)
+            g, d_in = fwd.vjps[0](jnp.ones_like(fwd.activations[0]))
+            updates, o = opt.update(g, o, p)
+            return jax.tree.map(jnp.add, p, updates), o, d_in
+        return _seconds(jax.jit(work), params["modules"][i], stats["modules"][i], state.opt_state["modules"][i],
+                        inputs[i][:b])
+
+    backprop = {b: [backprop_module(i, b) for i in range(pipe.k)] for b in [batch] + [batch // m for m in micro]}
+    return {"tick": ticks, "backprop": backprop}
+
+
+def predict(tick: list[float], backprop: dict, batch: int, micro: list[int], cores: int) -> dict[str, float]:
+    """Examples/s of each schedule for one network's measured module costs."""
+    k = len(tick)
+    out = {"backprop (locked, model parallel)": batch / sum(backprop[batch]),
+           "DNI pipeline (unlocked)": batch / max(max(tick), sum(tick) / cores)}
+    for m in micro:
+        step = (m + k - 1) * max(backprop[batch // m])
+        out[f"GPipe M={m}"] = batch / step
+    return out
+
+
+def read_measured(path: Path, mode: str) -> dict[tuple[int, str], float]:
+    """(modules, parallel) -> examples/s from a `bench.py --devices` table."""
+    rows = {}
+    for line in path.read_text().splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 6 and cells[0] == mode and re.fullmatch(r"\d+", cells[1]):
+            rows[(int(cells[2]), cells[3], int(cells[1]))] = float(cells[4])
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--mode", default="cdni", choices=["dni", "cdni"])
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--micro", default="4,16", help="GPipe micro-batch counts")
+    ap.add_argument("--cores", type=int, default=0, help="cores for the scaling curve (0: one per device)")
+    ap.add_argument("--max-k", type=int, default=64)
+    ap.add_argument("--measured", type=Path, help="results/bench/devices.md to check the model against")
+    ap.add_argument("--out", type=Path, default=Path("results/bench/pipeline_model"))
+    args = ap.parse_args()
+    micro = [int(m) for m in args.micro.split(",")]
+
+    # Scaling: first, middle and last module of the paper's FCN, one layer per module.
+    base = module_costs(args.mode, 4, 1, args.batch, micro)
+    pick = lambda costs, k: [costs[0]] + [costs[1]] * (k - 2) + [costs[-1]] if k > 1 else [sum(costs[:1])]
+    ks = [k for k in (2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64) if k <= args.max_k]
+    curves: dict[str, list[float]] = {}
+    for k in ks:
+        tick = pick(base["tick"], k)
+        bp = {b: pick(c, k) for b, c in base["backprop"].items()}
+        for name, v in predict(tick, bp, args.batch, micro, args.cores or k).items():
+            curves.setdefault(name, []).append(v)
+    single = {name: v[0] for name, v in curves.items()}
+
+    m = machine()
+    lines = ["# Pipeline cost model", "", f"Machine: {m['cpu']} ({m['cpu_count']} CPUs), jax {m['jax']}; module "
+             "costs measured on one single-threaded CPU device.", f"Commit: {git_commit()}.",
+             f"Command: `python scripts/simulate_pipeline.py {' '.join(sys.argv[1:])}`.".replace("  ", " "), "",
+             f"Mode {args.mode}, batch {args.batch}. Measured per-module seconds (4-layer FCN, one layer per module): "
+             f"DNI tick {', '.join(f'{t * 1e3:.2f} ms' for t in base['tick'])}; backprop "
+             f"{', '.join(f'{t * 1e3:.2f} ms' for t in base['backprop'][args.batch])}.", "",
+             "## Predicted examples/s for K modules on K devices" + (f" sharing {args.cores} cores" if args.cores
+                                                                      else " (one core each)"), "",
+             "| K | " + " | ".join(curves) + " |", "|---" * (len(curves) + 1) + "|"]
+    for j, k in enumerate(ks):
+        lines.append(f"| {k} | " + " | ".join(f"{v[j]:.0f}" for v in curves.values()) + " |")
+
+    if args.measured and args.measured.exists():
+        measured = read_measured(args.measured, args.mode)
+        cores = machine()["cpu_count"]
+        lines += ["", f"## Check against the measurements in {args.measured}", "",
+                  f"Each bench network's own stages measured here; prediction = batch / max(max_i T_i, "
+                  f"sum_i T_i / min(K, {cores} cores)).", "",
+                  "| modules | devices | predicted pipeline ex/s | measured pipeline ex/s | measured / predicted |",
+                  "|---|---|---|---|---|"]
+        for (modules, parallel, devices), value in sorted(measured.items()):
+            if parallel != "pipeline":
+                continue
+            costs = module_costs(args.mode, 4, max(4 // modules, 1), args.batch, [])
+            pred = args.batch / max(max(costs["tick"]), sum(costs["tick"]) / min(devices, cores))
+            lines.append(f"| {modules} | {devices} | {pred:.0f} | {value:.0f} | {value / pred:.2f} |")
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "README.md").write_text("\n".join(lines) + "\n")
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for name, v in curves.items():
+        ax.plot(ks, [x / single[name] for x in v], marker="o", ms=3, label=name)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("modules K (one device each)")
+    ax.set_ylabel("examples/s relative to K=2")
+    ax.set_title(f"Predicted throughput, FCN width 256, {args.mode}, batch {args.batch}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(args.out / "scaling.png", dpi=120)
+    print("\n".join(lines))
+    print(f"wrote {args.out}/README.md and scaling.png")
+
+
+if __name__ == "__main__":
+    main()
