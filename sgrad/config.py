@@ -33,11 +33,15 @@ class DatasetName(str, enum.Enum):
     kmnist = "kmnist"
     cifar10 = "cifar10"
     idx = "idx"
+    copy = "copy"
+    repeat_copy = "repeat_copy"
+    ptb_char = "ptb_char"
 
 
 class ModelName(str, enum.Enum):
     fcn = "fcn"
     cnn = "cnn"
+    lstm = "lstm"
 
 
 class OptimName(str, enum.Enum):
@@ -58,6 +62,11 @@ class DatasetConfig:
     dir: Optional[str] = None
     download: bool = True
     num_classes: int = 10
+    # copy / repeat_copy (generated on the fly)
+    bits: int = 8
+    start_length: int = 1
+    max_repeats: int = 5
+    curriculum_threshold: float = 0.15
 
 
 @dataclass
@@ -70,6 +79,7 @@ class ModelConfig:
     channels: int = 128
     kernel: int = 5
     pool: int = 3
+    hidden: int = 256
 
 
 @dataclass
@@ -101,6 +111,9 @@ class SGConfig:
     lambda_final: Optional[float] = None
     lambda_steps: int = 0
     warmup_steps: int = 0
+    aux: bool = False
+    aux_weight: float = 1.0
+    discount: float = 1.0
     optim: OptimConfig = field(default_factory=OptimConfig)
 
 
@@ -123,6 +136,7 @@ class TrainerConfig:
     progress: bool = True
     resume: Optional[str] = None
     update_prob: float = 1.0
+    bptt: int = 0
 
 
 @dataclass
@@ -205,6 +219,24 @@ def validate(cfg: Any) -> None:
     _check(cfg.checkpoint.every >= 0, "checkpoint.every", cfg.checkpoint.every,
            "an integer >= 0 (0 = only at the end and on preemption)")
     _check(cfg.checkpoint.keep >= 1, "checkpoint.keep", cfg.checkpoint.keep, "an integer >= 1")
+    name = lambda v: str(getattr(v, "value", v))
+    sequence_tasks = ("copy", "repeat_copy", "ptb_char")
+    if name(cfg.model.name) == "lstm" or name(cfg.dataset.name) in sequence_tasks:
+        _check(name(cfg.model.name) == "lstm", "model.name", name(cfg.model.name),
+               f"lstm for dataset.name={name(cfg.dataset.name)}")
+        _check(name(cfg.dataset.name) in sequence_tasks, "dataset.name", name(cfg.dataset.name),
+               f"one of {', '.join(sequence_tasks)} for model.name=lstm")
+        _check(cfg.trainer.bptt >= 1, "trainer.bptt", cfg.trainer.bptt,
+               "an integer >= 1 for model=lstm (the truncation window T)")
+        # The paper conditions SGs on labels only in feed-forward nets; a recurrent boundary has no one label.
+        _check(name(cfg.mode) in ("backprop", "dni"), "mode", name(cfg.mode), "backprop or dni for model=lstm")
+        _check(name(cfg.parallel) == "none", "parallel", name(cfg.parallel), "none for model=lstm")
+        _check(cfg.model.hidden >= 1, "model.hidden", cfg.model.hidden, "an integer >= 1")
+        _check(cfg.dataset.start_length >= 1, "dataset.start_length", cfg.dataset.start_length, "an integer >= 1")
+        _check(cfg.dataset.max_repeats >= 1, "dataset.max_repeats", cfg.dataset.max_repeats, "an integer >= 1")
+        _check(0.0 <= cfg.sg.discount <= 1.0, "sg.discount", cfg.sg.discount, "in [0, 1]")
+    else:
+        _check(cfg.trainer.bptt == 0, "trainer.bptt", cfg.trainer.bptt, "0 unless model.name=lstm")
     if str(getattr(cfg.parallel, "value", cfg.parallel)) == "pipeline":
         # Each device updates from its own SG at once; anything that waits for the true gradient would lock it.
         mode = str(getattr(cfg.mode, "value", cfg.mode))

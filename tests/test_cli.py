@@ -15,8 +15,11 @@ from sgrad.config import ConfigError, register, validate
 from sgrad.network import build_network
 from sgrad.overrides import check_overrides
 from sgrad.train import train_and_evaluate
+from sgrad.train_recurrent import train_recurrent
 
-EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "exp").glob("*.yaml"))
+ALL_EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "exp").glob("*.yaml"))
+RECURRENT = [e for e in ALL_EXPERIMENTS if e.startswith(("copy_", "repeat_copy_", "ptb_char_"))]
+EXPERIMENTS = [e for e in ALL_EXPERIMENTS if e not in RECURRENT]
 TINY = ["model.width=16", "model.channels=4", "model.kernel=3", "sg.width=16", "sg.conv_channels=4",
         "sg.kernel=3", "trainer.steps=20", "trainer.batch_size=32", "trainer.log_every=10",
         "trainer.progress=false", "trainer.eval_batch_size=256", "log.grad_probe_every=10"]
@@ -58,13 +61,25 @@ def test_every_experiment_smoke_runs_on_tiny_data(exp, idx_dir, tmp_path):
     assert summary["status"] == "completed" and summary["step"] == 20
 
 
+@pytest.mark.parametrize("exp", RECURRENT)
+def test_every_recurrent_experiment_composes(exp, tmp_path):
+    cfg = _compose(f"+exp={exp}")
+    validate(cfg)
+    assert cfg.model.name == "lstm" and cfg.trainer.bptt >= 1
+    assert cfg.sg.aux == exp.endswith("_aux") and (cfg.mode == "backprop") == exp.endswith("_backprop")
+    if not exp.startswith("ptb_char"):  # the character corpus is not here; tests/test_recurrent.py writes one
+        summary = train_recurrent(_compose(f"+exp={exp}", "model.hidden=16", "trainer.steps=20",
+                                           "trainer.log_every=10", "trainer.progress=false"), tmp_path)
+        assert summary["status"] == "completed" and summary["step"] == 20
+
+
 @pytest.mark.parametrize("args, fragment", [
     (["model.widht=3"], "unknown config key 'model.widht': keys under model are: name, layers, width"),
     (["mode=foo"], "mode=foo is not a known choice: mode must be one of backprop, cdni, cdni_full, dni, dni_full"),
-    (["dataset=imagenet"], "dataset must be one of cifar10, fashion_mnist, idx, kmnist, mnist"),
+    (["dataset=imagenet"], "dataset must be one of cifar10, copy, fashion_mnist, idx, kmnist, mnist, ptb_char, repeat_copy"),
     (["+exp=nope"], "exp must be one of"),
     (["optim.name=adamw"], "optim.name must be adam, sgd"),
-    (["model.name=resnet"], "model.name must be fcn, cnn"),
+    (["model.name=resnet"], "model.name must be fcn, cnn, lstm"),
     (["model.layers=abc"], "model.layers must be a value of type int"),
     (["trainer.epochs=x"], "trainer.epochs must be a value of type int or null"),
     (["-m", "mode=dni,bogus"], "mode=bogus is not a known choice"),
@@ -121,7 +136,7 @@ def test_cli_errors_exit_nonzero_with_one_line(tmp_path):
     assert res.returncode == 2
     assert res.stderr.strip().splitlines() == [
         "sgrad-train: unknown config key 'model.widht': keys under model are: "
-        "name, layers, width, batch_norm, dni_every, channels, kernel, pool"]
+        "name, layers, width, batch_norm, dni_every, channels, kernel, pool, hidden"]
     res = _cli("dataset=idx", f"dataset.dir={tmp_path / 'none'}", f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path)
     assert res.returncode == 2
     assert "files not found in" in res.stderr and str(tmp_path / "none") in res.stderr

@@ -1,0 +1,113 @@
+"""Penn Treebank characters (Mikolov's ptb.char.{train,valid,test}.txt) as next-character streams.
+
+Each file holds space-separated characters, `_` between words, one sentence per
+line; a line end is a character of its own. The vocabulary is the training
+split's. The text comes from Mikolov's simple-examples.tgz; no checksum of that
+archive is pinned here, so sgrad does not download it: a user extracts it and
+points `dataset.dir` (or $SGRAD_DATA/ptb_char) at the folder.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from sgrad.data.errors import DatasetError
+from sgrad.tasks.copy import StreamChunk
+
+SPLITS = ("train", "valid", "test")
+SOURCE = "http://www.fit.vutbr.cz/~imikolov/rnnlm/simple-examples.tgz"
+EOL = "\n"
+
+
+def char_dirs(configured: str | None) -> list[Path]:
+    if configured:
+        return [Path(configured).expanduser()]
+    root = os.environ.get("SGRAD_DATA")
+    return [Path(root) / "ptb_char"] if root else [Path.home() / ".cache" / "sgrad" / "ptb_char"]
+
+
+def _tokens(path: Path) -> list[str]:
+    out: list[str] = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        out.extend(line.split())
+        out.append(EOL)
+    return out
+
+
+def load_char_corpus(directory: str | None = None, download: bool = True) -> dict[str, np.ndarray]:
+    """{'train','valid','test': int32 ids, 'vocab': array of characters}; a clear error when files are missing."""
+    del download  # see the module docstring: no pinned checksum, so never fetched automatically
+    dirs = char_dirs(directory)
+    for folder in dirs:
+        files = {s: folder / f"ptb.char.{s}.txt" for s in SPLITS}
+        if all(f.is_file() for f in files.values()):
+            tokens = {s: _tokens(f) for s, f in files.items()}
+            vocab = sorted(set(tokens["train"]))
+            index = {c: i for i, c in enumerate(vocab)}
+            unknown = sorted(set(tokens["valid"] + tokens["test"]) - set(vocab))
+            if unknown or not tokens["train"]:
+                raise DatasetError(f"{folder}: valid/test use characters absent from train ({unknown[:5]}) or "
+                                   "train is empty; are these the ptb.char files?")
+            out = {s: np.array([index[c] for c in tokens[s]], np.int32) for s in SPLITS}
+            out["vocab"] = np.array(vocab)
+            return out
+    looked = ", ".join(str(d) for d in dirs)
+    raise DatasetError(f"Penn Treebank characters not found (looked for ptb.char.train/valid/test.txt in {looked}). "
+                       f"Get {SOURCE}, extract it, and set dataset.dir=<that>/simple-examples/data")
+
+
+class TextStream:
+    """The training text cut into `batch` rows read in windows of `window` characters, next char as target."""
+
+    def __init__(self, corpus: dict[str, np.ndarray], batch: int, window: int):
+        self.corpus, self.batch, self.window = corpus, batch, window
+        self.vocab = len(corpus["vocab"])
+        self.rows = self._rows(corpus["train"], batch)
+        if self.rows.shape[1] <= window:
+            raise DatasetError(f"the training text is too short for trainer.batch_size={batch} rows of "
+                               f"trainer.bptt={window} characters")
+        self.windows_per_epoch = (self.rows.shape[1] - 1) // window
+
+    @property
+    def input_dim(self) -> int:
+        return self.vocab
+
+    @property
+    def output_dim(self) -> int:
+        return self.vocab
+
+    @staticmethod
+    def _rows(ids: np.ndarray, batch: int) -> np.ndarray:
+        per_row = len(ids) // batch
+        return ids[:per_row * batch].reshape(batch, per_row)
+
+    def _windows(self, rows: np.ndarray, first: int, count: int, per_epoch: int, window: int) -> StreamChunk:
+        xs, ys, resets = [], [], []
+        for w in range(first, first + count):
+            pos = (w % per_epoch) * window
+            xs.append(rows[:, pos:pos + window])
+            ys.append(rows[:, pos + 1:pos + 1 + window])
+            # The text restarts at each epoch: so does the state.
+            resets.append(np.full(xs[-1].shape, 0.0, np.float32))
+            resets[-1][:, 0] = float(w % per_epoch == 0)
+        x = np.eye(self.vocab, dtype=np.float32)[np.stack(xs)]
+        y = np.stack(ys).astype(np.float32)
+        return StreamChunk(x, y, np.ones(y.shape, np.float32), np.stack(resets))
+
+    def chunk(self, start: int, steps: int) -> StreamChunk:
+        """Windows start..start+steps-1 of the training stream (wrapping at the epoch end)."""
+        return self._windows(self.rows, start, steps, self.windows_per_epoch, self.window)
+
+    def eval_windows(self, split: str, rows: int = 16, window: int = 100):
+        """The split as consecutive windows [W, rows, window, ...] for a carried-state evaluation (the tail that
+        does not fill a window is left out)."""
+        data = self._rows(self.corpus[split], rows)
+        window = min(window, data.shape[1] - 1)
+        if window < 1:
+            raise DatasetError(f"the {split} text is too short for {rows} evaluation rows")
+        count = (data.shape[1] - 1) // window
+        c = self._windows(data, 0, count, count, window)
+        return c.x, c.y, c.mask, c.resets

@@ -1,0 +1,170 @@
+"""Truncated BPTT with a synthetic gradient for the future at each window boundary (Jaderberg et al. 2016, 3.1).
+
+A window runs the core T steps from the carry s_0 to s_T (lax.scan). Backprop
+is plain truncated BPTT: the window loss alone, the carry cut at the boundary.
+DNI adds <ĝ, s_T> with ĝ = M(s_T) held constant, so the parameters also step
+along the predicted gradient of everything after the window, and M learns the
+bootstrapped target at s_0: the window loss's gradient at s_0 plus γ times the
+VJP of ĝ through the window. Units as in dni.py: the objective is summed over
+the batch (the carry cotangent is each sequence's own gradient); parameter
+gradients are divided by the batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from sgrad.dni import regression_grads
+from sgrad.models.lstm import LSTMCore
+from sgrad.optim import Optimizers
+
+PyTree = Any
+LN2 = 0.6931471805599453
+
+
+@dataclasses.dataclass(frozen=True)
+class RecurrentNet:
+    core: LSTMCore
+    sg_model: nn.Module | None   # None: backprop (truncated BPTT)
+    loss: str                     # "bits": sigmoid per output bit; "softmax": one class per step
+    discount: float = 1.0         # γ on the bootstrapped part of M's target
+    aux_weight: float = 1.0       # DNI + Aux: weight of the core's own SG prediction loss
+
+
+def flat_carry(carry) -> jnp.ndarray:
+    return jnp.concatenate(carry, axis=-1)
+
+
+def split_carry(s_BxS: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+    c, h = jnp.split(s_BxS, 2, axis=-1)
+    return c, h
+
+
+def step_losses(kind: str, out: jnp.ndarray, y: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Per-step loss in nats summed over output units, and the number of predicted units per step."""
+    if kind == "bits":
+        return optax.sigmoid_binary_cross_entropy(out, y).sum(-1), jnp.full(out.shape[:2], out.shape[-1])
+    return optax.softmax_cross_entropy_with_integer_labels(out, y.astype(jnp.int32)), jnp.ones(out.shape[:2])
+
+
+def window(net: RecurrentNet, params: PyTree, s0: jnp.ndarray, x, y, mask, resets):
+    """((summed loss, aux predictions, s_T), metric sums) for one window from carry s0."""
+    carry, out, aux = net.core.apply({"params": params}, split_carry(s0), x, resets)
+    per_step, units = step_losses(net.loss, out, y)
+    loss = jnp.sum(per_step * mask)
+    if net.loss == "bits":
+        wrong = jnp.sum((out > 0) != (y > 0.5), axis=-1)
+    else:
+        wrong = (jnp.argmax(out, -1) != y).astype(jnp.float32)
+    sums = {"nats": loss, "units": jnp.sum(units * mask), "wrong": jnp.sum(wrong * mask)}
+    return (loss, aux, flat_carry(carry)), sums
+
+
+def synthetic_gradient(net: RecurrentNet, sg_params: PyTree, s: jnp.ndarray) -> jnp.ndarray:
+    return net.sg_model.apply({"params": sg_params}, jax.lax.stop_gradient(s), None, False)
+
+
+def dni_window(net: RecurrentNet, core_params: PyTree, predict: Callable, s0: jnp.ndarray, x, y, mask, resets):
+    """The decoupled window: (core grads, SG target at s0, s_T, metric sums).
+
+    The core steps along d(window loss + <ĝ, s_T> [+ aux loss]) with ĝ =
+    predict(s_T) held constant; the target for M at s0 is the window loss's
+    gradient at s0 plus γ·VJP of ĝ through the window, the aux loss left out.
+    `predict` is M, or in tests an oracle.
+    """
+    batch = x.shape[0]
+    fn = lambda p, s: window(net, p, s, x, y, mask, resets)
+    (loss, aux, s_T), vjp, sums = jax.vjp(fn, core_params, s0, has_aux=True)
+    g_T = jax.lax.stop_gradient(predict(s_T))
+    d_aux = jnp.zeros_like(aux)
+    if aux.shape[-1]:
+        # Aux task: every step's head predicts the SG the window will receive at its end.
+        err = aux - g_T[:, None, :]
+        d_aux = net.aux_weight * 2.0 * err / aux.shape[1]
+        sums["aux_loss"] = net.aux_weight * jnp.sum(err ** 2) / aux.shape[1]
+    d_core, _ = vjp((jnp.ones(()), d_aux, g_T))
+    _, target = vjp((jnp.ones(()), jnp.zeros_like(aux), net.discount * g_T))
+    sums["sg_norm"] = jnp.sqrt(jnp.sum(g_T ** 2) / batch) * batch
+    return jax.tree.map(lambda g: g / batch, d_core), target, s_T, sums
+
+
+def window_grads(net: RecurrentNet, params: PyTree, s0: jnp.ndarray, x, y, mask, resets):
+    """Truncated BPTT (no SG model) or the DNI window update; (core grads, SG grads, s_T, metric sums).
+
+    `params` = {"core": ..., "sg": ...}. The carry leaves a window with
+    stop_gradient semantics: nothing differentiates across a boundary except through ĝ.
+    """
+    batch = x.shape[0]
+    if net.sg_model is None:
+        fn = lambda p: window(net, p, s0, x, y, mask, resets)
+        (_, aux, s_T), vjp, sums = jax.vjp(fn, params["core"], has_aux=True)
+        (d_core,) = vjp((jnp.ones(()), jnp.zeros_like(aux), jnp.zeros_like(s_T)))
+        return jax.tree.map(lambda g: g / batch, d_core), (), s_T, sums
+    predict = lambda s: synthetic_gradient(net, params["sg"], s)
+    d_core, target, s_T, sums = dni_window(net, params["core"], predict, s0, x, y, mask, resets)
+    pred, sg_vjp = jax.vjp(lambda q: synthetic_gradient(net, q, s0), params["sg"])
+    (d_sg,), (sg_loss,) = regression_grads([pred], [sg_vjp], [target])
+    sums["sg_loss"] = sg_loss * batch
+    return d_core, d_sg, s_T, sums
+
+
+@struct.dataclass
+class RecurrentState:
+    step: jnp.ndarray
+    params: PyTree      # {"core": ..., "sg": ... or ()}
+    opt_state: PyTree
+    carry: jnp.ndarray  # [B, 2H] the stream's state at the next window boundary
+
+
+def init_recurrent(net: RecurrentNet, key: jax.Array, batch: int, input_dim: int, tx: Optimizers
+                   ) -> RecurrentState:
+    hidden = net.core.hidden
+    s0 = jnp.zeros((batch, 2 * hidden))
+    k1, k2 = jax.random.split(key)
+    x = jnp.zeros((batch, 1, input_dim))
+    core = net.core.init(k1, split_carry(s0), x, jnp.zeros((batch, 1)))["params"]
+    sg = net.sg_model.init(k2, s0, None, False)["params"] if net.sg_model is not None else ()
+    params = {"core": core, "sg": sg}
+    opt = {"core": tx.modules.init(core), "sg": tx.sg.init(sg) if net.sg_model is not None else ()}
+    return RecurrentState(jnp.zeros((), jnp.int32), params, opt, s0)
+
+
+def make_recurrent_step(net: RecurrentNet, tx: Optimizers):
+    """step(state, x, y, mask, resets) -> (state, metric sums): one window, both updates at once."""
+    def step(state: RecurrentState, x, y, mask, resets):
+        d_core, d_sg, s_T, sums = window_grads(net, state.params, state.carry, x, y, mask, resets)
+        updates, core_opt = tx.modules.update(d_core, state.opt_state["core"], state.params["core"])
+        params = {"core": optax.apply_updates(state.params["core"], updates), "sg": state.params["sg"]}
+        opt = {"core": core_opt, "sg": state.opt_state["sg"]}
+        if net.sg_model is not None:
+            sg_updates, opt["sg"] = tx.sg.update(d_sg, state.opt_state["sg"], state.params["sg"])
+            params["sg"] = optax.apply_updates(state.params["sg"], sg_updates)
+        sums["grad_norm"] = optax.global_norm(d_core)
+        return RecurrentState(state.step + 1, params, opt, jax.lax.stop_gradient(s_T)), sums
+    return step
+
+
+def future_gradient_probe(net: RecurrentNet, params: PyTree, x, y, mask, resets, window_len: int
+                          ) -> dict[str, jnp.ndarray]:
+    """Cosine and norm ratio of ĝ at the first window boundary vs the true gradient of all later loss.
+
+    x etc. span several windows [B, W*T, ...]; the first window only sets the
+    state, the rest is unrolled in full (the long unroll the paper compares to).
+    """
+    first = slice(0, window_len)
+    rest = slice(window_len, None)
+    (_, _, s1), _ = window(net, params["core"], jnp.zeros((x.shape[0], 2 * net.core.hidden)),
+                           x[:, first], y[:, first], mask[:, first], resets[:, first])
+    future = lambda s: window(net, params["core"], s, x[:, rest], y[:, rest], mask[:, rest], resets[:, rest])[0][0]
+    g_true = jax.grad(future)(s1)
+    g_hat = synthetic_gradient(net, params["sg"], s1)
+    a, b = g_hat.reshape(-1), g_true.reshape(-1)
+    na, nb = jnp.linalg.norm(a), jnp.linalg.norm(b)
+    return {"sg/cosine": jnp.dot(a, b) / jnp.maximum(na * nb, 1e-12), "sg/norm_ratio": na / jnp.maximum(nb, 1e-12)}

@@ -1,0 +1,1 @@
+"""Sequence tasks for recurrent DNI: each yields fixed-shape windows of a stream, chunk by chunk."""

@@ -1,0 +1,194 @@
+"""Recurrent DNI: the copy tasks, truncated BPTT, the boundary synthetic gradient and its bootstrapped target."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import make_cfg
+from sgrad.config import ConfigError, validate
+from sgrad.data.errors import DatasetError
+from sgrad.data.text import TextStream, load_char_corpus
+from sgrad.models.lstm import LSTMCore
+from sgrad.recurrent import RecurrentNet, dni_window, window, window_grads
+from sgrad.synthetic import DenseSynthetic
+from sgrad.tasks.copy import CopyTask, copy_episode, repeat_copy_episode
+from sgrad.train_recurrent import train_recurrent
+
+
+def test_copy_episode_target_is_the_input():
+    x, y, mask = copy_episode(np.random.default_rng(0), 5, 8)
+    assert x.shape == (11, 9) and y.shape == (11, 8) and mask.shape == (11,)
+    np.testing.assert_array_equal(y[6:], x[:5, :8])
+    assert x[5, 8] == 1 and x[:, 8].sum() == 1 and not x[6:].any()
+    np.testing.assert_array_equal(mask, [0] * 6 + [1] * 5)
+
+
+@pytest.mark.parametrize("repeats", [1, 3])
+def test_repeat_copy_episode_repeats_the_input(repeats):
+    x, y, mask = repeat_copy_episode(np.random.default_rng(1), 4, repeats, 8, max_repeats=5)
+    assert len(x) == 4 + 1 + repeats * 4 + 1 and x.shape[1] == 10 and y.shape[1] == 9
+    np.testing.assert_array_equal(y[5:5 + 4 * repeats, :8], np.tile(x[:4, :8], (repeats, 1)))
+    assert x[4, 9] == pytest.approx(repeats / 5) and y[-1, 8] == 1 and y[:, 8].sum() == 1
+    assert mask[:5].sum() == 0 and mask[5:].all()
+
+
+def test_stream_chunks_are_windows_of_episodes_and_reproducible():
+    task = CopyTask("copy", 8, batch=3, window=4, seed=0, start_length=2)
+    c = task.chunk(0, 5)
+    assert c.x.shape == (5, 3, 4, 9) and c.y.shape == (5, 3, 4, 8) and c.resets.shape == (5, 3, 4)
+    flat = lambda a: np.swapaxes(a, 0, 1).reshape(3, 20, *a.shape[3:])
+    # Episodes of length 2N+1 = 5 laid end to end: a reset every 5 steps.
+    np.testing.assert_array_equal(np.nonzero(flat(c.resets)[0])[0], [0, 5, 10, 15])
+    np.testing.assert_array_equal(flat(c.y)[0, 3:5], flat(c.x)[0, 0:2, :8])
+    np.testing.assert_array_equal(task.chunk(0, 5).x, c.x)
+    assert not np.array_equal(task.chunk(5, 5).x, c.x)
+    assert task.observe(0.1) and task.level == 3 and task.solved == 2
+    assert not task.observe(0.5) and task.level == 3
+
+
+def _setup(length=8, hidden=6, batch=3, aux=False):
+    core = LSTMCore(hidden, 4, aux=aux)
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.integers(0, 2, (batch, length, 5)).astype(np.float32))
+    y = jnp.asarray(rng.integers(0, 2, (batch, length, 4)).astype(np.float32))
+    mask = jnp.ones((batch, length))
+    # A reset mid-way (row 0) and none at the start, so the gradient reaches s0 in the other rows.
+    resets = jnp.zeros((batch, length)).at[0, 5].set(1.0)
+    s0 = jnp.asarray(rng.normal(0, 0.5, (batch, 2 * hidden)).astype(np.float32))
+    net = RecurrentNet(core, None, "bits")
+    params = core.init(jax.random.key(0), (s0[:, :hidden], s0[:, hidden:]), x, resets)["params"]
+    return net, params, s0, (x, y, mask, resets)
+
+
+def _slice(data, a, b):
+    return tuple(d[:, a:b] for d in data)
+
+
+def _full_bptt_loss(net, params, s0, data):
+    """Sum of the loss over one-step windows, the carry chained with its gradient: BPTT written out by hand."""
+    total, s = 0.0, s0
+    for t in range(data[0].shape[1]):
+        (loss, _, s), _ = window(net, params, s, *_slice(data, t, t + 1))
+        total = total + loss
+    return total
+
+
+def _close(a, b, tol=1e-5):
+    return all(np.allclose(x, y, atol=tol, rtol=1e-4) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def test_one_window_over_the_whole_sequence_is_full_bptt():
+    net, params, s0, data = _setup()
+    batch = s0.shape[0]
+    full = jax.tree.map(lambda g: g / batch, jax.grad(lambda p: _full_bptt_loss(net, p, s0, data))(params))
+    grads, _, _, _ = window_grads(net, {"core": params, "sg": ()}, s0, *data)
+    assert _close(grads, full)
+    # Truncation really cuts: two windows of 4 do not give the full gradient.
+    g1, _, s4, _ = window_grads(net, {"core": params, "sg": ()}, s0, *_slice(data, 0, 4))
+    g2, _, _, _ = window_grads(net, {"core": params, "sg": ()}, s4, *_slice(data, 4, 8))
+    assert not _close(jax.tree.map(jnp.add, g1, g2), full)
+
+
+def test_oracle_synthetic_gradient_recovers_full_bptt_and_the_target_is_bootstrapped():
+    net, params, s0, data = _setup()
+    batch = s0.shape[0]
+    full_loss = lambda p, s: _full_bptt_loss(net, p, s, data)
+    full = jax.tree.map(lambda g: g / batch, jax.grad(full_loss)(params, s0))
+    (_, _, s4), _ = window(net, params, s0, *_slice(data, 0, 4))
+    # The true gradient of all loss after the boundary w.r.t. the state there.
+    future = jax.grad(lambda s: window(net, params, s, *_slice(data, 4, 8))[0][0])(s4)
+    g1, target, _, _ = dni_window(net, params, lambda s: future, s0, *_slice(data, 0, 4))
+    g2, _, _, _ = window_grads(net, {"core": params, "sg": ()}, s4, *_slice(data, 4, 8))
+    assert _close(jax.tree.map(jnp.add, g1, g2), full)
+    # M's target at s0 = d(window loss)/ds0 + VJP of ĝ through the window: with the oracle, the full gradient.
+    np.testing.assert_allclose(target, jax.grad(full_loss, argnums=1)(params, s0), atol=1e-5)
+    # With a discount only the bootstrapped part shrinks.
+    _, target0, _, _ = dni_window(RecurrentNet(net.core, None, "bits", discount=0.0), params, lambda s: future,
+                                  s0, *_slice(data, 0, 4))
+    own = jax.grad(lambda s: window(net, params, s, *_slice(data, 0, 4))[0][0])(s0)
+    np.testing.assert_allclose(target0, own, atol=1e-6)
+    assert not np.allclose(target0, target, atol=1e-4)
+
+
+def test_zero_initialised_sg_gives_the_truncated_bptt_update_first():
+    net, params, s0, data = _setup()
+    dni_net = RecurrentNet(net.core, DenseSynthetic(0, 1, batch_norm=False), "bits")
+    sg = dni_net.sg_model.init(jax.random.key(1), s0, None, False)["params"]
+    g_bp, _, _, _ = window_grads(net, {"core": params, "sg": ()}, s0, *_slice(data, 0, 4))
+    g_dni, d_sg, _, _ = window_grads(dni_net, {"core": params, "sg": sg}, s0, *_slice(data, 0, 4))
+    assert _close(g_dni, g_bp, tol=0)
+    assert any(np.abs(np.asarray(v)).max() > 0 for v in jax.tree.leaves(d_sg))  # but M already learns
+
+
+def test_aux_head_is_trained_toward_the_boundary_gradient():
+    net, params, s0, data = _setup(aux=True)
+    g = jnp.ones_like(s0)
+    with_aux, _, _, sums = dni_window(net, params, lambda s: g, s0, *_slice(data, 0, 4))
+    without, _, _, _ = dni_window(RecurrentNet(net.core, None, "bits", aux_weight=0.0), params, lambda s: g, s0,
+                                  *_slice(data, 0, 4))
+    assert sums["aux_loss"] > 0
+    # Only the aux head and the shared LSTM see the aux loss; the readout does not.
+    assert not _close(with_aux["Dense_1"], without["Dense_1"]) and _close(with_aux["Dense_0"], without["Dense_0"])
+
+
+def _copy_cfg(tmp_path, mode, *extra):
+    return make_cfg("model.name=lstm", "dataset.name=copy", f"mode={mode}", "model.hidden=32",
+                    "trainer.bptt=3", "trainer.batch_size=32", "trainer.log_every=50", "trainer.steps=600",
+                    "optim.lr=1e-2", "sg.optim.lr=1e-3", "sg.hidden_layers=0", "checkpoint.every=0",
+                    "log.grad_probe_every=300", "dataset.curriculum_threshold=0.3", *extra)
+
+
+@pytest.mark.parametrize("mode, extra", [("backprop", []), ("dni", []), ("dni", ["sg.aux=true"])])
+def test_copy_task_learns(tmp_path, mode, extra):
+    summary = train_recurrent(_copy_cfg(tmp_path, mode, *extra), tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    # Chance is 1 bit per bit; the curriculum moves only once a length is solved.
+    assert summary["status"] == "completed" and summary["max_length_solved"] >= 1, summary
+    best = min(r["train/error_per_bit"] for r in rows)
+    assert best < 0.3 and rows[0]["train/error_per_bit"] > 1.5 * best
+    if mode == "dni":
+        assert "sg/cosine" in rows[5] and all(r["sg/loss"] >= 0 for r in rows)
+
+
+def _write_ptb(folder, text_lines):
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, lines in text_lines.items():
+        (folder / f"ptb.char.{split}.txt").write_text("\n".join(" ".join(line.replace(" ", "_")) for line in lines))
+
+
+def test_char_corpus_and_a_short_run(tmp_path):
+    rng = np.random.default_rng(0)
+    words = ["the", "cat", "sat", "on", "mat", "a", "dog"]
+    make = lambda n: [" ".join(rng.choice(words, 6)) for _ in range(n)]
+    _write_ptb(tmp_path / "ptb", {"train": make(300), "valid": make(40), "test": make(40)})
+    corpus = load_char_corpus(str(tmp_path / "ptb"))
+    assert set(corpus["vocab"]) == set("thecasonmdg_") | {"\n"}
+    stream = TextStream(corpus, batch=4, window=5)
+    c = stream.chunk(0, 2)
+    assert c.x.shape == (2, 4, 5, len(corpus["vocab"])) and c.y.shape == (2, 4, 5)
+    np.testing.assert_array_equal(c.x[0, :, 1:].argmax(-1), c.y[0, :, :-1])
+    cfg = make_cfg("model.name=lstm", "dataset.name=ptb_char", f"dataset.dir={tmp_path / 'ptb'}", "mode=dni",
+                   "model.hidden=32", "trainer.bptt=5", "trainer.batch_size=16", "trainer.steps=200",
+                   "trainer.log_every=50", "optim.lr=1e-2", "sg.hidden_layers=0", "checkpoint.every=0")
+    summary = train_recurrent(cfg, tmp_path / "run")
+    # A uniform guess costs log2(13) = 3.7 bits per character; this text is far more predictable.
+    assert summary["valid/bpc"] < 3.0 and summary["test/bpc"] < 3.0, summary
+
+
+def test_missing_char_corpus_says_where_it_looked(tmp_path):
+    with pytest.raises(DatasetError, match="ptb.char.train.*simple-examples.tgz"):
+        load_char_corpus(str(tmp_path / "nowhere"))
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["model.name=lstm", "dataset.name=copy", "trainer.bptt=0"], "trainer.bptt"),
+    (["model.name=lstm", "dataset.name=copy", "trainer.bptt=4", "mode=cdni"], "mode"),
+    (["model.name=lstm", "dataset.name=mnist", "trainer.bptt=4"], "dataset.name"),
+    (["model.name=fcn", "trainer.bptt=4"], "trainer.bptt"),
+])
+def test_recurrent_config_errors_name_the_key(overrides, key):
+    with pytest.raises(ConfigError, match=key):
+        validate(make_cfg(*overrides))
