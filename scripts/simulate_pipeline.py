@@ -1,9 +1,10 @@
 """Cost model of one training step spread over K devices: locked backprop, the DNI pipeline and GPipe.
 
-    python scripts/simulate_pipeline.py [--mode cdni] [--batch 256] [--micro 4,16] [--cores N]
+    taskset -c 0 python scripts/simulate_pipeline.py [--mode cdni] [--batch 256] [--micro 4,16] [--cores N]
                                         [--measured results/bench/devices.md] [--out results/bench/pipeline_model]
 
-Measures, on one single-threaded CPU device, what each module costs: a backprop
+Measures, on one CPU device (pin it to one core with taskset: XLA:CPU's thread pool
+ignores the old single-thread flag), what each module costs: a backprop
 module's forward+backward+update (W_i), a DNI stage's whole tick (T_i: forward,
 VJP, SG prediction, SG regression, both updates) and W_i at GPipe's micro-batch
 size. Then, for K modules on K devices (communication taken as free):
@@ -27,12 +28,10 @@ import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -143,8 +142,10 @@ def main() -> None:
     single = {name: v[0] for name, v in curves.items()}
 
     m = machine()
+    cores = len(os.sched_getaffinity(0))
     lines = ["# Pipeline cost model", "", f"Machine: {m['cpu']} ({m['cpu_count']} CPUs), jax {m['jax']}; module "
-             "costs measured on one single-threaded CPU device.", f"Commit: {git_commit()}.",
+             f"costs measured on one CPU device with {cores} core(s) available to the process.",
+             f"Commit: {git_commit()}.",
              f"Command: `python scripts/simulate_pipeline.py {' '.join(sys.argv[1:])}`.".replace("  ", " "), "",
              f"Mode {args.mode}, batch {args.batch}. Measured per-module seconds (4-layer FCN, one layer per module): "
              f"DNI tick {', '.join(f'{t * 1e3:.2f} ms' for t in base['tick'])}; backprop "

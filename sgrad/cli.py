@@ -9,7 +9,7 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from sgrad.config import ConfigError, register
 from sgrad.overrides import check_overrides
@@ -23,7 +23,8 @@ register()
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def _run(cfg: DictConfig) -> float:
     from sgrad.data import DatasetError
-    from sgrad.train import DivergenceError, Preempted, train_and_evaluate
+    from sgrad.run_record import DivergenceError, Preempted
+    from sgrad.train import train_and_evaluate
     from sgrad.train_recurrent import train_recurrent
 
     # Orbax and JAX log every save and backend probe at INFO; keep the run log about training.

@@ -36,6 +36,7 @@ class DatasetName(str, enum.Enum):
     copy = "copy"
     repeat_copy = "repeat_copy"
     ptb_char = "ptb_char"
+    two_timescale = "two_timescale"
 
 
 class ModelName(str, enum.Enum):
@@ -62,6 +63,9 @@ class DatasetConfig:
     dir: Optional[str] = None
     download: bool = True
     num_classes: int = 10
+    # ptb_char: a checksum ("sha256:<hex>") of simple-examples.tgz lets sgrad download it; url: a mirror
+    checksum: Optional[str] = None
+    url: Optional[str] = None
     # copy / repeat_copy (generated on the fly)
     bits: int = 8
     start_length: int = 1
@@ -220,7 +224,7 @@ def validate(cfg: Any) -> None:
            "an integer >= 0 (0 = only at the end and on preemption)")
     _check(cfg.checkpoint.keep >= 1, "checkpoint.keep", cfg.checkpoint.keep, "an integer >= 1")
     name = lambda v: str(getattr(v, "value", v))
-    sequence_tasks = ("copy", "repeat_copy", "ptb_char")
+    sequence_tasks = ("copy", "repeat_copy", "ptb_char", "two_timescale")
     if name(cfg.model.name) == "lstm" or name(cfg.dataset.name) in sequence_tasks:
         _check(name(cfg.model.name) == "lstm", "model.name", name(cfg.model.name),
                f"lstm for dataset.name={name(cfg.dataset.name)}")
@@ -240,8 +244,8 @@ def validate(cfg: Any) -> None:
     if str(getattr(cfg.parallel, "value", cfg.parallel)) == "pipeline":
         # Each device updates from its own SG at once; anything that waits for the true gradient would lock it.
         mode = str(getattr(cfg.mode, "value", cfg.mode))
-        _check(mode in ("dni", "cdni"), "mode", mode, "dni or cdni with parallel=pipeline (backprop is update-locked; "
-               "use parallel=data)")
+        _check(mode != "backprop", "mode", mode, "dni, cdni, dni_full or cdni_full with parallel=pipeline (backprop is "
+               "update-locked; use parallel=data)")
         _check(cfg.trainer.update_prob == 1.0, "trainer.update_prob", cfg.trainer.update_prob,
                "1.0 with parallel=pipeline")
         for key, off in (("lambda_", 0.0), ("lambda_final", None), ("warmup_steps", 0)):

@@ -9,13 +9,18 @@ the activation it belongs to, so each device keeps its last two outputs and
 regresses M_i on the older one. Stages of different shapes run in one SPMD
 program: each device's state is one flat, zero-padded buffer and `lax.switch`
 on the device index picks the stage's code.
+
+With synthetic inputs (mode=dni_full / cdni_full, complete unlocking) no device
+waits for the one below either: at tick t every device takes minibatch t, module
+i > 1 runs on Î_i = I_i(x), and the activation sent forward is the regression
+target of I_{i+1}; both targets arrive one tick later.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from functools import partial
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -30,8 +35,10 @@ from sgrad.optim import Optimizers
 from sgrad.step import TrainState, _masked_update
 
 PIPE_AXIS = "pipe"
-# Per device and tick: summed loss, correct fraction, a valid input, SG loss, a valid SG target, |ĝ|.
-_LOSS, _ACC, _VALID, _SG_LOSS, _SG_VALID, _SG_NORM = range(6)
+# Per device and tick: summed loss, correct fraction, a valid input, SG loss, a valid SG target, |ĝ|,
+# synthetic-input loss, a valid synthetic-input target.
+_LOSS, _ACC, _VALID, _SG_LOSS, _SG_VALID, _SG_NORM, _SI_LOSS, _SI_VALID = range(8)
+_METRICS = 8
 
 
 @struct.dataclass
@@ -40,9 +47,9 @@ class PipelineState:
 
     step: jnp.ndarray           # ticks run = minibatches fed
     stage_KxS: jnp.ndarray      # each stage's params, SG model, batch stats, optimizer states; flat, padded
-    fwd_KxBxA1: jnp.ndarray     # activation (+ label column, -1: none) arriving at device i next tick
-    bwd_KxBxA1: jnp.ndarray     # SG target (+ valid column) arriving at device i next tick
-    past_Kx2xBxA1: jnp.ndarray  # each device's last two outgoing activations, newest first
+    fwd_KxBxA2: jnp.ndarray     # activation + label (-1: none) + example index, arriving at device i next tick
+    bwd_KxBxA2: jnp.ndarray     # SG target + valid column (+ unused), arriving at device i next tick
+    past_Kx2xBxA2: jnp.ndarray  # each device's last two outgoing activations, newest first
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -63,12 +70,33 @@ class Pipeline:
     def k(self) -> int:
         return len(self.net.modules)
 
+    @property
+    def full(self) -> bool:
+        """Complete unlocking: synthetic inputs, every device on the same minibatch."""
+        return bool(self.net.input_models)
+
 
 def _stage_tree(state: TrainState, i: int, last: bool) -> dict:
-    pick = lambda tree, group: () if last and group != "modules" else tree[group][i]
-    return {"module": pick(state.params, "modules"), "module_stats": pick(state.stats, "modules"),
-            "module_opt": pick(state.opt_state, "modules"), "sg": pick(state.params, "sg"),
-            "sg_stats": pick(state.stats, "sg"), "sg_opt": pick(state.opt_state, "sg")}
+    """Stage i's share of the state: module i, SG model i (none for the last), input model I_i (none for the first)."""
+    def pick(tree, group):
+        if group == "sg":
+            return () if last else tree["sg"][i]
+        if group == "si":
+            return tree["si"][i - 1] if i > 0 and tree["si"] else ()
+        return tree["modules"][i]
+    return {f"{name}{suffix}": pick(tree, group)
+            for name, group in (("module", "modules"), ("sg", "sg"), ("si", "si"))
+            for suffix, tree in (("", state.params), ("_stats", state.stats), ("_opt", state.opt_state))}
+
+
+def _gather(trees: Sequence[dict], step) -> TrainState:
+    """The inverse of _stage_tree over all stages."""
+    group = lambda key, stages: tuple(t[key] for t in stages)
+    parts = []
+    for suffix in ("", "_stats", "_opt"):
+        parts.append({"modules": group("module" + suffix, trees), "sg": group("sg" + suffix, trees[:-1]),
+                      "si": group("si" + suffix, trees[1:]) if trees[1]["si"] != () else ()})
+    return TrainState(step, *parts)
 
 
 def build_pipeline(net: dni.Network, tx: Optimizers, state: TrainState, input_shape: Sequence[int],
@@ -76,8 +104,6 @@ def build_pipeline(net: dni.Network, tx: Optimizers, state: TrainState, input_sh
     """The layout of a decoupled network over len(net.modules) devices and its initial state."""
     if not net.sg_models:
         raise ValueError("parallel=pipeline needs synthetic gradients (mode=dni or cdni): backprop is update-locked")
-    if net.input_models:
-        raise ValueError("parallel=pipeline does not run synthetic inputs (mode=dni_full/cdni_full) yet")
     k = len(net.modules)
     trees = [_stage_tree(state, i, i == k - 1) for i in range(k)]
     flats, unravels = zip(*(ravel_pytree(t) for t in trees))
@@ -90,24 +116,29 @@ def build_pipeline(net: dni.Network, tx: Optimizers, state: TrainState, input_sh
     pipe = Pipeline(net, tx, sg_scale, batch, tuple(input_shape), tuple(out_shapes),
                     tuple(int(f.size) for f in flats), tuple(unravels), width)
     stage = jnp.stack([jnp.pad(f, (0, max(pipe.sizes) - f.size)) for f in flats])
-    msg = jnp.zeros((k, batch, width + 1), jnp.float32)
-    no_label = msg.at[..., -1].set(-1.0)
+    msg = jnp.zeros((k, batch, width + 2), jnp.float32)
+    no_label = msg.at[..., -2].set(-1.0)
     return pipe, PipelineState(state.step, stage, no_label, msg, jnp.stack([no_label, no_label], axis=1))
 
 
-def stage_tick(pipe: Pipeline, i: int, tree: dict, h_in, y_in, ok_in, past_h, past_y, target, target_ok):
-    """One tick of stage i on unpadded arrays -> (tree, h_out, input cotangent, metrics[6]).
+def stage_tick(pipe: Pipeline, i: int, tree: dict, h_in, y_in, ok_in, past_h, past_y, target, target_ok,
+               past_x=None, si_target=None, si_target_ok=None):
+    """One tick of stage i on unpadded arrays -> (tree, h_out, input cotangent, metrics[8]).
 
-    First M_i regresses its output two ticks ago toward the SG target that just
-    arrived; then module i takes the decoupled step on (h_in, y_in). Both use the
-    parameters from before this tick, as the single-device step does, so with
-    one minibatch in flight at a time the pipeline is exactly that step.
-    `ok_in` / `target_ok` (traced bools) mask updates during fill.
+    First M_i regresses its output from an earlier tick (past_h) toward the SG
+    target that just arrived (and, with synthetic inputs, I_i regresses the
+    activation module i-1 sent for last tick's input past_x); then module i takes
+    the decoupled step on (h_in, y_in), on Î_i = I_i(h_in) when it has an input
+    model (h_in is then the network input). All of it uses the parameters from
+    before this tick, as the single-device step does, so with one minibatch in
+    flight at a time the pipeline is exactly that step. `ok_in`, `target_ok`
+    and `si_target_ok` (traced bools) mask updates while the pipeline fills.
     """
     net, last = pipe.net, i == pipe.k - 1
     new = dict(tree)
-    metrics = [jnp.zeros(())] * 6
+    metrics = [jnp.zeros(())] * _METRICS
     onehot = lambda y: jax.nn.one_hot(y, net.num_classes) if net.conditioned else None
+    keep = lambda new_tree, old_tree: jax.tree.map(lambda a, b: jnp.where(ok_in, a, b), new_tree, old_tree)
     if not last:
         model = net.sg_models[i]
 
@@ -120,9 +151,18 @@ def stage_tick(pipe: Pipeline, i: int, tree: dict, h_in, y_in, ok_in, past_h, pa
         new["sg"], new["sg_opt"], _ = _masked_update(pipe.tx.sg, g_sg, tree["sg_opt"], tree["sg"], target_ok)
         metrics[_SG_LOSS] = jnp.where(target_ok, sg_loss, 0.0)
         metrics[_SG_VALID] = target_ok.astype(jnp.float32)
+    if pipe.full and i > 0:
+        si_model = net.input_models[i - 1]
+        si_out = lambda q, x: dni.apply_module(si_model, q, tree["si_stats"], x, True)
+        pred, vjp = jax.vjp(lambda q: si_out(q, past_x)[0], tree["si"])
+        (g_si,), (si_loss,) = dni.regression_grads([pred], [vjp], [si_target])
+        new["si"], new["si_opt"], _ = _masked_update(pipe.tx.sg, g_si, tree["si_opt"], tree["si"], si_target_ok)
+        metrics[_SI_LOSS] = jnp.where(si_target_ok, si_loss, 0.0)
+        metrics[_SI_VALID] = si_target_ok.astype(jnp.float32)
+        h_in, si_stats = si_out(tree["si"], h_in)
+        new["si_stats"] = keep(si_stats, tree["si_stats"])
     fwd = dni.forward([net.modules[i]], [tree["module"]], [tree["module_stats"]], h_in)
     h = fwd.activations[0]
-    keep = lambda new_tree, old_tree: jax.tree.map(lambda a, b: jnp.where(ok_in, a, b), new_tree, old_tree)
     if last:
         loss, cot = dni.loss_and_top_gradient(h, y_in)
         factor = 1.0 / pipe.batch
@@ -153,37 +193,56 @@ def _unpad(a_BxA: jnp.ndarray, shape: tuple[int, ...]) -> jnp.ndarray:
 
 
 def _device_tick(pipe: Pipeline, i: int, preprocess: Callable, flat, fwd, bwd, past, xs, ys, idx_B, feed):
-    """Stage i's tick on its padded buffers: unpack the messages, run stage_tick, pack the replies."""
+    """Stage i's tick on its padded buffers: unpack the messages, run stage_tick, pack the replies.
+
+    Messages are [B, A+2]: the activation (or SG target) zero-padded to A, then
+    the label (-1: nothing valid) or valid flag, then the example index.
+    """
     tree = pipe.unravel[i](flat[:pipe.sizes[i]])
-    if i == 0:
-        h_in, y_in, ok_in = preprocess(xs[idx_B]), ys[idx_B], feed
+    arrived = fwd[:, -2].astype(jnp.int32)
+    if i == 0 or pipe.full:
+        # Complete unlocking: every device reads minibatch t itself, nothing waits for the device below.
+        idx_in, h_in, y_in, ok_in = idx_B, preprocess(xs[idx_B]), ys[idx_B], feed
     else:
-        h_in = _unpad(fwd[:, :-1], pipe.out_shapes[i - 1])
-        y_in = fwd[:, -1].astype(jnp.int32)
-        ok_in = y_in[0] >= 0
+        idx_in = fwd[:, -1].astype(jnp.int32)
+        h_in, y_in, ok_in = _unpad(fwd[:, :-2], pipe.out_shapes[i - 1]), arrived, arrived[0] >= 0
+    # The SG target comes back one tick after the output it belongs to when every device works on the same
+    # minibatch, two ticks after when minibatches move up one device per tick.
+    lag = 1 if pipe.full else 2
     out_shape = pipe.out_shapes[i] if i < pipe.k - 1 else pipe.out_shapes[i - 1]  # last: nothing to regress
-    past_h, past_y = _unpad(past[1, :, :-1], out_shape), past[1, :, -1].astype(jnp.int32)
-    target, target_ok = _unpad(bwd[:, :-1], out_shape), bwd[0, -1] > 0
-    tree, h, d_in, metrics = stage_tick(pipe, i, tree, h_in, y_in, ok_in, past_h, past_y, target, target_ok)
+    past_h, past_y = _unpad(past[lag - 1, :, :-2], out_shape), past[lag - 1, :, -2].astype(jnp.int32)
+    target, target_ok = _unpad(bwd[:, :-2], out_shape), bwd[0, -2] > 0
+    extra = {}
+    if pipe.full and i > 0:
+        # The activation module i-1 produced last tick, and the input it came from: I_i's regression pair.
+        extra = {"past_x": preprocess(xs[fwd[:, -1].astype(jnp.int32)]),
+                 "si_target": _unpad(fwd[:, :-2], pipe.out_shapes[i - 1]), "si_target_ok": arrived[0] >= 0}
+    tree, h, d_in, metrics = stage_tick(pipe, i, tree, h_in, y_in, ok_in, past_h, past_y, target, target_ok,
+                                        **extra)
     flat = ravel_pytree(tree)[0]
     flat = jnp.pad(flat, (0, max(pipe.sizes) - flat.size))
-    label = jnp.where(ok_in, y_in, -1).astype(jnp.float32)[:, None]
-    out = jnp.zeros_like(fwd) if i == pipe.k - 1 else jnp.concatenate([_pad(h, pipe.width), label], axis=1)
+    columns = lambda a, b: jnp.stack([jnp.broadcast_to(a, (pipe.batch,)), jnp.broadcast_to(b, (pipe.batch,))],
+                                     axis=1).astype(jnp.float32)
+    label = jnp.where(ok_in, y_in, -1)
+    out = (jnp.zeros_like(fwd) if i == pipe.k - 1 else
+           jnp.concatenate([_pad(h, pipe.width), columns(label, idx_in)], axis=1))
     if i == 0:
         back = jnp.zeros_like(bwd)
     else:
-        ok_col = jnp.broadcast_to(ok_in.astype(jnp.float32), (pipe.batch, 1))
-        back = jnp.concatenate([_pad(d_in, pipe.width), ok_col], axis=1)
+        back = jnp.concatenate([_pad(d_in, pipe.width), columns(ok_in, 0)], axis=1)
     return flat, out, back, metrics
 
 
-def metric_means(pipe: Pipeline, sums_Kx6: jnp.ndarray) -> dict[str, jnp.ndarray]:
+def metric_means(pipe: Pipeline, sums_KxM: jnp.ndarray) -> dict[str, jnp.ndarray]:
     """Per-tick sums of every device -> the same metric names the single-device step logs."""
-    per = lambda row, col, count: sums_Kx6[row, col] / jnp.maximum(sums_Kx6[row, count], 1.0)
+    per = lambda row, col, count: sums_KxM[row, col] / jnp.maximum(sums_KxM[row, count], 1.0)
     out = {"loss": per(-1, _LOSS, _VALID), "accuracy": per(-1, _ACC, _VALID)}
     for i in range(pipe.k - 1):
         out[f"sg/loss/{i + 1}"] = per(i, _SG_LOSS, _SG_VALID)
         out[f"sg/norm/{i + 1}"] = per(i, _SG_NORM, _VALID)
+    if pipe.full:
+        for i in range(1, pipe.k):
+            out[f"si/loss/{i + 1}"] = per(i, _SI_LOSS, _SI_VALID)
     return out
 
 
@@ -191,7 +250,8 @@ def pipeline_chunk_fn(pipe: Pipeline, preprocess: Callable, feed_every: int = 1)
     """chunk(state, xs, ys, idx_CxB, n) per device, inside shard_map over PIPE_AXIS.
 
     `feed_every` > 1 feeds a minibatch only every that many ticks (row t of idx
-    at tick t): with feed_every = K + 1 one minibatch is in flight at a time.
+    at tick t): with feed_every = K + 1 (2 with synthetic inputs) one minibatch
+    is in flight at a time.
     """
     k = pipe.k
     forward_perm = [(j, j + 1) for j in range(k - 1)]
@@ -205,17 +265,17 @@ def pipeline_chunk_fn(pipe: Pipeline, preprocess: Callable, feed_every: int = 1)
             s, sums = carry
             feed = s.step % feed_every == 0
             flat, out, back, metrics = jax.lax.switch(
-                me, branches, s.stage_KxS[0], s.fwd_KxBxA1[0], s.bwd_KxBxA1[0], s.past_Kx2xBxA1[0],
+                me, branches, s.stage_KxS[0], s.fwd_KxBxA2[0], s.bwd_KxBxA2[0], s.past_Kx2xBxA2[0],
                 xs, ys, idx_CxB[j], feed)
             fwd = jax.lax.ppermute(out, PIPE_AXIS, forward_perm)
             bwd = jax.lax.ppermute(back, PIPE_AXIS, backward_perm)
             # Device 0 receives nothing forward (it reads the data) and device K-1 nothing backward:
             # zeros, whose valid column says "no target".
-            past = jnp.stack([out, s.past_Kx2xBxA1[0, 0]])
+            past = jnp.stack([out, s.past_Kx2xBxA2[0, 0]])
             s = PipelineState(s.step + 1, flat[None], fwd[None], bwd[None], past[None])
             return s, sums + metrics
 
-        state, sums = jax.lax.fori_loop(0, n, tick, (state, jnp.zeros(6)))
+        state, sums = jax.lax.fori_loop(0, n, tick, (state, jnp.zeros(_METRICS)))
         return state, metric_means(pipe, jax.lax.all_gather(sums, PIPE_AXIS))
 
     return chunk
@@ -246,12 +306,7 @@ def to_train_state(pipe: Pipeline, state: PipelineState) -> TrainState:
     """The pipeline's parameters as an ordinary TrainState on the default device (for eval, probes, export)."""
     rows = np.asarray(jax.device_get(state.stage_KxS))
     trees = [pipe.unravel[i](jnp.asarray(rows[i, :pipe.sizes[i]])) for i in range(pipe.k)]
-    group = lambda key, stages: tuple(t[key] for t in stages)
-    sg_trees = trees[:-1]
-    params = {"modules": group("module", trees), "sg": group("sg", sg_trees), "si": ()}
-    stats = {"modules": group("module_stats", trees), "sg": group("sg_stats", sg_trees), "si": ()}
-    opt = {"modules": group("module_opt", trees), "sg": group("sg_opt", sg_trees), "si": ()}
-    return TrainState(jnp.asarray(jax.device_get(state.step)), params, stats, opt)
+    return _gather(trees, jnp.asarray(jax.device_get(state.step)))
 
 
 def run_sequential(pipe: Pipeline, state: TrainState, xs, ys, idx_TxB, preprocess: Callable,
@@ -261,40 +316,42 @@ def run_sequential(pipe: Pipeline, state: TrainState, xs, ys, idx_TxB, preproces
     Messages are unpadded arrays in Python lists; nothing is flattened or shifted
     between devices, so this checks the schedule, not the plumbing.
     """
-    k = pipe.k
+    k, lag = pipe.k, (1 if pipe.full else 2)
     trees = [_stage_tree(state, i, i == k - 1) for i in range(k)]
-    none = (None, None, jnp.asarray(False))
-    inbox = [none] * k                    # (h, y, ok) sent by device i-1 last tick
-    targets = [(None, jnp.asarray(False))] * k
-    past = [[none, none] for _ in range(k)]
+    false = jnp.asarray(False)
+    zeros = lambda shape: jnp.zeros((pipe.batch, *shape))
+    no_y = jnp.zeros((pipe.batch,), jnp.int32)
+    inbox = [(None, None, false, None)] * k  # (h, y, ok, input x) sent by device i-1 last tick
+    targets = [(None, false)] * k           # SG target sent back by device i+1 last tick
+    past = [[(None, None)] * 2 for _ in range(k)]  # own outputs (h, y), newest first
     tick_fn = [jax.jit(partial(stage_tick, pipe, i)) for i in range(k)]
     step = int(state.step)
     for t in range(len(idx_TxB)):
+        x_t, y_t, fed = preprocess(xs[idx_TxB[t]]), ys[idx_TxB[t]], jnp.asarray(step % feed_every == 0)
         sent, returned = [], []
         for i in range(k):
-            if i == 0:
-                h_in, y_in, ok = preprocess(xs[idx_TxB[t]]), ys[idx_TxB[t]], jnp.asarray(step % feed_every == 0)
+            h_prev, y_prev, ok_prev, x_prev = inbox[i]
+            if i == 0 or pipe.full:
+                h_in, y_in, ok = x_t, y_t, fed
             else:
-                h_in, y_in, ok = inbox[i]
-            if h_in is None:  # nothing has arrived yet: feed zeros, masked out by ok
-                shape = pipe.out_shapes[i - 1]
-                h_in, y_in = jnp.zeros((pipe.batch, *shape)), jnp.zeros((pipe.batch,), jnp.int32)
-            old_h, old_y, _ = past[i][1]
+                h_in, y_in, ok = h_prev, y_prev, ok_prev
+                if h_in is None:  # nothing has arrived yet: zeros, masked out by ok
+                    h_in, y_in = zeros(pipe.out_shapes[i - 1]), no_y
+            old_h, old_y = past[i][lag - 1]
             target, target_ok = targets[i]
-            if i < k - 1 and (old_h is None or target is None):
-                shape = (pipe.batch, *pipe.out_shapes[i])
-                old_h = jnp.zeros(shape) if old_h is None else old_h
-                old_y = jnp.zeros((pipe.batch,), jnp.int32) if old_y is None else old_y
-                target = jnp.zeros(shape) if target is None else target
-            trees[i], h, d_in, _ = tick_fn[i](trees[i], h_in, y_in, ok, old_h, old_y, target, target_ok)
-            sent.append((h, y_in, ok))
+            shape = pipe.out_shapes[min(i, k - 2)]
+            extra = {}
+            if pipe.full and i > 0:
+                extra = {"past_x": x_t if x_prev is None else x_prev,
+                         "si_target": zeros(pipe.out_shapes[i - 1]) if h_prev is None else h_prev,
+                         "si_target_ok": ok_prev}
+            trees[i], h, d_in, _ = tick_fn[i](
+                trees[i], h_in, y_in, ok, zeros(shape) if old_h is None else old_h,
+                no_y if old_y is None else old_y, zeros(shape) if target is None else target, target_ok, **extra)
+            sent.append((h, y_in, ok, x_t))
             returned.append((d_in, ok))
-        inbox = [none] + sent[:-1]
-        targets = returned[1:] + [(None, jnp.asarray(False))]
-        past = [[sent[i], past[i][0]] for i in range(k)]
+        inbox = [(None, None, false, None)] + sent[:-1]
+        targets = returned[1:] + [(None, false)]
+        past = [[sent[i][:2], past[i][0]] for i in range(k)]
         step += 1
-    params = {"modules": tuple(t["module"] for t in trees), "sg": tuple(t["sg"] for t in trees[:-1]), "si": ()}
-    stats = {"modules": tuple(t["module_stats"] for t in trees),
-             "sg": tuple(t["sg_stats"] for t in trees[:-1]), "si": ()}
-    opt = {"modules": tuple(t["module_opt"] for t in trees), "sg": tuple(t["sg_opt"] for t in trees[:-1]), "si": ()}
-    return TrainState(jnp.asarray(step, jnp.int32), params, stats, opt)
+    return _gather(trees, jnp.asarray(step, jnp.int32))

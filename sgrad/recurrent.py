@@ -89,8 +89,10 @@ def dni_window(net: RecurrentNet, core_params: PyTree, predict: Callable, s0: jn
         err = aux - g_T[:, None, :]
         d_aux = net.aux_weight * 2.0 * err / aux.shape[1]
         sums["aux_loss"] = net.aux_weight * jnp.sum(err ** 2) / aux.shape[1]
-    d_core, _ = vjp((jnp.ones(()), d_aux, g_T))
-    _, target = vjp((jnp.ones(()), jnp.zeros_like(aux), net.discount * g_T))
+    d_core, target = vjp((jnp.ones(()), d_aux, g_T))
+    if aux.shape[-1] or net.discount != 1.0:
+        # The target leaves out the aux loss and discounts ĝ: a second backward pass.
+        _, target = vjp((jnp.ones(()), jnp.zeros_like(aux), net.discount * g_T))
     sums["sg_norm"] = jnp.sqrt(jnp.sum(g_T ** 2) / batch) * batch
     return jax.tree.map(lambda g: g / batch, d_core), target, s_T, sums
 

@@ -7,7 +7,6 @@ orchestrates. The step count is a traced value, so the step compiles once.
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import threading
@@ -28,14 +27,10 @@ from sgrad.metrics import MetricWriter, read_jsonl, rewind
 from sgrad.network import build_network, init_variables
 from sgrad.optim import build_train_optimizer, learning_rate
 from sgrad.parallel import make_runner
-from sgrad.provenance import provenance
+from sgrad.run_record import DivergenceError, Preempted, run_record
 from sgrad.step import TrainState, UpdateRule, create_state, eval_counts, probe
 
 log = logging.getLogger("sgrad")
-
-
-class DivergenceError(RuntimeError):
-    """A metric became NaN/Inf; the message names the step and the metric (module or interface)."""
 
 
 def _value(v) -> str:
@@ -63,15 +58,6 @@ class BatchOrder:
             epoch, pos = divmod(start + j, self.steps_per_epoch)
             idx[j] = self._permutation(epoch)[pos * self.b:(pos + 1) * self.b]
         return idx
-
-
-class Preempted(RuntimeError):
-    """SIGTERM/SIGINT arrived; a checkpoint was written at `step` and the run can be resumed."""
-
-    def __init__(self, signum: int, step: int):
-        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; "
-                         "checkpoint saved, run the same command again to resume")
-        self.signum, self.step = signum, step
 
 
 class _SignalFlag:
@@ -192,8 +178,7 @@ def train_and_evaluate(cfg: Any, workdir: str | Path, dataset: Dataset | None = 
              order.steps_per_epoch, len(net.modules), workdir)
     bar = tqdm(total=total, initial=step, desc=f"{mode}", unit="step", disable=not tcfg.progress,
                dynamic_ncols=True)
-    status = "running"
-    t_mark, step_mark, t_start = time.perf_counter(), step, time.perf_counter()
+    t_mark, step_mark = time.perf_counter(), step
     pending = None
     signals = _SignalFlag()
 
@@ -222,7 +207,11 @@ def train_and_evaluate(cfg: Any, workdir: str | Path, dataset: Dataset | None = 
     def due(every: int, at_step: int) -> bool:
         return bool(every) and at_step % every == 0
 
-    try:
+    def fields() -> dict:
+        return {"step": step, "mode": mode, "dataset": data.name, "model": _value(cfg.model.name),
+                "layers": cfg.model.layers, "seed": cfg.seed, **last_train, **last_test}
+
+    with run_record(workdir, fields, [bar, writer, checkpoints]) as summary:
         with signals:
             while step < total:
                 # Chunk ends lie on a fixed grid of steps, so a resumed run logs exactly the same points.
@@ -257,23 +246,4 @@ def train_and_evaluate(cfg: Any, workdir: str | Path, dataset: Dataset | None = 
                     checkpoints.save(step, state)
                 if signals.received:
                     raise Preempted(signals.received, step)
-        status = "completed"
-    except DivergenceError:
-        status = "diverged"
-        raise
-    except Preempted:
-        status = "preempted"
-        raise
-    except BaseException:
-        status = "failed"
-        raise
-    finally:
-        bar.close()
-        writer.close()
-        checkpoints.close()
-        wall = time.perf_counter() - t_start
-        summary = {"status": status, "step": step, "mode": mode, "dataset": data.name,
-                   "model": _value(cfg.model.name), "layers": cfg.model.layers, "seed": cfg.seed,
-                   "wall_seconds": wall, **last_train, **last_test, **provenance()}
-        (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

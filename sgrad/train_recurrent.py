@@ -7,7 +7,6 @@ logged; the curriculum moves between chunks, so shapes never change.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from functools import partial
@@ -25,11 +24,10 @@ from sgrad.data.text import TextStream, load_char_corpus
 from sgrad.metrics import MetricWriter, rewind
 from sgrad.models.lstm import LSTMCore
 from sgrad.optim import build_train_optimizer
-from sgrad.provenance import provenance
 from sgrad.recurrent import (LN2, RecurrentNet, RecurrentState, future_gradient_probe, init_recurrent,
                              make_recurrent_step, window)
 from sgrad.synthetic import DenseSynthetic
-from sgrad.train import DivergenceError
+from sgrad.run_record import DivergenceError, run_record
 from sgrad.tasks.copy import CopyTask
 
 log = logging.getLogger("sgrad")
@@ -47,7 +45,8 @@ def build_task(cfg, text: dict | None = None):
         d = cfg.dataset
         return CopyTask(name, d.bits, t.batch_size, t.bptt, cfg.seed, d.start_length, d.curriculum_threshold,
                         d.max_repeats)
-    corpus = text or load_char_corpus(cfg.dataset.dir, cfg.dataset.download)
+    d = cfg.dataset
+    corpus = text or load_char_corpus(d.dir, d.download, d.checksum, d.url, progress=cfg.trainer.progress)
     return TextStream(corpus, t.batch_size, t.bptt)
 
 
@@ -62,6 +61,8 @@ def build_recurrent_net(cfg, output_dim: int, loss: str) -> RecurrentNet:
 
 def train_recurrent(cfg: Any, workdir: str | Path, text: dict | None = None) -> dict:
     """Train an LSTM with truncated BPTT (mode=backprop) or DNI at the window boundaries (mode=dni)."""
+    if _value(cfg.dataset.name) == "two_timescale":
+        return train_two_timescale(cfg, workdir)
     validate(cfg)
     workdir = Path(workdir)
     t = cfg.trainer
@@ -112,9 +113,14 @@ def train_recurrent(cfg: Any, workdir: str | Path, text: dict | None = None) -> 
     writer = MetricWriter(workdir, cfg.log.tensorboard)
     bar = tqdm(total=total, initial=step, desc=f"{_value(cfg.mode)} T={t.bptt}", unit="step",
                disable=not t.progress, dynamic_ncols=True)
-    status, last, t_start = "running", {}, time.perf_counter()
+    last: dict = {}
     probe_every = cfg.log.grad_probe_every if net.sg_model is not None else 0
-    try:
+    def fields() -> dict:
+        return {"step": step, "mode": _value(cfg.mode), "dataset": _value(cfg.dataset.name), "model": "lstm",
+                "hidden": cfg.model.hidden, "bptt": t.bptt, "aux": bool(cfg.sg.aux), "seed": cfg.seed, **last,
+                **({"max_length_solved": task.solved} if copy else {})}
+
+    with run_record(workdir, fields, [bar, writer, checkpoints]) as summary:
         while step < total:
             n = min(t.log_every, total - step)
             chunk = task.chunk(step, t.log_every)
@@ -160,21 +166,54 @@ def train_recurrent(cfg: Any, workdir: str | Path, text: dict | None = None) -> 
                 writer.flush()
                 checkpoints.save(step, {"state": state, "curriculum": np.array(
                     [getattr(task, "level", 0), getattr(task, "solved", 0)], np.int64)})
-        status = "completed"
-    except DivergenceError:
-        status = "diverged"
-        raise
-    except BaseException:
-        status = "failed"
-        raise
-    finally:
-        bar.close()
-        writer.close()
-        checkpoints.close()
-        summary = {"status": status, "step": step, "mode": _value(cfg.mode), "dataset": _value(cfg.dataset.name),
-                   "model": "lstm", "hidden": cfg.model.hidden, "bptt": t.bptt, "aux": bool(cfg.sg.aux),
-                   "seed": cfg.seed, "wall_seconds": time.perf_counter() - t_start, **last, **provenance()}
-        if copy:
-            summary["max_length_solved"] = task.solved
-        (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def train_two_timescale(cfg: Any, workdir: str | Path) -> dict:
+    """A every step, B every `trainer.bptt` steps on A's state; the DNI link is `mode=dni` (cut with sg.scale=0)."""
+    from sgrad.two_timescale import TwoClockNet, init_two_clock, make_two_clock_step, stream
+
+    validate(cfg)
+    workdir = Path(workdir)
+    t, bits, period = cfg.trainer, cfg.dataset.bits, cfg.trainer.bptt
+    mode = _value(cfg.mode)
+    net = TwoClockNet(LSTMCore(cfg.model.hidden, bits), LSTMCore(cfg.model.hidden, period * bits + 1),
+                      DenseSynthetic(cfg.sg.hidden_layers, cfg.sg.width, batch_norm=False),
+                      "backprop" if mode == "backprop" else "dni", cfg.sg.scale)
+    tx = build_train_optimizer(cfg, t.steps)
+    state = init_two_clock(net, jax.random.key(cfg.seed), t.batch_size, bits, tx)
+    step_fn = make_two_clock_step(net, tx)
+
+    @partial(jax.jit, donate_argnums=0)
+    def run_chunk(state, x, y_a, y_b, n):
+        def body(i, carry):
+            s, sums = carry
+            s, m = step_fn(s, x[i], y_a[i], y_b[i])
+            return s, jax.tree.map(jnp.add, sums, m)
+        shapes = jax.eval_shape(step_fn, state, x[0], y_a[0], y_b[0])[1]
+        zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
+        return jax.lax.fori_loop(0, n, body, (state, zeros))
+
+    rewind(workdir, 0)
+    writer = MetricWriter(workdir, cfg.log.tensorboard)
+    bar = tqdm(total=t.steps, desc=f"two clocks {mode} scale={cfg.sg.scale}", unit="step", disable=not t.progress)
+    step, last = 0, {}
+    def fields() -> dict:
+        return {"step": step, "mode": mode, "dataset": "two_timescale", "model": "lstm", "hidden": cfg.model.hidden,
+                "bptt": period, "sg_scale": cfg.sg.scale, "seed": cfg.seed, **last}
+
+    with run_record(workdir, fields, [bar, writer]) as summary:
+        while step < t.steps:
+            n = min(t.log_every, t.steps - step)
+            x, y_a, y_b = stream(np.random.default_rng([cfg.seed, step]), t.batch_size, t.log_every, period, bits)
+            state, sums = run_chunk(state, x, y_a, y_b, np.int32(n))
+            step += n
+            bar.update(n)
+            out = {k: float(v) / n for k, v in jax.device_get(sums).items()}
+            if not all(np.isfinite(v) for v in out.values()):
+                writer.write(step, out)
+                raise DivergenceError(f"run diverged at step {step}; the logs are kept in the run dir")
+            writer.write(step, out)
+            last = out
+            bar.set_postfix(b_acc=f"{out['b/accuracy']:.3f}", refresh=False)
     return summary

@@ -18,7 +18,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from conftest import make_cfg
 from sgrad.metrics import read_jsonl
-from sgrad.train import DivergenceError, Preempted, train_and_evaluate
+from sgrad.run_record import DivergenceError, Preempted
+from sgrad.train import train_and_evaluate
 
 
 def _curve(run_dir: Path) -> list[dict]:

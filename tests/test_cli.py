@@ -18,7 +18,7 @@ from sgrad.train import train_and_evaluate
 from sgrad.train_recurrent import train_recurrent
 
 ALL_EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "exp").glob("*.yaml"))
-RECURRENT = [e for e in ALL_EXPERIMENTS if e.startswith(("copy_", "repeat_copy_", "ptb_char_"))]
+RECURRENT = [e for e in ALL_EXPERIMENTS if e.startswith(("copy_", "repeat_copy_", "ptb_char_", "two_timescale"))]
 EXPERIMENTS = [e for e in ALL_EXPERIMENTS if e not in RECURRENT]
 TINY = ["model.width=16", "model.channels=4", "model.kernel=3", "sg.width=16", "sg.conv_channels=4",
         "sg.kernel=3", "trainer.steps=20", "trainer.batch_size=32", "trainer.log_every=10",

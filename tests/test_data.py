@@ -1,6 +1,5 @@
 """Readers, checksummed downloads (file:// URLs, never the network) and the errors a user sees."""
 
-import gzip
 import hashlib
 import os
 import pickle

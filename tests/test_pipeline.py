@@ -43,18 +43,19 @@ SCRIPT = textwrap.dedent("""
         return max(float(jnp.max(jnp.abs(x - y))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
     def moved(a, b):
-        # Every module and every SG model changed somewhere.
-        models = lambda p: list(p["modules"]) + list(p["sg"])
+        # Every module, SG model and synthetic input model changed somewhere.
+        models = lambda p: list(p["modules"]) + list(p["sg"]) + list(p["si"])
         return all(max_diff(x, y) > 0 for x, y in zip(models(a), models(b)))
 
     # 1. Pipelined (shard_map, ppermute, padded flat buffers) == the same schedule in plain Python.
     # SGD, because Adam divides by the root of tiny early SG gradients and so magnifies float rounding.
     sgd = ["optim.name=sgd", "optim.lr=0.01", "sg.optim.name=sgd", "sg.optim.lr=0.01"]
-    cases = [("dni", "fcn", (6, 6, 1)), ("cdni", "fcn", (6, 6, 1))]
+    cases = [("dni", "fcn", (6, 6, 1)), ("cdni", "fcn", (6, 6, 1)), ("cdni_full", "fcn", (6, 6, 1))]
     if K == 2:
         cases.append(("dni", "cnn", (8, 8, 1)))
     for mode, model, shape in cases:
-        net, tx, fresh, xs, ys, pre, _ = setup(f"mode={{mode}}", f"model.name={{model}}", *sgd, shape=shape)
+        net, tx, fresh, xs, ys, pre, _ = setup(f"mode={{mode}}", f"model.name={{model}}", "si.width=32", *sgd,
+                                               shape=shape)
         T = 3 * K + 4  # fill, steady state with every SG target arriving, several times over
         idx = rng.integers(0, 128, (T, B)).astype(np.int32)
         pipe, state = build_pipeline(net, tx, fresh(), shape, B)
@@ -71,15 +72,17 @@ SCRIPT = textwrap.dedent("""
         assert np.isfinite(float(metrics["loss"])) and f"sg/loss/{{K - 1}}" in metrics
         print("sequential", mode, model, "ok")
 
-    # 2. Staleness 0: feed every K+1 ticks, so each minibatch finishes (SG targets included) before the next.
-    for mode in ("dni", "cdni"):
-        net, tx, fresh, xs, ys, pre, (mean, std) = setup(f"mode={{mode}}")
+    # 2. Staleness 0: feed every K+1 ticks (2 with synthetic inputs), so each minibatch finishes, SG and
+    # synthetic-input targets included, before the next.
+    for mode in ("dni", "cdni", "dni_full"):
+        net, tx, fresh, xs, ys, pre, (mean, std) = setup(f"mode={{mode}}", "si.width=32")
+        period = 2 if mode.endswith("_full") else K + 1
         n = K + 2  # SG models bootstrap from the top down: the lowest needs K-1 steps to get a target
         idx = rng.integers(0, 128, (n, B)).astype(np.int32)
-        drained = np.zeros((n * (K + 1), B), np.int32)
-        drained[::K + 1] = idx
+        drained = np.zeros((n * period, B), np.int32)
+        drained[::period] = idx
         pipe, state = build_pipeline(net, tx, fresh(), (6, 6, 1), B)
-        run = make_pipeline_runner(pipe, pre, jax.devices(), feed_every=K + 1)
+        run = make_pipeline_runner(pipe, pre, jax.devices(), feed_every=period)
         state, _ = run(state, xs, ys, drained, np.int32(len(drained)))
         got = to_train_state(pipe, state)
         single, _ = make_chunk_runner(make_train_step(net, tx, mode), mean, std)(fresh(), xs, ys, idx, np.int32(n))
@@ -94,8 +97,9 @@ SCRIPT = textwrap.dedent("""
 @pytest.mark.parametrize("devices", [2, 4])
 def test_pipeline_matches_sequential_schedule_and_single_device_step(devices):
     res = run_on_cpu_devices(SCRIPT.format(root=str(ROOT), devices=devices), devices)
-    expected = ["sequential dni fcn ok", "sequential cdni fcn ok"] + (["sequential dni cnn ok"] if devices == 2 else [])
-    assert res.stdout.splitlines() == expected + ["drained dni ok", "drained cdni ok"]
+    expected = ["sequential dni fcn ok", "sequential cdni fcn ok", "sequential cdni_full fcn ok"]
+    expected += ["sequential dni cnn ok"] if devices == 2 else []
+    assert res.stdout.splitlines() == expected + ["drained dni ok", "drained cdni ok", "drained dni_full ok"]
 
 
 TRAIN = textwrap.dedent("""

@@ -179,8 +179,35 @@ def test_char_corpus_and_a_short_run(tmp_path):
 
 
 def test_missing_char_corpus_says_where_it_looked(tmp_path):
-    with pytest.raises(DatasetError, match="ptb.char.train.*simple-examples.tgz"):
+    with pytest.raises(DatasetError, match="nowhere.*no pinned checksum.*dataset.checksum=sha256"):
         load_char_corpus(str(tmp_path / "nowhere"))
+    with pytest.raises(DatasetError, match="downloading is off.*simple-examples.tgz"):
+        load_char_corpus(str(tmp_path / "nowhere"), download=False)
+
+
+def _archive(tmp_path):
+    import hashlib
+    import tarfile
+    _write_ptb(tmp_path / "src" / "simple-examples" / "data",
+               {"train": ["a cat sat"] * 20, "valid": ["a cat"] * 3, "test": ["cat sat"] * 3})
+    archive = tmp_path / "simple-examples.tgz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "src" / "simple-examples", arcname="./simple-examples")
+    return archive, "sha256:" + hashlib.sha256(archive.read_bytes()).hexdigest()
+
+
+def test_char_corpus_download_verifies_the_checksum_and_caches(tmp_path):
+    archive, checksum = _archive(tmp_path)
+    cache = tmp_path / "cache"
+    corpus = load_char_corpus(str(cache), checksum=checksum, url=archive.as_uri(), progress=False)
+    assert {"train", "valid", "test"} <= set(corpus) and (cache / "ptb.char.train.txt").is_file()
+    archive.unlink()  # now served from the cache
+    assert np.array_equal(load_char_corpus(str(cache))["train"], corpus["train"])
+    bad = "sha256:" + "0" * 64
+    archive2, _ = _archive(tmp_path / "again")
+    with pytest.raises(DatasetError, match="checksum mismatch"):
+        load_char_corpus(str(tmp_path / "cache2"), checksum=bad, url=archive2.as_uri(), progress=False)
+    assert not (tmp_path / "cache2" / "ptb.char.train.txt").exists()
 
 
 @pytest.mark.parametrize("overrides, key", [
@@ -192,3 +219,23 @@ def test_missing_char_corpus_says_where_it_looked(tmp_path):
 def test_recurrent_config_errors_name_the_key(overrides, key):
     with pytest.raises(ConfigError, match=key):
         validate(make_cfg(*overrides))
+
+
+def test_report_tables_the_longest_length_per_window(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    for mode, t in (("backprop", 2), ("dni", 2), ("dni", 3)):
+        train_recurrent(_copy_cfg(tmp_path, mode, "trainer.steps=100", f"trainer.bptt={t}"), tmp_path / f"{mode}{t}")
+    res = subprocess.run([sys.executable, "scripts/report_recurrent.py", str(tmp_path), "--out", str(tmp_path / "r")],
+                         capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert res.returncode == 0, res.stderr
+    table = (tmp_path / "r" / "table.md").read_text().splitlines()
+    assert "| | T=2 | T=3 |" in table
+    dni_row = next(line for line in table if line.startswith("| DNI |"))
+    solved = json.loads((tmp_path / "dni3" / "summary.json").read_text())["max_length_solved"]
+    assert dni_row.endswith(f"| {solved} |")
+    assert next(line for line in table if line.startswith("| backprop")).endswith("| – |")
+    assert (tmp_path / "r" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len((tmp_path / "r" / "runs.csv").read_text().splitlines()) == 4

@@ -9,7 +9,8 @@ import pytest
 
 from conftest import FASHION_DIR, make_cfg
 from sgrad.metrics import read_jsonl
-from sgrad.train import DivergenceError, train_and_evaluate
+from sgrad.run_record import DivergenceError
+from sgrad.train import train_and_evaluate
 
 
 def _train(idx_dir, tmp_path, *overrides):

@@ -10,10 +10,12 @@ points `dataset.dir` (or $SGRAD_DATA/ptb_char) at the folder.
 from __future__ import annotations
 
 import os
+import tarfile
 from pathlib import Path
 
 import numpy as np
 
+from sgrad.data.download import RemoteFile, fetch
 from sgrad.data.errors import DatasetError
 from sgrad.tasks.copy import StreamChunk
 
@@ -37,26 +39,58 @@ def _tokens(path: Path) -> list[str]:
     return out
 
 
-def load_char_corpus(directory: str | None = None, download: bool = True) -> dict[str, np.ndarray]:
-    """{'train','valid','test': int32 ids, 'vocab': array of characters}; a clear error when files are missing."""
-    del download  # see the module docstring: no pinned checksum, so never fetched automatically
+def _read(folder: Path) -> dict[str, np.ndarray]:
+    tokens = {s: _tokens(folder / f"ptb.char.{s}.txt") for s in SPLITS}
+    vocab = sorted(set(tokens["train"]))
+    index = {c: i for i, c in enumerate(vocab)}
+    unknown = sorted(set(tokens["valid"] + tokens["test"]) - set(vocab))
+    if unknown or not tokens["train"]:
+        raise DatasetError(f"{folder}: valid/test use characters absent from train ({unknown[:5]}) or "
+                           "train is empty; are these the ptb.char files?")
+    out = {s: np.array([index[c] for c in tokens[s]], np.int32) for s in SPLITS}
+    out["vocab"] = np.array(vocab)
+    return out
+
+
+def _complete(folder: Path) -> bool:
+    return all((folder / f"ptb.char.{s}.txt").is_file() for s in SPLITS)
+
+
+def _extract(archive: Path, folder: Path) -> None:
+    """Copy the three ptb.char files out of simple-examples.tgz (nothing else, whatever paths it holds)."""
+    with tarfile.open(archive) as tar:
+        for split in SPLITS:
+            name = f"ptb.char.{split}.txt"
+            member = next((m for m in tar.getmembers() if m.isfile() and m.name.endswith("data/" + name)), None)
+            if member is None:
+                raise DatasetError(f"{archive} has no data/{name}; is it simple-examples.tgz?")
+            (folder / name).write_bytes(tar.extractfile(member).read())
+
+
+def load_char_corpus(directory: str | None = None, download: bool = True, checksum: str | None = None,
+                     url: str | None = None, progress: bool = True) -> dict[str, np.ndarray]:
+    """{'train','valid','test': int32 ids, 'vocab': array of characters}; fetched only with a checksum."""
     dirs = char_dirs(directory)
     for folder in dirs:
-        files = {s: folder / f"ptb.char.{s}.txt" for s in SPLITS}
-        if all(f.is_file() for f in files.values()):
-            tokens = {s: _tokens(f) for s, f in files.items()}
-            vocab = sorted(set(tokens["train"]))
-            index = {c: i for i, c in enumerate(vocab)}
-            unknown = sorted(set(tokens["valid"] + tokens["test"]) - set(vocab))
-            if unknown or not tokens["train"]:
-                raise DatasetError(f"{folder}: valid/test use characters absent from train ({unknown[:5]}) or "
-                                   "train is empty; are these the ptb.char files?")
-            out = {s: np.array([index[c] for c in tokens[s]], np.int32) for s in SPLITS}
-            out["vocab"] = np.array(vocab)
-            return out
+        if _complete(folder):
+            return _read(folder)
     looked = ", ".join(str(d) for d in dirs)
-    raise DatasetError(f"Penn Treebank characters not found (looked for ptb.char.train/valid/test.txt in {looked}). "
-                       f"Get {SOURCE}, extract it, and set dataset.dir=<that>/simple-examples/data")
+    manual = (f"Get {SOURCE}, extract it, and set dataset.dir=<that>/simple-examples/data")
+    if not download:
+        raise DatasetError(f"Penn Treebank characters not found (looked for ptb.char.train/valid/test.txt in "
+                           f"{looked}) and downloading is off. {manual}")
+    if not checksum:
+        raise DatasetError(f"Penn Treebank characters not found (looked for ptb.char.train/valid/test.txt in "
+                           f"{looked}). sgrad has no pinned checksum for {SOURCE}: pass "
+                           f"dataset.checksum=sha256:<hex of the archive> to let it download and verify, or: {manual}")
+    target = dirs[0]
+    remote = RemoteFile("simple-examples.tgz", tuple(u for u in (url, SOURCE) if u), checksum)
+    try:
+        archive = fetch(remote, target, progress)
+    except DatasetError as e:
+        raise DatasetError(f"Penn Treebank characters not found in {looked} and {e}. {manual}") from None
+    _extract(archive, target)
+    return _read(target)
 
 
 class TextStream:

@@ -1,0 +1,150 @@
+"""Collect recurrent runs (Copy / Repeat Copy / PTB chars) into a table and curves.
+
+    python scripts/report_recurrent.py RUN_DIRS_OR_SWEEP_DIRS... --out results/rnn/copy
+
+Rows: backprop / DNI / DNI + aux; columns: the truncation window T; cells: the
+longest sequence length solved (copy tasks) or validation/test bits per
+character (ptb_char). Curves: curriculum length against sequence steps seen.
+Two-clock runs (dataset two_timescale) get B's final accuracy per link instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+
+from sgrad.metrics import read_jsonl  # noqa: E402
+
+
+def variant(summary: dict) -> str:
+    if summary["mode"] == "backprop":
+        return "backprop (truncated BPTT)"
+    return "DNI + aux" if summary.get("aux") else "DNI"
+
+
+LINKS = {"backprop": "B's true gradient (A waits for B)", "dni": "DNI", "cut": "DNI cut (sg.scale=0)"}
+
+
+def two_clock_report(runs: list[dict], out: Path) -> list[str]:
+    """Mean ± std over seeds of B's and A's accuracy (last logged chunk) per link, and B's accuracy curves."""
+    link = lambda r: "backprop" if r["mode"] == "backprop" else ("cut" if r["sg_scale"] == 0 else "dni")
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for r in runs:
+        groups[link(r)].append(r)
+    stat = lambda vs: f"{np.mean(vs):.3f} ± {np.std(vs):.3f}"
+    lines = ["# Two networks on two clocks: B's accuracy at counting the ones A saw", "",
+             f"B ticks every T={runs[0]['bptt']} steps of A; steps {sorted({r['step'] for r in runs})}; hidden "
+             f"{runs[0]['hidden']}; seeds {sorted({r['seed'] for r in runs})}; commit(s) "
+             f"{', '.join(sorted({r['commit'] for r in runs}))}; machine {runs[0].get('machine/cpu', '?')}.", "",
+             "| link from B to A | runs | B accuracy | A accuracy (own task) |", "|---|---|---|---|"]
+    for key in ("dni", "cut", "backprop"):
+        if key in groups:
+            g = groups[key]
+            lines.append(f"| {LINKS[key]} | {len(g)} | {stat([r['b/accuracy'] for r in g])} | "
+                         f"{stat([r['a/accuracy'] for r in g])} |")
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    colours = {"dni": "tab:orange", "cut": "tab:gray", "backprop": "tab:blue"}
+    for r in runs:
+        rows = [row for row in read_jsonl(r["dir"] / "metrics.jsonl") if "b/accuracy" in row]
+        ax.plot([row["step"] for row in rows], [row["b/accuracy"] for row in rows], color=colours[link(r)],
+                lw=1, label=LINKS[link(r)])
+    handles = {h.get_label(): h for h in ax.get_lines()}
+    ax.legend(handles.values(), handles.keys(), fontsize=8)
+    ax.set_xlabel("steps of A")
+    ax.set_ylabel("B accuracy")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "curves.png", dpi=110)
+    return lines
+
+
+def collect(paths: list[Path]) -> list[dict]:
+    runs = []
+    for root in paths:
+        for f in sorted(root.rglob("summary.json")):
+            s = json.loads(f.read_text())
+            if s.get("model") == "lstm":
+                runs.append({**s, "dir": f.parent})
+    return runs
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("paths", nargs="+", type=Path)
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args()
+    runs = collect(args.paths)
+    if not runs:
+        sys.exit(f"no recurrent runs (summary.json with model=lstm) under {', '.join(map(str, args.paths))}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    if runs[0]["dataset"] == "two_timescale":
+        lines = two_clock_report(runs, args.out)
+        (args.out / "table.md").write_text("\n".join(lines) + "\n")
+        print("\n".join(lines))
+        return
+    copy = "max_length_solved" in runs[0]
+    windows = sorted({r["bptt"] for r in runs})
+    order = ["backprop (truncated BPTT)", "DNI", "DNI + aux"]
+    cells: dict[tuple[str, int], list[str]] = defaultdict(list)
+    for r in runs:
+        if copy:
+            value = str(r["max_length_solved"]) + ("" if r["status"] == "completed" else f" ({r['status']})")
+        else:
+            value = f"{r.get('valid/bpc', float('nan')):.3f} / {r.get('test/bpc', float('nan')):.3f}"
+        cells[(variant(r), r["bptt"])].append(value)
+    args.out.mkdir(parents=True, exist_ok=True)
+    what = "longest sequence length N solved" if copy else "valid / test bits per character"
+    tasks = sorted({r["dataset"] for r in runs})
+    lines = [f"# {', '.join(tasks)}: {what}", "",
+             f"Steps per run (windows of T): {', '.join(sorted({str(r['step']) for r in runs}))}; "
+             f"hidden {sorted({r['hidden'] for r in runs})}; commit(s) {', '.join(sorted({r['commit'] for r in runs}))}; "
+             f"machine {runs[0].get('machine/cpu', '?')} ({runs[0].get('machine/cpu_count', '?')} CPUs).", "",
+             "| | " + " | ".join(f"T={t}" for t in windows) + " |", "|---" * (len(windows) + 1) + "|"]
+    for v in order:
+        if any((v, t) in cells for t in windows):
+            lines.append(f"| {v} | " + " | ".join(", ".join(cells.get((v, t), ["–"])) for t in windows) + " |")
+    (args.out / "table.md").write_text("\n".join(lines) + "\n")
+    with open(args.out / "runs.csv", "w") as f:
+        keys = ["dataset", "mode", "aux", "bptt", "hidden", "seed", "step", "status", "max_length_solved",
+                "valid/bpc", "test/bpc", "wall_seconds", "commit", "dir"]
+        f.write(",".join(keys) + "\n")
+        for r in runs:
+            f.write(",".join(str(r.get(k, "")) for k in keys) + "\n")
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    key = "curriculum/length" if copy else "train/bits_per_unit"
+    fig, axes = plt.subplots(1, len(windows), figsize=(3.2 * len(windows), 3.0), sharey=True, squeeze=False)
+    colours = dict(zip(order, ("tab:blue", "tab:orange", "tab:green")))
+    for ax, t in zip(axes[0], windows):
+        for r in runs:
+            if r["bptt"] != t:
+                continue
+            rows = [row for row in read_jsonl(r["dir"] / "metrics.jsonl") if key in row]
+            ax.plot([row["step"] * t for row in rows], [row[key] for row in rows], color=colours[variant(r)],
+                    label=variant(r), lw=1)
+        ax.set_title(f"T={t}")
+        ax.set_xlabel("time steps seen")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("curriculum length N" if copy else "train bits per char")
+    handles = {h.get_label(): h for ax in axes[0] for h in ax.get_lines()}
+    fig.legend(handles.values(), handles.keys(), loc="upper center", ncol=3, fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1, 0.9))
+    fig.savefig(args.out / "curves.png", dpi=110)
+    print("\n".join(lines))
+    print(f"wrote {args.out}/table.md, runs.csv, curves.png")
+
+
+if __name__ == "__main__":
+    main()

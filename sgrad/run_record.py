@@ -1,0 +1,50 @@
+"""summary.json: a run's final status and numbers, written however the run ends."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import time
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+from sgrad.provenance import provenance
+
+
+class DivergenceError(RuntimeError):
+    """A metric became NaN/Inf; the message names the step and the metric (module or interface)."""
+
+
+class Preempted(RuntimeError):
+    """SIGTERM/SIGINT arrived; a checkpoint was written at `step` and the run can be resumed."""
+
+    def __init__(self, signum: int, step: int):
+        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; "
+                         "checkpoint saved, run the same command again to resume")
+        self.signum, self.step = signum, step
+
+
+@contextlib.contextmanager
+def run_record(workdir: Path, fields: Callable[[], dict], closing: Sequence = ()) -> Iterator[dict]:
+    """Run the block; then close `closing` and write summary.json (status, fields(), provenance), even on error.
+
+    Status: completed, diverged (DivergenceError), preempted (Preempted) or failed.
+    The yielded dict becomes the summary.
+    """
+    summary: dict = {}
+    status, start = "failed", time.perf_counter()
+    try:
+        yield summary
+        status = "completed"
+    except DivergenceError:
+        status = "diverged"
+        raise
+    except Preempted:
+        status = "preempted"
+        raise
+    finally:
+        for c in closing:
+            c.close()
+        summary.update({"status": status, **fields(), "wall_seconds": time.perf_counter() - start, **provenance()})
+        (Path(workdir) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
