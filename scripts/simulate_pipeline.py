@@ -10,6 +10,7 @@ VJP, SG prediction, SG regression, both updates) and W_i at GPipe's micro-batch
 size. Then, for K modules on K devices (communication taken as free):
 
   backprop, model parallel (locked)  step = sum_i W_i          (one module busy at a time)
+  DNI on one device                  step = sum_i T_i          (the baseline of the K-fold speed-up)
   DNI pipeline (unlocked)            tick = max(max_i T_i, sum_i T_i / cores)
   GPipe, M micro-batches             step = (M + K - 1) * max_i W_i(B / M)
 
@@ -100,6 +101,7 @@ def predict(tick: list[float], backprop: dict, batch: int, micro: list[int], cor
     """Examples/s of each schedule for one network's measured module costs."""
     k = len(tick)
     out = {"backprop (locked, model parallel)": batch / sum(backprop[batch]),
+           "DNI, all modules on one device": batch / sum(tick),
            "DNI pipeline (unlocked)": batch / max(max(tick), sum(tick) / cores)}
     for m in micro:
         step = (m + k - 1) * max(backprop[batch // m])
@@ -139,7 +141,6 @@ def main() -> None:
         bp = {b: pick(c, k) for b, c in base["backprop"].items()}
         for name, v in predict(tick, bp, args.batch, micro, args.cores or k).items():
             curves.setdefault(name, []).append(v)
-    single = {name: v[0] for name, v in curves.items()}
 
     m = machine()
     cores = len(os.sched_getaffinity(0))
@@ -155,6 +156,9 @@ def main() -> None:
              "| K | " + " | ".join(curves) + " |", "|---" * (len(curves) + 1) + "|"]
     for j, k in enumerate(ks):
         lines.append(f"| {k} | " + " | ".join(f"{v[j]:.0f}" for v in curves.values()) + " |")
+    one, piped = curves["DNI, all modules on one device"], curves["DNI pipeline (unlocked)"]
+    lines += ["", "Pipeline speed-up over the same network on one device, and as a fraction of K: " +
+              ", ".join(f"K={k}: {p / o:.2f}× ({p / o / k:.2f}·K)" for k, o, p in zip(ks, one, piped)) + "."]
 
     if args.measured and args.measured.exists():
         measured = read_measured(args.measured, args.mode)
@@ -178,10 +182,11 @@ def main() -> None:
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for name, v in curves.items():
-        ax.plot(ks, [x / single[name] for x in v], marker="o", ms=3, label=name)
+        ax.plot(ks, v, marker="o", ms=3, label=name)
     ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
     ax.set_xlabel("modules K (one device each)")
-    ax.set_ylabel("examples/s relative to K=2")
+    ax.set_ylabel("predicted examples/s")
     ax.set_title(f"Predicted throughput, FCN width 256, {args.mode}, batch {args.batch}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
