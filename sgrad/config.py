@@ -232,8 +232,9 @@ def validate(cfg: Any) -> None:
                f"one of {', '.join(sequence_tasks)} for model.name=lstm")
         _check(cfg.trainer.bptt >= 1, "trainer.bptt", cfg.trainer.bptt,
                "an integer >= 1 for model=lstm (the truncation window T)")
-        # The paper conditions SGs on labels only in feed-forward nets; a recurrent boundary has no one label.
-        _check(name(cfg.mode) in ("backprop", "dni"), "mode", name(cfg.mode), "backprop or dni for model=lstm")
+        recurrent_modes = ("backprop", "dni") if name(cfg.dataset.name) == "two_timescale" else ("backprop", "dni", "cdni")
+        _check(name(cfg.mode) in recurrent_modes, "mode", name(cfg.mode), f"one of {', '.join(recurrent_modes)} for "
+               f"dataset.name={name(cfg.dataset.name)}")
         _check(name(cfg.parallel) == "none", "parallel", name(cfg.parallel), "none for model=lstm")
         _check(cfg.model.hidden >= 1, "model.hidden", cfg.model.hidden, "an integer >= 1")
         _check(cfg.dataset.start_length >= 1, "dataset.start_length", cfg.dataset.start_length, "an integer >= 1")

@@ -36,6 +36,15 @@ class RecurrentNet:
     loss: str                     # "bits": sigmoid per output bit; "softmax": one class per step
     discount: float = 1.0         # γ on the bootstrapped part of M's target
     aux_weight: float = 1.0       # DNI + Aux: weight of the core's own SG prediction loss
+    conditioned: bool = False     # cDNI: M also sees the targets of the window that follows the boundary
+
+
+def window_label(net: RecurrentNet, y: jnp.ndarray, mask: jnp.ndarray, vocab: int) -> jnp.ndarray | None:
+    """cDNI's conditioning at a boundary: the masked targets of the window after it, flattened [B, T*O]."""
+    if not net.conditioned:
+        return None
+    target = y if net.loss == "bits" else jax.nn.one_hot(y.astype(jnp.int32), vocab)
+    return (target * mask[..., None]).reshape(y.shape[0], -1)
 
 
 def flat_carry(carry) -> jnp.ndarray:
@@ -67,8 +76,8 @@ def window(net: RecurrentNet, params: PyTree, s0: jnp.ndarray, x, y, mask, reset
     return (loss, aux, flat_carry(carry)), sums
 
 
-def synthetic_gradient(net: RecurrentNet, sg_params: PyTree, s: jnp.ndarray) -> jnp.ndarray:
-    return net.sg_model.apply({"params": sg_params}, jax.lax.stop_gradient(s), None, False)
+def synthetic_gradient(net: RecurrentNet, sg_params: PyTree, s: jnp.ndarray, label=None) -> jnp.ndarray:
+    return net.sg_model.apply({"params": sg_params}, jax.lax.stop_gradient(s), label, False)
 
 
 def dni_window(net: RecurrentNet, core_params: PyTree, predict: Callable, s0: jnp.ndarray, x, y, mask, resets):
@@ -97,11 +106,14 @@ def dni_window(net: RecurrentNet, core_params: PyTree, predict: Callable, s0: jn
     return jax.tree.map(lambda g: g / batch, d_core), target, s_T, sums
 
 
-def window_grads(net: RecurrentNet, params: PyTree, s0: jnp.ndarray, x, y, mask, resets):
+def window_grads(net: RecurrentNet, params: PyTree, s0: jnp.ndarray, x, y, mask, resets, following=None):
     """Truncated BPTT (no SG model) or the DNI window update; (core grads, SG grads, s_T, metric sums).
 
-    `params` = {"core": ..., "sg": ...}. The carry leaves a window with
-    stop_gradient semantics: nothing differentiates across a boundary except through ĝ.
+    `params` = {"core": ..., "sg": ...}. `following` = (y, mask, resets) of the
+    next window: where it starts with a reset the state is zeroed, so nothing
+    after the boundary depends on s_T and ĝ is exactly 0 there; cDNI also
+    conditions ĝ on its targets. The carry leaves a window with stop_gradient
+    semantics: nothing differentiates across a boundary except through ĝ.
     """
     batch = x.shape[0]
     if net.sg_model is None:
@@ -109,9 +121,16 @@ def window_grads(net: RecurrentNet, params: PyTree, s0: jnp.ndarray, x, y, mask,
         (_, aux, s_T), vjp, sums = jax.vjp(fn, params["core"], has_aux=True)
         (d_core,) = vjp((jnp.ones(()), jnp.zeros_like(aux), jnp.zeros_like(s_T)))
         return jax.tree.map(lambda g: g / batch, d_core), (), s_T, sums
-    predict = lambda s: synthetic_gradient(net, params["sg"], s)
+    vocab = net.core.outputs
+    if following is None:
+        next_label, carried = None, jnp.ones((batch, 1))
+    else:
+        next_label = window_label(net, following[0], following[1], vocab)
+        carried = 1.0 - following[2][:, :1]
+    predict = lambda s: carried * synthetic_gradient(net, params["sg"], s, next_label)
     d_core, target, s_T, sums = dni_window(net, params["core"], predict, s0, x, y, mask, resets)
-    pred, sg_vjp = jax.vjp(lambda q: synthetic_gradient(net, q, s0), params["sg"])
+    label = window_label(net, y, mask, vocab)
+    pred, sg_vjp = jax.vjp(lambda q: synthetic_gradient(net, q, s0, label), params["sg"])
     (d_sg,), (sg_loss,) = regression_grads([pred], [sg_vjp], [target])
     sums["sg_loss"] = sg_loss * batch
     return d_core, d_sg, s_T, sums
@@ -125,23 +144,27 @@ class RecurrentState:
     carry: jnp.ndarray  # [B, 2H] the stream's state at the next window boundary
 
 
-def init_recurrent(net: RecurrentNet, key: jax.Array, batch: int, input_dim: int, tx: Optimizers
-                   ) -> RecurrentState:
+def init_recurrent(net: RecurrentNet, key: jax.Array, batch: int, input_dim: int, tx: Optimizers,
+                   window_len: int = 1) -> RecurrentState:
     hidden = net.core.hidden
     s0 = jnp.zeros((batch, 2 * hidden))
     k1, k2 = jax.random.split(key)
     x = jnp.zeros((batch, 1, input_dim))
     core = net.core.init(k1, split_carry(s0), x, jnp.zeros((batch, 1)))["params"]
-    sg = net.sg_model.init(k2, s0, None, False)["params"] if net.sg_model is not None else ()
+    label = jnp.zeros((batch, window_len * net.core.outputs)) if net.conditioned else None
+    sg = net.sg_model.init(k2, s0, label, False)["params"] if net.sg_model is not None else ()
     params = {"core": core, "sg": sg}
     opt = {"core": tx.modules.init(core), "sg": tx.sg.init(sg) if net.sg_model is not None else ()}
     return RecurrentState(jnp.zeros((), jnp.int32), params, opt, s0)
 
 
 def make_recurrent_step(net: RecurrentNet, tx: Optimizers):
-    """step(state, x, y, mask, resets) -> (state, metric sums): one window, both updates at once."""
-    def step(state: RecurrentState, x, y, mask, resets):
-        d_core, d_sg, s_T, sums = window_grads(net, state.params, state.carry, x, y, mask, resets)
+    """step(state, x, y, mask, resets, following) -> (state, metric sums): one window, both updates at once.
+
+    `following` = (y, mask, resets) of the next window (see window_grads).
+    """
+    def step(state: RecurrentState, x, y, mask, resets, following):
+        d_core, d_sg, s_T, sums = window_grads(net, state.params, state.carry, x, y, mask, resets, following)
         updates, core_opt = tx.modules.update(d_core, state.opt_state["core"], state.params["core"])
         params = {"core": optax.apply_updates(state.params["core"], updates), "sg": state.params["sg"]}
         opt = {"core": core_opt, "sg": state.opt_state["sg"]}
@@ -166,7 +189,9 @@ def future_gradient_probe(net: RecurrentNet, params: PyTree, x, y, mask, resets,
                            x[:, first], y[:, first], mask[:, first], resets[:, first])
     future = lambda s: window(net, params["core"], s, x[:, rest], y[:, rest], mask[:, rest], resets[:, rest])[0][0]
     g_true = jax.grad(future)(s1)
-    g_hat = synthetic_gradient(net, params["sg"], s1)
+    g_hat = synthetic_gradient(net, params["sg"], s1,
+                               window_label(net, y[:, window_len:2 * window_len], mask[:, window_len:2 * window_len],
+                                            net.core.outputs))
     a, b = g_hat.reshape(-1), g_true.reshape(-1)
     na, nb = jnp.linalg.norm(a), jnp.linalg.norm(b)
     return {"sg/cosine": jnp.dot(a, b) / jnp.maximum(na * nb, 1e-12), "sg/norm_ratio": na / jnp.maximum(nb, 1e-12)}

@@ -56,7 +56,7 @@ def build_recurrent_net(cfg, output_dim: int, loss: str) -> RecurrentNet:
     core = LSTMCore(cfg.model.hidden, output_dim, aux=dni and cfg.sg.aux)
     # The state's SG model has no batch norm: one boundary per step gives a small, correlated batch.
     sg = DenseSynthetic(cfg.sg.hidden_layers, cfg.sg.width, batch_norm=False) if dni else None
-    return RecurrentNet(core, sg, loss, cfg.sg.discount, cfg.sg.aux_weight)
+    return RecurrentNet(core, sg, loss, cfg.sg.discount, cfg.sg.aux_weight, conditioned=mode == "cdni")
 
 
 def train_recurrent(cfg: Any, workdir: str | Path, text: dict | None = None) -> dict:
@@ -71,16 +71,17 @@ def train_recurrent(cfg: Any, workdir: str | Path, text: dict | None = None) -> 
     net = build_recurrent_net(cfg, task.output_dim, "bits" if copy else "softmax")
     total = t.steps
     tx = build_train_optimizer(cfg, total)
-    state = init_recurrent(net, jax.random.key(cfg.seed), t.batch_size, task.input_dim, tx)
+    state = init_recurrent(net, jax.random.key(cfg.seed), t.batch_size, task.input_dim, tx, t.bptt)
     step_fn = make_recurrent_step(net, tx)
 
     @partial(jax.jit, donate_argnums=0)
     def run_chunk(state: RecurrentState, x, y, mask, resets, n):
+        """Windows 0..n-1 of a chunk generated one window long, so every window sees the one after it."""
         def body(i, carry):
             s, sums = carry
-            s, m = step_fn(s, x[i], y[i], mask[i], resets[i])
+            s, m = step_fn(s, x[i], y[i], mask[i], resets[i], (y[i + 1], mask[i + 1], resets[i + 1]))
             return s, jax.tree.map(jnp.add, sums, m)
-        shapes = jax.eval_shape(step_fn, state, x[0], y[0], mask[0], resets[0])[1]
+        shapes = jax.eval_shape(step_fn, state, x[0], y[0], mask[0], resets[0], (y[1], mask[1], resets[1]))[1]
         zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
         return jax.lax.fori_loop(0, n, body, (state, zeros))
 
@@ -123,7 +124,9 @@ def train_recurrent(cfg: Any, workdir: str | Path, text: dict | None = None) -> 
     with run_record(workdir, fields, [bar, writer, checkpoints]) as summary:
         while step < total:
             n = min(t.log_every, total - step)
-            chunk = task.chunk(step, t.log_every)
+            chunk = task.chunk(step, t.log_every + 1)
+            if copy:
+                chunk.resets[-1, :, 0] = 1.0  # the next chunk starts fresh streams: nothing follows this one
             t0 = time.perf_counter()
             state, sums = run_chunk(state, chunk.x, chunk.y, chunk.mask, chunk.resets, np.int32(n))
             sums = {k: float(v) for k, v in jax.device_get(sums).items()}

@@ -67,6 +67,7 @@ def test_every_recurrent_experiment_composes(exp, tmp_path):
     validate(cfg)
     assert cfg.model.name == "lstm" and cfg.trainer.bptt >= 1
     assert cfg.sg.aux == exp.endswith("_aux") and (cfg.mode == "backprop") == exp.endswith("_backprop")
+    assert (cfg.mode == "cdni") == exp.endswith("_cdni")
     if not exp.startswith("ptb_char"):  # the character corpus is not here; tests/test_recurrent.py writes one
         summary = train_recurrent(_compose(f"+exp={exp}", "model.hidden=16", "trainer.steps=20",
                                            "trainer.log_every=10", "trainer.progress=false"), tmp_path)
