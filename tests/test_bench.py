@@ -15,3 +15,26 @@ def test_bench_measures_the_peer_preset_in_every_mode():
         row = bench.bench_one(cfg, chunk=3, chunks=1)
         assert row["mode"] == mode and row["batch"] == 64 and row["model"] == "fcn3"
         assert row["steps_per_sec"] > 0 and row["flops_per_sec"] > 0
+
+
+def test_device_sweep_measures_every_parallel_mode(tmp_path):
+    from conftest import ROOT, run_on_cpu_devices
+    code = (f"import sys; sys.path.insert(0, {str(ROOT / 'scripts')!r}); import bench; "
+            "rows = bench.device_rows(2, ['backprop', 'cdni'], 4, 32, chunk=2, chunks=1); "
+            "print([(r['mode'], r['parallel'], r['devices'], r['modules']) for r in rows]); "
+            "assert all(r['examples_per_sec'] > 0 for r in rows)")
+    out = run_on_cpu_devices(code, 2).stdout.strip().splitlines()[-1]
+    assert out == str([("backprop", "none", 1, 2), ("backprop", "data", 2, 2), ("cdni", "none", 1, 2),
+                       ("cdni", "data", 2, 2), ("cdni", "pipeline", 2, 2)])
+
+
+def test_pipeline_cost_model_formulas():
+    import simulate_pipeline as sim
+    tick = [3.0, 1.0, 2.0]
+    backprop = {6: [2.0, 1.0, 1.0], 3: [1.5, 0.5, 0.5]}
+    p = sim.predict(tick, backprop, batch=6, micro=[2], cores=3)
+    assert p["DNI pipeline (unlocked)"] == 6 / 3.0            # the slowest stage bounds the pipeline
+    assert p["DNI, all modules on one device"] == 6 / 6.0
+    assert p["backprop (locked, model parallel)"] == 6 / 4.0  # one module busy at a time
+    assert p["GPipe M=2"] == 6 / ((2 + 3 - 1) * 1.5)          # bubble: M + K - 1 micro-steps
+    assert sim.predict(tick, backprop, 6, [], cores=1)["DNI pipeline (unlocked)"] == 6 / 6.0  # one core: serial
