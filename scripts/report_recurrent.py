@@ -26,7 +26,8 @@ from sgrad.metrics import read_jsonl  # noqa: E402
 def variant(summary: dict) -> str:
     if summary["mode"] == "backprop":
         return "backprop (truncated BPTT)"
-    return "DNI + aux" if summary.get("aux") else "DNI"
+    name = "cDNI" if summary["mode"] == "cdni" else "DNI"
+    return name + (" + aux" if summary.get("aux") else "")
 
 
 LINKS = {"backprop": "B's true gradient (A waits for B)", "dni": "DNI", "cut": "DNI cut (sg.scale=0)"}
@@ -94,7 +95,7 @@ def main() -> None:
         return
     copy = "max_length_solved" in runs[0]
     windows = sorted({r["bptt"] for r in runs})
-    order = ["backprop (truncated BPTT)", "DNI", "DNI + aux"]
+    order = ["backprop (truncated BPTT)", "DNI", "DNI + aux", "cDNI", "cDNI + aux"]
     cells: dict[tuple[str, int], list[str]] = defaultdict(list)
     for r in runs:
         if copy:
@@ -126,7 +127,7 @@ def main() -> None:
     import matplotlib.pyplot as plt
     key = "curriculum/length" if copy else "train/bits_per_unit"
     fig, axes = plt.subplots(1, len(windows), figsize=(3.2 * len(windows), 3.0), sharey=True, squeeze=False)
-    colours = dict(zip(order, ("tab:blue", "tab:orange", "tab:green")))
+    colours = dict(zip(order, ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")))
     for ax, t in zip(axes[0], windows):
         for r in runs:
             if r["bptt"] != t:
@@ -139,7 +140,7 @@ def main() -> None:
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("curriculum length N" if copy else "train bits per char")
     handles = {h.get_label(): h for ax in axes[0] for h in ax.get_lines()}
-    fig.legend(handles.values(), handles.keys(), loc="upper center", ncol=3, fontsize=8)
+    fig.legend(handles.values(), handles.keys(), loc="upper center", ncol=len(handles), fontsize=8)
     fig.tight_layout(rect=(0, 0, 1, 0.9))
     fig.savefig(args.out / "curves.png", dpi=110)
     print("\n".join(lines))
