@@ -34,7 +34,7 @@ from sgrad.optim import build_train_optimizer  # noqa: E402
 from sgrad.provenance import git_commit, machine  # noqa: E402
 from sgrad.step import UpdateRule, create_state, make_train_step  # noqa: E402
 from sgrad.chunk import make_chunk_runner, preprocess  # noqa: E402
-from sgrad.parallel import make_runner  # noqa: E402
+from sgrad.parallel import make_runner, slow_loop_convolutions  # noqa: E402
 
 # The SG model of each mode, as in configs/mode/*.yaml (paper settings); dni_linear is DNI with a
 # linear SG model, the case where a decoupled step should cost little more than a backprop step.
@@ -122,7 +122,8 @@ def bench_one(cfg, chunk: int, chunks: int) -> dict:
     cost = jax.jit(train_step).lower(state, x0, ys[:batch]).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     flops = float(cost.get("flops", 0.0)) * chunk if cost else 0.0
-    elapsed = _time(make_chunk_runner(train_step, mean, std), state, xs, ys, jax.device_put(idx), chunks)
+    runner = make_chunk_runner(train_step, mean, std, slow_loop_convolutions(net.modules))
+    elapsed = _time(runner, state, xs, ys, jax.device_put(idx), chunks)
     steps = chunk * chunks
     return {"model": f"{model}{layers}", "mode": label, "batch": batch, "steps_per_sec": steps / elapsed,
             "examples_per_sec": steps * batch / elapsed, "flops_per_sec": flops * chunks / elapsed}

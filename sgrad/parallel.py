@@ -12,6 +12,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from sgrad.chunk import chunk_fn, make_chunk_runner, preprocess
+from sgrad.models.cnn import ConvBlock
 from sgrad.pipeline import build_pipeline, make_pipeline_runner, to_train_state
 from sgrad.step import TrainState, UpdateRule, make_train_step
 
@@ -50,8 +51,14 @@ def make_runner(parallel: str, net, tx, state: TrainState, mode: str, rule: Upda
         return make_data_parallel_runner(chunk_fn(step, mean, std), devices), state, _same
     if parallel != "none":
         raise ValueError(f"parallel={parallel!r}: allowed values are none, data, pipeline")
-    return make_chunk_runner(make_train_step(net, tx, mode, rule), mean, std), state, _same
+    return (make_chunk_runner(make_train_step(net, tx, mode, rule), mean, std, slow_loop_convolutions(net.modules)),
+            state, _same)
 
 
 def _same(state):
     return state
+
+
+def slow_loop_convolutions(modules) -> bool:
+    """Whether convolutions would land in a compiled loop on XLA:CPU (see chunk.make_chunk_runner)."""
+    return jax.default_backend() == "cpu" and any(isinstance(layer, ConvBlock) for m in modules for layer in m.layers)

@@ -97,3 +97,33 @@ def test_real_fashion_mnist_cdni_learns(tmp_path):
                    "trainer.log_every=50", "trainer.eval_batch_size=1000", "optim.lr=1e-3", "sg.optim.lr=1e-3")
     summary = train_and_evaluate(cfg, tmp_path)
     assert summary["test/accuracy"] > 0.75, summary  # chance is 0.1
+
+
+def test_host_loop_runner_matches_the_compiled_loop():
+    # Conv networks on CPU step from the host (XLA:CPU's in-loop convolutions are slow); same results.
+    import jax.numpy as jnp
+    import numpy as np
+
+    from conftest import make_cfg as cfg_of
+    from sgrad.chunk import make_chunk_runner
+    from sgrad.network import build_network, init_variables
+    from sgrad.optim import build_train_optimizer
+    from sgrad.step import create_state, make_train_step
+    cfg = cfg_of("mode=cdni", "model.name=cnn", "model.layers=3", "sg.hidden_layers=0")
+    net = build_network(cfg, (8, 8, 1), 10)
+    rng = np.random.default_rng(0)
+    xs = jnp.asarray(rng.integers(0, 256, (64, 8, 8, 1), dtype=np.uint8))
+    ys = jnp.asarray(rng.integers(0, 10, 64).astype(np.int32))
+    mean, std = jnp.full((1,), 0.5), jnp.full((1,), 0.25)
+    params, stats = init_variables(net, jax.random.key(0), jnp.zeros((16, 8, 8, 1)))
+    tx = build_train_optimizer(cfg, 10)
+    idx = rng.integers(0, 64, (5, 16)).astype(np.int32)
+    step = make_train_step(net, tx, "cdni")
+    fresh = lambda: create_state(jax.tree.map(jnp.copy, params), jax.tree.map(jnp.copy, stats), tx)  # donated
+    out = [make_chunk_runner(step, mean, std, host)(fresh(), xs, ys,
+                                                   idx, np.int32(4)) for host in (False, True)]
+    (s1, m1), (s2, m2) = out
+    assert int(s1.step) == int(s2.step) == 4
+    for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s2.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(m1["loss"], m2["loss"], rtol=1e-5)
