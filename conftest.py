@@ -47,6 +47,14 @@ def prototype_images(n: int, classes: int, side: int, seed: int, noise: float = 
     return np.clip(x, 0, 255).astype(np.uint8), y.astype(np.uint8)
 
 
+def device_data(rng: np.random.Generator, n: int, shape: tuple[int, ...]):
+    """Random uint8 images and labels on the device, with the per-channel mean/std the runners take."""
+    import jax.numpy as jnp
+    xs = jnp.asarray(rng.integers(0, 256, (n, *shape), dtype=np.uint8))
+    ys = jnp.asarray(rng.integers(0, 10, n).astype(np.int32))
+    return xs, ys, jnp.full((1,), 0.5), jnp.full((1,), 0.25)
+
+
 def write_idx_dataset(folder, n_train=1024, n_test=512, classes=10, side=8, gz=True):
     folder.mkdir(parents=True, exist_ok=True)
     ext = ".gz" if gz else ""

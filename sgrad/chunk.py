@@ -15,6 +15,21 @@ def preprocess(x_uint8: jnp.ndarray, mean: jnp.ndarray, std: jnp.ndarray) -> jnp
     return (x_uint8.astype(jnp.float32) / 255.0 - mean) / std
 
 
+def zero_metrics(step, state, *batch):
+    """Zeros shaped like the metrics `step(state, *batch)` returns: the start of a running sum."""
+    shapes = jax.eval_shape(step, state, *batch)[1]
+    return jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype), shapes)
+
+
+def summed_loop(step, state, n, batch_at):
+    """(state, metrics summed over steps 0..n-1) in one fori_loop; step i trains on batch_at(i)."""
+    def body(i, carry):
+        s, sums = carry
+        s, metrics = step(s, *batch_at(i))
+        return s, jax.tree.map(jnp.add, sums, metrics)
+    return jax.lax.fori_loop(0, n, body, (state, zero_metrics(step, state, *batch_at(0))))
+
+
 def chunk_fn(train_step, mean: jnp.ndarray, std: jnp.ndarray):
     """chunk(state, xs, ys, idx_CxB, n) -> (state, mean metrics over the first n steps).
 
@@ -24,15 +39,8 @@ def chunk_fn(train_step, mean: jnp.ndarray, std: jnp.ndarray):
     is spent on padding.
     """
     def chunk(state: TrainState, xs, ys, idx_CxB, n):
-        def step(i, carry):
-            s, sums = carry
-            idx = idx_CxB[i]
-            s, metrics = train_step(s, preprocess(xs[idx], mean, std), ys[idx])
-            return s, jax.tree.map(jnp.add, sums, metrics)
-
-        shapes = jax.eval_shape(train_step, state, preprocess(xs[idx_CxB[0]], mean, std), ys[idx_CxB[0]])[1]
-        zeros = jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype), shapes)
-        state, sums = jax.lax.fori_loop(0, n, step, (state, zeros))
+        batch_at = lambda i: (preprocess(xs[idx_CxB[i]], mean, std), ys[idx_CxB[i]])
+        state, sums = summed_loop(train_step, state, n, batch_at)
         return state, jax.tree.map(lambda m: m / jnp.maximum(n, 1).astype(m.dtype), sums)
 
     return chunk
@@ -56,12 +64,10 @@ def make_chunk_runner(train_step, mean: jnp.ndarray, std: jnp.ndarray, host_loop
 
     def run(state: TrainState, xs, ys, idx_CxB, n):
         n = int(n)
-        shapes = jax.eval_shape(train_step, state, preprocess(xs[idx_CxB[0]], mean, std), ys[idx_CxB[0]])[1]
-        sums = jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype), shapes)
         idx_CxB = jnp.asarray(idx_CxB)
+        sums = zero_metrics(train_step, state, preprocess(xs[idx_CxB[0]], mean, std), ys[idx_CxB[0]])
         for i in range(n):
             state, sums = one(state, sums, xs, ys, idx_CxB[i])
         return state, jax.tree.map(lambda m: m / max(n, 1), sums)
 
     return run
-

@@ -242,9 +242,9 @@ def validate(cfg: Any) -> None:
         _check(0.0 <= cfg.sg.discount <= 1.0, "sg.discount", cfg.sg.discount, "in [0, 1]")
     else:
         _check(cfg.trainer.bptt == 0, "trainer.bptt", cfg.trainer.bptt, "0 unless model.name=lstm")
-    if str(getattr(cfg.parallel, "value", cfg.parallel)) == "pipeline":
+    if name(cfg.parallel) == "pipeline":
         # Each device updates from its own SG at once; anything that waits for the true gradient would lock it.
-        mode = str(getattr(cfg.mode, "value", cfg.mode))
+        mode = name(cfg.mode)
         _check(mode != "backprop", "mode", mode, "dni, cdni, dni_full or cdni_full with parallel=pipeline (backprop is "
                "update-locked; use parallel=data)")
         _check(cfg.trainer.update_prob == 1.0, "trainer.update_prob", cfg.trainer.update_prob,

@@ -60,7 +60,6 @@ class Pipeline:
     tx: Optimizers
     sg_scale: float
     batch: int
-    input_shape: tuple[int, ...]
     out_shapes: tuple[tuple[int, ...], ...]   # module i's activation, without the batch axis
     sizes: tuple[int, ...]                    # flat state length of each stage
     unravel: tuple[Callable, ...]
@@ -113,7 +112,7 @@ def build_pipeline(net: dni.Network, tx: Optimizers, state: TrainState, input_sh
         h = jax.eval_shape(lambda p, h, f=f, s=s: dni.apply_module(f, p, s, h, False)[0], p, h)
         out_shapes.append(tuple(h.shape[1:]))
     width = max(int(np.prod(s)) for s in out_shapes[:-1])
-    pipe = Pipeline(net, tx, sg_scale, batch, tuple(input_shape), tuple(out_shapes),
+    pipe = Pipeline(net, tx, sg_scale, batch, tuple(out_shapes),
                     tuple(int(f.size) for f in flats), tuple(unravels), width)
     stage = jnp.stack([jnp.pad(f, (0, max(pipe.sizes) - f.size)) for f in flats])
     msg = jnp.zeros((k, batch, width + 2), jnp.float32)

@@ -19,6 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from sgrad.checkpoint import Checkpoints
+from sgrad.chunk import summed_loop
 from sgrad.config import validate
 from sgrad.data.text import TextStream, load_char_corpus
 from sgrad.metrics import MetricWriter, rewind
@@ -77,13 +78,8 @@ def train_recurrent(cfg: Any, workdir: str | Path, text: dict | None = None) -> 
     @partial(jax.jit, donate_argnums=0)
     def run_chunk(state: RecurrentState, x, y, mask, resets, n):
         """Windows 0..n-1 of a chunk generated one window long, so every window sees the one after it."""
-        def body(i, carry):
-            s, sums = carry
-            s, m = step_fn(s, x[i], y[i], mask[i], resets[i], (y[i + 1], mask[i + 1], resets[i + 1]))
-            return s, jax.tree.map(jnp.add, sums, m)
-        shapes = jax.eval_shape(step_fn, state, x[0], y[0], mask[0], resets[0], (y[1], mask[1], resets[1]))[1]
-        zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
-        return jax.lax.fori_loop(0, n, body, (state, zeros))
+        return summed_loop(step_fn, state, n,
+                           lambda i: (x[i], y[i], mask[i], resets[i], (y[i + 1], mask[i + 1], resets[i + 1])))
 
     @jax.jit
     def probe(params, x, y, mask, resets):
@@ -189,13 +185,7 @@ def train_two_timescale(cfg: Any, workdir: str | Path) -> dict:
 
     @partial(jax.jit, donate_argnums=0)
     def run_chunk(state, x, y_a, y_b, n):
-        def body(i, carry):
-            s, sums = carry
-            s, m = step_fn(s, x[i], y_a[i], y_b[i])
-            return s, jax.tree.map(jnp.add, sums, m)
-        shapes = jax.eval_shape(step_fn, state, x[0], y_a[0], y_b[0])[1]
-        zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
-        return jax.lax.fori_loop(0, n, body, (state, zeros))
+        return summed_loop(step_fn, state, n, lambda i: (x[i], y_a[i], y_b[i]))
 
     rewind(workdir, 0)
     writer = MetricWriter(workdir, cfg.log.tensorboard)

@@ -25,7 +25,7 @@ from flax import struct
 from sgrad.dni import regression_grads
 from sgrad.models.lstm import LSTMCore
 from sgrad.optim import Optimizers
-from sgrad.recurrent import split_carry
+from sgrad.recurrent import flat_carry, split_carry
 
 PyTree = Any
 
@@ -78,7 +78,7 @@ def two_clock_grads(net: TwoClockNet, params: PyTree, carry_a, carry_b, x, y_a, 
     def run_a(pa, s):
         c, out, _ = net.a.apply({"params": pa}, split_carry(s), x, no_reset)
         loss = optax.sigmoid_binary_cross_entropy(out, y_a).sum()
-        return (loss, jnp.concatenate(c, -1)), ((out > 0) == (y_a > 0.5)).mean()
+        return (loss, flat_carry(c)), ((out > 0) == (y_a > 0.5)).mean()
 
     (loss_a, s_a), vjp_a, acc_a = jax.vjp(run_a, params["a"], carry_a, has_aux=True)
     h_a = s_a[:, net.a.hidden:]
@@ -87,7 +87,7 @@ def two_clock_grads(net: TwoClockNet, params: PyTree, carry_a, carry_b, x, y_a, 
         c, logits, _ = net.b.apply({"params": pb}, split_carry(carry_b), h[:, None, :], jnp.zeros((batch, 1)))
         logits = logits[:, 0]
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, y_b).sum()
-        return loss, (jnp.concatenate(c, -1), jnp.mean(jnp.argmax(logits, -1) == y_b))
+        return loss, (flat_carry(c), jnp.mean(jnp.argmax(logits, -1) == y_b))
 
     (loss_b, (s_b, acc_b)), (d_b, g_h) = jax.value_and_grad(run_b, argnums=(0, 1), has_aux=True)(
         params["b"], jax.lax.stop_gradient(h_a))

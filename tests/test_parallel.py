@@ -11,7 +11,7 @@ SCRIPT = textwrap.dedent("""
     import sys
     sys.path.insert(0, {root!r})
     import jax, jax.numpy as jnp, numpy as np
-    from conftest import make_cfg
+    from conftest import device_data, make_cfg
     from sgrad.network import build_network, init_variables
     from sgrad.optim import build_train_optimizer
     from sgrad.parallel import DATA_AXIS, make_data_parallel_runner
@@ -25,9 +25,7 @@ SCRIPT = textwrap.dedent("""
                        "sg.hidden_layers=1", "sg.batch_norm=false", "sg.width=32")
         net = build_network(cfg, (6, 6, 1), 10)
         rng = np.random.default_rng(0)
-        xs = jnp.asarray(rng.integers(0, 256, (256, 6, 6, 1), dtype=np.uint8))
-        ys = jnp.asarray(rng.integers(0, 10, 256).astype(np.int32))
-        mean, std = jnp.full((1,), 0.5), jnp.full((1,), 0.25)
+        xs, ys, mean, std = device_data(rng, 256, (6, 6, 1))
         params, stats = init_variables(net, jax.random.key(1), jnp.zeros((32, 6, 6, 1)))
         first = np.asarray(jax.tree.leaves(params["modules"])[0])
         fresh = lambda: create_state(jax.tree.map(jnp.copy, params), stats, tx)  # the runners donate the state

@@ -14,7 +14,7 @@ SCRIPT = textwrap.dedent("""
     import sys
     sys.path.insert(0, {root!r})
     import jax, jax.numpy as jnp, numpy as np
-    from conftest import make_cfg
+    from conftest import device_data, make_cfg
     from sgrad.network import build_network, init_variables
     from sgrad.optim import build_train_optimizer
     from sgrad.pipeline import build_pipeline, make_pipeline_runner, run_sequential, to_train_state
@@ -29,9 +29,7 @@ SCRIPT = textwrap.dedent("""
     def setup(*overrides, shape=(6, 6, 1)):
         cfg = make_cfg(f"model.layers={{K}}", "model.width=16", "sg.hidden_layers=1", "sg.width=32", *overrides)
         net = build_network(cfg, shape, 10)
-        xs = jnp.asarray(rng.integers(0, 256, (128, *shape), dtype=np.uint8))
-        ys = jnp.asarray(rng.integers(0, 10, 128).astype(np.int32))
-        mean, std = jnp.full((1,), 0.5), jnp.full((1,), 0.25)
+        xs, ys, mean, std = device_data(rng, 128, shape)
         params, stats = init_variables(net, jax.random.key(1), jnp.zeros((B, *shape)))
         tx = build_train_optimizer(cfg, 100)
         # The runners donate the state: every run starts from its own copy.

@@ -5,11 +5,17 @@ import logging
 import os
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
-from conftest import FASHION_DIR, make_cfg
+from conftest import FASHION_DIR, device_data, make_cfg
+from sgrad.chunk import make_chunk_runner
 from sgrad.metrics import read_jsonl
+from sgrad.network import build_network, init_variables
+from sgrad.optim import build_train_optimizer
 from sgrad.run_record import DivergenceError
+from sgrad.step import create_state, make_train_step
 from sgrad.train import train_and_evaluate
 
 
@@ -101,20 +107,10 @@ def test_real_fashion_mnist_cdni_learns(tmp_path):
 
 def test_host_loop_runner_matches_the_compiled_loop():
     # Conv networks on CPU step from the host (XLA:CPU's in-loop convolutions are slow); same results.
-    import jax.numpy as jnp
-    import numpy as np
-
-    from conftest import make_cfg as cfg_of
-    from sgrad.chunk import make_chunk_runner
-    from sgrad.network import build_network, init_variables
-    from sgrad.optim import build_train_optimizer
-    from sgrad.step import create_state, make_train_step
-    cfg = cfg_of("mode=cdni", "model.name=cnn", "model.layers=3", "sg.hidden_layers=0")
+    cfg = make_cfg("mode=cdni", "model.name=cnn", "model.layers=3", "sg.hidden_layers=0")
     net = build_network(cfg, (8, 8, 1), 10)
     rng = np.random.default_rng(0)
-    xs = jnp.asarray(rng.integers(0, 256, (64, 8, 8, 1), dtype=np.uint8))
-    ys = jnp.asarray(rng.integers(0, 10, 64).astype(np.int32))
-    mean, std = jnp.full((1,), 0.5), jnp.full((1,), 0.25)
+    xs, ys, mean, std = device_data(rng, 64, (8, 8, 1))
     params, stats = init_variables(net, jax.random.key(0), jnp.zeros((16, 8, 8, 1)))
     tx = build_train_optimizer(cfg, 10)
     idx = rng.integers(0, 64, (5, 16)).astype(np.int32)
