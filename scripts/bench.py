@@ -2,9 +2,13 @@
 
     python scripts/bench.py [--models fcn3,fcn4,fcn6,cnn4] [--batch 64,256] [--out results/bench/single_device.md]
     python scripts/bench.py --devices 1,2,4 [--out results/bench/devices.md]
+    python scripts/bench.py --processes 2 [--out results/bench/processes.md]
 
 `--devices` runs one process per device count N with N CPU devices and measures
 parallel=none (one of those devices), data and pipeline on the same network.
+`--processes K` gives every device a core of its own: K processes, each pinned to
+one core (taskset) with one CPU device, joined by jax.distributed over localhost
+with gloo collectives; the baseline is one such process running parallel=none.
 
 Times the same compiled chunk of steps that `sgrad-train` runs (data on the
 device, batches gathered inside jit), after a warm-up chunk, and reads the FLOPs
@@ -140,21 +144,90 @@ def bench_parallel(cfg, parallel: str, devices: int, chunk: int, chunks: int) ->
             "examples_per_sec": chunk * chunks * cfg.trainer.batch_size / elapsed}
 
 
-def device_rows(n: int, modes: list[str], layers: int, batch: int, chunk: int, chunks: int) -> list[dict]:
-    """In a process with n devices: none (one device), data and pipeline (n devices), same modules for all."""
-    rows = []
+def _plans(n: int, layers: int, with_none: bool = True) -> tuple[int, list[tuple[str, int]]]:
+    """Layers per module (n modules for n devices) and the (parallel, devices) rows to measure."""
     every = max(layers // n, 1) if n > 1 else 1
+    plans = ([("none", 1)] if with_none else []) + ([("data", n)] if n > 1 else [])
+    if n > 1 and -(-layers // every) == n:
+        plans.append(("pipeline", n))
+    return every, plans
+
+
+def device_rows(n: int, modes: list[str], layers: int, batch: int, chunk: int, chunks: int,
+                with_none: bool = True) -> list[dict]:
+    """In a process that sees n devices: none (one device), data and pipeline (n devices), same modules."""
+    rows = []
+    every, plans = _plans(n, layers, with_none)
     for mode in modes:
         cfg = paper_cfg("fcn", layers, mode, batch)
         cfg.model.dni_every = every
-        plans = [("none", 1)] + ([("data", n)] if n > 1 else [])
-        if mode != "backprop" and n > 1 and -(-layers // every) == n:
-            plans.append(("pipeline", n))
         for parallel, d in plans:
+            if parallel == "pipeline" and mode == "backprop":
+                continue
             r = bench_parallel(cfg, parallel, d, chunk, chunks)
             rows.append({**r, "process_devices": n})
-            print(json.dumps(rows[-1]), flush=True)
+            if jax.process_index() == 0:
+                print(json.dumps(rows[-1]), flush=True)
     return rows
+
+
+def process_worker(args) -> None:
+    """One of `--processes` pinned processes: a single CPU device each, collectives over gloo."""
+    k, modes = args.processes, args.modes.split(",")
+    if k == 1:  # the baseline: the K-module network on one core
+        every, _ = _plans(args.group, args.layers)
+        for mode in modes:
+            cfg = paper_cfg("fcn", args.layers, mode, int(args.batch))
+            cfg.model.dni_every = every
+            r = bench_parallel(cfg, "none", 1, args.chunk, args.chunks)
+            print(json.dumps({**r, "process_devices": args.group}), flush=True)
+        return
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(f"localhost:{args.port}", num_processes=k, process_id=args.process_worker)
+    device_rows(k, modes, args.layers, int(args.batch), args.chunk, args.chunks, with_none=False)
+
+
+def processes_main(args) -> None:
+    """One process per core, pinned; then the same table as --devices with those rows."""
+    k, cores = args.processes, sorted(os.sched_getaffinity(0))
+    if k > len(cores):
+        sys.exit(f"--processes {k}: only {len(cores)} cores to pin to (one process per core)")
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env.pop("XLA_FLAGS", None)
+    common = ["--modes", args.modes, "--layers", str(args.layers), "--batch", args.batch,
+              "--chunk", str(args.chunk), "--chunks", str(args.chunks), "--group", str(k)]
+    rows = []
+    for n in (1, k):
+        port = str(20000 + os.getpid() % 20000)
+        procs = [subprocess.Popen(["taskset", "-c", str(cores[i]), sys.executable, __file__, "--process-worker",
+                                   str(i), "--processes", str(n), "--port", port, *common],
+                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for i in range(n)]
+        outs = [p.communicate() for p in procs]
+        for p, (_, err) in zip(procs, outs):
+            if p.returncode:
+                sys.exit(f"{n}-process worker failed:\n{err[-3000:]}")
+        rows += [json.loads(line) for line in outs[0][0].splitlines() if line.startswith("{")]
+        print(outs[0][0], end="", flush=True)
+    m = machine()
+    lines = ["# Throughput across processes, one core each (parallel = none / data / pipeline)", "",
+             f"Machine: {m['cpu']} ({m['cpu_count']} CPUs), platform {m['platform']}, jax {m['jax']}. "
+             f"Every device is its own process pinned to one core (`taskset`), joined by "
+             "`jax.distributed.initialize` over localhost with gloo CPU collectives, so devices do not share "
+             "cores; `none` is one such process with the same network.", f"Commit: {git_commit()}.",
+             f"Command: `python scripts/bench.py {' '.join(sys.argv[1:])}`.",
+             "", f"FCN, {args.layers} layers of width 256 with batch norm, batch {args.batch}, Adam; DNI SG = "
+             f"2×1024 hidden layers, cDNI SG = linear on [h, one-hot y]; layers grouped into {k} modules "
+             "(`model.dni_every`). Pipeline examples/s count minibatches fed per tick. Mean over "
+             f"{args.chunks} chunks of {args.chunk} steps after a warm-up chunk.",
+             "", "| mode | devices | modules | parallel | examples/s | × one device |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        base = next(b["examples_per_sec"] for b in rows if b["parallel"] == "none" and b["mode"] == r["mode"])
+        lines.append(f"| {r['mode']} | {r['devices']} | {r['modules']} | {r['parallel']} | "
+                     f"{r['examples_per_sec']:.0f} | {r['examples_per_sec'] / base:.2f} |")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.out}")
 
 
 def devices_main(args) -> None:
@@ -207,11 +280,23 @@ def main() -> None:
                     "(devices.md with --devices)")
     ap.add_argument("--devices", help="comma list of device counts: measure parallel=none/data/pipeline")
     ap.add_argument("--layers", type=int, default=4, help="FCN depth for --devices")
+    ap.add_argument("--processes", type=int, help="K pinned single-device processes (jax.distributed, gloo)")
     ap.add_argument("--device-worker", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--process-worker", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--group", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.device_worker:
         device_rows(args.device_worker, args.modes.split(","), args.layers, int(args.batch), args.chunk,
                     args.chunks)
+        return
+    if args.process_worker is not None:
+        process_worker(args)
+        return
+    if args.processes:
+        args.batch = args.batch.split(",")[-1]
+        args.out = args.out or Path("results/bench/processes.md")
+        processes_main(args)
         return
     if args.devices:
         args.batch = args.batch.split(",")[-1]  # one batch size: the largest of the default list

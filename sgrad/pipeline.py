@@ -23,6 +23,7 @@ from functools import partial
 from typing import Callable, Sequence
 
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
@@ -302,10 +303,13 @@ def make_pipeline_runner(pipe: Pipeline, preprocess: Callable, devices: Sequence
 
 
 def to_train_state(pipe: Pipeline, state: PipelineState) -> TrainState:
-    """The pipeline's parameters as an ordinary TrainState on the default device (for eval, probes, export)."""
-    rows = np.asarray(jax.device_get(state.stage_KxS))
+    """The pipeline's parameters as an ordinary TrainState on the default device (for eval, probes, export).
+
+    With several processes (jax.distributed) every process must call it: the stages live on other hosts.
+    """
+    rows = multihost_utils.process_allgather(state.stage_KxS, tiled=True)
     trees = [pipe.unravel[i](jnp.asarray(rows[i, :pipe.sizes[i]])) for i in range(pipe.k)]
-    return _gather(trees, jnp.asarray(jax.device_get(state.step)))
+    return _gather(trees, jnp.asarray(multihost_utils.process_allgather(state.step, tiled=True)))
 
 
 def run_sequential(pipe: Pipeline, state: TrainState, xs, ys, idx_TxB, preprocess: Callable,
