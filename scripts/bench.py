@@ -133,6 +133,11 @@ def bench_one(cfg, chunk: int, chunks: int) -> dict:
             "examples_per_sec": steps * batch / elapsed, "flops_per_sec": flops * chunks / elapsed}
 
 
+def peak_steps(row: dict, peak: float) -> float:
+    """Steps/s if every FLOP of the step ran at `peak` FLOP/s: the roofline for this step on this machine."""
+    return peak / (row["flops_per_sec"] / row["steps_per_sec"])
+
+
 def bench_parallel(cfg, parallel: str, devices: int, chunk: int, chunks: int) -> dict:
     """Examples/s of `sgrad-train parallel=...` on the first `devices` devices (ticks count as steps)."""
     cfg = OmegaConf.merge(cfg, {"trainer": {"log_every": chunk}})
@@ -334,12 +339,14 @@ def main() -> None:
              "", "Paper settings: FCN width 256 with batch norm; DNI SG = 2×1024 hidden layers; cDNI SG = linear "
              "on [h, one-hot y]; Adam. Each figure is the mean over "
              f"{args.chunks} chunks of {args.chunk} steps after a warm-up chunk; FLOPs from XLA's cost analysis.",
-             "", "| model | batch | mode | steps/s | examples/s | GFLOP/s | % of matmul peak |",
-             "|---|---|---|---|---|---|---|"]
+             "The last column is the bound this machine puts on a step: steps/s if every FLOP of the step ran "
+             "at the measured matmul peak.",
+             "", "| model | batch | mode | steps/s | examples/s | GFLOP/s | % of matmul peak | steps/s at the peak |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['batch']} | {r['mode']} | {r['steps_per_sec']:.1f} | "
                      f"{r['examples_per_sec']:.0f} | {r['flops_per_sec'] / 1e9:.1f} | "
-                     f"{100 * r['flops_per_sec'] / peak:.0f}% |")
+                     f"{100 * r['flops_per_sec'] / peak:.0f}% | {peak_steps(r, peak):.0f} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}")
