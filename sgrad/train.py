@@ -178,6 +178,9 @@ def train_and_evaluate(cfg: Any, workdir: str | Path, dataset: Dataset | None = 
              order.steps_per_epoch, len(net.modules), workdir)
     bar = tqdm(total=total, initial=step, desc=f"{mode}", unit="step", disable=not tcfg.progress,
                dynamic_ncols=True)
+    # A compiled chunk's metrics are pulled after the next chunk is dispatched; a synchronous (host-stepped)
+    # chunk has finished when run_chunk returns, so its metrics are pulled at once.
+    synchronous = getattr(run_chunk, "synchronous", False)
     t_mark, step_mark = time.perf_counter(), step
     pending = None
     signals = _SignalFlag()
@@ -224,7 +227,7 @@ def train_and_evaluate(cfg: Any, workdir: str | Path, dataset: Dataset | None = 
                 bar.update(stop - step)
                 pending, step = (stop, means), stop
                 saving = due(cfg.checkpoint.every, step) or step == total or signals.received
-                if due(eval_every, step) or due(probe_every, step) or step == total or saving:
+                if synchronous or due(eval_every, step) or due(probe_every, step) or step == total or saving:
                     last_train = drain(pending)
                     pending = None
                 if due(probe_every, step) or (probe_every and step == total):
@@ -244,6 +247,9 @@ def train_and_evaluate(cfg: Any, workdir: str | Path, dataset: Dataset | None = 
                 if saving:
                     writer.flush()
                     checkpoints.save(step, state)
+                if pending is None:
+                    # Everything dispatched has finished: eval, probe and checkpoint time stay out of steps/s.
+                    t_mark, step_mark = time.perf_counter(), step
                 if signals.received:
                     raise Preempted(signals.received, step)
     return summary
