@@ -336,8 +336,9 @@ def main() -> None:
              f"Commit: {git_commit()}.",
              f"Command: `python scripts/bench.py {' '.join(sys.argv[1:])}`".rstrip() + ".",
              f"Measured float32 matmul peak (2048² chain, same run): {peak / 1e9:.1f} GFLOP/s.",
-             "", "Paper settings: FCN width 256 with batch norm; DNI SG = 2×1024 hidden layers; cDNI SG = linear "
-             "on [h, one-hot y]; Adam. Each figure is the mean over "
+             "", (f"The preset `+exp={args.exp}` in each mode, composed by Hydra as `sgrad-train` composes it."
+                  if args.exp else "Paper settings: FCN width 256 with batch norm; DNI SG = 2×1024 hidden layers; "
+                  "cDNI SG = linear on [h, one-hot y]; Adam.") + " Each figure is the mean over "
              f"{args.chunks} chunks of {args.chunk} steps after a warm-up chunk; FLOPs from XLA's cost analysis.",
              "The last column is the bound this machine puts on a step: steps/s if every FLOP of the step ran "
              "at the measured matmul peak.",
