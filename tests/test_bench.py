@@ -44,16 +44,3 @@ def test_peak_steps_is_the_peak_over_the_flops_of_one_step():
     row = {"steps_per_sec": 100.0, "flops_per_sec": 2e9}  # 2e7 FLOPs per step
     assert bench.peak_steps(row, peak=1e10) == 500.0
 
-
-def test_process_sweep_pins_one_single_device_process_per_core(tmp_path):
-    import subprocess
-
-    from conftest import ROOT
-    out = tmp_path / "processes.md"
-    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--processes", "2", "--modes", "cdni",
-                          "--layers", "2", "--batch", "32", "--chunk", "2", "--chunks", "1", "--out", str(out)],
-                         capture_output=True, text=True, timeout=600, cwd=ROOT)
-    assert res.returncode == 0, res.stderr[-3000:]
-    rows = [line.split("|")[1:5] for line in out.read_text().splitlines() if line.startswith("| cdni")]
-    assert [[c.strip() for c in r] for r in rows] == [["cdni", "1", "2", "none"], ["cdni", "2", "2", "data"],
-                                                     ["cdni", "2", "2", "pipeline"]]
