@@ -149,25 +149,19 @@ def bench_parallel(cfg, parallel: str, devices: int, chunk: int, chunks: int) ->
             "examples_per_sec": chunk * chunks * cfg.trainer.batch_size / elapsed}
 
 
-def _plans(n: int, layers: int, with_none: bool = True) -> tuple[int, list[tuple[str, int]]]:
-    """Layers per module (n modules for n devices) and the (parallel, devices) rows to measure."""
-    every = max(layers // n, 1) if n > 1 else 1
-    plans = ([("none", 1)] if with_none else []) + ([("data", n)] if n > 1 else [])
-    if n > 1 and -(-layers // every) == n:
-        plans.append(("pipeline", n))
-    return every, plans
-
-
 def device_rows(n: int, modes: list[str], layers: int, batch: int, chunk: int, chunks: int,
-                with_none: bool = True) -> list[dict]:
-    """In a process that sees n devices: none (one device), data and pipeline (n devices), same modules."""
+                kinds: tuple[str, ...] = ("none", "data", "pipeline")) -> list[dict]:
+    """The network split into n modules: `none` on one device, `data` and `pipeline` on n (those of `kinds`)."""
     rows = []
-    every, plans = _plans(n, layers, with_none)
+    every = max(layers // n, 1) if n > 1 else 1
     for mode in modes:
         cfg = paper_cfg("fcn", layers, mode, batch)
         cfg.model.dni_every = every
+        plans = [("none", 1)] + ([("data", n)] if n > 1 else [])
+        if mode != "backprop" and n > 1 and -(-layers // every) == n:
+            plans.append(("pipeline", n))
         for parallel, d in plans:
-            if parallel == "pipeline" and mode == "backprop":
+            if parallel not in kinds:
                 continue
             r = bench_parallel(cfg, parallel, d, chunk, chunks)
             rows.append({**r, "process_devices": n})
@@ -179,17 +173,33 @@ def device_rows(n: int, modes: list[str], layers: int, batch: int, chunk: int, c
 def process_worker(args) -> None:
     """One of `--processes` pinned processes: a single CPU device each, collectives over gloo."""
     k, modes = args.processes, args.modes.split(",")
-    if k == 1:  # the baseline: the K-module network on one core
-        every, _ = _plans(args.group, args.layers)
-        for mode in modes:
-            cfg = paper_cfg("fcn", args.layers, mode, int(args.batch))
-            cfg.model.dni_every = every
-            r = bench_parallel(cfg, "none", 1, args.chunk, args.chunks)
-            print(json.dumps({**r, "process_devices": args.group}), flush=True)
+    rest = (args.layers, int(args.batch), args.chunk, args.chunks)
+    if k == 1:  # the baseline: the same K-module network on one core
+        device_rows(args.group, modes, *rest, kinds=("none",))
         return
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(f"localhost:{args.port}", num_processes=k, process_id=args.process_worker)
-    device_rows(k, modes, args.layers, int(args.batch), args.chunk, args.chunks, with_none=False)
+    device_rows(k, modes, *rest, kinds=("data", "pipeline"))
+
+
+def _write_device_table(args, title: str, how: str, grouping: str, rows: list[dict]) -> None:
+    """The --devices / --processes markdown: each row's examples/s and its ratio to `none` on the same split."""
+    m = machine()
+    lines = [f"# {title}", "",
+             f"Machine: {m['cpu']} ({m['cpu_count']} CPUs), platform {m['platform']}, jax {m['jax']}; {how}",
+             f"Commit: {git_commit()}.", f"Command: `python scripts/bench.py {' '.join(sys.argv[1:])}`.",
+             "", f"FCN, {args.layers} layers of width 256 with batch norm, batch {args.batch}, Adam; DNI SG = "
+             f"2×1024 hidden layers, cDNI SG = linear on [h, one-hot y]. {grouping} Pipeline examples/s count "
+             f"minibatches fed per tick. Mean over {args.chunks} chunks of {args.chunk} steps after a warm-up chunk.",
+             "", "| mode | devices | modules | parallel | examples/s | × one device |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        base = next(b["examples_per_sec"] for b in rows if b["parallel"] == "none" and b["mode"] == r["mode"]
+                    and b["process_devices"] == r["process_devices"])
+        lines.append(f"| {r['mode']} | {r['devices']} | {r['modules']} | {r['parallel']} | "
+                     f"{r['examples_per_sec']:.0f} | {r['examples_per_sec'] / base:.2f} |")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.out}")
 
 
 def processes_main(args) -> None:
@@ -214,25 +224,12 @@ def processes_main(args) -> None:
                 sys.exit(f"{n}-process worker failed:\n{err[-3000:]}")
         rows += [json.loads(line) for line in outs[0][0].splitlines() if line.startswith("{")]
         print(outs[0][0], end="", flush=True)
-    m = machine()
-    lines = ["# Throughput across processes, one core each (parallel = none / data / pipeline)", "",
-             f"Machine: {m['cpu']} ({m['cpu_count']} CPUs), platform {m['platform']}, jax {m['jax']}. "
-             f"Every device is its own process pinned to one core (`taskset`), joined by "
-             "`jax.distributed.initialize` over localhost with gloo CPU collectives, so devices do not share "
-             "cores; `none` is one such process with the same network.", f"Commit: {git_commit()}.",
-             f"Command: `python scripts/bench.py {' '.join(sys.argv[1:])}`.",
-             "", f"FCN, {args.layers} layers of width 256 with batch norm, batch {args.batch}, Adam; DNI SG = "
-             f"2×1024 hidden layers, cDNI SG = linear on [h, one-hot y]; layers grouped into {k} modules "
-             "(`model.dni_every`). Pipeline examples/s count minibatches fed per tick. Mean over "
-             f"{args.chunks} chunks of {args.chunk} steps after a warm-up chunk.",
-             "", "| mode | devices | modules | parallel | examples/s | × one device |", "|---|---|---|---|---|---|"]
-    for r in rows:
-        base = next(b["examples_per_sec"] for b in rows if b["parallel"] == "none" and b["mode"] == r["mode"])
-        lines.append(f"| {r['mode']} | {r['devices']} | {r['modules']} | {r['parallel']} | "
-                     f"{r['examples_per_sec']:.0f} | {r['examples_per_sec'] / base:.2f} |")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
-    print(f"wrote {args.out}")
+    _write_device_table(
+        args, "Throughput across processes, one core each (parallel = none / data / pipeline)",
+        "every device is its own process pinned to one core (`taskset`), joined by `jax.distributed.initialize` "
+        "over localhost with gloo CPU collectives, so devices do not share cores; `none` is one such process "
+        "with the same network.",
+        f"The layers are grouped into {k} modules (`model.dni_every`).", rows)
 
 
 def devices_main(args) -> None:
@@ -249,28 +246,14 @@ def devices_main(args) -> None:
         out = res.stdout
         rows += [json.loads(line) for line in out.splitlines() if line.startswith("{")]
         print(out, end="", flush=True)
-    m = machine()
-    lines = ["# Throughput across devices (parallel = none / data / pipeline)", "",
-             f"Machine: {m['cpu']} ({m['cpu_count']} CPUs), platform {m['platform']}, jax {m['jax']}; "
-             "N CPU devices from `XLA_FLAGS=--xla_force_host_platform_device_count=N`. XLA:CPU runs every "
-             "device's kernels on one shared intra-op thread pool sized to the machine (the old "
-             "`--xla_cpu_multi_thread_eigen=false` no longer limits it), so one device already uses all cores "
-             "and N devices share them.", f"Commit: {git_commit()}.",
-             f"Command: `python scripts/bench.py {' '.join(sys.argv[1:])}`.",
-             "", f"FCN, {args.layers} layers of width 256 with batch norm, batch {args.batch}, Adam; DNI SG = "
-             "2×1024 hidden layers, cDNI SG = linear on [h, one-hot y]. With N devices the layers are grouped into "
-             "N modules (`model.dni_every`), and `none` runs that same network on one of the devices. Pipeline "
-             "examples/s count minibatches fed per tick. Mean over "
-             f"{args.chunks} chunks of {args.chunk} steps after a warm-up chunk.",
-             "", "| mode | devices | modules | parallel | examples/s | × one device |", "|---|---|---|---|---|---|"]
-    for r in rows:
-        base = next(b["examples_per_sec"] for b in rows if b["parallel"] == "none" and b["mode"] == r["mode"]
-                    and b["process_devices"] == r["process_devices"])
-        lines.append(f"| {r['mode']} | {r['devices']} | {r['modules']} | {r['parallel']} | "
-                     f"{r['examples_per_sec']:.0f} | {r['examples_per_sec'] / base:.2f} |")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
-    print(f"wrote {args.out}")
+    _write_device_table(
+        args, "Throughput across devices (parallel = none / data / pipeline)",
+        "N CPU devices from `XLA_FLAGS=--xla_force_host_platform_device_count=N`. XLA:CPU runs every device's "
+        "kernels on one shared intra-op thread pool sized to the machine (the old "
+        "`--xla_cpu_multi_thread_eigen=false` no longer limits it), so one device already uses all cores and N "
+        "devices share them.",
+        "With N devices the layers are grouped into N modules (`model.dni_every`), and `none` runs that same "
+        "network on one of the devices.", rows)
 
 
 def main() -> None:

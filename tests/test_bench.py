@@ -43,4 +43,3 @@ def test_pipeline_cost_model_formulas():
 def test_peak_steps_is_the_peak_over_the_flops_of_one_step():
     row = {"steps_per_sec": 100.0, "flops_per_sec": 2e9}  # 2e7 FLOPs per step
     assert bench.peak_steps(row, peak=1e10) == 500.0
-
