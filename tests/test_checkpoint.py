@@ -55,16 +55,16 @@ def _preempt_when_checkpointed(run_dir: Path):
 
 
 def test_preempted_run_resumes_exactly_in_the_same_run_dir(idx_dir, tmp_path):
-    args = ("trainer.steps=1500", "checkpoint.every=100", "trainer.eval_every=300")
+    args = ("trainer.steps=1000", "checkpoint.every=250", "trainer.eval_every=250")
     ref = train_and_evaluate(_cfg(idx_dir, *args), tmp_path / "ref")
     run = tmp_path / "run"
     _preempt_when_checkpointed(run)
     with pytest.raises(Preempted) as stop:
         train_and_evaluate(_cfg(idx_dir, *args), run)
-    assert 100 <= stop.value.step < 1500
+    assert 250 <= stop.value.step < 1000
     assert json.loads((run / "summary.json").read_text())["status"] == "preempted"
     again = train_and_evaluate(_cfg(idx_dir, *args), run)
-    assert again["step"] == 1500 and again["test/accuracy"] == ref["test/accuracy"]
+    assert again["step"] == 1000 and again["test/accuracy"] == ref["test/accuracy"]
     assert _curve(run) == _curve(tmp_path / "ref")
     _assert_same_params(_final_params(run)[1], _final_params(tmp_path / "ref")[1])
     # TensorBoard's own reader sees each logged step once, and all of them.
@@ -115,8 +115,8 @@ def test_divergence_keeps_the_last_good_checkpoint(idx_dir, tmp_path):
 
 # --- real processes ----------------------------------------------------------------------------
 
-SLOW_RUN = ["mode=dni", "model.width=64", "sg.width=128", "trainer.steps=3000", "trainer.batch_size=32",
-            "trainer.log_every=25", "trainer.progress=false", "checkpoint.every=250", "log.grad_probe_every=500",
+SLOW_RUN = ["mode=dni", "model.width=64", "sg.width=128", "trainer.steps=1500", "trainer.batch_size=32",
+            "trainer.log_every=25", "trainer.progress=false", "checkpoint.every=500", "log.grad_probe_every=500",
             "trainer.eval_every=500", "trainer.eval_batch_size=128", "optim.lr=1e-3", "optim.schedule=constant",
             "sg.optim.lr=1e-3", "sg.optim.schedule=constant"]
 
@@ -163,13 +163,13 @@ def test_killed_process_resumes_to_the_uninterrupted_result(idx_dir, tmp_path, r
         assert summary["status"] == "preempted"
         assert (run / "checkpoints" / str(summary["step"])).is_dir()
     interrupted_at = max(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit())
-    assert interrupted_at < 3000
+    assert interrupted_at < 1500
     res = subprocess.run(_cmd(idx_dir, run), capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     assert _curve(run) == _curve(reference_run)
     ref_step, ref_params = _final_params(reference_run)
     step, params = _final_params(run)
-    assert step == ref_step == 3000
+    assert step == ref_step == 1500
     _assert_same_params(params, ref_params)
 
 
