@@ -30,18 +30,26 @@ def summed_loop(step, state, n, batch_at):
     return jax.lax.fori_loop(0, n, body, (state, zero_metrics(step, state, *batch_at(0))))
 
 
+def chunk_metrics(sums: dict, last: dict, n) -> dict:
+    """Metrics of a chunk: the mean over its steps of what every step reports, and the last step's
+    diagnostics (what only a step with `diagnostics=True` reports)."""
+    return {**last, **{k: v / jnp.maximum(n, 1).astype(v.dtype) for k, v in sums.items()}}
+
+
 def chunk_fn(train_step, mean: jnp.ndarray, std: jnp.ndarray):
-    """chunk(state, xs, ys, idx_CxB, n) -> (state, mean metrics over the first n steps).
+    """chunk(state, xs, ys, idx_CxB, n) -> (state, metrics of the first n >= 1 steps; see chunk_metrics).
 
     A loop over the first `n` rows of a fixed-size index array, each step
     gathering its batch from the device-resident data. `n` is a traced value,
     so the last, shorter chunk of a run reuses the compiled program, and no step
-    is spent on padding.
+    is spent on padding. Steps 0..n-2 skip the diagnostics; step n-1 computes them.
     """
     def chunk(state: TrainState, xs, ys, idx_CxB, n):
         batch_at = lambda i: (preprocess(xs[idx_CxB[i]], mean, std), ys[idx_CxB[i]])
-        state, sums = summed_loop(train_step, state, n, batch_at)
-        return state, jax.tree.map(lambda m: m / jnp.maximum(n, 1).astype(m.dtype), sums)
+        state, sums = summed_loop(partial(train_step, diagnostics=False), state, n - 1, batch_at)
+        state, last = train_step(state, *batch_at(n - 1))
+        sums = {k: v + last[k] for k, v in sums.items()}
+        return state, chunk_metrics(sums, last, n)
 
     return chunk
 
@@ -57,20 +65,22 @@ def make_chunk_runner(train_step, mean: jnp.ndarray, std: jnp.ndarray, host_loop
     if not host_loop:
         return jax.jit(chunk_fn(train_step, mean, std), donate_argnums=0)
 
+    # Every step here computes the diagnostics: one compiled step, and a conv step dwarfs their cost.
     @partial(jax.jit, donate_argnums=0)
     def one(state, sums, xs, ys, idx):
         state, metrics = train_step(state, preprocess(xs[idx], mean, std), ys[idx])
-        return state, jax.tree.map(jnp.add, sums, metrics)
+        return state, {k: v + metrics[k] for k, v in sums.items()}, metrics
 
     def run(state: TrainState, xs, ys, idx_CxB, n):
         n = int(n)
         idx_CxB = jnp.asarray(idx_CxB)
-        sums = zero_metrics(train_step, state, preprocess(xs[idx_CxB[0]], mean, std), ys[idx_CxB[0]])
+        sums = zero_metrics(partial(train_step, diagnostics=False), state,
+                            preprocess(xs[idx_CxB[0]], mean, std), ys[idx_CxB[0]])
         for i in range(n):
-            state, sums = one(state, sums, xs, ys, idx_CxB[i])
+            state, sums, last = one(state, sums, xs, ys, idx_CxB[i])
         # Dispatching n steps already waits on most of them; finishing here makes the chunk's end a point in
         # time the loop can read (its steps/s), at no cost to overlap.
-        return jax.block_until_ready((state, jax.tree.map(lambda m: m / max(n, 1), sums)))
+        return jax.block_until_ready((state, chunk_metrics(sums, last, n)))
 
     run.synchronous = True
     return run

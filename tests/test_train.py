@@ -123,3 +123,32 @@ def test_host_loop_runner_matches_the_compiled_loop():
     for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s2.params)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(m1["loss"], m2["loss"], rtol=1e-5)
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_chunk_reports_mean_metrics_and_the_last_steps_norms(n):
+    # The loop skips the norm diagnostics on all but a chunk's last step (they are a fifth of a small step).
+    # SGD: Adam divides by the root of tiny early SG gradients and so magnifies float rounding.
+    cfg = make_cfg("mode=dni", "model.layers=3", "model.width=16", "sg.hidden_layers=0", "optim.name=sgd",
+                   "sg.optim.name=sgd")
+    net = build_network(cfg, (6, 6, 1), 10)
+    rng = np.random.default_rng(0)
+    xs, ys, mean, std = device_data(rng, 64, (6, 6, 1))
+    params, stats = init_variables(net, jax.random.key(0), jnp.zeros((16, 6, 6, 1)))
+    tx = build_train_optimizer(cfg, 10)
+    idx = rng.integers(0, 64, (4, 16)).astype(np.int32)
+    step = make_train_step(net, tx, "dni")
+    fresh = lambda: create_state(jax.tree.map(jnp.copy, params), jax.tree.map(jnp.copy, stats), tx)
+    state, per_step = fresh(), []
+    for i in range(n):
+        state, m = jax.jit(step)(state, (xs[idx[i]].astype(jnp.float32) / 255 - mean) / std, ys[idx[i]])
+        per_step.append(m)
+    for host in (False, True):
+        s, m = make_chunk_runner(step, mean, std, host)(fresh(), xs, ys, idx, np.int32(n))
+        assert int(s.step) == n
+        np.testing.assert_allclose(m["loss"], np.mean([p["loss"] for p in per_step]), rtol=1e-5)
+        np.testing.assert_allclose(m["sg/loss/1"], np.mean([p["sg/loss/1"] for p in per_step]), rtol=1e-5)
+        for k in ("norm/grad_modules", "norm/grad_sg", "norm/update_modules", "norm/params_modules"):
+            np.testing.assert_allclose(m[k], per_step[-1][k], rtol=1e-5)
+        if n > 1:
+            assert not np.isclose(m["norm/params_modules"], per_step[0]["norm/params_modules"], rtol=1e-7)
