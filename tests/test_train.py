@@ -105,17 +105,23 @@ def test_real_fashion_mnist_cdni_learns(tmp_path):
     assert summary["test/accuracy"] > 0.75, summary  # chance is 0.1
 
 
+def _tiny_runner_inputs(cfg, shape):
+    """The step of cfg's mode, device data, 5 index rows of batch 16, and a fresh initial state per call."""
+    net = build_network(cfg, shape, 10)
+    rng = np.random.default_rng(0)
+    xs, ys, mean, std = device_data(rng, 64, shape)
+    params, stats = init_variables(net, jax.random.key(0), jnp.zeros((16, *shape)))
+    tx = build_train_optimizer(cfg, 10)
+    idx = rng.integers(0, 64, (5, 16)).astype(np.int32)
+    # The runners donate the state: every run starts from its own copy.
+    fresh = lambda: create_state(jax.tree.map(jnp.copy, params), jax.tree.map(jnp.copy, stats), tx)
+    return make_train_step(net, tx, cfg.mode.value), xs, ys, mean, std, idx, fresh
+
+
 def test_host_loop_runner_matches_the_compiled_loop():
     # Conv networks on CPU step from the host (XLA:CPU's in-loop convolutions are slow); same results.
     cfg = make_cfg("mode=cdni", "model.name=cnn", "model.layers=3", "sg.hidden_layers=0")
-    net = build_network(cfg, (8, 8, 1), 10)
-    rng = np.random.default_rng(0)
-    xs, ys, mean, std = device_data(rng, 64, (8, 8, 1))
-    params, stats = init_variables(net, jax.random.key(0), jnp.zeros((16, 8, 8, 1)))
-    tx = build_train_optimizer(cfg, 10)
-    idx = rng.integers(0, 64, (5, 16)).astype(np.int32)
-    step = make_train_step(net, tx, "cdni")
-    fresh = lambda: create_state(jax.tree.map(jnp.copy, params), jax.tree.map(jnp.copy, stats), tx)  # donated
+    step, xs, ys, mean, std, idx, fresh = _tiny_runner_inputs(cfg, (8, 8, 1))
     out = [make_chunk_runner(step, mean, std, host)(fresh(), xs, ys,
                                                    idx, np.int32(4)) for host in (False, True)]
     (s1, m1), (s2, m2) = out
@@ -131,14 +137,7 @@ def test_chunk_reports_mean_metrics_and_the_last_steps_norms(n):
     # SGD: Adam divides by the root of tiny early SG gradients and so magnifies float rounding.
     cfg = make_cfg("mode=dni", "model.layers=3", "model.width=16", "sg.hidden_layers=0", "optim.name=sgd",
                    "sg.optim.name=sgd")
-    net = build_network(cfg, (6, 6, 1), 10)
-    rng = np.random.default_rng(0)
-    xs, ys, mean, std = device_data(rng, 64, (6, 6, 1))
-    params, stats = init_variables(net, jax.random.key(0), jnp.zeros((16, 6, 6, 1)))
-    tx = build_train_optimizer(cfg, 10)
-    idx = rng.integers(0, 64, (4, 16)).astype(np.int32)
-    step = make_train_step(net, tx, "dni")
-    fresh = lambda: create_state(jax.tree.map(jnp.copy, params), jax.tree.map(jnp.copy, stats), tx)
+    step, xs, ys, mean, std, idx, fresh = _tiny_runner_inputs(cfg, (6, 6, 1))
     state, per_step = fresh(), []
     for i in range(n):
         state, m = jax.jit(step)(state, (xs[idx[i]].astype(jnp.float32) / 255 - mean) / std, ys[idx[i]])
