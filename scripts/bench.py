@@ -100,15 +100,21 @@ def _setup(cfg):
 
 
 def _time(run_chunk, state, xs, ys, idx, chunks: int) -> float:
-    """Seconds for `chunks` chunks after a warm-up chunk that compiles."""
+    """Seconds for `chunks` chunks, as `chunks` x the median chunk, after a warm-up chunk that compiles.
+
+    The median, because this kind of shared VM slows down for seconds at a time; each chunk is waited on,
+    one sync per chunk of steps.
+    """
     n_steps = np.int32(len(idx))
     state, m = run_chunk(state, xs, ys, idx, n_steps)
     jax.block_until_ready(m)
-    t = time.perf_counter()
+    times = []
     for _ in range(chunks):
+        t = time.perf_counter()
         state, m = run_chunk(state, xs, ys, idx, n_steps)
-    jax.block_until_ready((state, m))
-    return time.perf_counter() - t
+        jax.block_until_ready((state, m))
+        times.append(time.perf_counter() - t)
+    return float(np.median(times)) * chunks
 
 
 def _mode(cfg) -> str:
@@ -191,7 +197,8 @@ def _write_device_table(args, title: str, how: str, grouping: str, rows: list[di
              f"Commit: {git_commit()}.", f"Command: `python scripts/bench.py {' '.join(sys.argv[1:])}`.",
              "", f"FCN, {args.layers} layers of width 256 with batch norm, batch {args.batch}, Adam; DNI SG = "
              f"2×1024 hidden layers, cDNI SG = linear on [h, one-hot y]. {grouping} Pipeline examples/s count "
-             f"minibatches fed per tick. Mean over {args.chunks} chunks of {args.chunk} steps after a warm-up chunk.",
+             f"minibatches fed per tick. Median chunk of {args.chunks} chunks of {args.chunk} steps after a "
+             "warm-up chunk.",
              "", "| mode | devices | modules | parallel | examples/s | × one device |", "|---|---|---|---|---|---|"]
     for r in rows:
         base = next(b["examples_per_sec"] for b in rows if b["parallel"] == "none" and b["mode"] == r["mode"]
@@ -322,8 +329,8 @@ def main() -> None:
              f"Measured float32 matmul peak (2048² chain, same run): {peak / 1e9:.1f} GFLOP/s.",
              "", (f"The preset `+exp={args.exp}` in each mode, composed by Hydra as `sgrad-train` composes it."
                   if args.exp else "Paper settings: FCN width 256 with batch norm; DNI SG = 2×1024 hidden layers; "
-                  "cDNI SG = linear on [h, one-hot y]; Adam.") + " Each figure is the mean over "
-             f"{args.chunks} chunks of {args.chunk} steps after a warm-up chunk; FLOPs from XLA's cost analysis.",
+                  "cDNI SG = linear on [h, one-hot y]; Adam.") + " Each figure is from the median "
+             f"of {args.chunks} chunks of {args.chunk} steps after a warm-up chunk; FLOPs from XLA's cost analysis.",
              "The last column is the bound this machine puts on a step: steps/s if every FLOP of the step ran "
              "at the measured matmul peak.",
              "", "| model | batch | mode | steps/s | examples/s | GFLOP/s | % of matmul peak | steps/s at the peak |",
