@@ -31,9 +31,9 @@ def summed_loop(step, state, n, batch_at):
 
 
 def chunk_metrics(sums: dict, last: dict, n) -> dict:
-    """Metrics of a chunk: the mean over its steps of what every step reports, and the last step's
-    diagnostics (what only a step with `diagnostics=True` reports)."""
-    return {**last, **{k: v / jnp.maximum(n, 1).astype(v.dtype) for k, v in sums.items()}}
+    """Metrics of a chunk of n >= 1 steps: the mean over its steps of what every step reports, and the last
+    step's diagnostics (what only a step with `diagnostics=True` reports)."""
+    return {**last, **{k: v / jnp.asarray(n, v.dtype) for k, v in sums.items()}}
 
 
 def chunk_fn(train_step, mean: jnp.ndarray, std: jnp.ndarray):

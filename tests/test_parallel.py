@@ -2,7 +2,6 @@
 
 import textwrap
 
-
 from conftest import ROOT, run_on_cpu_devices
 
 # Runs in a fresh process: the device count is fixed when JAX starts.

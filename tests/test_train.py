@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import FASHION_DIR, device_data, make_cfg
-from sgrad.chunk import make_chunk_runner
+from sgrad.chunk import make_chunk_runner, preprocess
 from sgrad.metrics import read_jsonl
 from sgrad.network import build_network, init_variables
 from sgrad.optim import build_train_optimizer
@@ -140,7 +140,7 @@ def test_chunk_reports_mean_metrics_and_the_last_steps_norms(n):
     step, xs, ys, mean, std, idx, fresh = _tiny_runner_inputs(cfg, (6, 6, 1))
     state, per_step = fresh(), []
     for i in range(n):
-        state, m = jax.jit(step)(state, (xs[idx[i]].astype(jnp.float32) / 255 - mean) / std, ys[idx[i]])
+        state, m = jax.jit(step)(state, preprocess(xs[idx[i]], mean, std), ys[idx[i]])
         per_step.append(m)
     for host in (False, True):
         s, m = make_chunk_runner(step, mean, std, host)(fresh(), xs, ys, idx, np.int32(n))
