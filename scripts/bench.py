@@ -84,7 +84,7 @@ def exp_cfg(exp: str, mode: str):
 
 def _setup(cfg):
     """Network, random uint8 data on the device, initial state: what every benchmark row starts from."""
-    model = str(getattr(cfg.model.name, "value", cfg.model.name))
+    model = str(cfg.model.name)
     batch = cfg.trainer.batch_size
     shape = (32, 32, 3) if model == "cnn" else (28, 28, 1)
     net = build_network(cfg, shape, 10)
@@ -117,17 +117,13 @@ def _time(run_chunk, state, xs, ys, idx, chunks: int) -> float:
     return float(np.median(times)) * chunks
 
 
-def _mode(cfg) -> str:
-    return str(getattr(cfg.mode, "value", cfg.mode))
-
-
 def bench_one(cfg, chunk: int, chunks: int) -> dict:
     cfg = OmegaConf.merge(cfg, {"trainer": {"log_every": chunk}})
-    model, mode = str(getattr(cfg.model.name, "value", cfg.model.name)), _mode(cfg)
+    model, mode = str(cfg.model.name), str(cfg.mode)
     label = mode + ("_linear" if mode == "dni" and cfg.sg.hidden_layers == 0 else "")
     layers, batch = cfg.model.layers, cfg.trainer.batch_size
     net, tx, state, _, xs, ys, idx, (mean, std) = _setup(cfg)
-    train_step = make_train_step(net, tx, mode, UpdateRule.from_config(cfg))
+    train_step = make_train_step(net, tx, UpdateRule.from_config(cfg))
     # XLA counts a loop body once, so the FLOPs come from one step (as the loop runs it) compiled on its own.
     x0 = preprocess(xs[:batch], mean, std)
     cost = jax.jit(partial(train_step, diagnostics=False)).lower(state, x0, ys[:batch]).compile().cost_analysis()
@@ -149,10 +145,10 @@ def bench_parallel(cfg, parallel: str, devices: int, chunk: int, chunks: int) ->
     """Examples/s of `sgrad-train parallel=...` on the first `devices` devices (ticks count as steps)."""
     cfg = OmegaConf.merge(cfg, {"trainer": {"log_every": chunk}})
     net, tx, state, shape, xs, ys, idx, (mean, std) = _setup(cfg)
-    run, state, _ = make_runner(parallel, net, tx, state, _mode(cfg), UpdateRule.from_config(cfg), shape,
+    run, state, _ = make_runner(parallel, net, tx, state, UpdateRule.from_config(cfg), shape,
                                 cfg.trainer.batch_size, mean, std, jax.devices()[:devices])
     elapsed = _time(run, state, xs, ys, idx, chunks)
-    return {"mode": _mode(cfg), "parallel": parallel, "devices": devices, "modules": len(net.modules),
+    return {"mode": str(cfg.mode), "parallel": parallel, "devices": devices, "modules": len(net.modules),
             "examples_per_sec": chunk * chunks * cfg.trainer.batch_size / elapsed}
 
 

@@ -16,6 +16,22 @@ import orbax.checkpoint as ocp
 log = logging.getLogger("sgrad")
 
 
+class CheckpointMismatch(ValueError):
+    """A checkpoint that reads fine but holds another model (shapes or structure): not corruption."""
+
+
+def _leaf_name(path) -> str:
+    parts = []
+    for k in path:
+        parts.append(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))))
+    return ".".join(parts)
+
+
+def _shapes(tree) -> dict[str, tuple]:
+    return {_leaf_name(path): tuple(getattr(leaf, "shape", ())) for path, leaf in
+            jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
 class Checkpoints:
     """The checkpoints of one run dir, newest `keep` of them kept."""
 
@@ -36,10 +52,39 @@ class Checkpoints:
         self._manager.save(step, args=ocp.args.StandardSave(state))
         self._manager.wait_until_finished()
 
+    def _mismatch(self, step: int, like: Any) -> str | None:
+        """How the checkpoint at `step` differs from `like` in structure or shapes; None when it fits (or when
+        its metadata cannot be read: that is corruption, which restoring reports)."""
+        try:
+            saved = ocp.StandardCheckpointer().metadata(self.directory / str(step) / "default")
+        except Exception:
+            return None
+        saved = _shapes(getattr(saved, "item_metadata", saved))
+        if not saved:
+            return None  # no metadata: a damaged checkpoint
+        wanted = _shapes(like)
+        if set(saved) != set(wanted):
+            extra, missing = sorted(set(saved) - set(wanted)), sorted(set(wanted) - set(saved))
+            return (f"it holds {len(extra)} arrays this model lacks ({', '.join(extra[:3])}) and lacks "
+                    f"{len(missing)} it has ({', '.join(missing[:3])})")
+        bad = [k for k in wanted if saved[k] != wanted[k]]
+        if bad:
+            return ", ".join(f"{k} is {saved[k]} there, {wanted[k]} here" for k in bad[:3])
+        return None
+
     def restore_latest(self, like: Any) -> tuple[int, Any] | None:
-        """The newest readable checkpoint shaped like `like`; an unreadable one is skipped with a warning."""
+        """The newest readable checkpoint shaped like `like`; an unreadable one is skipped with a warning.
+
+        A readable checkpoint of another model raises CheckpointMismatch instead: going back to an older
+        checkpoint of the same run would not help, and training over it would mix two runs.
+        """
         target = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
         for step in reversed(self.steps()):
+            mismatch = self._mismatch(step, like)
+            if mismatch:
+                raise CheckpointMismatch(f"the checkpoint at step {step} in {self.directory} does not fit this "
+                                         f"model: {mismatch}. Resume with the settings it was made with, or "
+                                         "start a fresh run dir")
             try:
                 state = self._manager.restore(step, args=ocp.args.StandardRestore(target))
             except Exception as e:  # orbax/tensorstore raise many types for damaged files

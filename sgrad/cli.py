@@ -1,4 +1,9 @@
-"""`sgrad-train`: compose the Hydra config, check it, and call train_and_evaluate in the run dir."""
+"""`sgrad-train`: check the command line, compose the Hydra config and hand it to the run loop.
+
+Everything that can be refused is refused before Hydra creates a run dir: a
+bad override, a value out of range, a rerun into a run dir made with other
+settings. Each is one line on stderr and exit status 2.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from sgrad.config import ConfigError, register
+from sgrad.config import ConfigError, register, validate
 from sgrad.overrides import check_overrides
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
@@ -20,12 +25,47 @@ log = logging.getLogger("sgrad")
 register()
 
 
+def preflight(argv: list[str]) -> None:
+    """Compose and validate a single run's config, and check its run dir, before Hydra touches the disk."""
+    if any(a in ("-m", "--multirun") or a.startswith(("--cfg", "--help", "-h", "--info", "--hydra-help",
+                                                        "--shell-completion", "-c"))
+           for a in argv):
+        return  # multirun jobs are checked one by one; the other flags write nothing
+    from hydra import compose, initialize_config_dir
+    overrides = [a for a in argv if not a.startswith("-")]
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides)
+    validate(cfg)
+    run_dir = next((a.split("=", 1)[1] for a in overrides if a.startswith("hydra.run.dir=")), None)
+    if run_dir:
+        from sgrad.run.rundir import check_run_dir
+        check_run_dir(cfg, run_dir)
+
+
+def _shared_workdir(workdir: Path) -> Path:
+    """With several processes, every process takes process 0's run dir (their clocks may differ by seconds)."""
+    import jax
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    from sgrad.run.rundir import is_stub
+    encoded = np.zeros(4096, np.uint8)
+    raw = str(workdir.absolute()).encode()
+    encoded[:len(raw)] = np.frombuffer(raw, np.uint8)
+    agreed = np.asarray(multihost_utils.broadcast_one_to_all(encoded))
+    shared = Path(bytes(agreed[agreed != 0].tolist()).decode())
+    if jax.process_index() != 0 and shared != workdir.absolute() and is_stub(workdir):
+        import shutil
+        shutil.rmtree(workdir)  # the dir Hydra made from this process's own clock, never used
+    return shared
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def _run(cfg: DictConfig) -> float:
     from sgrad.data import DatasetError
+    from sgrad.run import train_and_evaluate
+    from sgrad.run.rundir import is_stub
     from sgrad.run_record import DivergenceError, Preempted
-    from sgrad.train import train_and_evaluate
-    from sgrad.train_recurrent import train_recurrent
 
     # Orbax and JAX log every save and backend probe at INFO; keep the run log about training.
     for name in ("absl", "jax._src.xla_bridge"):
@@ -36,27 +76,34 @@ def _run(cfg: DictConfig) -> float:
         import jax
         # Must precede any other JAX call; SLURM / Open MPI / TPU settings are read from the environment.
         jax.distributed.initialize()
+        workdir = _shared_workdir(workdir)
+        if jax.process_index() != 0:
+            # One voice per run: only process 0 writes the log (the other processes' records would repeat it).
+            logging.getLogger().handlers.clear()
+            logging.getLogger("sgrad").setLevel(logging.WARNING)
     try:
-        recurrent = str(getattr(cfg.model.name, "value", cfg.model.name)) == "lstm"
-        summary = (train_recurrent if recurrent else train_and_evaluate)(cfg, workdir)
+        summary = train_and_evaluate(cfg, workdir)
     except Preempted as e:
         print(f"sgrad-train: {e}", file=sys.stderr)
         sys.exit(128 + e.signum)
     except (ConfigError, DatasetError, DivergenceError, ValueError) as e:
         # One line for the user; the run dir keeps the logs and checkpoints written so far.
         print(f"sgrad-train: {e}", file=sys.stderr)
-        log.error("%s", e)
+        if is_stub(workdir) and hydra_cfg.mode != RunMode.MULTIRUN:
+            import shutil
+            shutil.rmtree(workdir)  # refused before anything ran: leave no empty run dir behind
         if hydra_cfg.mode == RunMode.MULTIRUN:
             # Let the sweep go on; sgrad.callbacks.FailedJobs reports this job at the end.
             return float("nan")
         sys.exit(3 if isinstance(e, DivergenceError) else 2)
-    # The return value lets Hydra sweepers (e.g. optuna) optimise test error.
-    return float(summary.get("test/error", summary.get("test/bpc", -summary.get("max_length_solved", 0))))
+    # The return value lets Hydra sweepers (e.g. optuna) optimise the task's objective.
+    return float(summary["objective"])
 
 
 def main() -> None:
     try:
         check_overrides(sys.argv[1:], CONFIG_DIR)
+        preflight(sys.argv[1:])
     except ConfigError as e:
         print(f"sgrad-train: {e}", file=sys.stderr)
         sys.exit(2)

@@ -13,21 +13,38 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 
 
-class Mode(str, enum.Enum):
+class Mode(enum.StrEnum):
+    """The gradient mode, decided once: everything downstream asks these properties, not the string."""
+
     backprop = "backprop"
     dni = "dni"
     cdni = "cdni"
     dni_full = "dni_full"
     cdni_full = "cdni_full"
 
+    @property
+    def decoupled(self) -> bool:
+        """Modules update from synthetic gradients (an SG model per interface)."""
+        return self is not Mode.backprop
 
-class Parallel(str, enum.Enum):
+    @property
+    def conditioned(self) -> bool:
+        """SG models also see the label (cDNI)."""
+        return self in (Mode.cdni, Mode.cdni_full)
+
+    @property
+    def synthetic_inputs(self) -> bool:
+        """Complete unlocking: modules above the first run on predicted inputs (paper sec. 3.3)."""
+        return self in (Mode.dni_full, Mode.cdni_full)
+
+
+class Parallel(enum.StrEnum):
     none = "none"
     data = "data"
     pipeline = "pipeline"
 
 
-class DatasetName(str, enum.Enum):
+class DatasetName(enum.StrEnum):
     mnist = "mnist"
     fashion_mnist = "fashion_mnist"
     kmnist = "kmnist"
@@ -36,21 +53,22 @@ class DatasetName(str, enum.Enum):
     copy = "copy"
     repeat_copy = "repeat_copy"
     ptb_char = "ptb_char"
+    text = "text"
     two_timescale = "two_timescale"
 
 
-class ModelName(str, enum.Enum):
+class ModelName(enum.StrEnum):
     fcn = "fcn"
     cnn = "cnn"
     lstm = "lstm"
 
 
-class OptimName(str, enum.Enum):
+class OptimName(enum.StrEnum):
     adam = "adam"
     sgd = "sgd"
 
 
-class Schedule(str, enum.Enum):
+class Schedule(enum.StrEnum):
     constant = "constant"
     piecewise = "piecewise"
     cosine = "cosine"
@@ -66,6 +84,9 @@ class DatasetConfig:
     # ptb_char: a checksum ("sha256:<hex>") of simple-examples.tgz lets sgrad download it; url: a mirror
     checksum: Optional[str] = None
     url: Optional[str] = None
+    # text: dir is a UTF-8 file or folder; the last test_fraction is test, the valid_fraction before it valid
+    valid_fraction: float = 0.05
+    test_fraction: float = 0.05
     # copy / repeat_copy (generated on the fly)
     bits: int = 8
     start_length: int = 1
@@ -223,8 +244,8 @@ def validate(cfg: Any) -> None:
     _check(cfg.checkpoint.every >= 0, "checkpoint.every", cfg.checkpoint.every,
            "an integer >= 0 (0 = only at the end and on preemption)")
     _check(cfg.checkpoint.keep >= 1, "checkpoint.keep", cfg.checkpoint.keep, "an integer >= 1")
-    name = lambda v: str(getattr(v, "value", v))
-    sequence_tasks = ("copy", "repeat_copy", "ptb_char", "two_timescale")
+    name = str
+    sequence_tasks = ("copy", "repeat_copy", "ptb_char", "text", "two_timescale")
     if name(cfg.model.name) == "lstm" or name(cfg.dataset.name) in sequence_tasks:
         _check(name(cfg.model.name) == "lstm", "model.name", name(cfg.model.name),
                f"lstm for dataset.name={name(cfg.dataset.name)}")
@@ -240,6 +261,8 @@ def validate(cfg: Any) -> None:
         _check(cfg.dataset.start_length >= 1, "dataset.start_length", cfg.dataset.start_length, "an integer >= 1")
         _check(cfg.dataset.max_repeats >= 1, "dataset.max_repeats", cfg.dataset.max_repeats, "an integer >= 1")
         _check(0.0 <= cfg.sg.discount <= 1.0, "sg.discount", cfg.sg.discount, "in [0, 1]")
+        for key in ("valid_fraction", "test_fraction"):
+            _check(0.0 < cfg.dataset[key] < 0.5, f"dataset.{key}", cfg.dataset[key], "a fraction in (0, 0.5)")
     else:
         _check(cfg.trainer.bptt == 0, "trainer.bptt", cfg.trainer.bptt, "0 unless model.name=lstm")
     if name(cfg.parallel) == "pipeline":

@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from sgrad.config import Mode
+
 PyTree = Any
 
 
@@ -31,8 +33,13 @@ class Network:
     modules: tuple[nn.Module, ...]
     sg_models: tuple[nn.Module, ...]
     num_classes: int
-    conditioned: bool = False  # cDNI: M_i also sees one-hot(y)
+    mode: Mode = Mode.backprop  # decided once, when the network is built; steps and runners read it here
     input_models: tuple[nn.Module, ...] = ()  # complete unlocking: I_2..I_K, module i trains on I_i(x)
+
+    @property
+    def conditioned(self) -> bool:
+        """cDNI: M_i also sees one-hot(y)."""
+        return self.mode.conditioned
 
 
 def apply_module(module: nn.Module, params: PyTree, stats: PyTree, h: jnp.ndarray,

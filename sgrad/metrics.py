@@ -21,13 +21,19 @@ from tensorboard.summary.writer.event_file_writer import EventFileWriter
 class MetricWriter:
     """write(step, {name: scalar}) appends one JSON line and one TensorBoard event per scalar."""
 
-    def __init__(self, workdir: str | Path, tensorboard: bool = True):
+    def __init__(self, workdir: str | Path, tensorboard: bool = True, enabled: bool = True):
+        """`enabled=False` (every process but the first of a multi-process run) writes nothing."""
         self.workdir = Path(workdir)
+        self._jsonl = self._tb = None
+        if not enabled:
+            return
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._jsonl = open(self.workdir / "metrics.jsonl", "a", buffering=1)
         self._tb = EventFileWriter(str(self.workdir / "tb")) if tensorboard else None
 
     def write(self, step: int, scalars: Mapping[str, float]) -> None:
+        if self._jsonl is None:
+            return
         values = {k: float(v) for k, v in scalars.items()}
         record = {"step": int(step), **{k: (v if math.isfinite(v) else str(v)) for k, v in values.items()}}
         self._jsonl.write(json.dumps(record) + "\n")
@@ -37,11 +43,15 @@ class MetricWriter:
             self._tb.add_event(event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary))
 
     def flush(self) -> None:
+        if self._jsonl is None:
+            return
         self._jsonl.flush()
         if self._tb is not None:
             self._tb.flush()
 
     def close(self) -> None:
+        if self._jsonl is None:
+            return
         self._jsonl.close()
         if self._tb is not None:
             self._tb.close()

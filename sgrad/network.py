@@ -6,31 +6,27 @@ import jax
 import jax.numpy as jnp
 
 from sgrad.dni import Network, apply_module
+from sgrad.config import Mode
 from sgrad.models import build_modules
 from sgrad.synthetic import build_sg_model
 from sgrad.synthetic_input import build_input_model
 
 
-def _mode(cfg) -> str:
-    return str(getattr(cfg.mode, "value", cfg.mode))
-
-
 def build_network(cfg, input_shape: tuple[int, ...], num_classes: int) -> Network:
     """Modules from `cfg.model`; one SG model per interface unless mode is backprop."""
     modules = build_modules(cfg.model, num_classes)
-    mode = _mode(cfg)
-    if mode == "backprop":
-        return Network(modules, (), num_classes, False)
+    mode = Mode(cfg.mode)
+    if not mode.decoupled:
+        return Network(modules, (), num_classes, mode)
     sg_models, input_models = [], []
     h = jax.ShapeDtypeStruct((2, *input_shape), jnp.float32)
     for f in modules[:-1]:
         variables = jax.eval_shape(lambda x, f=f: f.init(jax.random.key(0), x, False), h)
         h = jax.eval_shape(lambda v, x, f=f: f.apply(v, x, False), variables, h)
         sg_models.append(build_sg_model(cfg.sg, len(h.shape)))
-        if mode.endswith("_full"):
+        if mode.synthetic_inputs:
             input_models.append(build_input_model(cfg.si, h.shape[1:]))
-    return Network(modules, tuple(sg_models), num_classes, conditioned=mode.startswith("cdni"),
-                   input_models=tuple(input_models))
+    return Network(modules, tuple(sg_models), num_classes, mode, input_models=tuple(input_models))
 
 
 def init_variables(net: Network, key: jax.Array, x: jnp.ndarray) -> tuple[dict, dict]:

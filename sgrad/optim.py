@@ -7,13 +7,9 @@ from typing import NamedTuple
 import optax
 
 
-def _name(v) -> str:
-    return str(getattr(v, "value", v))
-
-
 def learning_rate(cfg, total_steps: int) -> optax.Schedule:
     """The schedule of `cfg.schedule`, with an optional linear warm-up."""
-    kind = _name(cfg.schedule)
+    kind = str(cfg.schedule)
     if kind == "constant":
         sched = optax.constant_schedule(cfg.lr)
     elif kind == "piecewise":
@@ -32,7 +28,7 @@ def learning_rate(cfg, total_steps: int) -> optax.Schedule:
 def build_optimizer(cfg, total_steps: int) -> optax.GradientTransformation:
     """One optimizer from an OptimConfig."""
     lr = learning_rate(cfg, total_steps)
-    kind = _name(cfg.name)
+    kind = str(cfg.name)
     if kind == "adam":
         if cfg.weight_decay > 0:
             tx = optax.adamw(lr, cfg.b1, cfg.b2, cfg.eps, weight_decay=cfg.weight_decay)

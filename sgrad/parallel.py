@@ -34,7 +34,7 @@ def make_data_parallel_runner(chunk: Callable, devices: Sequence[jax.Device]) ->
     return run
 
 
-def make_runner(parallel: str, net, tx, state: TrainState, mode: str, rule: UpdateRule,
+def make_runner(parallel: str, net, tx, state: TrainState, rule: UpdateRule,
                 input_shape: Sequence[int], batch: int, mean, std,
                 devices: Sequence[jax.Device] | None = None) -> tuple[Callable, Any, Callable]:
     """(run_chunk, state in the runner's layout, view: that layout -> a plain TrainState for eval and probes)."""
@@ -47,11 +47,11 @@ def make_runner(parallel: str, net, tx, state: TrainState, mode: str, rule: Upda
         if batch % len(devices):
             raise ValueError(f"parallel=data: trainer.batch_size={batch} must be divisible by the "
                              f"{len(devices)} devices")
-        step = make_train_step(net, tx, mode, rule, axis_name=DATA_AXIS)
+        step = make_train_step(net, tx, rule, axis_name=DATA_AXIS)
         return make_data_parallel_runner(chunk_fn(step, mean, std), devices), state, _same
     if parallel != "none":
         raise ValueError(f"parallel={parallel!r}: allowed values are none, data, pipeline")
-    return (make_chunk_runner(make_train_step(net, tx, mode, rule), mean, std, slow_loop_convolutions(net.modules)),
+    return (make_chunk_runner(make_train_step(net, tx, rule), mean, std, slow_loop_convolutions(net.modules)),
             state, _same)
 
 

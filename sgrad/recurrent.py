@@ -37,6 +37,7 @@ class RecurrentNet:
     discount: float = 1.0         # γ on the bootstrapped part of M's target
     aux_weight: float = 1.0       # DNI + Aux: weight of the core's own SG prediction loss
     conditioned: bool = False     # cDNI: M also sees the targets of the window that follows the boundary
+    sg_scale: float = 1.0         # multiplies the ĝ the core applies; M's target uses ĝ unscaled
 
 
 def window_label(net: RecurrentNet, y: jnp.ndarray, mask: jnp.ndarray, vocab: int) -> jnp.ndarray | None:
@@ -98,9 +99,9 @@ def dni_window(net: RecurrentNet, core_params: PyTree, predict: Callable, s0: jn
         err = aux - g_T[:, None, :]
         d_aux = net.aux_weight * 2.0 * err / aux.shape[1]
         sums["aux_loss"] = net.aux_weight * jnp.sum(err ** 2) / aux.shape[1]
-    d_core, target = vjp((jnp.ones(()), d_aux, g_T))
-    if aux.shape[-1] or net.discount != 1.0:
-        # The target leaves out the aux loss and discounts ĝ: a second backward pass.
+    d_core, target = vjp((jnp.ones(()), d_aux, net.sg_scale * g_T))
+    if aux.shape[-1] or net.discount != net.sg_scale:
+        # The target leaves out the aux loss and discounts ĝ (unscaled): a second backward pass.
         _, target = vjp((jnp.ones(()), jnp.zeros_like(aux), net.discount * g_T))
     sums["sg_norm"] = jnp.sqrt(jnp.sum(g_T ** 2) / batch) * batch
     return jax.tree.map(lambda g: g / batch, d_core), target, s_T, sums
@@ -176,22 +177,30 @@ def make_recurrent_step(net: RecurrentNet, tx: Optimizers):
     return step
 
 
-def future_gradient_probe(net: RecurrentNet, params: PyTree, x, y, mask, resets, window_len: int
+def future_gradient_probe(net: RecurrentNet, params: PyTree, s0: jnp.ndarray, x, y, mask, resets
                           ) -> dict[str, jnp.ndarray]:
-    """Cosine and norm ratio of ĝ at the first window boundary vs the true gradient of all later loss.
+    """Cosine and norm ratio of ĝ at a window boundary vs the true gradient of the loss that follows it.
 
-    x etc. span several windows [B, W*T, ...]; the first window only sets the
-    state, the rest is unrolled in full (the long unroll the paper compares to).
+    The windows x etc. are [W, B, T, ...], the stream's continuation from the
+    carry s0 (the state training actually reaches, not a fresh one: M is only
+    ever trained on carried states). The first window moves s0 to s1; ĝ(s1) is
+    compared with the gradient at s1 of the next W-1 windows' losses, window k
+    weighted by γ^k: the quantity M's bootstrapped target estimates.
     """
-    first = slice(0, window_len)
-    rest = slice(window_len, None)
-    (_, _, s1), _ = window(net, params["core"], jnp.zeros((x.shape[0], 2 * net.core.hidden)),
-                           x[:, first], y[:, first], mask[:, first], resets[:, first])
-    future = lambda s: window(net, params["core"], s, x[:, rest], y[:, rest], mask[:, rest], resets[:, rest])[0][0]
+    (_, _, s1), _ = window(net, params["core"], s0, x[0], y[0], mask[0], resets[0])
+
+    def future(s):
+        def body(carry, inp):
+            state, weight = carry
+            (loss, _, state), _ = window(net, params["core"], state, *inp)
+            return (state, weight * net.discount), weight * loss
+        _, losses = jax.lax.scan(body, (s, jnp.ones(())), (x[1:], y[1:], mask[1:], resets[1:]))
+        return losses.sum()
+
     g_true = jax.grad(future)(s1)
-    g_hat = synthetic_gradient(net, params["sg"], s1,
-                               window_label(net, y[:, window_len:2 * window_len], mask[:, window_len:2 * window_len],
-                                            net.core.outputs))
+    # ĝ is 0 where the next window starts a new sequence, as in training.
+    g_hat = (1.0 - resets[1][:, :1]) * synthetic_gradient(
+        net, params["sg"], s1, window_label(net, y[1], mask[1], net.core.outputs))
     a, b = g_hat.reshape(-1), g_true.reshape(-1)
     na, nb = jnp.linalg.norm(a), jnp.linalg.norm(b)
     return {"sg/cosine": jnp.dot(a, b) / jnp.maximum(na * nb, 1e-12), "sg/norm_ratio": na / jnp.maximum(nb, 1e-12)}

@@ -19,18 +19,19 @@ class DivergenceError(RuntimeError):
 class Preempted(RuntimeError):
     """SIGTERM/SIGINT arrived; a checkpoint was written at `step` and the run can be resumed."""
 
-    def __init__(self, signum: int, step: int):
-        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; "
-                         "checkpoint saved, run the same command again to resume")
+    def __init__(self, signum: int, step: int, command: str):
+        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; checkpoint saved. "
+                         f"Resume with: {command}")
         self.signum, self.step = signum, step
 
 
 @contextlib.contextmanager
-def run_record(workdir: Path, fields: Callable[[], dict], closing: Sequence = ()) -> Iterator[dict]:
+def run_record(workdir: Path, fields: Callable[[], dict], closing: Sequence = (), enabled: bool = True
+               ) -> Iterator[dict]:
     """Run the block; then close `closing` and write summary.json (status, fields(), provenance), even on error.
 
     Status: completed, diverged (DivergenceError), preempted (Preempted) or failed.
-    The yielded dict becomes the summary.
+    The yielded dict becomes the summary. `enabled=False` (processes after the first) writes no file.
     """
     summary: dict = {}
     status, start = "failed", time.perf_counter()
@@ -47,4 +48,5 @@ def run_record(workdir: Path, fields: Callable[[], dict], closing: Sequence = ()
         for c in closing:
             c.close()
         summary.update({"status": status, **fields(), "wall_seconds": time.perf_counter() - start, **provenance()})
-        (Path(workdir) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if enabled:
+            (Path(workdir) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -74,10 +74,10 @@ def _masked_update(tx: optax.GradientTransformation, grads, opt_state, params, a
             jax.tree.map(lambda u: jnp.where(active, u, 0), updates))
 
 
-def make_train_step(net: dni.Network, tx: Optimizers, mode: str, rule: UpdateRule = UpdateRule(),
+def make_train_step(net: dni.Network, tx: Optimizers, rule: UpdateRule = UpdateRule(),
                     axis_name: str | None = None
                     ) -> Callable[[TrainState, jnp.ndarray, jnp.ndarray], tuple[TrainState, dict]]:
-    """step(state, x, y, diagnostics=True) -> (state, metrics) for `backprop`, or the decoupled family.
+    """step(state, x, y, diagnostics=True) -> (state, metrics) for the network's mode (`net.mode`).
 
     With `axis_name` the step runs on one shard of the batch per device (data
     parallel): gradients, batch-norm statistics and metrics are averaged over it.
@@ -85,16 +85,11 @@ def make_train_step(net: dni.Network, tx: Optimizers, mode: str, rule: UpdateRul
     (`norm/*`): four reductions over every parameter cost a fifth of a small
     network's step on CPU, so a chunk asks for them at its last step only.
     """
-    modes = ("backprop", "dni", "cdni", "dni_full", "cdni_full")
-    if mode not in modes:
-        raise ValueError(f"mode={mode!r}: allowed values are {', '.join(modes)}")
-    if mode != "backprop" and (net.conditioned, bool(net.input_models)) != (mode.startswith("cdni"),
-                                                                            mode.endswith("_full")):
-        raise ValueError(f"mode={mode} does not match the network it was given")
+    decoupled = net.mode.decoupled
     k = len(net.modules)
 
     def train_step(state: TrainState, x: jnp.ndarray, y: jnp.ndarray, diagnostics: bool = True):
-        if mode == "backprop":
+        if not decoupled:
             grads, stats, metrics = dni.backprop_grads(net, state.params, state.stats, x, y)
         else:
             lam = rule.lam_at(state.step)
@@ -111,7 +106,7 @@ def make_train_step(net: dni.Network, tx: Optimizers, mode: str, rule: UpdateRul
         else:
             active = [True] * k
         module_active = active
-        if mode != "backprop" and rule.warmup_steps:
+        if decoupled and rule.warmup_steps:
             warm = state.step < rule.warmup_steps
             module_active = [jnp.logical_and(a, ~warm) for a in active]
         new_params, new_opt, updates = {"modules": [], "sg": [], "si": []}, {"modules": [], "sg": [], "si": []}, []

@@ -19,7 +19,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from conftest import make_cfg
 from sgrad.metrics import read_jsonl
 from sgrad.run_record import DivergenceError, Preempted
-from sgrad.train import train_and_evaluate
+from sgrad.run import train_and_evaluate
 
 
 def _curve(run_dir: Path) -> list[dict]:
@@ -104,13 +104,27 @@ def test_corrupt_latest_checkpoint_falls_back_with_a_warning(idx_dir, tmp_path, 
     assert _curve(run) == _curve(tmp_path / "ref")
 
 
-def test_divergence_keeps_the_last_good_checkpoint(idx_dir, tmp_path):
-    train_and_evaluate(_cfg(idx_dir, "trainer.steps=50", "checkpoint.every=50"), tmp_path)
-    with pytest.raises(DivergenceError, match=r"diverged at step \d+: non-finite .*SG model of interface"):
-        train_and_evaluate(_cfg(idx_dir, "trainer.steps=300", "checkpoint.every=50", "sg.optim.lr=1e12",
-                                "sg.optim.name=sgd", "sg.optim.momentum=0"), tmp_path)
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == ["50"]
-    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "diverged"
+DIVERGE = ("sg.optim.lr=1e12",)
+
+
+def test_divergence_names_the_last_good_checkpoint(idx_dir, tmp_path):
+    good = tmp_path / "good"
+    train_and_evaluate(_cfg(idx_dir, "trainer.steps=50", "checkpoint.every=50"), good)
+    run = tmp_path / "run"
+    with pytest.raises(DivergenceError, match=r"diverged at step \d+: non-finite .*SG model of interface.*"
+                                              r"last good checkpoint \(step 50\) is in .*good/checkpoints"):
+        train_and_evaluate(_cfg(idx_dir, "trainer.steps=300", "checkpoint.every=50", f"trainer.resume={good}",
+                                *DIVERGE), run)
+    assert sorted(p.name for p in (good / "checkpoints").iterdir() if p.name.isdigit()) == ["50"]
+    assert json.loads((run / "summary.json").read_text())["status"] == "diverged"
+
+
+def test_divergence_before_any_checkpoint_says_there_is_none(idx_dir, tmp_path):
+    with pytest.raises(DivergenceError, match=r"no checkpoint was saved before it \(checkpoint.every=50\)"):
+        train_and_evaluate(_cfg(idx_dir, "trainer.steps=300", "checkpoint.every=50", "trainer.log_every=25",
+                                *DIVERGE), tmp_path)
+    assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
+    assert (tmp_path / "metrics.jsonl").read_text()
 
 
 # --- real processes ----------------------------------------------------------------------------

@@ -14,8 +14,8 @@ from sgrad.cli import CONFIG_DIR
 from sgrad.config import ConfigError, register, validate
 from sgrad.network import build_network
 from sgrad.overrides import check_overrides
-from sgrad.train import train_and_evaluate
-from sgrad.train_recurrent import train_recurrent
+from sgrad.run import train_and_evaluate
+from sgrad.run import train_and_evaluate
 
 ALL_EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "exp").glob("*.yaml"))
 RECURRENT = [e for e in ALL_EXPERIMENTS if e.startswith(("copy_", "repeat_copy_", "ptb_char_", "two_timescale"))]
@@ -99,7 +99,7 @@ def test_every_recurrent_experiment_composes(exp, tmp_path):
     assert (cfg.mode == "cdni") == exp.endswith("_cdni")
     # The character corpus is not here (tests/test_recurrent.py writes one), so ptb_char_* only compose.
     if exp in RECURRENT_RUNS:
-        summary = train_recurrent(_compose(f"+exp={exp}", *RECURRENT_TINY), tmp_path)
+        summary = train_and_evaluate(_compose(f"+exp={exp}", *RECURRENT_TINY), tmp_path)
         assert summary["status"] == "completed" and summary["step"] == 20
 
 

@@ -123,7 +123,7 @@ def test_zero_initialised_sg_gives_zero_first_updates_below_it():
     grads, _, _ = dni.dni_grads(net, params, stats, x, y)
     for g in grads["modules"][:-1]:
         assert all(float(jnp.abs(l).max()) == 0.0 for l in jax.tree.leaves(g))
-    new, _ = jax.jit(make_train_step(net, tx, "dni"))(state, x, y)
+    new, _ = jax.jit(make_train_step(net, tx))(state, x, y)
     for before, after in zip(params["modules"][:-1], new.params["modules"][:-1]):
         _allclose(after, before, rtol=0, atol=0)
     changed = lambda a, b: any(not np.array_equal(u, v) for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)))

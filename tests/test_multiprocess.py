@@ -64,8 +64,8 @@ SCRIPT = textwrap.dedent("""
     net = build_network(cfg, shape, 10)
     params, stats = init_variables(net, jax.random.key(1), jnp.zeros((B, *shape)))
     tx = build_train_optimizer(cfg, 100)
-    single, _ = make_chunk_runner(make_train_step(net, tx, "cdni"), mean, std)(fresh(), xs, ys, idx, np.int32(T))
-    step = make_train_step(net, tx, "cdni", axis_name=DATA_AXIS)
+    single, _ = make_chunk_runner(make_train_step(net, tx), mean, std)(fresh(), xs, ys, idx, np.int32(T))
+    step = make_train_step(net, tx, axis_name=DATA_AXIS)
     multi, _ = make_data_parallel_runner(chunk_fn(step, mean, std), jax.devices())(fresh(), xs, ys, idx, np.int32(T))
     d = max_diff(gather(multi.params), single.params)
     assert d < 1e-5, d

@@ -29,9 +29,9 @@ SCRIPT = textwrap.dedent("""
         fresh = lambda: create_state(jax.tree.map(jnp.copy, params), stats, tx)  # the runners donate the state
         tx = build_train_optimizer(cfg, 100)
         idx = rng.integers(0, 256, (5, 32)).astype(np.int32)
-        single = make_chunk_runner(make_train_step(net, tx, mode), mean, std)
+        single = make_chunk_runner(make_train_step(net, tx), mean, std)
         s1, m1 = single(fresh(), xs, ys, idx, np.int32(5))
-        step = make_train_step(net, tx, mode, axis_name=DATA_AXIS)
+        step = make_train_step(net, tx, axis_name=DATA_AXIS)
         multi = make_data_parallel_runner(chunk_fn(step, mean, std), jax.devices())
         s2, m2 = multi(fresh(), xs, ys, idx, np.int32(5))
         for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s2.params)):

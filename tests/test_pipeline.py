@@ -83,7 +83,7 @@ SCRIPT = textwrap.dedent("""
         run = make_pipeline_runner(pipe, pre, jax.devices(), feed_every=period)
         state, _ = run(state, xs, ys, drained, np.int32(len(drained)))
         got = to_train_state(pipe, state)
-        single, _ = make_chunk_runner(make_train_step(net, tx, mode), mean, std)(fresh(), xs, ys, idx, np.int32(n))
+        single, _ = make_chunk_runner(make_train_step(net, tx), mean, std)(fresh(), xs, ys, idx, np.int32(n))
         assert moved(got.params, fresh().params)
         for part in ("params", "stats", "opt_state"):
             d = max_diff(getattr(got, part), getattr(single, part))
@@ -106,7 +106,7 @@ TRAIN = textwrap.dedent("""
     import jax, numpy as np
     from conftest import make_cfg
     from sgrad.checkpoint import Checkpoints
-    from sgrad.train import train_and_evaluate
+    from sgrad.run import train_and_evaluate
 
     def run(workdir, steps, *extra):
         cfg = make_cfg("dataset.name=idx", "dataset.dir={data}", "dataset.download=false", "parallel=pipeline",
@@ -140,7 +140,7 @@ def test_pipeline_rejects_what_would_lock_it(override, key):
 
 
 def test_pipeline_needs_one_device_per_module(idx_dir, tmp_path):
-    from sgrad.train import train_and_evaluate
+    from sgrad.run import train_and_evaluate
     cfg = make_cfg("dataset.name=idx", f"dataset.dir={idx_dir}", "dataset.download=false", "parallel=pipeline",
                    "model.layers=4", "trainer.steps=5")
     with pytest.raises(ValueError, match="4 modules but only 1 devices.*xla_force_host_platform_device_count=4"):

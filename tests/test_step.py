@@ -62,9 +62,9 @@ def test_lambda_one_is_the_backprop_update_and_lambda_zero_the_dni_update():
 
 def test_lambda_one_step_equals_the_backprop_step():
     _, net, tx, state, x, y = _setup("dni", "sg.lambda_=1.0")
-    new, _ = make_train_step(net, tx, "dni", UpdateRule(lam=1.0))(state, x, y)
+    new, _ = make_train_step(net, tx, UpdateRule(lam=1.0))(state, x, y)
     _, bnet, btx, bstate, _, _ = _setup("backprop")
-    bnew, _ = make_train_step(bnet, btx, "backprop")(bstate, x, y)
+    bnew, _ = make_train_step(bnet, btx)(bstate, x, y)
     _close(new.params["modules"], bnew.params["modules"])
 
 
@@ -73,14 +73,14 @@ def test_lambda_is_annealed_and_logged():
     np.testing.assert_allclose([rule.lam_at(jnp.int32(s)) for s in (0, 5, 10, 20)], [1.0, 0.5, 0.0, 0.0])
     assert UpdateRule().lam_at(jnp.int32(3)) == 0.0  # static: the plain DNI step stays unlocked
     _, net, tx, state, x, y = _setup()
-    _, metrics = make_train_step(net, tx, "dni", rule)(state, x, y)
+    _, metrics = make_train_step(net, tx, rule)(state, x, y)
     assert float(metrics["sg/lambda"]) == 1.0
 
 
 def test_warmup_trains_sg_models_on_true_gradients_and_leaves_modules_alone():
     _, net, tx, state, x, y = _setup()
     rule = UpdateRule(warmup_steps=3)
-    step = jax.jit(make_train_step(net, tx, "dni", rule))
+    step = jax.jit(make_train_step(net, tx, rule))
     s = state
     for _ in range(3):
         s, _ = step(s, x, y)
@@ -101,17 +101,17 @@ def test_warmup_trains_sg_models_on_true_gradients_and_leaves_modules_alone():
 @pytest.mark.parametrize("mode", ["dni", "backprop"])
 def test_update_prob_zero_freezes_and_one_is_the_plain_step(mode):
     _, net, tx, state, x, y = _setup(mode)
-    frozen, _ = make_train_step(net, tx, mode, UpdateRule(update_prob=0.0))(state, x, y)
+    frozen, _ = make_train_step(net, tx, UpdateRule(update_prob=0.0))(state, x, y)
     _close(frozen.params, state.params, rtol=0, atol=0)
     _close(frozen.opt_state, state.opt_state, rtol=0, atol=0)
-    plain, _ = make_train_step(net, tx, mode)(state, x, y)
-    always, _ = make_train_step(net, tx, mode, UpdateRule(update_prob=1.0))(state, x, y)
+    plain, _ = make_train_step(net, tx)(state, x, y)
+    always, _ = make_train_step(net, tx, UpdateRule(update_prob=1.0))(state, x, y)
     _close(always.params, plain.params, rtol=0, atol=0)
 
 
 def test_sporadic_updates_skip_modules_independently():
     _, net, tx, state, x, y = _setup()
-    step = jax.jit(make_train_step(net, tx, "dni", UpdateRule(update_prob=0.5, seed=1)))
+    step = jax.jit(make_train_step(net, tx, UpdateRule(update_prob=0.5, seed=1)))
     moved = np.zeros((40, len(net.modules)), bool)
     s = state
     for t in range(40):

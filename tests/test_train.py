@@ -16,7 +16,7 @@ from sgrad.network import build_network, init_variables
 from sgrad.optim import build_train_optimizer
 from sgrad.run_record import DivergenceError
 from sgrad.step import create_state, make_train_step
-from sgrad.train import train_and_evaluate
+from sgrad.run import train_and_evaluate
 
 
 def _train(idx_dir, tmp_path, *overrides):
@@ -115,7 +115,7 @@ def _tiny_runner_inputs(cfg, shape):
     idx = rng.integers(0, 64, (5, 16)).astype(np.int32)
     # The runners donate the state: every run starts from its own copy.
     fresh = lambda: create_state(jax.tree.map(jnp.copy, params), jax.tree.map(jnp.copy, stats), tx)
-    return make_train_step(net, tx, cfg.mode.value), xs, ys, mean, std, idx, fresh
+    return make_train_step(net, tx), xs, ys, mean, std, idx, fresh
 
 
 def test_host_loop_runner_matches_the_compiled_loop():

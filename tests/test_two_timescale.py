@@ -10,7 +10,7 @@ from sgrad.models.lstm import LSTMCore
 from sgrad.optim import build_train_optimizer
 from sgrad.recurrent import split_carry
 from sgrad.synthetic import DenseSynthetic
-from sgrad.train_recurrent import train_recurrent
+from sgrad.run import train_and_evaluate
 from sgrad.two_timescale import TwoClockNet, init_two_clock, stream, two_clock_grads
 
 
@@ -87,6 +87,6 @@ def test_b_learns_to_count_only_through_the_dni(tmp_path):
                        "model.hidden=32", "trainer.bptt=6", "trainer.batch_size=64", "trainer.steps=1500",
                        "trainer.log_every=100", "optim.lr=3e-3", "sg.optim.lr=1e-3", "sg.hidden_layers=0",
                        f"sg.scale={scale}", "checkpoint.every=0")
-        acc[scale] = train_recurrent(cfg, tmp_path / str(scale))["b/accuracy"]
+        acc[scale] = train_and_evaluate(cfg, tmp_path / str(scale))["b/accuracy"]
     # Chance (always the most likely count of 6 fair bits) is 0.31.
     assert acc[1.0] > 0.6 and acc[1.0] > acc[0.0] + 0.15, acc

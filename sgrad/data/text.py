@@ -1,10 +1,10 @@
-"""Penn Treebank characters (Mikolov's ptb.char.{train,valid,test}.txt) as next-character streams.
+"""Character corpora as next-character streams: Penn Treebank's ptb.char files, or any UTF-8 text.
 
-Each file holds space-separated characters, `_` between words, one sentence per
-line; a line end is a character of its own. The vocabulary is the training
-split's. The text comes from Mikolov's simple-examples.tgz; no checksum of that
-archive is pinned here, so sgrad does not download it: a user extracts it and
-points `dataset.dir` (or $SGRAD_DATA/ptb_char) at the folder.
+ptb.char files hold space-separated characters, `_` between words, one sentence
+per line; a line end is a character of its own. The text comes from Mikolov's
+simple-examples.tgz; no checksum of that archive is pinned here, so sgrad
+downloads it only when given one. `load_text_corpus` reads any UTF-8 file or
+folder (text8, enwik8, Shakespeare, a user's own) and splits it by fraction.
 """
 
 from __future__ import annotations
@@ -91,6 +91,66 @@ def load_char_corpus(directory: str | None = None, download: bool = True, checks
         raise DatasetError(f"Penn Treebank characters not found in {looked} and {e}. {manual}") from None
     _extract(archive, target)
     return _read(target)
+
+
+UNKNOWN = "\ufffd"  # stands for characters of valid/test that train never shows
+
+
+def _text_files(root: Path) -> list[Path]:
+    """The regular files under `root` (one file, or a folder walked in sorted order; links to files already
+    taken are skipped, so a folder with `x.u8 -> x` aliases is read once)."""
+    if root.is_file():
+        return [root]
+    seen, files = set(), []
+    for path in sorted(root.rglob("*")):
+        real = path.resolve()
+        if real.is_file() and real not in seen:
+            seen.add(real)
+            files.append(path)
+    return files
+
+
+def load_text_corpus(path: str | None, valid_fraction: float = 0.05, test_fraction: float = 0.05
+                     ) -> dict[str, np.ndarray]:
+    """Any UTF-8 text file or folder as {'train','valid','test': int32 ids, 'vocab'}, split by fraction.
+
+    Files are joined in sorted order; files that are not UTF-8 text (binary
+    indexes, archives) are skipped. The split is contiguous: the last
+    `test_fraction` of the characters is test, the `valid_fraction` before it
+    valid, so no sentence is shared between splits except at the two cuts.
+    The vocabulary is the training split's plus one unknown symbol.
+    """
+    if not path:
+        raise DatasetError("dataset=text needs dataset.dir=<a UTF-8 text file or a folder of them>")
+    root = Path(path).expanduser()
+    if not root.exists():
+        raise DatasetError(f"dataset.dir={path}: no such file or folder (dataset=text reads any UTF-8 text file "
+                           "or folder, e.g. Debian's fortunes: apt-get install fortunes; dataset.dir="
+                           "/usr/share/games/fortunes)")
+    parts = []
+    for f in _text_files(root):
+        data = f.read_bytes()
+        if b"\0" in data:
+            continue
+        try:
+            parts.append(data.decode("utf-8"))
+        except UnicodeDecodeError:
+            continue
+    text = "".join(parts)
+    n = len(text)
+    n_test, n_valid = int(n * test_fraction), int(n * valid_fraction)
+    n_train = n - n_test - n_valid
+    if not parts or min(n_train, n_valid, n_test) < 2:
+        raise DatasetError(f"dataset.dir={path}: found {len(parts)} UTF-8 text file(s) with {n} characters in all, "
+                           f"too few to split into train/valid/test by dataset.valid_fraction={valid_fraction} "
+                           f"and dataset.test_fraction={test_fraction}")
+    splits = {"train": text[:n_train], "valid": text[n_train:n_train + n_valid], "test": text[n_train + n_valid:]}
+    vocab = sorted(set(splits["train"])) + [UNKNOWN]
+    table = np.full(max(map(ord, text)) + 1, len(vocab) - 1, np.int32)
+    table[[ord(c) for c in vocab[:-1]]] = np.arange(len(vocab) - 1)
+    out = {s: table[np.frombuffer(t.encode("utf-32-le"), np.uint32)] for s, t in splits.items()}
+    out["vocab"] = np.array(vocab)
+    return out
 
 
 class TextStream:

@@ -26,7 +26,7 @@ class Stage(nn.Module):
 def build_layers(model_cfg, num_classes: int) -> list[nn.Module]:
     """The network's layers, classifier last; `model.layers` counts them all."""
     hidden = model_cfg.layers - 1
-    name = str(getattr(model_cfg.name, "value", model_cfg.name))
+    name = str(model_cfg.name)
     if name == "fcn":
         body = [DenseBlock(model_cfg.width, model_cfg.batch_norm) for _ in range(hidden)]
     elif name == "cnn":

@@ -1,0 +1,161 @@
+"""Image classification (FCN / CNN, every gradient mode and parallel layout) as a task of the run loop.
+
+Data stays on the device; each chunk is one jitted loop that gathers its own
+batches from index arrays, so the host only orchestrates. The step count is a
+traced value, so the step compiles once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sgrad.chunk import preprocess
+from sgrad.config import Mode
+from sgrad.data import Dataset, load_dataset
+from sgrad.network import build_network, init_variables
+from sgrad.optim import build_train_optimizer, learning_rate
+from sgrad.parallel import make_runner
+from sgrad.step import TrainState, UpdateRule, create_state, eval_counts, probe
+
+
+class BatchOrder:
+    """Which examples each step sees: a fresh permutation per epoch, a pure function of (seed, step)."""
+
+    def __init__(self, num_examples: int, batch_size: int, seed: int):
+        self.n, self.b, self.seed = num_examples, batch_size, seed
+        self.steps_per_epoch = num_examples // batch_size
+        self._epoch, self._perm = -1, None
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        if epoch != self._epoch:
+            self._epoch = epoch
+            self._perm = np.random.default_rng([self.seed, epoch]).permutation(self.n)
+        return self._perm
+
+    def chunk(self, start: int, count: int, length: int) -> np.ndarray:
+        """Indices [length, B] for steps start..start+count-1; rows past `count` are unused padding."""
+        idx = np.zeros((length, self.b), np.int32)
+        for j in range(count):
+            epoch, pos = divmod(start + j, self.steps_per_epoch)
+            idx[j] = self._permutation(epoch)[pos * self.b:(pos + 1) * self.b]
+        return idx
+
+
+def pad_eval(x: np.ndarray, y: np.ndarray, batch: int):
+    """The test set as [N/batch, batch, ...] batches with a mask over the padding of the last one."""
+    n = len(y)
+    nb = -(-n // batch)
+    pad = nb * batch - n
+    xp = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)]) if pad else x
+    yp = np.concatenate([y, np.zeros((pad,), y.dtype)]) if pad else y
+    mask = np.arange(nb * batch) < n
+    return (xp.reshape(nb, batch, *x.shape[1:]), yp.reshape(nb, batch), mask.reshape(nb, batch))
+
+
+class ClassificationTask:
+    """A feed-forward network on an image dataset (`model=fcn|cnn`)."""
+
+    synchronous = False
+
+    def __init__(self, cfg: Any, dataset: Dataset | None = None):
+        tcfg = cfg.trainer
+        self.cfg = cfg
+        self.mode = Mode(cfg.mode)
+        data = dataset or load_dataset(str(cfg.dataset.name), cfg.dataset.dir, cfg.dataset.download,
+                                       cfg.dataset.num_classes, progress=tcfg.progress)
+        self.data = data
+        self.order = BatchOrder(len(data.train_y), tcfg.batch_size, cfg.seed)
+        if self.order.steps_per_epoch == 0:
+            raise ValueError(f"trainer.batch_size={tcfg.batch_size} exceeds the {len(data.train_y)} training examples")
+        self.steps_per_epoch = self.order.steps_per_epoch
+        self.total_steps = tcfg.epochs * self.steps_per_epoch if tcfg.epochs else tcfg.steps
+        self.probe_every = cfg.log.grad_probe_every if self.mode.decoupled else 0
+        self.net = build_network(cfg, data.input_shape, data.num_classes)
+        self.name = f"{self.mode.value} {str(cfg.model.name)}"
+        self._mean, self._std = jnp.asarray(data.mean), jnp.asarray(data.std)
+        self._train = jax.device_put(data.train_x), jax.device_put(data.train_y)
+        self._tx = build_train_optimizer(cfg, self.total_steps)
+        self._lr_at = learning_rate(cfg.optim, self.total_steps)
+        self._test = [jax.device_put(a) for a in pad_eval(data.test_x, data.test_y, tcfg.eval_batch_size)]
+        probe_x = jax.device_put(data.test_x[:tcfg.batch_size])
+        probe_y = jax.device_put(data.test_y[:tcfg.batch_size])
+        net, mean, std = self.net, self._mean, self._std
+        self._probe = jax.jit(lambda s: probe(net, s, preprocess(probe_x, mean, std), probe_y))
+
+        @jax.jit
+        def evaluate(state: TrainState, xs, ys, masks):
+            def body(acc, inp):
+                x, y, m = inp
+                c = eval_counts(net, state, preprocess(x, mean, std), y, m)
+                return jax.tree.map(jnp.add, acc, c), None
+            zero = {"loss": 0.0, "correct": 0.0, "count": 0.0}
+            acc, _ = jax.lax.scan(body, jax.tree.map(jnp.float32, zero), (xs, ys, masks))
+            return {"test/loss": acc["loss"] / acc["count"], "test/accuracy": acc["correct"] / acc["count"]}
+        self._evaluate = evaluate
+
+    def init(self) -> Any:
+        tcfg = self.cfg.trainer
+        params, stats = init_variables(self.net, jax.random.key(self.cfg.seed),
+                                       preprocess(self._train[0][:tcfg.batch_size], self._mean, self._std))
+        state = create_state(params, stats, self._tx)
+        self._run_chunk, state, self._view = make_runner(
+            str(self.cfg.parallel), self.net, self._tx, state, UpdateRule.from_config(self.cfg),
+            self.data.input_shape, tcfg.batch_size, self._mean, self._std)
+        # A host-stepped (conv on CPU) chunk has finished when run_chunk returns.
+        self.synchronous = getattr(self._run_chunk, "synchronous", False)
+        return state
+
+    def checkpoint(self, state):
+        return state
+
+    def restore(self, saved):
+        return saved
+
+    def run_chunk(self, state, start: int, stop: int):
+        idx = self.order.chunk(start, stop - start, self.cfg.trainer.log_every)
+        return self._run_chunk(state, *self._train, idx, np.int32(stop - start))
+
+    def chunk_metrics(self, device_metrics, start: int, stop: int, seconds: float) -> dict[str, float]:
+        out = {("train/" + k if "/" not in k else k): float(v) for k, v in device_metrics.items()}
+        out["train/error"] = 1.0 - out["train/accuracy"]
+        out["train/lr"] = float(self._lr_at(stop))
+        rate = (stop - start) / max(seconds, 1e-9)
+        out["perf/steps_per_sec"] = rate
+        out["perf/examples_per_sec"] = rate * self.cfg.trainer.batch_size
+        return out
+
+    def evaluate(self, state, step: int) -> dict[str, float]:
+        ev = {k: float(v) for k, v in jax.device_get(self._evaluate(self._view(state), *self._test)).items()}
+        ev["test/error"] = 1.0 - ev["test/accuracy"]
+        ev["epoch"] = step / self.steps_per_epoch
+        return ev
+
+    def probe(self, state, step: int) -> dict[str, float]:
+        return {k: float(v) for k, v in jax.device_get(self._probe(self._view(state))).items()}
+
+    def eval_line(self, step: int, train: dict, ev: dict) -> str:
+        return (f"step {step} epoch {ev['epoch']:.2f}: train loss {train.get('train/loss', float('nan')):.4f} "
+                f"acc {train.get('train/accuracy', float('nan')):.4f} | test loss {ev['test/loss']:.4f} "
+                f"acc {ev['test/accuracy']:.4f}")
+
+    def divergence_detail(self, state) -> str:
+        params = self._view(state).params
+        parts = []
+        for group, label, first in (("modules", "module", 1), ("sg", "SG model of interface", 1),
+                                    ("si", "synthetic input model of module", 2)):
+            for i, p in enumerate(params[group], start=first):
+                if not all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(p)):
+                    parts.append(f"{label} {i}")
+        return f"non-finite parameters in {', '.join(parts)}" if parts else ""
+
+    def summary_fields(self) -> dict:
+        cfg = self.cfg
+        return {"mode": self.mode.value, "dataset": self.data.name, "model": str(cfg.model.name),
+                "layers": cfg.model.layers, "seed": cfg.seed}
+
+    def objective(self, summary: dict) -> float:
+        return float(summary.get("test/error", float("nan")))

@@ -1,0 +1,169 @@
+"""The one run loop: every experiment is a Task (sgrad/run/task.py) that this loop drives.
+
+Everything a run does besides computing is written here and only here: the
+run-config record and its check on rerun, resume (in place or from
+`trainer.resume`), rewinding the logs, SIGTERM/SIGINT, divergence, checkpoints,
+the chunk grid and the eval/probe cadence, progress, log lines and summary.json.
+With several processes (`distributed=true`) only process 0 writes logs, metrics
+and the summary; checkpoints are collective and a stop request is agreed on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from sgrad.checkpoint import Checkpoints, find_checkpoint_dir
+from sgrad.metrics import MetricWriter, read_jsonl, rewind
+from sgrad.run.rundir import check_run_dir, record_config, resume_command
+from sgrad.run.signals import StopRequest
+from sgrad.run.task import Task
+from sgrad.run_record import DivergenceError, Preempted, run_record
+
+log = logging.getLogger("sgrad")
+
+
+def eval_every(cfg: Any, task: Task) -> int:
+    """trainer.eval_every, or once per epoch of the training data; 0 (only at the end) for generated streams."""
+    return cfg.trainer.eval_every or task.steps_per_epoch or 0
+
+
+def _due(every: int, step: int) -> bool:
+    return bool(every) and step % every == 0
+
+
+def _last_logged(workdir: Path) -> dict:
+    """The newest value of every metric in metrics.jsonl (a resumed run's summary starts from them)."""
+    path = workdir / "metrics.jsonl"
+    last: dict = {}
+    if path.exists():
+        for row in read_jsonl(path):
+            last.update({k: v for k, v in row.items() if k != "step"})
+    return last
+
+
+def _agree(flag: int) -> int:
+    """The largest flag over all processes (a stop on one process stops all, at the same step)."""
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils
+    return int(np.max(multihost_utils.process_allgather(np.int32(flag))))
+
+
+def _non_finite(values: dict[str, float]) -> list[str]:
+    return [k for k, v in values.items() if not np.isfinite(v)]
+
+
+def run(cfg: Any, workdir: str | Path, task: Task) -> dict:
+    """Train `task` per `cfg` in `workdir`, resuming what is there; returns the summary (also summary.json)."""
+    workdir = Path(workdir)
+    lead = jax.process_index() == 0
+    tcfg = cfg.trainer
+    check_run_dir(cfg, workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    total = task.total_steps
+    every_eval = eval_every(cfg, task)
+    every_probe = task.probe_every
+    every_save = cfg.checkpoint.every
+
+    state = task.init()
+    checkpoints = Checkpoints(workdir / "checkpoints", cfg.checkpoint.keep)
+    source = Checkpoints(find_checkpoint_dir(tcfg.resume), read_only=True) if tcfg.resume else checkpoints
+    restored = source.restore_latest(task.checkpoint(state))
+    if restored is None and tcfg.resume:
+        raise ValueError(f"trainer.resume={tcfg.resume}: no readable checkpoint in {source.directory}")
+    step = 0
+    if restored is not None:
+        step, saved = restored
+        state = task.restore(saved)
+        log.info("resuming from the checkpoint at step %d in %s", step, source.directory)
+    if source is not checkpoints:
+        source.close()
+    # The newest good checkpoint this run can go back to: (step, folder), or None.
+    kept = (step, source.directory) if restored is not None else None
+    if lead:
+        record_config(cfg, workdir)
+        # Whatever was logged after the restored step is about to be recomputed.
+        rewind(workdir, step)
+        (workdir / "summary.json").unlink(missing_ok=True)
+    last = _last_logged(workdir) if lead else {}
+    writer = MetricWriter(workdir, cfg.log.tensorboard, enabled=lead)
+    log.info("%s: %d steps from step %d; run dir %s", task.name, total, step, workdir.absolute())
+    bar = tqdm(total=total, initial=step, desc=task.name, unit="step", disable=not (tcfg.progress and lead),
+               dynamic_ncols=True)
+    t_mark = time.perf_counter()
+    pending = None  # a dispatched chunk whose metrics are still on the device: (start, stop, metrics)
+
+    def diverged(at_step: int, values: dict[str, float]) -> DivergenceError:
+        detail = task.divergence_detail(state)
+        where = (f"the last good checkpoint (step {kept[0]}) is in {kept[1]}" if kept is not None
+                 else f"no checkpoint was saved before it (checkpoint.every={every_save})")
+        return DivergenceError(f"run diverged at step {at_step}: non-finite {', '.join(_non_finite(values))}"
+                               f"{'; ' + detail if detail else ''}. The logs are kept in {workdir}; {where}")
+
+    def drain() -> None:
+        """Pull a finished chunk's metrics to the host (after the next chunk was dispatched, when possible)."""
+        nonlocal pending, t_mark
+        start, stop, metrics = pending
+        metrics = jax.device_get(metrics)
+        now = time.perf_counter()
+        out = task.chunk_metrics(metrics, start, stop, now - t_mark)
+        t_mark, pending = now, None
+        writer.write(stop, out)
+        last.update(out)
+        bar.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in list(out.items())[:2]}, refresh=False)
+        if _non_finite(out):  # after writing: the log shows the non-finite values too
+            raise diverged(stop, out)
+
+    def fields() -> dict:
+        out = {"step": step, **task.summary_fields(), **last}
+        out["objective"] = task.objective(out)  # what a sweeper (e.g. Optuna) minimises
+        return out
+
+    closing = [bar, writer, checkpoints]
+    with run_record(workdir, fields, closing, enabled=lead) as summary, StopRequest() as stop_request:
+        while step < total:
+            # Chunk ends lie on a fixed grid of steps, so a resumed run logs exactly the same points.
+            stop = min([total] + [(step // e + 1) * e for e in
+                                  (tcfg.log_every, every_eval, every_probe, every_save) if e])
+            state, metrics = task.run_chunk(state, step, stop)
+            if pending is not None:
+                drain()
+            bar.update(stop - step)
+            pending, step = (step, stop, metrics), stop
+            stopping = _agree(stop_request.received)
+            saving = _due(every_save, step) or step == total or stopping
+            evaluating = _due(every_eval, step) or step == total
+            probing = _due(every_probe, step) or (every_probe and step == total)
+            if task.synchronous or evaluating or probing or saving:
+                drain()
+            if probing:
+                values = task.probe(state, step)
+                writer.write(step, values)
+                last.update(values)
+                if _non_finite(values):
+                    raise diverged(step, values)
+            if evaluating:
+                values = task.evaluate(state, step)
+                if values:
+                    writer.write(step, values)
+                    last.update(values)
+                    if _non_finite(values):
+                        raise diverged(step, values)
+                log.info("%s", task.eval_line(step, last, values))
+            if saving:
+                writer.flush()
+                checkpoints.save(step, task.checkpoint(state))
+                kept = (step, checkpoints.directory)
+            if pending is None:
+                # Everything dispatched has finished: eval, probe and checkpoint time stay out of steps/s.
+                t_mark = time.perf_counter()
+            if stopping:
+                raise Preempted(stopping, step, resume_command(workdir))
+    return summary

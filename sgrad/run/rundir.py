@@ -1,0 +1,97 @@
+"""A run dir belongs to one configuration: rerunning into it resumes only when the settings match.
+
+`run_config.json` records the composed config when a run dir is first used.
+A later run into the same dir may change only the settings in RESUMABLE (how
+long, how often to log, evaluate and save, where the data lies); anything else
+is refused before a file is touched, naming the keys that differ.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from sgrad.config import ConfigError
+
+RECORD = "run_config.json"
+# Settings a resumed run may change: they decide how long and how often, not what is trained.
+RESUMABLE = ("trainer.steps", "trainer.epochs", "trainer.eval_every", "trainer.log_every", "trainer.progress",
+             "trainer.resume", "log.grad_probe_every", "log.tensorboard", "checkpoint.every", "checkpoint.keep",
+             "dataset.dir", "dataset.download", "dataset.url", "dataset.checksum")
+
+
+def flat_config(cfg: Any) -> dict[str, Any]:
+    """The composed config as {dotted key: value}, enums as strings, without Hydra's own keys."""
+    tree = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True) if OmegaConf.is_config(cfg) else cfg
+    out: dict[str, Any] = {}
+
+    def walk(node, prefix):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if k not in ("defaults", "hydra"):
+                    walk(v, f"{prefix}{k}.")
+        else:
+            out[prefix[:-1]] = node
+    walk(tree, "")
+    return out
+
+
+def differing_keys(old: dict, new: dict) -> list[str]:
+    keys = sorted(set(old) | set(new))
+    return [k for k in keys if k not in RESUMABLE and old.get(k) != new.get(k)]
+
+
+def check_run_dir(cfg: Any, workdir: str | Path) -> None:
+    """Raise ConfigError when `workdir` was made with a config that differs beyond RESUMABLE."""
+    path = Path(workdir) / RECORD
+    if not path.is_file():
+        return
+    old = json.loads(path.read_text())
+    new = flat_config(cfg)
+    diffs = differing_keys(old, new)
+    if diffs:
+        shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diffs[:6])
+        more = f" and {len(diffs) - 6} more" if len(diffs) > 6 else ""
+        raise ConfigError(
+            f"run dir {workdir} was made with other settings ({shown}{more}); a rerun into it resumes, which "
+            f"allows changing only {', '.join(RESUMABLE[:5])}, ... Nothing was changed: to start fresh, give "
+            "another hydra.run.dir (or remove that dir)")
+
+
+def record_config(cfg: Any, workdir: str | Path) -> None:
+    """Write run_config.json the first time a run dir is used (never rewritten: it is what a resume matches)."""
+    path = Path(workdir) / RECORD
+    if not path.is_file():
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(flat_config(cfg), indent=1, sort_keys=True) + "\n")
+        tmp.replace(path)
+
+
+def resume_command(workdir: str | Path) -> str:
+    """The command that continues this run: this job's overrides, with the run dir pinned."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        overrides = list(HydraConfig.get().overrides.task)
+    except ValueError:  # not under Hydra (a notebook or a test calling the loop)
+        overrides = [a for a in sys.argv[1:] if "=" in a and not a.startswith("-")]
+    overrides = [o for o in overrides if not o.startswith("hydra.run.dir=")]
+    return shlex.join(["sgrad-train", *overrides, f"hydra.run.dir={Path(workdir)}"])
+
+
+def is_stub(workdir: str | Path) -> bool:
+    """Whether `workdir` holds only what Hydra writes at job start (.hydra/ and an empty log)."""
+    workdir = Path(workdir)
+    if not workdir.is_dir():
+        return False
+    for p in workdir.iterdir():
+        if p.name == ".hydra":
+            continue
+        if p.suffix == ".log" and p.is_file() and p.stat().st_size == 0:
+            continue
+        return False
+    return True

@@ -1,0 +1,176 @@
+"""Sequence tasks for `model=lstm` (Copy, Repeat Copy, character text) as a task of the run loop.
+
+Each chunk of windows is generated on the host (a pure function of seed, step
+and curriculum level) and run as one compiled loop; the curriculum moves
+between chunks, so shapes never change and a chunk's metrics are read before
+the next chunk is built.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sgrad.chunk import summed_loop
+from sgrad.config import Mode
+from sgrad.data.text import TextStream, load_char_corpus, load_text_corpus
+from sgrad.models.lstm import LSTMCore
+from sgrad.optim import build_train_optimizer
+from sgrad.recurrent import (LN2, RecurrentNet, RecurrentState, future_gradient_probe, init_recurrent,
+                             make_recurrent_step, window)
+from sgrad.synthetic import DenseSynthetic
+from sgrad.tasks.copy import CopyTask
+
+PROBE_WINDOWS = 8
+
+
+def build_stream(cfg, text: dict | None = None):
+    """The stream of windows for `dataset.name`: a CopyTask curriculum or a character corpus."""
+    name, t, d = str(cfg.dataset.name), cfg.trainer, cfg.dataset
+    if name in ("copy", "repeat_copy"):
+        return CopyTask(name, d.bits, t.batch_size, t.bptt, cfg.seed, d.start_length, d.curriculum_threshold,
+                        d.max_repeats)
+    if text is not None:
+        corpus = text
+    elif name == "text":
+        corpus = load_text_corpus(d.dir, d.valid_fraction, d.test_fraction)
+    else:
+        corpus = load_char_corpus(d.dir, d.download, d.checksum, d.url, progress=t.progress)
+    return TextStream(corpus, t.batch_size, t.bptt)
+
+
+def build_recurrent_net(cfg, output_dim: int, loss: str) -> RecurrentNet:
+    mode = Mode(cfg.mode)
+    core = LSTMCore(cfg.model.hidden, output_dim, aux=mode.decoupled and cfg.sg.aux)
+    # The state's SG model has no batch norm: one boundary per step gives a small, correlated batch.
+    sg = DenseSynthetic(cfg.sg.hidden_layers, cfg.sg.width, batch_norm=False) if mode.decoupled else None
+    return RecurrentNet(core, sg, loss, cfg.sg.discount, cfg.sg.aux_weight, conditioned=mode.conditioned,
+                        sg_scale=cfg.sg.scale)
+
+
+class SequenceTask:
+    """An LSTM trained in windows of `trainer.bptt` steps: truncated BPTT, or DNI/cDNI at the boundaries."""
+
+    synchronous = True  # the curriculum reads each chunk's error before the next chunk is generated
+
+    def __init__(self, cfg: Any, text: dict | None = None):
+        t = cfg.trainer
+        self.cfg = cfg
+        self.mode = Mode(cfg.mode)
+        self.stream = build_stream(cfg, text)
+        self.copy = isinstance(self.stream, CopyTask)
+        self.net = build_recurrent_net(cfg, self.stream.output_dim, "bits" if self.copy else "softmax")
+        self.total_steps = t.steps
+        self.steps_per_epoch = None if self.copy else self.stream.windows_per_epoch
+        self.probe_every = cfg.log.grad_probe_every if self.net.sg_model is not None else 0
+        self.name = f"{self.mode.value} T={t.bptt}"
+        self._tx = build_train_optimizer(cfg, t.steps)
+        net, step_fn = self.net, make_recurrent_step(self.net, self._tx)
+
+        @partial(jax.jit, donate_argnums=0)
+        def run_chunk(state: RecurrentState, x, y, mask, resets, n):
+            """Windows 0..n-1 of a chunk generated one window long, so every window sees the one after it."""
+            return summed_loop(step_fn, state, n,
+                               lambda i: (x[i], y[i], mask[i], resets[i], (y[i + 1], mask[i + 1], resets[i + 1])))
+
+        @jax.jit
+        def probe(params, s0, x, y, mask, resets):
+            return future_gradient_probe(net, params, s0, x, y, mask, resets)
+
+        @jax.jit
+        def evaluate_stream(params, x, y, mask, resets):
+            """Summed nats and units over consecutive windows [W, B, T, ...], the state carried (no updates)."""
+            def body(s, inp):
+                (_, _, s), sums = window(net, params["core"], s, *inp)
+                return s, (sums["nats"], sums["units"])
+            s0 = jnp.zeros((x.shape[1], 2 * net.core.hidden))
+            _, (nats, units) = jax.lax.scan(body, s0, (x, y, mask, resets))
+            return nats.sum(), units.sum()
+
+        self._run_chunk, self._probe, self._evaluate = run_chunk, probe, evaluate_stream
+
+    def init(self) -> RecurrentState:
+        t = self.cfg.trainer
+        return init_recurrent(self.net, jax.random.key(self.cfg.seed), t.batch_size, self.stream.input_dim,
+                              self._tx, t.bptt)
+
+    def checkpoint(self, state):
+        # The curriculum level and the longest length solved travel with the state.
+        progress = [getattr(self.stream, "level", 0), getattr(self.stream, "solved", 0)]
+        return {"state": state, "curriculum": np.array(progress, np.int64)}
+
+    def restore(self, saved):
+        if self.copy:
+            self.stream.level, self.stream.solved = (int(v) for v in saved["curriculum"])
+        return saved["state"]
+
+    def run_chunk(self, state, start: int, stop: int):
+        n, length = stop - start, self.cfg.trainer.log_every
+        chunk = self.stream.chunk(start, max(length, n) + 1)
+        if self.copy:
+            chunk.resets[-1, :, 0] = 1.0  # the next chunk starts fresh streams: nothing follows this one
+        return self._run_chunk(state, chunk.x, chunk.y, chunk.mask, chunk.resets, np.int32(n))
+
+    def chunk_metrics(self, sums, start: int, stop: int, seconds: float) -> dict[str, float]:
+        sums = {k: float(v) for k, v in sums.items()}
+        n, batch = stop - start, self.cfg.trainer.batch_size
+        units = max(sums["units"], 1.0)
+        out = {"train/loss": sums["nats"] / units, "train/bits_per_unit": sums["nats"] / units / LN2,
+               "train/error_rate": sums["wrong"] / units, "train/grad_norm": sums["grad_norm"] / n,
+               "perf/steps_per_sec": n / max(seconds, 1e-9)}
+        if self.net.sg_model is not None:
+            out["sg/loss"] = sums["sg_loss"] / (n * batch)
+            out["sg/norm"] = sums["sg_norm"] / (n * batch)
+            if "aux_loss" in sums:
+                out["sg/aux_loss"] = sums["aux_loss"] / (n * batch)
+        if self.copy:
+            out["train/error_per_bit"] = out["train/bits_per_unit"]
+            self.stream.observe(out["train/error_per_bit"])
+            out["curriculum/length"] = self.stream.level
+            out["curriculum/solved"] = self.stream.solved
+        return out
+
+    def evaluate(self, state, step: int) -> dict[str, float]:
+        if self.copy:
+            return {}  # generated episodes: the chunk metrics are already unseen data
+        out = {}
+        for split in ("valid", "test"):
+            nats, units = (float(v) for v in self._evaluate(state.params, *self.stream.eval_windows(split)))
+            out[f"{split}/bpc"] = nats / units / LN2
+        return out
+
+    def probe(self, state, step: int) -> dict[str, float]:
+        # The stream's own continuation from the carried state (probed, never trained on here).
+        p = self.stream.chunk(step, PROBE_WINDOWS)
+        return {k: float(v) for k, v in jax.device_get(
+            self._probe(state.params, state.carry, p.x, p.y, p.mask, p.resets)).items()}
+
+    def eval_line(self, step: int, train: dict, ev: dict) -> str:
+        line = f"step {step}: train bits/unit {train.get('train/bits_per_unit', float('nan')):.4f}"
+        if self.copy:
+            line += f", curriculum length {self.stream.level} (solved {self.stream.solved})"
+        if "sg/cosine" in train:
+            line += f", sg/cosine {train['sg/cosine']:.3f}"
+        if ev:
+            line += f" | valid bpc {ev['valid/bpc']:.4f} test bpc {ev['test/bpc']:.4f}"
+        return line
+
+    def divergence_detail(self, state) -> str:
+        bad = [name for name, tree in (("the LSTM", state.params["core"]), ("the SG model", state.params["sg"]))
+               if not all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(tree))]
+        return f"non-finite parameters in {', '.join(bad)}" if bad else ""
+
+    def summary_fields(self) -> dict:
+        cfg = self.cfg
+        return {"mode": self.mode.value, "dataset": str(cfg.dataset.name), "model": "lstm",
+                "hidden": cfg.model.hidden, "bptt": cfg.trainer.bptt, "aux": bool(cfg.sg.aux), "seed": cfg.seed,
+                **({"max_length_solved": self.stream.solved} if self.copy else {})}
+
+    def objective(self, summary: dict) -> float:
+        if self.copy:
+            return -float(summary.get("max_length_solved", 0))
+        return float(summary.get("test/bpc", float("nan")))

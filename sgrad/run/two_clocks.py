@@ -1,0 +1,86 @@
+"""Two networks on two clocks linked by a DNI (`+exp=two_timescale_dni`) as a task of the run loop."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sgrad.chunk import summed_loop
+from sgrad.config import Mode
+from sgrad.models.lstm import LSTMCore
+from sgrad.optim import build_train_optimizer
+from sgrad.synthetic import DenseSynthetic
+from sgrad.two_timescale import TwoClockNet, init_two_clock, make_two_clock_step, stream
+
+
+class TwoClockTask:
+    """A every step, B every `trainer.bptt` steps on A's state; `mode=dni` links them (cut with sg.scale=0)."""
+
+    synchronous = False
+    steps_per_epoch = None  # a generated stream: evaluated (its chunk metrics reported) at the end
+    probe_every = 0
+
+    def __init__(self, cfg: Any):
+        t = cfg.trainer
+        self.cfg = cfg
+        self.mode = Mode(cfg.mode)
+        bits, period = cfg.dataset.bits, t.bptt
+        self.net = TwoClockNet(LSTMCore(cfg.model.hidden, bits), LSTMCore(cfg.model.hidden, period * bits + 1),
+                               DenseSynthetic(cfg.sg.hidden_layers, cfg.sg.width, batch_norm=False),
+                               "dni" if self.mode.decoupled else "backprop", cfg.sg.scale)
+        self.total_steps = t.steps
+        self.name = f"two clocks {self.mode.value} scale={cfg.sg.scale}"
+        self._tx = build_train_optimizer(cfg, t.steps)
+        step_fn = make_two_clock_step(self.net, self._tx)
+
+        @partial(jax.jit, donate_argnums=0)
+        def run_chunk(state, x, y_a, y_b, n):
+            return summed_loop(step_fn, state, n, lambda i: (x[i], y_a[i], y_b[i]))
+        self._run_chunk = run_chunk
+
+    def init(self):
+        return init_two_clock(self.net, jax.random.key(self.cfg.seed), self.cfg.trainer.batch_size,
+                              self.cfg.dataset.bits, self._tx)
+
+    def checkpoint(self, state):
+        return state
+
+    def restore(self, saved):
+        return saved
+
+    def run_chunk(self, state, start: int, stop: int):
+        t = self.cfg.trainer
+        x, y_a, y_b = stream(np.random.default_rng([self.cfg.seed, start]), t.batch_size, t.log_every, t.bptt,
+                             self.cfg.dataset.bits)
+        return self._run_chunk(state, x, y_a, y_b, np.int32(stop - start))
+
+    def chunk_metrics(self, sums, start: int, stop: int, seconds: float) -> dict[str, float]:
+        n = stop - start
+        return {**{k: float(v) / n for k, v in sums.items()}, "perf/steps_per_sec": n / max(seconds, 1e-9)}
+
+    def evaluate(self, state, step: int) -> dict[str, float]:
+        return {}
+
+    def probe(self, state, step: int) -> dict[str, float]:
+        return {}
+
+    def eval_line(self, step: int, train: dict, ev: dict) -> str:
+        return (f"step {step}: A accuracy {train.get('a/accuracy', float('nan')):.4f}, "
+                f"B accuracy {train.get('b/accuracy', float('nan')):.4f}, sg/cosine {train.get('sg/cosine', 0):.3f}")
+
+    def divergence_detail(self, state) -> str:
+        bad = [k for k, tree in state.params.items()
+               if not all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(tree))]
+        return f"non-finite parameters in {', '.join(bad)}" if bad else ""
+
+    def summary_fields(self) -> dict:
+        cfg = self.cfg
+        return {"mode": self.mode.value, "dataset": "two_timescale", "model": "lstm", "hidden": cfg.model.hidden,
+                "bptt": cfg.trainer.bptt, "sg_scale": cfg.sg.scale, "seed": cfg.seed}
+
+    def objective(self, summary: dict) -> float:
+        return -float(summary.get("b/accuracy", 0.0))
