@@ -2,7 +2,9 @@
 localhost with gloo collectives. The pipeline across processes equals the same schedule run sequentially
 in one process, and data parallelism across processes equals the single-device step."""
 
+import json
 import os
+import time
 import socket
 import subprocess
 import sys
@@ -95,3 +97,41 @@ def test_pipeline_and_data_parallel_across_processes():
         assert p.returncode == 0, err[-3000:]
         # Gloo writes its own connection lines to stdout.
         assert [line for line in out.splitlines() if line.endswith(" ok")] == ["pipeline ok", "data ok"], out
+
+
+@pytest.mark.slow
+def test_two_cli_processes_write_one_run(tmp_path, idx_dir):
+    """Two `sgrad-train distributed=true` processes joined as SLURM would join them, started in different
+    seconds (so Hydra's timestamped dirs differ): one run dir, every line written once, one event file."""
+    job = str(50_000 + os.getpid() % 10_000)
+    base = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo",
+            "SLURM_JOB_ID": job, "SLURM_NTASKS": "2", "SLURM_STEP_NODELIST": "localhost",
+            "SLURM_STEP_NUM_NODES": "1"}
+    base.pop("XLA_FLAGS", None)
+    args = [sys.executable, "-m", "sgrad.cli", "dataset=idx", f"dataset.dir={idx_dir}", "mode=dni", "parallel=data",
+            "distributed=true", "model.width=16", "sg.width=16", "trainer.batch_size=32", "trainer.steps=40",
+            "trainer.log_every=10", "trainer.eval_every=20", "trainer.progress=false", "checkpoint.every=20",
+            "log.grad_probe_every=20"]
+    procs = []
+    for rank in range(2):
+        env = {**base, "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank)}
+        procs.append(subprocess.Popen(args, env=env, cwd=tmp_path, text=True, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE))
+        time.sleep(1.2)
+    try:
+        outs = [p.communicate(timeout=600) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    runs = [d for d in (tmp_path / "outputs").glob("*/*") if d.is_dir()]
+    assert len(runs) == 1, runs
+    run = runs[0]
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == len(set(lines))
+    assert [json.loads(l)["step"] for l in lines if "train/loss" in l] == [10, 20, 30, 40]
+    assert len(list((run / "tb").glob("events.out.tfevents.*"))) == 1
+    log = (run / "sgrad.log").read_text()
+    assert log.count("step 40") == 1, log
+    assert json.loads((run / "summary.json").read_text())["status"] == "completed"

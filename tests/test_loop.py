@@ -1,0 +1,145 @@
+"""The one run loop: run dirs are never destroyed, refusals touch nothing, and every task gets the same
+behaviours (run dir line, eval lines, resume, preemption with the resume command, one eval cadence)."""
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import make_cfg
+from sgrad.config import ConfigError
+from sgrad.metrics import read_jsonl
+from sgrad.run import build_task, train_and_evaluate
+from sgrad.run.loop import eval_every
+from sgrad.run.rundir import check_run_dir, differing_keys, flat_config, record_config
+from sgrad.run_record import Preempted
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _tree_digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _copy_cfg(*extra):
+    return make_cfg("model.name=lstm", "dataset.name=copy", "mode=dni", "model.hidden=16", "trainer.bptt=3",
+                    "trainer.batch_size=8", "trainer.log_every=10", "trainer.steps=40", "sg.hidden_layers=0",
+                    "checkpoint.every=20", "log.grad_probe_every=20", *extra)
+
+
+def test_a_rerun_may_change_only_how_long_and_how_often():
+    a = make_cfg("trainer.steps=100")
+    assert differing_keys(flat_config(a), flat_config(make_cfg("trainer.steps=200", "checkpoint.every=7"))) == []
+    assert differing_keys(flat_config(a), flat_config(make_cfg("model.width=128", "optim.lr=0.5"))) == \
+        ["model.width", "optim.lr"]
+
+
+def test_changed_config_is_refused_naming_the_keys(tmp_path):
+    record_config(make_cfg(), tmp_path)
+    check_run_dir(make_cfg("trainer.steps=9"), tmp_path)
+    with pytest.raises(ConfigError, match=r"model.width: 32 -> 128.*optim.lr.*start fresh"):
+        check_run_dir(make_cfg("model.width=128", "optim.lr=0.5"), tmp_path)
+
+
+def test_eval_every_null_means_once_per_epoch_for_every_task(idx_dir, tmp_path):
+    image = build_task(make_cfg("dataset.name=idx", f"dataset.dir={idx_dir}"))
+    assert eval_every(image.cfg, image) == image.steps_per_epoch > 0
+    corpus = {"train": (["a", "b", "c"] * 400), "valid": ["a", "b"] * 50, "test": ["c", "a"] * 50}
+    vocab = ["a", "b", "c"]
+    ids = {k: __import__("numpy").array([vocab.index(c) for c in v], "int32") for k, v in corpus.items()}
+    ids["vocab"] = __import__("numpy").array(vocab)
+    text = build_task(_copy_cfg("dataset.name=text", "trainer.batch_size=4"), text=ids)
+    assert eval_every(text.cfg, text) == text.steps_per_epoch == text.stream.windows_per_epoch
+    # Generated streams have no epochs: they are evaluated at the end.
+    copy = build_task(_copy_cfg())
+    assert eval_every(copy.cfg, copy) == 0
+    assert eval_every(OmegaConf.merge(copy.cfg, {"trainer": {"eval_every": 5}}), copy) == 5
+
+
+def _preempt_at_first_checkpoint(run_dir: Path):
+    import threading
+
+    def watch():
+        while not list((run_dir / "checkpoints").glob("*/commit_success.txt")):
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGTERM)
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def test_recurrent_run_preempted_resumes_with_no_duplicate_steps(tmp_path):
+    ref = train_and_evaluate(_copy_cfg(), tmp_path / "ref")
+    run = tmp_path / "run"
+    _preempt_at_first_checkpoint(run)
+    with pytest.raises(Preempted, match=rf"Resume with: sgrad-train .*hydra.run.dir={run}"):
+        train_and_evaluate(_copy_cfg("trainer.steps=400", "checkpoint.every=10"), run)
+    assert json.loads((run / "summary.json").read_text())["status"] == "preempted"
+    again = train_and_evaluate(_copy_cfg(), run)
+    assert again["status"] == "completed" and again["step"] == 40
+    steps = [r["step"] for r in read_jsonl(run / "metrics.jsonl") if "train/loss" in r]
+    assert steps == [10, 20, 30, 40]
+    drop = lambda rows: [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in rows]
+    assert drop(read_jsonl(run / "metrics.jsonl")) == drop(read_jsonl(tmp_path / "ref" / "metrics.jsonl"))
+    assert again["max_length_solved"] == ref["max_length_solved"]
+
+
+def test_two_clock_run_checkpoints_and_resumes(tmp_path):
+    cfg = lambda steps: make_cfg("model.name=lstm", "dataset.name=two_timescale", "mode=dni", "model.hidden=8",
+                                 "trainer.bptt=3", "dataset.bits=1", "trainer.batch_size=8", "trainer.log_every=10",
+                                 f"trainer.steps={steps}", "sg.hidden_layers=0", "checkpoint.every=10")
+    train_and_evaluate(cfg(20), tmp_path / "ref")
+    ref_rows = read_jsonl(tmp_path / "ref" / "metrics.jsonl")
+    train_and_evaluate(cfg(10), tmp_path / "run")
+    assert (tmp_path / "run" / "checkpoints" / "10").is_dir()
+    train_and_evaluate(cfg(20), tmp_path / "run")
+    drop = lambda rows: [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in rows]
+    assert drop(read_jsonl(tmp_path / "run" / "metrics.jsonl")) == drop(ref_rows)
+
+
+# --- the command line --------------------------------------------------------------------------
+
+def _cli(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "sgrad.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
+
+
+COPY_RUN = ["+exp=copy_dni", "model.hidden=16", "trainer.steps=40", "trainer.log_every=10", "trainer.progress=false",
+            "checkpoint.every=20", "log.grad_probe_every=20", "trainer.eval_every=20"]
+
+
+def test_cli_recurrent_run_says_where_it_writes_and_logs_each_evaluation(tmp_path):
+    run = tmp_path / "run"
+    res = _cli(*COPY_RUN, f"hydra.run.dir={run}")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert f"run dir {run}" in res.stdout
+    evals = [l for l in res.stdout.splitlines() if "curriculum length" in l]
+    assert len(evals) == 2 and "step 20" in evals[0] and "step 40" in evals[1]
+    assert "curriculum length" in (run / "sgrad.log").read_text()
+
+
+def test_cli_changed_rerun_leaves_the_earlier_run_byte_identical(tmp_path):
+    run = tmp_path / "run"
+    assert _cli(*COPY_RUN, f"hydra.run.dir={run}").returncode == 0
+    before = _tree_digest(run)
+    res = _cli(*COPY_RUN, "model.hidden=32", "trainer.steps=60", f"hydra.run.dir={run}")
+    assert res.returncode == 2
+    errors = [l for l in res.stderr.splitlines() if l.strip()]
+    assert len(errors) == 1 and "model.hidden: 16 -> 32" in errors[0], res.stderr
+    assert _tree_digest(run) == before
+    # Running longer with the same settings resumes.
+    res = _cli(*COPY_RUN, "trainer.steps=60", f"hydra.run.dir={run}")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert [r["step"] for r in read_jsonl(run / "metrics.jsonl") if "train/loss" in r] == [10, 20, 30, 40, 50, 60]
+
+
+def test_cli_refused_config_creates_no_run_dir(tmp_path):
+    res = _cli("trainer.batch_size=-5", f"hydra.run.dir={tmp_path / 'run'}")
+    assert res.returncode == 2 and "trainer.batch_size" in res.stderr
+    assert not (tmp_path / "run").exists()
