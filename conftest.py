@@ -86,3 +86,16 @@ def idx_dir(tmp_path_factory):
 def _isolated_data_cache(tmp_path, monkeypatch):
     # Tests never read or fill the user's real cache.
     monkeypatch.setenv("SGRAD_DATA", str(tmp_path / "sgrad-data"))
+
+
+def preempt_when_checkpointed(run_dir: Path) -> None:
+    """SIGTERM this process as soon as the run in `run_dir` has written a checkpoint, as a cluster would."""
+    import signal
+    import threading
+    import time
+
+    def watch():
+        while not list((run_dir / "checkpoints").glob("*/commit_success.txt")):
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGTERM)
+    threading.Thread(target=watch, daemon=True).start()

@@ -3,11 +3,9 @@ skipped, divergence keeps the last good checkpoint, and a failing multirun job i
 
 import json
 import logging
-import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -16,7 +14,7 @@ import orbax.checkpoint as ocp
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import make_cfg
+from conftest import make_cfg, preempt_when_checkpointed
 from sgrad.metrics import read_jsonl
 from sgrad.run_record import DivergenceError, Preempted
 from sgrad.run import train_and_evaluate
@@ -45,20 +43,11 @@ def _cfg(idx_dir, *extra):
     return make_cfg("dataset.name=idx", f"dataset.dir={idx_dir}", "mode=dni", "log.grad_probe_every=30", *extra)
 
 
-def _preempt_when_checkpointed(run_dir: Path):
-    """SIGTERM this process as soon as the run has written a checkpoint, as a cluster would."""
-    def watch():
-        while not list((run_dir / "checkpoints").glob("*/commit_success.txt")):
-            time.sleep(0.01)
-        os.kill(os.getpid(), signal.SIGTERM)
-    threading.Thread(target=watch, daemon=True).start()
-
-
 def test_preempted_run_resumes_exactly_in_the_same_run_dir(idx_dir, tmp_path):
     args = ("trainer.steps=1000", "checkpoint.every=250", "trainer.eval_every=250")
     ref = train_and_evaluate(_cfg(idx_dir, *args), tmp_path / "ref")
     run = tmp_path / "run"
-    _preempt_when_checkpointed(run)
+    preempt_when_checkpointed(run)
     with pytest.raises(Preempted) as stop:
         train_and_evaluate(_cfg(idx_dir, *args), run)
     assert 250 <= stop.value.step < 1000

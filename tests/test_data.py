@@ -169,3 +169,29 @@ def test_real_fashion_mnist_from_debian():
     assert data.source == FASHION_DIR
     assert data.train_x.shape == (60000, 28, 28, 1) and data.test_x.shape == (10000, 28, 28, 1)
     assert np.bincount(data.train_y).tolist() == [6000] * 10
+
+
+def test_any_text_folder_splits_by_fraction_and_skips_binary_files(tmp_path):
+    from sgrad.data.errors import DatasetError
+    from sgrad.data.text import UNKNOWN, load_text_corpus
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    (folder / "a.txt").write_text("héllo world\n" * 80, encoding="utf-8")
+    (folder / "b.txt").write_text("thé end\n" * 20 + "zq", encoding="utf-8")
+    (folder / "a.txt.dat").write_bytes(b"\x00\x01\xff binary index")
+    (folder / "alias").symlink_to(folder / "a.txt")  # read once, like fortunes' x.u8 -> x
+    corpus = load_text_corpus(str(folder), valid_fraction=0.1, test_fraction=0.1)
+    n = 12 * 80 + 8 * 20 + 2
+    assert sum(len(corpus[s]) for s in ("train", "valid", "test")) == n
+    assert len(corpus["test"]) == int(n * 0.1) == len(corpus["valid"])
+    vocab = list(corpus["vocab"])
+    assert vocab[-1] == UNKNOWN and "é" in vocab
+    decode = lambda ids: "".join(vocab[i] for i in ids)
+    assert decode(corpus["train"]).startswith("héllo world\n")
+    # "zq" appears only in the test split: both map to the unknown symbol.
+    assert decode(corpus["test"]).endswith(UNKNOWN * 2)
+    with pytest.raises(DatasetError, match="no such file or folder"):
+        load_text_corpus(str(tmp_path / "missing"))
+    (tmp_path / "tiny.txt").write_text("ab")
+    with pytest.raises(DatasetError, match="too few to split"):
+        load_text_corpus(str(tmp_path / "tiny.txt"))

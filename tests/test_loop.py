@@ -3,17 +3,14 @@ behaviours (run dir line, eval lines, resume, preemption with the resume command
 
 import hashlib
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import make_cfg
+from conftest import make_cfg, preempt_when_checkpointed
 from sgrad.config import ConfigError
 from sgrad.metrics import read_jsonl
 from sgrad.run import build_task, train_and_evaluate
@@ -64,20 +61,10 @@ def test_eval_every_null_means_once_per_epoch_for_every_task(idx_dir, tmp_path):
     assert eval_every(OmegaConf.merge(copy.cfg, {"trainer": {"eval_every": 5}}), copy) == 5
 
 
-def _preempt_at_first_checkpoint(run_dir: Path):
-    import threading
-
-    def watch():
-        while not list((run_dir / "checkpoints").glob("*/commit_success.txt")):
-            time.sleep(0.01)
-        os.kill(os.getpid(), signal.SIGTERM)
-    threading.Thread(target=watch, daemon=True).start()
-
-
 def test_recurrent_run_preempted_resumes_with_no_duplicate_steps(tmp_path):
     ref = train_and_evaluate(_copy_cfg(), tmp_path / "ref")
     run = tmp_path / "run"
-    _preempt_at_first_checkpoint(run)
+    preempt_when_checkpointed(run)
     with pytest.raises(Preempted, match=rf"Resume with: sgrad-train .*hydra.run.dir={run}"):
         train_and_evaluate(_copy_cfg("trainer.steps=400", "checkpoint.every=10"), run)
     assert json.loads((run / "summary.json").read_text())["status"] == "preempted"
