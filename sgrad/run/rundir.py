@@ -84,14 +84,8 @@ def resume_command(workdir: str | Path) -> str:
 
 
 def is_stub(workdir: str | Path) -> bool:
-    """Whether `workdir` holds only what Hydra writes at job start (.hydra/ and an empty log)."""
+    """Whether `workdir` holds only what Hydra writes at job start (.hydra/ and its log): no run ever used it."""
     workdir = Path(workdir)
     if not workdir.is_dir():
         return False
-    for p in workdir.iterdir():
-        if p.name == ".hydra":
-            continue
-        if p.suffix == ".log" and p.is_file() and p.stat().st_size == 0:
-            continue
-        return False
-    return True
+    return all(p.name == ".hydra" or (p.suffix == ".log" and p.is_file()) for p in workdir.iterdir())
