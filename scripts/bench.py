@@ -34,12 +34,12 @@ from omegaconf import OmegaConf
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sgrad.config import TrainConfig  # noqa: E402
-from sgrad.network import build_network, init_variables  # noqa: E402
-from sgrad.optim import build_train_optimizer  # noqa: E402
-from sgrad.provenance import git_commit, machine  # noqa: E402
-from sgrad.step import UpdateRule, create_state, make_train_step  # noqa: E402
-from sgrad.chunk import make_chunk_runner, preprocess  # noqa: E402
-from sgrad.parallel import make_runner, slow_loop_convolutions  # noqa: E402
+from sgrad.models.network import build_network, init_variables  # noqa: E402
+from sgrad.core.optim import build_train_optimizer  # noqa: E402
+from sgrad.run.provenance import git_commit, machine  # noqa: E402
+from sgrad.core.step import UpdateRule, create_state, make_train_step  # noqa: E402
+from sgrad.devices.chunk import make_chunk_runner, preprocess  # noqa: E402
+from sgrad.devices.parallel import make_runner, slow_loop_convolutions  # noqa: E402
 
 # The SG model of each mode, as in configs/mode/*.yaml (paper settings); dni_linear is DNI with a
 # linear SG model, the case where a decoupled step should cost little more than a backprop step.

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
-from sgrad.metrics import read_jsonl  # noqa: E402
+from sgrad.run.metrics import read_jsonl  # noqa: E402
 
 
 def variant(summary: dict) -> str:

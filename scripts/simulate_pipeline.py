@@ -38,12 +38,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench import paper_cfg  # noqa: E402
-from sgrad import dni  # noqa: E402
-from sgrad.network import build_network, init_variables  # noqa: E402
-from sgrad.optim import build_train_optimizer  # noqa: E402
-from sgrad.pipeline import build_pipeline, stage_tick  # noqa: E402
-from sgrad.provenance import git_commit, machine  # noqa: E402
-from sgrad.step import create_state  # noqa: E402
+from sgrad.core import dni  # noqa: E402
+from sgrad.models.network import build_network, init_variables  # noqa: E402
+from sgrad.core.optim import build_train_optimizer  # noqa: E402
+from sgrad.devices.pipeline import build_pipeline, stage_tick  # noqa: E402
+from sgrad.run.provenance import git_commit, machine  # noqa: E402
+from sgrad.core.step import create_state  # noqa: E402
 
 
 def _seconds(fn, *args, repeats: int = 30) -> float:

@@ -17,7 +17,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from sgrad.config import ConfigError, register, validate
-from sgrad.overrides import check_overrides
+from sgrad.config.overrides import check_overrides
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 log = logging.getLogger("sgrad")
@@ -65,7 +65,7 @@ def _run(cfg: DictConfig) -> float:
     from sgrad.data import DatasetError
     from sgrad.run import train_and_evaluate
     from sgrad.run.rundir import is_stub
-    from sgrad.run_record import DivergenceError, Preempted
+    from sgrad.run.record import DivergenceError, Preempted
 
     # Orbax and JAX log every save and backend probe at INFO; keep the run log about training.
     for name in ("absl", "jax._src.xla_bridge"):
@@ -93,7 +93,7 @@ def _run(cfg: DictConfig) -> float:
             import shutil
             shutil.rmtree(workdir)  # refused before anything ran: leave no empty run dir behind
         if hydra_cfg.mode == RunMode.MULTIRUN:
-            # Let the sweep go on; sgrad.callbacks.FailedJobs reports this job at the end.
+            # Let the sweep go on; sgrad.run.callbacks.FailedJobs reports this job at the end.
             return float("nan")
         sys.exit(3 if isinstance(e, DivergenceError) else 2)
     # The return value lets Hydra sweepers (e.g. optuna) optimise the task's objective.

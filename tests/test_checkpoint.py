@@ -15,8 +15,8 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import make_cfg, preempt_when_checkpointed
-from sgrad.metrics import read_jsonl
-from sgrad.run_record import DivergenceError, Preempted
+from sgrad.run.metrics import read_jsonl
+from sgrad.run.record import DivergenceError, Preempted
 from sgrad.run import train_and_evaluate
 
 

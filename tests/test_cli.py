@@ -12,9 +12,8 @@ from omegaconf import OmegaConf
 
 from sgrad.cli import CONFIG_DIR
 from sgrad.config import ConfigError, register, validate
-from sgrad.network import build_network
-from sgrad.overrides import check_overrides
-from sgrad.run import train_and_evaluate
+from sgrad.models.network import build_network
+from sgrad.config.overrides import check_overrides
 from sgrad.run import train_and_evaluate
 
 ALL_EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "exp").glob("*.yaml"))

@@ -7,10 +7,10 @@ import optax
 import pytest
 
 from conftest import make_cfg
-from sgrad import dni
-from sgrad.network import build_network, init_variables
-from sgrad.optim import build_train_optimizer
-from sgrad.step import create_state, make_train_step
+from sgrad.core import dni
+from sgrad.models.network import build_network, init_variables
+from sgrad.core.optim import build_train_optimizer
+from sgrad.core.step import create_state, make_train_step
 
 B, SIDE, CLASSES = 16, 6, 5
 

@@ -12,11 +12,11 @@ from omegaconf import OmegaConf
 
 from conftest import make_cfg, preempt_when_checkpointed
 from sgrad.config import ConfigError
-from sgrad.metrics import read_jsonl
+from sgrad.run.metrics import read_jsonl
 from sgrad.run import build_task, train_and_evaluate
 from sgrad.run.loop import eval_every
 from sgrad.run.rundir import check_run_dir, differing_keys, flat_config, record_config
-from sgrad.run_record import Preempted
+from sgrad.run.record import Preempted
 
 ROOT = Path(__file__).resolve().parent.parent
 

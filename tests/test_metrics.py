@@ -4,7 +4,7 @@ import math
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from sgrad.metrics import MetricWriter, read_jsonl
+from sgrad.run.metrics import MetricWriter, read_jsonl
 
 
 def test_event_files_are_readable_by_tensorboard(tmp_path):

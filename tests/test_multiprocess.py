@@ -24,12 +24,12 @@ SCRIPT = textwrap.dedent("""
     assert jax.process_count() == 2 and jax.device_count() == 2 and jax.local_device_count() == 1
 
     from conftest import device_data, make_cfg
-    from sgrad.chunk import chunk_fn, make_chunk_runner, preprocess
-    from sgrad.network import build_network, init_variables
-    from sgrad.optim import build_train_optimizer
-    from sgrad.parallel import DATA_AXIS, make_data_parallel_runner
-    from sgrad.pipeline import build_pipeline, make_pipeline_runner, run_sequential, to_train_state
-    from sgrad.step import create_state, make_train_step
+    from sgrad.devices.chunk import chunk_fn, make_chunk_runner, preprocess
+    from sgrad.models.network import build_network, init_variables
+    from sgrad.core.optim import build_train_optimizer
+    from sgrad.devices.parallel import DATA_AXIS, make_data_parallel_runner
+    from sgrad.devices.pipeline import build_pipeline, make_pipeline_runner, run_sequential, to_train_state
+    from sgrad.core.step import create_state, make_train_step
 
     B, shape = 16, (6, 6, 1)
     rng = np.random.default_rng(0)  # the same data and initial parameters in both processes

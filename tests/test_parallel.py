@@ -10,11 +10,11 @@ SCRIPT = textwrap.dedent("""
     sys.path.insert(0, {root!r})
     import jax, jax.numpy as jnp, numpy as np
     from conftest import device_data, make_cfg
-    from sgrad.network import build_network, init_variables
-    from sgrad.optim import build_train_optimizer
-    from sgrad.parallel import DATA_AXIS, make_data_parallel_runner
-    from sgrad.step import create_state, make_train_step
-    from sgrad.chunk import chunk_fn, make_chunk_runner
+    from sgrad.models.network import build_network, init_variables
+    from sgrad.core.optim import build_train_optimizer
+    from sgrad.devices.parallel import DATA_AXIS, make_data_parallel_runner
+    from sgrad.core.step import create_state, make_train_step
+    from sgrad.devices.chunk import chunk_fn, make_chunk_runner
 
     assert jax.device_count() == {devices}
     for mode in ("backprop", "dni", "cdni"):

@@ -15,11 +15,11 @@ SCRIPT = textwrap.dedent("""
     sys.path.insert(0, {root!r})
     import jax, jax.numpy as jnp, numpy as np
     from conftest import device_data, make_cfg
-    from sgrad.network import build_network, init_variables
-    from sgrad.optim import build_train_optimizer
-    from sgrad.pipeline import build_pipeline, make_pipeline_runner, run_sequential, to_train_state
-    from sgrad.step import create_state, make_train_step
-    from sgrad.chunk import make_chunk_runner, preprocess
+    from sgrad.models.network import build_network, init_variables
+    from sgrad.core.optim import build_train_optimizer
+    from sgrad.devices.pipeline import build_pipeline, make_pipeline_runner, run_sequential, to_train_state
+    from sgrad.core.step import create_state, make_train_step
+    from sgrad.devices.chunk import make_chunk_runner, preprocess
 
     K = {devices}
     assert jax.device_count() == K
@@ -105,7 +105,7 @@ TRAIN = textwrap.dedent("""
     sys.path.insert(0, {root!r})
     import jax, numpy as np
     from conftest import make_cfg
-    from sgrad.checkpoint import Checkpoints
+    from sgrad.run.checkpoint import Checkpoints
     from sgrad.run import train_and_evaluate
 
     def run(workdir, steps, *extra):

@@ -12,9 +12,9 @@ from sgrad.config import ConfigError, validate
 from sgrad.data.errors import DatasetError
 from sgrad.data.text import TextStream, load_char_corpus
 from sgrad.models.lstm import LSTMCore
-from sgrad.recurrent import RecurrentNet, dni_window, window, window_grads
-from sgrad.synthetic import DenseSynthetic
-from sgrad.tasks.copy import CopyTask, copy_episode, repeat_copy_episode
+from sgrad.core.recurrent import RecurrentNet, dni_window, window, window_grads
+from sgrad.models.synthetic import DenseSynthetic
+from sgrad.data.copy import CopyTask, copy_episode, repeat_copy_episode
 from sgrad.run import train_and_evaluate
 
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from conftest import make_cfg
-from sgrad import dni
-from sgrad.network import build_network, init_variables
-from sgrad.optim import build_train_optimizer
-from sgrad.step import UpdateRule, create_state, make_train_step
+from sgrad.core import dni
+from sgrad.models.network import build_network, init_variables
+from sgrad.core.optim import build_train_optimizer
+from sgrad.core.step import UpdateRule, create_state, make_train_step
 
 B, CLASSES = 16, 5
 

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from conftest import FASHION_DIR, device_data, make_cfg
-from sgrad.chunk import make_chunk_runner, preprocess
-from sgrad.metrics import read_jsonl
-from sgrad.network import build_network, init_variables
-from sgrad.optim import build_train_optimizer
-from sgrad.run_record import DivergenceError
-from sgrad.step import create_state, make_train_step
+from sgrad.devices.chunk import make_chunk_runner, preprocess
+from sgrad.run.metrics import read_jsonl
+from sgrad.models.network import build_network, init_variables
+from sgrad.core.optim import build_train_optimizer
+from sgrad.run.record import DivergenceError
+from sgrad.core.step import create_state, make_train_step
 from sgrad.run import train_and_evaluate
 
 

@@ -7,11 +7,11 @@ import optax
 
 from conftest import make_cfg
 from sgrad.models.lstm import LSTMCore
-from sgrad.optim import build_train_optimizer
-from sgrad.recurrent import split_carry
-from sgrad.synthetic import DenseSynthetic
+from sgrad.core.optim import build_train_optimizer
+from sgrad.core.recurrent import split_carry
+from sgrad.models.synthetic import DenseSynthetic
 from sgrad.run import train_and_evaluate
-from sgrad.two_timescale import TwoClockNet, init_two_clock, stream, two_clock_grads
+from sgrad.core.two_timescale import TwoClockNet, init_two_clock, stream, two_clock_grads
 
 
 class Oracle:

@@ -17,7 +17,7 @@ import numpy as np
 
 from sgrad.data.download import RemoteFile, fetch
 from sgrad.data.errors import DatasetError
-from sgrad.tasks.copy import StreamChunk
+from sgrad.data.copy import StreamChunk
 
 SPLITS = ("train", "valid", "test")
 SOURCE = "http://www.fit.vutbr.cz/~imikolov/rnnlm/simple-examples.tgz"

@@ -13,13 +13,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sgrad.chunk import preprocess
+from sgrad.devices.chunk import preprocess
 from sgrad.config import Mode
 from sgrad.data import Dataset, load_dataset
-from sgrad.network import build_network, init_variables
-from sgrad.optim import build_train_optimizer, learning_rate
-from sgrad.parallel import make_runner
-from sgrad.step import TrainState, UpdateRule, create_state, eval_counts, probe
+from sgrad.models.network import build_network, init_variables
+from sgrad.core.optim import build_train_optimizer, learning_rate
+from sgrad.devices.parallel import make_runner
+from sgrad.core.step import TrainState, UpdateRule, create_state, eval_counts, probe
 
 
 class BatchOrder:

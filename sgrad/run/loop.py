@@ -19,12 +19,12 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from sgrad.checkpoint import Checkpoints, find_checkpoint_dir
-from sgrad.metrics import MetricWriter, read_jsonl, rewind
+from sgrad.run.checkpoint import Checkpoints, find_checkpoint_dir
+from sgrad.run.metrics import MetricWriter, read_jsonl, rewind
 from sgrad.run.rundir import check_run_dir, record_config, resume_command
 from sgrad.run.signals import StopRequest
 from sgrad.run.task import Task
-from sgrad.run_record import DivergenceError, Preempted, run_record
+from sgrad.run.record import DivergenceError, Preempted, run_record
 
 log = logging.getLogger("sgrad")
 

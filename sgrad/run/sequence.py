@@ -15,15 +15,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sgrad.chunk import summed_loop
+from sgrad.devices.chunk import summed_loop
 from sgrad.config import Mode
 from sgrad.data.text import TextStream, load_char_corpus, load_text_corpus
 from sgrad.models.lstm import LSTMCore
-from sgrad.optim import build_train_optimizer
-from sgrad.recurrent import (LN2, RecurrentNet, RecurrentState, future_gradient_probe, init_recurrent,
+from sgrad.core.optim import build_train_optimizer
+from sgrad.core.recurrent import (LN2, RecurrentNet, RecurrentState, future_gradient_probe, init_recurrent,
                              make_recurrent_step, window)
-from sgrad.synthetic import DenseSynthetic
-from sgrad.tasks.copy import CopyTask
+from sgrad.models.synthetic import DenseSynthetic
+from sgrad.data.copy import CopyTask
 
 PROBE_WINDOWS = 8
 

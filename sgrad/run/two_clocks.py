@@ -9,12 +9,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sgrad.chunk import summed_loop
+from sgrad.devices.chunk import summed_loop
 from sgrad.config import Mode
 from sgrad.models.lstm import LSTMCore
-from sgrad.optim import build_train_optimizer
-from sgrad.synthetic import DenseSynthetic
-from sgrad.two_timescale import TwoClockNet, init_two_clock, make_two_clock_step, stream
+from sgrad.core.optim import build_train_optimizer
+from sgrad.models.synthetic import DenseSynthetic
+from sgrad.core.two_timescale import TwoClockNet, init_two_clock, make_two_clock_step, stream
 
 
 class TwoClockTask:

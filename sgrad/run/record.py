@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from sgrad.provenance import provenance
+from sgrad.run.provenance import provenance
 
 
 class DivergenceError(RuntimeError):

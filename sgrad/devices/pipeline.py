@@ -31,9 +31,9 @@ from jax.flatten_util import ravel_pytree
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from sgrad import dni
-from sgrad.optim import Optimizers
-from sgrad.step import TrainState, _masked_update
+from sgrad.core import dni
+from sgrad.core.optim import Optimizers
+from sgrad.core.step import TrainState, _masked_update
 
 PIPE_AXIS = "pipe"
 # Per device and tick: summed loss, correct fraction, a valid input, SG loss, a valid SG target, |ĝ|,

@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from sgrad import dni
-from sgrad.optim import Optimizers
+from sgrad.core import dni
+from sgrad.core.optim import Optimizers
 
 PyTree = Any
 

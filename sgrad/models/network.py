@@ -5,11 +5,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from sgrad.dni import Network, apply_module
+from sgrad.core.dni import Network, apply_module
 from sgrad.config import Mode
 from sgrad.models import build_modules
-from sgrad.synthetic import build_sg_model
-from sgrad.synthetic_input import build_input_model
+from sgrad.models.synthetic import build_sg_model
+from sgrad.models.synthetic_input import build_input_model
 
 
 def build_network(cfg, input_shape: tuple[int, ...], num_classes: int) -> Network:

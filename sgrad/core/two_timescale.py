@@ -22,10 +22,10 @@ import numpy as np
 import optax
 from flax import struct
 
-from sgrad.dni import regression_grads
+from sgrad.core.dni import regression_grads
 from sgrad.models.lstm import LSTMCore
-from sgrad.optim import Optimizers
-from sgrad.recurrent import flat_carry, split_carry
+from sgrad.core.optim import Optimizers
+from sgrad.core.recurrent import flat_carry, split_carry
 
 PyTree = Any
 

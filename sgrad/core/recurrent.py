@@ -21,9 +21,9 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from sgrad.dni import regression_grads
+from sgrad.core.dni import regression_grads
 from sgrad.models.lstm import LSTMCore
-from sgrad.optim import Optimizers
+from sgrad.core.optim import Optimizers
 
 PyTree = Any
 LN2 = 0.6931471805599453

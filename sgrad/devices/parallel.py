@@ -1,6 +1,6 @@
 """Execution across devices: `parallel=none` (one device), `data` (the whole network on every device,
 the batch split over them and gradients averaged with jax.shard_map + pmean, in every mode) and
-`pipeline` (module i on device i, see sgrad/pipeline.py)."""
+`pipeline` (module i on device i, see sgrad/devices/pipeline.py)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import jax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from sgrad.chunk import chunk_fn, make_chunk_runner, preprocess
+from sgrad.devices.chunk import chunk_fn, make_chunk_runner, preprocess
 from sgrad.models.cnn import ConvBlock
-from sgrad.pipeline import build_pipeline, make_pipeline_runner, to_train_state
-from sgrad.step import TrainState, UpdateRule, make_train_step
+from sgrad.devices.pipeline import build_pipeline, make_pipeline_runner, to_train_state
+from sgrad.core.step import TrainState, UpdateRule, make_train_step
 
 DATA_AXIS = "data"
 

@@ -1,1 +1,0 @@
-"""Sequence tasks for recurrent DNI: each yields fixed-shape windows of a stream, chunk by chunk."""
