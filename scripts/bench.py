@@ -31,21 +31,13 @@ import jax.numpy as jnp
 import numpy as np
 from omegaconf import OmegaConf
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from sgrad.config import TrainConfig  # noqa: E402
-from sgrad.models.network import build_network, init_variables  # noqa: E402
-from sgrad.core.optim import build_train_optimizer  # noqa: E402
-from sgrad.run.provenance import git_commit, machine  # noqa: E402
-from sgrad.core.step import UpdateRule, create_state, make_train_step  # noqa: E402
-from sgrad.devices.chunk import make_chunk_runner, preprocess  # noqa: E402
-from sgrad.devices.parallel import make_runner, slow_loop_convolutions  # noqa: E402
-
-# The SG model of each mode, as in configs/mode/*.yaml (paper settings); dni_linear is DNI with a
-# linear SG model, the case where a decoupled step should cost little more than a backprop step.
-MODE_SG = {"backprop": [], "dni": ["sg.hidden_layers=2", "sg.width=1024"], "cdni": ["sg.hidden_layers=0"],
-           "dni_linear": ["sg.hidden_layers=0"]}
-
+from sgrad.config.compose import compose_config
+from sgrad.models.network import build_network, init_variables
+from sgrad.core.optim import build_train_optimizer
+from sgrad.run.provenance import git_commit, machine
+from sgrad.core.step import UpdateRule, create_state, make_train_step
+from sgrad.devices.chunk import make_chunk_runner, preprocess
+from sgrad.devices.parallel import make_runner, slow_loop_convolutions
 
 def matmul_peak(n: int = 2048, repeats: int = 20) -> float:
     """Achieved float32 FLOP/s of an n x n matmul chain: the reference 'peak' of this machine."""
@@ -65,21 +57,17 @@ def matmul_peak(n: int = 2048, repeats: int = 20) -> float:
 
 
 def paper_cfg(model: str, layers: int, mode: str, batch: int):
-    """The paper's settings for one row of the table (no Hydra needed)."""
-    return OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.from_dotlist(
-        [f"mode={mode.removesuffix('_linear')}", f"model.name={model}", f"model.layers={layers}",
-         f"trainer.batch_size={batch}", "optim.schedule=constant", "sg.optim.schedule=constant", *MODE_SG[mode]]))
+    """The paper's settings for one row of the table, composed from configs/mode/*.yaml as `sgrad-train` does;
+    `dni_linear` is DNI with a linear SG model (a decoupled step that should cost little more than backprop)."""
+    linear = ["sg.hidden_layers=0"] if mode == "dni_linear" else []
+    return compose_config(f"mode={mode.removesuffix('_linear')}", f"model.name={model}", f"model.layers={layers}",
+                          f"trainer.batch_size={batch}", "optim.schedule=constant", "sg.optim.schedule=constant",
+                          *linear)
 
 
 def exp_cfg(exp: str, mode: str):
     """A preset composed by Hydra exactly as `sgrad-train +exp=EXP mode=MODE` composes it."""
-    from hydra import compose, initialize_config_dir
-
-    from sgrad.cli import CONFIG_DIR
-    from sgrad.config import register
-    register()
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose(config_name="train", overrides=[f"+exp={exp}", f"mode={mode}"])
+    return compose_config(f"+exp={exp}", f"mode={mode}")
 
 
 def _setup(cfg):

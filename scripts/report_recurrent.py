@@ -16,11 +16,9 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from sgrad.run.metrics import read_jsonl  # noqa: E402
+from sgrad.run.metrics import read_jsonl
 
 
 def variant(summary: dict) -> str:

@@ -31,19 +31,17 @@ from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
+import jax
+import jax.numpy as jnp
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench import paper_cfg  # noqa: E402
-from sgrad.core import dni  # noqa: E402
-from sgrad.models.network import build_network, init_variables  # noqa: E402
-from sgrad.core.optim import build_train_optimizer  # noqa: E402
-from sgrad.devices.pipeline import build_pipeline, stage_tick  # noqa: E402
-from sgrad.run.provenance import git_commit, machine  # noqa: E402
-from sgrad.core.step import create_state  # noqa: E402
+from sgrad.config.compose import compose_config
+from sgrad.core import dni
+from sgrad.models.network import build_network, init_variables
+from sgrad.core.optim import build_train_optimizer
+from sgrad.devices.pipeline import build_pipeline, stage_tick
+from sgrad.run.provenance import git_commit, machine
+from sgrad.core.step import create_state
 
 
 def _seconds(fn, *args, repeats: int = 30) -> float:
@@ -61,8 +59,8 @@ def _seconds(fn, *args, repeats: int = 30) -> float:
 
 def module_costs(mode: str, layers: int, every: int, batch: int, micro: list[int]) -> dict:
     """Measured seconds per module: backprop W_i (at batch and at each micro-batch), DNI stage tick T_i."""
-    cfg = paper_cfg("fcn", layers, mode, batch)
-    cfg.model.dni_every = every
+    cfg = compose_config(f"mode={mode}", "model.name=fcn", f"model.layers={layers}", f"model.dni_every={every}",
+                         f"trainer.batch_size={batch}", "optim.schedule=constant", "sg.optim.schedule=constant")
     net = build_network(cfg, (28, 28, 1), 10)
     x = jax.random.normal(jax.random.key(0), (batch, 28, 28, 1))
     params, stats = init_variables(net, jax.random.key(1), x)

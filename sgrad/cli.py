@@ -17,9 +17,9 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from sgrad.config import ConfigError, register, validate
+from sgrad.config.compose import CONFIG_DIR, compose_config
 from sgrad.config.overrides import check_overrides
 
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 log = logging.getLogger("sgrad")
 
 register()
@@ -31,10 +31,8 @@ def preflight(argv: list[str]) -> None:
                                                         "--shell-completion", "-c"))
            for a in argv):
         return  # multirun jobs are checked one by one; the other flags write nothing
-    from hydra import compose, initialize_config_dir
     overrides = [a for a in argv if not a.startswith("-")]
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides)
+    cfg = compose_config(*overrides)
     validate(cfg)
     run_dir = next((a.split("=", 1)[1] for a in overrides if a.startswith("hydra.run.dir=")), None)
     if run_dir:

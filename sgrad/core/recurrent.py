@@ -38,6 +38,7 @@ class RecurrentNet:
     aux_weight: float = 1.0       # DNI + Aux: weight of the core's own SG prediction loss
     conditioned: bool = False     # cDNI: M also sees the targets of the window that follows the boundary
     sg_scale: float = 1.0         # multiplies the ĝ the core applies; M's target uses ĝ unscaled
+    sg_warmup: int = 0            # steps during which M learns but the core does not apply ĝ
 
 
 def window_label(net: RecurrentNet, y: jnp.ndarray, mask: jnp.ndarray, vocab: int) -> jnp.ndarray | None:
@@ -77,11 +78,24 @@ def window(net: RecurrentNet, params: PyTree, s0: jnp.ndarray, x, y, mask, reset
     return (loss, aux, flat_carry(carry)), sums
 
 
+def sg_input(s: jnp.ndarray) -> jnp.ndarray:
+    """What M sees of the state [c, h]: tanh(c) and h, both bounded.
+
+    The cell state is unbounded, and the core steps along -ĝ at s_T: with a
+    linear M of the raw c, a push that grows c grows ĝ with it, a loop that
+    drove |c| to ~500 on text. Squashing c the way the LSTM's own output does
+    keeps ĝ bounded whatever c does.
+    """
+    c, h = split_carry(s)
+    return jnp.concatenate([jnp.tanh(c), h], axis=-1)
+
+
 def synthetic_gradient(net: RecurrentNet, sg_params: PyTree, s: jnp.ndarray, label=None) -> jnp.ndarray:
-    return net.sg_model.apply({"params": sg_params}, jax.lax.stop_gradient(s), label, False)
+    return net.sg_model.apply({"params": sg_params}, sg_input(jax.lax.stop_gradient(s)), label, False)
 
 
-def dni_window(net: RecurrentNet, core_params: PyTree, predict: Callable, s0: jnp.ndarray, x, y, mask, resets):
+def dni_window(net: RecurrentNet, core_params: PyTree, predict: Callable, s0: jnp.ndarray, x, y, mask, resets,
+               scale=None):
     """The decoupled window: (core grads, SG target at s0, s_T, metric sums).
 
     The core steps along d(window loss + <ĝ, s_T> [+ aux loss]) with ĝ =
@@ -99,15 +113,17 @@ def dni_window(net: RecurrentNet, core_params: PyTree, predict: Callable, s0: jn
         err = aux - g_T[:, None, :]
         d_aux = net.aux_weight * 2.0 * err / aux.shape[1]
         sums["aux_loss"] = net.aux_weight * jnp.sum(err ** 2) / aux.shape[1]
-    d_core, target = vjp((jnp.ones(()), d_aux, net.sg_scale * g_T))
-    if aux.shape[-1] or net.discount != net.sg_scale:
+    scale = net.sg_scale if scale is None else scale
+    d_core, target = vjp((jnp.ones(()), d_aux, scale * g_T))
+    if aux.shape[-1] or not isinstance(scale, float) or net.discount != scale:
         # The target leaves out the aux loss and discounts ĝ (unscaled): a second backward pass.
         _, target = vjp((jnp.ones(()), jnp.zeros_like(aux), net.discount * g_T))
     sums["sg_norm"] = jnp.sqrt(jnp.sum(g_T ** 2) / batch) * batch
     return jax.tree.map(lambda g: g / batch, d_core), target, s_T, sums
 
 
-def window_grads(net: RecurrentNet, params: PyTree, s0: jnp.ndarray, x, y, mask, resets, following=None):
+def window_grads(net: RecurrentNet, params: PyTree, s0: jnp.ndarray, x, y, mask, resets, following=None,
+                 scale=None):
     """Truncated BPTT (no SG model) or the DNI window update; (core grads, SG grads, s_T, metric sums).
 
     `params` = {"core": ..., "sg": ...}. `following` = (y, mask, resets) of the
@@ -129,7 +145,7 @@ def window_grads(net: RecurrentNet, params: PyTree, s0: jnp.ndarray, x, y, mask,
         next_label = window_label(net, following[0], following[1], vocab)
         carried = 1.0 - following[2][:, :1]
     predict = lambda s: carried * synthetic_gradient(net, params["sg"], s, next_label)
-    d_core, target, s_T, sums = dni_window(net, params["core"], predict, s0, x, y, mask, resets)
+    d_core, target, s_T, sums = dni_window(net, params["core"], predict, s0, x, y, mask, resets, scale)
     label = window_label(net, y, mask, vocab)
     pred, sg_vjp = jax.vjp(lambda q: synthetic_gradient(net, q, s0, label), params["sg"])
     (d_sg,), (sg_loss,) = regression_grads([pred], [sg_vjp], [target])
@@ -165,7 +181,11 @@ def make_recurrent_step(net: RecurrentNet, tx: Optimizers):
     `following` = (y, mask, resets) of the next window (see window_grads).
     """
     def step(state: RecurrentState, x, y, mask, resets, following):
-        d_core, d_sg, s_T, sums = window_grads(net, state.params, state.carry, x, y, mask, resets, following)
+        # During the SG warm-up the core trains as truncated BPTT while M already learns its targets.
+        scale = (net.sg_scale if not net.sg_warmup
+                 else jnp.where(state.step < net.sg_warmup, 0.0, net.sg_scale).astype(jnp.float32))
+        d_core, d_sg, s_T, sums = window_grads(net, state.params, state.carry, x, y, mask, resets, following,
+                                               scale)
         updates, core_opt = tx.modules.update(d_core, state.opt_state["core"], state.params["core"])
         params = {"core": optax.apply_updates(state.params["core"], updates), "sg": state.params["sg"]}
         opt = {"core": core_opt, "sg": state.opt_state["sg"]}
