@@ -18,12 +18,8 @@ def test_bench_measures_the_peer_preset_in_every_mode():
 
 
 def test_device_sweep_measures_every_parallel_mode(tmp_path):
-    from conftest import ROOT, run_on_cpu_devices
-    code = (f"import sys; sys.path.insert(0, {str(ROOT / 'scripts')!r}); import bench; "
-            "rows = bench.device_rows(2, ['backprop', 'cdni'], 4, 32, chunk=2, chunks=1); "
-            "print([(r['mode'], r['parallel'], r['devices'], r['modules']) for r in rows]); "
-            "assert all(r['examples_per_sec'] > 0 for r in rows)")
-    out = run_on_cpu_devices(code, 2).stdout.strip().splitlines()[-1]
+    from conftest import run_on_cpu_devices
+    out = run_on_cpu_devices("bench_device_rows", 2).stdout.strip().splitlines()[-1]
     assert out == str([("backprop", "none", 1, 2), ("backprop", "data", 2, 2), ("cdni", "none", 1, 2),
                        ("cdni", "data", 2, 2), ("cdni", "pipeline", 2, 2)])
 

@@ -8,71 +8,10 @@ import time
 import socket
 import subprocess
 import sys
-import textwrap
 
 import pytest
 
-from conftest import ROOT
-
-SCRIPT = textwrap.dedent("""
-    import sys
-    sys.path.insert(0, {root!r})
-    import jax, jax.numpy as jnp, numpy as np
-    from jax.experimental import multihost_utils
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize("localhost:{port}", num_processes=2, process_id=int(sys.argv[1]))
-    assert jax.process_count() == 2 and jax.device_count() == 2 and jax.local_device_count() == 1
-
-    from conftest import device_data, make_cfg
-    from sgrad.devices.chunk import chunk_fn, make_chunk_runner, preprocess
-    from sgrad.models.network import build_network, init_variables
-    from sgrad.core.optim import build_train_optimizer
-    from sgrad.devices.parallel import DATA_AXIS, make_data_parallel_runner
-    from sgrad.devices.pipeline import build_pipeline, make_pipeline_runner, run_sequential, to_train_state
-    from sgrad.core.step import create_state, make_train_step
-
-    B, shape = 16, (6, 6, 1)
-    rng = np.random.default_rng(0)  # the same data and initial parameters in both processes
-    xs, ys, mean, std = device_data(rng, 128, shape)
-    pre = lambda x: preprocess(x, mean, std)
-    gather = lambda tree: jax.tree.map(lambda a: multihost_utils.process_allgather(a, tiled=True), tree)
-
-    def max_diff(a, b):
-        return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
-                   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
-
-    # SGD: Adam divides by the root of tiny early SG gradients and so magnifies float rounding.
-    sgd = ["optim.name=sgd", "optim.lr=0.01", "sg.optim.name=sgd", "sg.optim.lr=0.01"]
-    cfg = make_cfg("mode=dni", "model.layers=2", "model.width=16", "sg.hidden_layers=1", "sg.width=32", *sgd)
-    net = build_network(cfg, shape, 10)
-    params, stats = init_variables(net, jax.random.key(1), jnp.zeros((B, *shape)))
-    tx = build_train_optimizer(cfg, 100)
-    fresh = lambda: create_state(jax.tree.map(jnp.copy, params), jax.tree.map(jnp.copy, stats), tx)
-    T = 10
-    idx = rng.integers(0, 128, (T, B)).astype(np.int32)
-
-    # Module 0 in process 0, module 1 in process 1: activations and SG targets cross between processes.
-    pipe, state = build_pipeline(net, tx, fresh(), shape, B)
-    state, metrics = make_pipeline_runner(pipe, pre, jax.devices())(state, xs, ys, idx, np.int32(T))
-    got = to_train_state(pipe, state)
-    ref = run_sequential(pipe, fresh(), xs, ys, idx, pre)
-    assert int(got.step) == T
-    assert max_diff(got.params["modules"], fresh().params["modules"]) > 0
-    assert max_diff(got.params, ref.params) < 1e-5, max_diff(got.params, ref.params)
-    print("pipeline ok", flush=True)
-
-    # Without batch norm the full-batch gradient is the mean of the two processes' shard gradients.
-    cfg = make_cfg("mode=cdni", "model.layers=3", "model.width=16", "model.batch_norm=false", "sg.batch_norm=false")
-    net = build_network(cfg, shape, 10)
-    params, stats = init_variables(net, jax.random.key(1), jnp.zeros((B, *shape)))
-    tx = build_train_optimizer(cfg, 100)
-    single, _ = make_chunk_runner(make_train_step(net, tx), mean, std)(fresh(), xs, ys, idx, np.int32(T))
-    step = make_train_step(net, tx, axis_name=DATA_AXIS)
-    multi, _ = make_data_parallel_runner(chunk_fn(step, mean, std), jax.devices())(fresh(), xs, ys, idx, np.int32(T))
-    d = max_diff(gather(multi.params), single.params)
-    assert d < 1e-5, d
-    print("data ok", flush=True)
-""")
+from conftest import ROOT, program_env
 
 
 def _free_port() -> int:
@@ -83,10 +22,11 @@ def _free_port() -> int:
 
 @pytest.mark.slow
 def test_pipeline_and_data_parallel_across_processes():
-    code = SCRIPT.format(root=str(ROOT), port=_free_port())
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    port = str(_free_port())
+    env = program_env()
     env.pop("XLA_FLAGS", None)  # one device per process
-    procs = [subprocess.Popen([sys.executable, "-c", code, str(i)], env=env, cwd=ROOT, text=True,
+    program = str(ROOT / "tests" / "multidevice" / "across_processes.py")
+    procs = [subprocess.Popen([sys.executable, program, str(i), port], env=env, cwd=ROOT, text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in range(2)]
     try:
         outs = [p.communicate(timeout=600) for p in procs]

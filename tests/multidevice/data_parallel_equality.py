@@ -1,0 +1,38 @@
+"""parallel=data on N CPU devices (argv[1]) equals the single-device step on the whole batch."""
+
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from conftest import device_data, make_cfg
+from sgrad.models.network import build_network, init_variables
+from sgrad.core.optim import build_train_optimizer
+from sgrad.devices.parallel import DATA_AXIS, make_data_parallel_runner
+from sgrad.core.step import create_state, make_train_step
+from sgrad.devices.chunk import chunk_fn, make_chunk_runner
+
+assert jax.device_count() == int(sys.argv[1])
+for mode in ("backprop", "dni", "cdni"):
+    # Without batch norm the full-batch gradient is exactly the mean of the shard gradients.
+    cfg = make_cfg(f"mode={mode}", "model.layers=4", "model.width=16", "model.batch_norm=false",
+                   "sg.hidden_layers=1", "sg.batch_norm=false", "sg.width=32")
+    net = build_network(cfg, (6, 6, 1), 10)
+    rng = np.random.default_rng(0)
+    xs, ys, mean, std = device_data(rng, 256, (6, 6, 1))
+    params, stats = init_variables(net, jax.random.key(1), jnp.zeros((32, 6, 6, 1)))
+    first = np.asarray(jax.tree.leaves(params["modules"])[0])
+    fresh = lambda: create_state(jax.tree.map(jnp.copy, params), stats, tx)  # the runners donate the state
+    tx = build_train_optimizer(cfg, 100)
+    idx = rng.integers(0, 256, (5, 32)).astype(np.int32)
+    single = make_chunk_runner(make_train_step(net, tx), mean, std)
+    s1, m1 = single(fresh(), xs, ys, idx, np.int32(5))
+    step = make_train_step(net, tx, axis_name=DATA_AXIS)
+    multi = make_data_parallel_runner(chunk_fn(step, mean, std), jax.devices())
+    s2, m2 = multi(fresh(), xs, ys, idx, np.int32(5))
+    for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s2.params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=2e-6)
+    np.testing.assert_allclose(m1["loss"], m2["loss"], rtol=1e-5)
+    assert not np.allclose(jax.tree.leaves(s1.params["modules"])[0], first)
+    print(mode, "ok")

@@ -1,0 +1,29 @@
+"""A pipelined run through the loop learns, and resumed at step 100 it equals the uninterrupted run.
+
+argv: the IDX data dir, a scratch dir."""
+
+import json
+import sys
+
+from conftest import make_cfg
+from sgrad.run.checkpoint import Checkpoints
+from sgrad.run import train_and_evaluate
+
+data, scratch = sys.argv[1], sys.argv[2]
+
+
+def run(workdir, steps, *extra):
+    cfg = make_cfg("dataset.name=idx", f"dataset.dir={data}", "dataset.download=false", "parallel=pipeline",
+                   "mode=cdni", "model.layers=3", "sg.hidden_layers=0", f"trainer.steps={steps}",
+                   "checkpoint.every=50", "trainer.eval_every=50", *extra)
+    return train_and_evaluate(cfg, workdir)
+
+
+full = run(f"{scratch}/full", 200)
+print(json.dumps({"accuracy": full["test/accuracy"], "status": full["status"]}))
+# Stopped at 100 and resumed: the in-flight activations and targets are part of the checkpoint.
+run(f"{scratch}/resumed", 100)
+resumed = run(f"{scratch}/resumed", 200)
+b = Checkpoints(f"{scratch}/resumed/checkpoints", read_only=True)
+same = all(resumed[k] == full[k] for k in ("test/loss", "train/loss", "sg/loss/1"))
+print(json.dumps({"same": same, "steps": b.steps()}))
