@@ -6,7 +6,7 @@ how many ones A saw in those T steps, so it needs A to count. B's gradient at
 A's state is what would teach A that, but B ticks on its own clock; with the
 DNI, a model M at A's output predicts it (ĝ = M(h_A)), A applies ĝ at once, and
 M learns from the gradients B actually sends. `sg_scale = 0` is the same system
-with the DNI cut (A never hears from B); `link = "backprop"` hands A B's true
+with the DNI cut (A never hears from B); `mode = Mode.backprop` hands A B's true
 gradient, i.e. A waits for B: the locked upper bound.
 """
 
@@ -22,6 +22,7 @@ import numpy as np
 import optax
 from flax import struct
 
+from sgrad.config import Mode
 from sgrad.core.dni import regression_grads
 from sgrad.models.lstm import LSTMCore
 from sgrad.core.optim import Optimizers
@@ -45,7 +46,7 @@ class TwoClockNet:
     a: LSTMCore            # outputs: A's own prediction
     b: LSTMCore            # one step per tick; outputs: count classes 0..T*bits
     sg_model: nn.Module    # M: h_A -> predicted dL_B/dh_A
-    link: str = "dni"      # "dni" or "backprop"
+    mode: Mode = Mode.dni  # backprop: A waits for B's true gradient; decoupled: A applies M's prediction
     sg_scale: float = 1.0
 
 
@@ -94,7 +95,7 @@ def two_clock_grads(net: TwoClockNet, params: PyTree, carry_a, carry_b, x, y_a, 
     pred, vjp_sg = jax.vjp(lambda q: net.sg_model.apply({"params": q}, jax.lax.stop_gradient(h_a), None, False),
                            params["sg"])
     # A never sees g_h in DNI mode: M regresses it, and A steps along M's prediction.
-    link = g_h if net.link == "backprop" else net.sg_scale * pred
+    link = net.sg_scale * pred if net.mode.decoupled else g_h
     cot_s = jnp.concatenate([jnp.zeros_like(link), link], axis=-1)
     d_a, _ = vjp_a((jnp.ones(()), cot_s))
     (d_sg,), (sg_loss,) = regression_grads([pred], [vjp_sg], [g_h])

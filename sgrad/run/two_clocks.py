@@ -31,7 +31,7 @@ class TwoClockTask:
         bits, period = cfg.dataset.bits, t.bptt
         self.net = TwoClockNet(LSTMCore(cfg.model.hidden, bits), LSTMCore(cfg.model.hidden, period * bits + 1),
                                DenseSynthetic(cfg.sg.hidden_layers, cfg.sg.width, batch_norm=False),
-                               "dni" if self.mode.decoupled else "backprop", cfg.sg.scale)
+                               self.mode, cfg.sg.scale)
         self.total_steps = t.steps
         self.name = f"two clocks {self.mode.value} scale={cfg.sg.scale}"
         self._tx = build_train_optimizer(cfg, t.steps)
