@@ -123,23 +123,28 @@ def main() -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    key = "curriculum/length" if copy else "train/bits_per_unit"
-    fig, axes = plt.subplots(1, len(windows), figsize=(3.2 * len(windows), 3.0), sharey=True, squeeze=False)
+    # Copy: the curriculum against time steps seen. Text: validation BPC and sg/cosine against steps.
+    panels = [("curriculum/length", "curriculum length N")] if copy else [
+        ("valid/bpc", "valid bits per char"), ("sg/cosine", "cosine(ĝ, true future gradient)")]
+    fig, axes = plt.subplots(len(panels), len(windows), figsize=(3.2 * len(windows), 3.0 * len(panels)),
+                             sharey="row", squeeze=False)
     colours = dict(zip(order, ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")))
-    for ax, t in zip(axes[0], windows):
-        for r in runs:
-            if r["bptt"] != t:
-                continue
-            rows = [row for row in read_jsonl(r["dir"] / "metrics.jsonl") if key in row]
-            ax.plot([row["step"] * t for row in rows], [row[key] for row in rows], color=colours[variant(r)],
-                    label=variant(r), lw=1)
-        ax.set_title(f"T={t}")
-        ax.set_xlabel("time steps seen")
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("curriculum length N" if copy else "train bits per char")
-    handles = {h.get_label(): h for ax in axes[0] for h in ax.get_lines()}
+    for row_axes, (key, label) in zip(axes, panels):
+        for ax, t in zip(row_axes, windows):
+            for r in runs:
+                if r["bptt"] != t:
+                    continue
+                rows = [row for row in read_jsonl(r["dir"] / "metrics.jsonl") if key in row]
+                if rows:
+                    ax.plot([row["step"] * (t if copy else 1) for row in rows], [row[key] for row in rows],
+                            color=colours[variant(r)], label=variant(r), lw=1, marker="" if copy else ".")
+            ax.set_title(f"T={t}")
+            ax.set_xlabel("time steps seen" if copy else "training steps (windows)")
+            ax.grid(alpha=0.3)
+        row_axes[0].set_ylabel(label)
+    handles = {h.get_label(): h for ax in axes.flat for h in ax.get_lines()}
     fig.legend(handles.values(), handles.keys(), loc="upper center", ncol=len(handles), fontsize=8)
-    fig.tight_layout(rect=(0, 0, 1, 0.9))
+    fig.tight_layout(rect=(0, 0, 1, 0.92))
     fig.savefig(args.out / "curves.png", dpi=110)
     print("\n".join(lines))
     print(f"wrote {args.out}/table.md, runs.csv, curves.png")

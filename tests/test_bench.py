@@ -3,11 +3,14 @@
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 
 import bench  # noqa: E402
 
 
+@pytest.mark.slow
 def test_bench_measures_the_peer_preset_in_every_mode():
     for mode in ("backprop", "dni", "cdni"):
         cfg = bench.exp_cfg("bench_peer_mlp", mode)
@@ -17,6 +20,7 @@ def test_bench_measures_the_peer_preset_in_every_mode():
         assert row["steps_per_sec"] > 0 and row["flops_per_sec"] > 0
 
 
+@pytest.mark.slow
 def test_device_sweep_measures_every_parallel_mode(tmp_path):
     from conftest import run_on_cpu_devices
     out = run_on_cpu_devices("bench_device_rows", 2).stdout.strip().splitlines()[-1]

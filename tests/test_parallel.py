@@ -1,7 +1,11 @@
 """parallel=data: on N CPU devices the step equals the single-device step on the whole batch."""
 
+import pytest
+
 from conftest import run_on_cpu_devices
 
+
+@pytest.mark.slow
 def test_data_parallel_equals_single_device():
     # Four devices here; two processes with one device each in tests/test_multiprocess.py.
     res = run_on_cpu_devices("data_parallel_equality", 4, 4)

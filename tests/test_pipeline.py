@@ -8,6 +8,8 @@ import pytest
 from conftest import make_cfg, run_on_cpu_devices
 from sgrad.config import ConfigError, validate
 
+
+@pytest.mark.slow
 @pytest.mark.parametrize("devices", [2, 4])
 def test_pipeline_matches_sequential_schedule_and_single_device_step(devices):
     res = run_on_cpu_devices("pipeline_equality", devices, devices)
@@ -16,6 +18,7 @@ def test_pipeline_matches_sequential_schedule_and_single_device_step(devices):
     assert res.stdout.splitlines() == expected
 
 
+@pytest.mark.slow
 def test_pipeline_run_learns_and_resumes(idx_dir, tmp_path):
     res = run_on_cpu_devices("pipeline_train", 3, idx_dir, tmp_path)
     first, second = (json.loads(line) for line in res.stdout.splitlines()[-2:])
