@@ -1,6 +1,7 @@
 """Recurrent DNI: the copy tasks, truncated BPTT, the boundary synthetic gradient and its bootstrapped target."""
 
 import json
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -288,3 +289,23 @@ def test_dni_learns_a_predictable_future_gradient_on_a_stream_and_beats_short_bp
     # Chance is 2 bits; remembering the block gives 1.
     assert results["dni"]["valid/bpc"] < results["backprop"]["valid/bpc"] - 0.03, results
     assert np.mean(cosines) > 0.02, cosines
+
+
+FORTUNES = Path("/usr/share/games/fortunes")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not FORTUNES.is_dir(), reason="Debian's fortunes package is not installed")
+def test_dni_on_real_text_is_no_worse_than_truncated_bptt(tmp_path):
+    # Before the fix, DNI on text ended a full bit per character above truncated BPTT.
+    from sgrad.config.compose import compose_config
+    bpc = {}
+    for exp in ("ptb_char_backprop", "ptb_char_dni"):
+        cfg = compose_config(f"+exp={exp}", "dataset=text", f"dataset.dir={FORTUNES}", "model.hidden=64",
+                             "trainer.batch_size=64", "trainer.steps=800", "trainer.eval_every=800",
+                             "sg.warmup_steps=100", "log.grad_probe_every=200", "trainer.progress=false")
+        summary = train_and_evaluate(cfg, tmp_path / exp)
+        assert summary["status"] == "completed"
+        bpc[exp] = summary["valid/bpc"]
+    assert bpc["ptb_char_backprop"] < 4.0, bpc  # it learned (uniform over ~110 symbols is 6.8 bits)
+    assert bpc["ptb_char_dni"] <= bpc["ptb_char_backprop"] + 0.05, bpc
