@@ -30,15 +30,15 @@ ROOT = Path(__file__).resolve().parent
 
 
 def program_env(**extra: str) -> dict[str, str]:
-    """The environment of a test program under tests/multidevice/ (it imports conftest and sgrad from ROOT)."""
+    """The environment of a test program under tests/programs/ (it imports conftest and sgrad from ROOT)."""
     return {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT), **extra}
 
 
 def run_on_cpu_devices(program: str, devices: int, *args: str) -> subprocess.CompletedProcess:
-    """Run tests/multidevice/<program>.py in a fresh process with `devices` CPU devices (JAX fixes the count
+    """Run tests/programs/<program>.py in a fresh process with `devices` CPU devices (JAX fixes the count
     when it starts)."""
     env = program_env(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-    res = subprocess.run([sys.executable, str(ROOT / "tests" / "multidevice" / f"{program}.py"), *map(str, args)],
+    res = subprocess.run([sys.executable, str(ROOT / "tests" / "programs" / f"{program}.py"), *map(str, args)],
                          env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert res.returncode == 0, res.stderr[-3000:]
     return res

@@ -4,6 +4,7 @@ behaviours (run dir line, eval lines, resume, preemption with the resume command
 import hashlib
 import json
 import subprocess
+import time
 import sys
 from pathlib import Path
 
@@ -130,3 +131,19 @@ def test_cli_refused_config_creates_no_run_dir(tmp_path):
     res = _cli("trainer.batch_size=-5", f"hydra.run.dir={tmp_path / 'run'}")
     assert res.returncode == 2 and "trainer.batch_size" in res.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_a_second_stop_signal_exits_at_once_whatever_the_process_waits_on():
+    import signal
+
+    from conftest import program_env
+    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "programs" / "blocked_in_c.py")],
+                            env=program_env(), cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout.readline().strip() == "ready"
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    assert proc.poll() is None  # the first signal asks for a clean stop; the run is still busy
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 128 + signal.SIGTERM and "second SIGTERM: exiting now" in err, err
+    assert "woke up" not in out

@@ -25,7 +25,7 @@ def test_pipeline_and_data_parallel_across_processes():
     port = str(_free_port())
     env = program_env()
     env.pop("XLA_FLAGS", None)  # one device per process
-    program = str(ROOT / "tests" / "multidevice" / "across_processes.py")
+    program = str(ROOT / "tests" / "programs" / "across_processes.py")
     procs = [subprocess.Popen([sys.executable, program, str(i), port], env=env, cwd=ROOT, text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in range(2)]
     try:

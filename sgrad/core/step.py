@@ -63,7 +63,7 @@ def _global_norm(tree) -> jnp.ndarray:
     return optax.global_norm(tree) if jax.tree.leaves(tree) else jnp.zeros(())
 
 
-def _masked_update(tx: optax.GradientTransformation, grads, opt_state, params, active):
+def masked_update(tx: optax.GradientTransformation, grads, opt_state, params, active):
     """One optimizer step, kept only where `active` (a traced bool); otherwise params and state stay."""
     updates, new_state = tx.update(grads, opt_state, params)
     new_params = optax.apply_updates(params, updates)
@@ -114,7 +114,7 @@ def make_train_step(net: dni.Network, tx: Optimizers, rule: UpdateRule = UpdateR
         for group, acts, opt in (("modules", module_active, tx.modules), ("sg", active, tx.sg),
                                  ("si", active[1:], tx.sg)):
             for i, (g, s, p) in enumerate(zip(grads[group], state.opt_state[group], state.params[group])):
-                p2, s2, u = _masked_update(opt, g, s, p, acts[i])
+                p2, s2, u = masked_update(opt, g, s, p, acts[i])
                 new_params[group].append(p2)
                 new_opt[group].append(s2)
                 if group == "modules":

@@ -33,7 +33,7 @@ from jax.sharding import PartitionSpec as P
 
 from sgrad.core import dni
 from sgrad.core.optim import Optimizers
-from sgrad.core.step import TrainState, _masked_update
+from sgrad.core.step import TrainState, masked_update
 
 PIPE_AXIS = "pipe"
 # Per device and tick: summed loss, correct fraction, a valid input, SG loss, a valid SG target, |ĝ|,
@@ -148,7 +148,7 @@ def stage_tick(pipe: Pipeline, i: int, tree: dict, h_in, y_in, ok_in, past_h, pa
 
         pred, vjp = jax.vjp(sg_out, tree["sg"])
         (g_sg,), (sg_loss,) = dni.regression_grads([pred], [vjp], [target])
-        new["sg"], new["sg_opt"], _ = _masked_update(pipe.tx.sg, g_sg, tree["sg_opt"], tree["sg"], target_ok)
+        new["sg"], new["sg_opt"], _ = masked_update(pipe.tx.sg, g_sg, tree["sg_opt"], tree["sg"], target_ok)
         metrics[_SG_LOSS] = jnp.where(target_ok, sg_loss, 0.0)
         metrics[_SG_VALID] = target_ok.astype(jnp.float32)
     if pipe.full and i > 0:
@@ -156,7 +156,7 @@ def stage_tick(pipe: Pipeline, i: int, tree: dict, h_in, y_in, ok_in, past_h, pa
         si_out = lambda q, x: dni.apply_module(si_model, q, tree["si_stats"], x, True)
         pred, vjp = jax.vjp(lambda q: si_out(q, past_x)[0], tree["si"])
         (g_si,), (si_loss,) = dni.regression_grads([pred], [vjp], [si_target])
-        new["si"], new["si_opt"], _ = _masked_update(pipe.tx.sg, g_si, tree["si_opt"], tree["si"], si_target_ok)
+        new["si"], new["si_opt"], _ = masked_update(pipe.tx.sg, g_si, tree["si_opt"], tree["si"], si_target_ok)
         metrics[_SI_LOSS] = jnp.where(si_target_ok, si_loss, 0.0)
         metrics[_SI_VALID] = si_target_ok.astype(jnp.float32)
         h_in, si_stats = si_out(tree["si"], h_in)
@@ -176,7 +176,7 @@ def stage_tick(pipe: Pipeline, i: int, tree: dict, h_in, y_in, ok_in, past_h, pa
         metrics[_SG_NORM] = jnp.where(ok_in, jnp.sqrt(jnp.sum(cot ** 2) / pipe.batch), 0.0)
     d_params, d_in = fwd.vjps[0](cot)
     grads = jax.tree.map(lambda g: g * factor, d_params)
-    new["module"], new["module_opt"], _ = _masked_update(pipe.tx.modules, grads, tree["module_opt"],
+    new["module"], new["module_opt"], _ = masked_update(pipe.tx.modules, grads, tree["module_opt"],
                                                          tree["module"], ok_in)
     new["module_stats"] = keep(fwd.stats[0], tree["module_stats"])
     metrics[_VALID] = ok_in.astype(jnp.float32)
