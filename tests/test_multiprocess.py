@@ -39,35 +39,48 @@ def test_pipeline_and_data_parallel_across_processes():
         assert [line for line in out.splitlines() if line.endswith(" ok")] == ["pipeline ok", "data ok"], out
 
 
-@pytest.mark.slow
-def test_two_cli_processes_write_one_run(tmp_path, idx_dir):
-    """Two `sgrad-train distributed=true` processes joined as SLURM would join them, started in different
-    seconds (so Hydra's timestamped dirs differ): one run dir, every line written once, one event file."""
-    job = str(50_000 + os.getpid() % 10_000)
+def _slurm_processes(tmp_path, idx_dir, *extra, start_gap=1.2):
+    """Two `sgrad-train distributed=true` processes joined as SLURM would join them (one CPU device each)."""
+    job = str(50_000 + (os.getpid() + len(extra)) % 10_000)
     base = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo",
             "SLURM_JOB_ID": job, "SLURM_NTASKS": "2", "SLURM_STEP_NODELIST": "localhost",
             "SLURM_STEP_NUM_NODES": "1"}
     base.pop("XLA_FLAGS", None)
     args = [sys.executable, "-m", "sgrad.cli", "dataset=idx", f"dataset.dir={idx_dir}", "mode=dni", "parallel=data",
-            "distributed=true", "model.width=16", "sg.width=16", "trainer.batch_size=32", "trainer.steps=40",
-            "trainer.log_every=10", "trainer.eval_every=20", "trainer.progress=false", "checkpoint.every=20",
-            "log.grad_probe_every=20"]
+            "distributed=true", "model.width=16", "sg.width=16", "trainer.batch_size=32", "trainer.log_every=10",
+            "trainer.eval_every=20", "trainer.progress=false", "checkpoint.every=20", "log.grad_probe_every=20",
+            *extra]
     procs = []
     for rank in range(2):
         env = {**base, "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank)}
         procs.append(subprocess.Popen(args, env=env, cwd=tmp_path, text=True, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE))
-        time.sleep(1.2)
+        time.sleep(start_gap)
+    return procs
+
+
+def _finish(procs):
     try:
-        outs = [p.communicate(timeout=600) for p in procs]
+        return [p.communicate(timeout=600) for p in procs]
     finally:
         for p in procs:
             p.kill()
-    for p, (_, err) in zip(procs, outs):
-        assert p.returncode == 0, err[-3000:]
+
+
+def _the_run(tmp_path):
     runs = [d for d in (tmp_path / "outputs").glob("*/*") if d.is_dir()]
     assert len(runs) == 1, runs
-    run = runs[0]
+    return runs[0]
+
+
+@pytest.mark.slow
+def test_two_cli_processes_write_one_run(tmp_path, idx_dir):
+    """Started in different seconds (so Hydra's timestamped dirs differ): one run dir, every line written
+    once, one event file, one log."""
+    procs = _slurm_processes(tmp_path, idx_dir, "trainer.steps=40")
+    for p, (_, err) in zip(procs, _finish(procs)):
+        assert p.returncode == 0, err[-3000:]
+    run = _the_run(tmp_path)
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == len(set(lines))
     assert [json.loads(l)["step"] for l in lines if "train/loss" in l] == [10, 20, 30, 40]
@@ -75,3 +88,22 @@ def test_two_cli_processes_write_one_run(tmp_path, idx_dir):
     log = (run / "sgrad.log").read_text()
     assert log.count("step 40") == 1, log
     assert json.loads((run / "summary.json").read_text())["status"] == "completed"
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path, idx_dir):
+    import signal
+    procs = _slurm_processes(tmp_path, idx_dir, "trainer.steps=100000", start_gap=0.2)
+    deadline = time.time() + 300
+    while not list((tmp_path / "outputs").glob("*/*/checkpoints/*/commit_success.txt")):
+        assert time.time() < deadline and all(p.poll() is None for p in procs), "no checkpoint appeared"
+        time.sleep(0.1)
+    procs[1].send_signal(signal.SIGTERM)  # the process that is not the writer
+    outs = _finish(procs)
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert "Resume with: sgrad-train" in outs[0][1]
+    run = _the_run(tmp_path)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "preempted"
+    assert (run / "checkpoints" / str(summary["step"]) / "commit_success.txt").is_file()
