@@ -34,9 +34,10 @@ def preflight(argv: list[str]) -> None:
     overrides = [a for a in argv if not a.startswith("-")]
     cfg = compose_config(*overrides)
     validate(cfg)
+    from sgrad.run.rundir import check_run_dir, check_writable
     run_dir = next((a.split("=", 1)[1] for a in overrides if a.startswith("hydra.run.dir=")), None)
+    check_writable(run_dir or "outputs")  # Hydra's default run dirs live under ./outputs
     if run_dir:
-        from sgrad.run.rundir import check_run_dir
         check_run_dir(cfg, run_dir)
 
 

@@ -199,3 +199,11 @@ def test_multirun_reports_the_failed_job_and_keeps_the_others(idx_dir, tmp_path)
                          cwd=Path(__file__).resolve().parent.parent, timeout=300)
     assert rep.returncode == 0, rep.stderr
     assert "Not completed (excluded): 1" in (sweep / "report" / "table.md").read_text()
+
+
+def test_resuming_from_another_run_logs_no_orbax_option_warnings(idx_dir, tmp_path, caplog):
+    train_and_evaluate(_cfg(idx_dir, "trainer.steps=40", "checkpoint.every=40"), tmp_path / "a")
+    with caplog.at_level(logging.WARNING):
+        train_and_evaluate(_cfg(idx_dir, "trainer.steps=80", "checkpoint.every=40", f"trainer.resume={tmp_path / 'a'}"),
+                           tmp_path / "b")
+    assert not [r for r in caplog.records if "read_only" in r.getMessage() or "read only" in r.getMessage()]

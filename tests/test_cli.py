@@ -113,6 +113,7 @@ def test_every_recurrent_experiment_composes(exp, tmp_path):
     (["trainer.epochs=x"], "trainer.epochs must be a value of type int or null"),
     (["-m", "mode=dni,bogus"], "mode=bogus is not a known choice"),
     (["sg.optim.lrr=1"], "unknown config key 'sg.optim.lrr': keys under sg.optim are: name, lr"),
+    (["hydra.run.dir=out/a=b"], "cannot parse the argument 'hydra.run.dir=out/a=b'"),
 ])
 def test_typos_give_one_line_naming_key_and_allowed_values(args, fragment):
     with pytest.raises(ConfigError) as err:
@@ -133,6 +134,8 @@ def test_valid_overrides_pass_the_check():
     ("checkpoint.keep=0", "checkpoint.keep must be an integer >= 1"),
     ("model.dni_every=4", "model.dni_every must be an integer in [1, model.layers-1=3]"),
     ("trainer.batch_size=0", "trainer.batch_size must be an integer >= 1"),
+    ("optim.lr=inf", "optim.lr must be a finite number"),
+    ("sg.scale=nan", "sg.scale must be a finite number"),
 ])
 def test_bad_values_are_named(override, fragment):
     with pytest.raises(ConfigError, match=fragment.replace("[", r"\[").replace("]", r"\]")):

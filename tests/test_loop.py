@@ -147,3 +147,15 @@ def test_a_second_stop_signal_exits_at_once_whatever_the_process_waits_on():
     out, err = proc.communicate(timeout=20)
     assert proc.returncode == 128 + signal.SIGTERM and "second SIGTERM: exiting now" in err, err
     assert "woke up" not in out
+
+
+def test_cli_unwritable_run_dir_is_one_line_and_exit_2():
+    res = _cli("trainer.steps=1", "hydra.run.dir=/proc/sgrad-run")
+    assert res.returncode == 2
+    lines = [l for l in res.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("sgrad-train: cannot write the run dir /proc/sgrad-run"), lines
+
+
+def test_cli_help_says_presets_are_added_with_a_plus():
+    res = _cli("--help")
+    assert res.returncode == 0 and "+exp=NAME" in res.stdout

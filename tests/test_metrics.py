@@ -26,5 +26,5 @@ def test_event_files_are_readable_by_tensorboard(tmp_path):
 def test_non_finite_values_stay_valid_json(tmp_path):
     with MetricWriter(tmp_path, tensorboard=False) as w:
         w.write(1, {"train/loss": float("nan")})
-    assert read_jsonl(tmp_path / "metrics.jsonl") == [{"step": 1, "train/loss": "nan"}]
+    assert read_jsonl(tmp_path / "metrics.jsonl") == [{"step": 1, "train/loss": None}]
     assert not (tmp_path / "tb").exists()

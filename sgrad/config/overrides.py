@@ -71,10 +71,15 @@ def check_overrides(argv: list[str], config_dir: str | Path) -> None:
     args = [a for a in argv if "=" in a and not a.startswith("-")]
     if not args:
         return
-    try:
-        parsed = OverridesParser.create().parse_overrides(args)
-    except Exception as e:  # Hydra's own grammar error is already one clear line
-        raise ConfigError(str(e).splitlines()[0]) from None
+    parser = OverridesParser.create()
+    parsed = []
+    for arg in args:  # one at a time, so a grammar error can name the argument
+        try:
+            parsed += parser.parse_overrides([arg])
+        except Exception as e:
+            reason = str(e).splitlines()[0]
+            hint = " (quote a value holding '=' or other special characters: key='a=b')" if arg.count("=") > 1 else ""
+            raise ConfigError(f"cannot parse the argument {arg!r}: {reason}{hint}") from None
     schema = OmegaConf.structured(TrainConfig)
     for o in parsed:
         key = o.key_or_group

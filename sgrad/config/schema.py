@@ -7,6 +7,7 @@ unknown key or a value of the wrong type fails at start-up, naming the key.
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -210,8 +211,25 @@ def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
         raise ConfigError(f"{key}={value!r} is not allowed: {key} must be {allowed}")
 
 
+def _check_finite(cfg: Any) -> None:
+    """No setting of sgrad means anything at inf or nan (a learning rate, a scale, a fraction)."""
+    from omegaconf import OmegaConf
+    tree = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else cfg
+
+    def walk(node, prefix):
+        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+        for k, v in items:
+            key = f"{prefix}{k}" if isinstance(node, dict) else f"{prefix[:-1]}[{k}]"
+            if isinstance(v, float):
+                _check(math.isfinite(v), key, v, "a finite number")
+            elif isinstance(v, (dict, list)) and k != "hydra":
+                walk(v, key + ".")
+    walk(tree, "")
+
+
 def validate(cfg: Any) -> None:
     """Range checks that a type system cannot express."""
+    _check_finite(cfg)
     _check(cfg.model.layers >= 2, "model.layers", cfg.model.layers, "an integer >= 2")
     _check(cfg.model.width >= 1, "model.width", cfg.model.width, "an integer >= 1")
     _check(cfg.model.channels >= 1, "model.channels", cfg.model.channels, "an integer >= 1")

@@ -6,6 +6,7 @@ parameters, SG models, batch statistics, optimizer states) is all a resume needs
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,18 @@ import jax
 import orbax.checkpoint as ocp
 
 log = logging.getLogger("sgrad")
+
+
+@contextlib.contextmanager
+def _quiet_orbax():
+    """Orbax's absl warnings about options and metadata lookups, silenced (errors still pass)."""
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        absl.setLevel(level)
 
 
 class CheckpointMismatch(ValueError):
@@ -37,11 +50,13 @@ class Checkpoints:
 
     def __init__(self, directory: str | Path, keep: int = 3, read_only: bool = False):
         self.directory = Path(directory).absolute()
-        options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=not read_only, read_only=read_only,
-            # Synchronous saves: the loop donates the state's buffers to the next chunk.
-            enable_async_checkpointing=False)
-        self._manager = ocp.CheckpointManager(self.directory, options=options)
+        # Orbax warns about each option a read-only manager overrides (three lines per resume): noise.
+        with _quiet_orbax():
+            options = ocp.CheckpointManagerOptions(
+                max_to_keep=keep, create=not read_only, read_only=read_only,
+                # Synchronous saves: the loop donates the state's buffers to the next chunk.
+                enable_async_checkpointing=False)
+            self._manager = ocp.CheckpointManager(self.directory, options=options)
 
     def steps(self) -> list[int]:
         return sorted(self._manager.all_steps())
@@ -56,7 +71,8 @@ class Checkpoints:
         """How the checkpoint at `step` differs from `like` in structure or shapes; None when it fits (or when
         its metadata cannot be read: that is corruption, which restoring reports)."""
         try:
-            saved = ocp.StandardCheckpointer().metadata(self.directory / str(step) / "default")
+            with _quiet_orbax():
+                saved = ocp.StandardCheckpointer().metadata(self.directory / str(step) / "default")
         except Exception:
             return None
         saved = _shapes(getattr(saved, "item_metadata", saved))

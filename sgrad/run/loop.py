@@ -44,7 +44,7 @@ def _last_logged(workdir: Path) -> dict:
     last: dict = {}
     if path.exists():
         for row in read_jsonl(path):
-            last.update({k: v for k, v in row.items() if k != "step"})
+            last.update({k: float("nan") if v is None else v for k, v in row.items() if k != "step"})
     return last
 
 

@@ -35,7 +35,8 @@ class MetricWriter:
         if self._jsonl is None:
             return
         values = {k: float(v) for k, v in scalars.items()}
-        record = {"step": int(step), **{k: (v if math.isfinite(v) else str(v)) for k, v in values.items()}}
+        # JSON has no NaN or Infinity: a non-finite value is null (TensorBoard still gets the float).
+        record = {"step": int(step), **{k: (v if math.isfinite(v) else None) for k, v in values.items()}}
         self._jsonl.write(json.dumps(record) + "\n")
         if self._tb is not None:
             summary = summary_pb2.Summary(

@@ -72,6 +72,23 @@ def record_config(cfg: Any, workdir: str | Path) -> None:
         tmp.replace(path)
 
 
+def check_writable(run_dir: str | Path) -> None:
+    """ConfigError naming the path and the reason when a run dir could not be created or written."""
+    import tempfile
+    path = Path(run_dir).absolute()
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(20, "not a directory")
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        raise ConfigError(f"cannot write the run dir {path}: {existing}: {e.strerror or e} (pick another "
+                          "hydra.run.dir, or run from a writable directory)") from None
+
+
 def resume_command(workdir: str | Path) -> str:
     """The command that continues this run: this job's overrides, with the run dir pinned."""
     try:
