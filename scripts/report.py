@@ -157,7 +157,18 @@ def provenance(root: Path, runs: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def require_matplotlib() -> None:
+    """Say which install line brings matplotlib before any file is written (`pip install -e .` has none)."""
+    import importlib
+    try:
+        importlib.import_module("matplotlib")
+    except ModuleNotFoundError:
+        raise SystemExit("report: the curves need matplotlib, which `pip install -e .` does not bring: "
+                         "pip install -e '.[report]'")
+
+
 def main() -> None:
+    require_matplotlib()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("root", type=Path, help="a multirun dir (or any folder of run dirs)")
     ap.add_argument("--out", type=Path, help="where to write the report (default: ROOT/report)")
@@ -177,6 +188,8 @@ def main() -> None:
     plot_curves(runs, out / "curves.png")
     (out / "provenance.md").write_text(provenance(args.root, runs))
     print((out / "table.md").read_text())
+    for name in ("table.md", "runs.csv", "curves.png", "provenance.md"):
+        print(f"wrote {out / name}")
 
 
 if __name__ == "__main__":

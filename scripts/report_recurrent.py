@@ -82,6 +82,12 @@ def main() -> None:
     ap.add_argument("paths", nargs="+", type=Path)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
+    import importlib
+    try:
+        importlib.import_module("matplotlib")
+    except ModuleNotFoundError:
+        sys.exit("report_recurrent: the curves need matplotlib, which `pip install -e .` does not bring: "
+                 "pip install -e '.[report]'")
     runs = collect(args.paths)
     if not runs:
         sys.exit(f"no recurrent runs (summary.json with model=lstm) under {', '.join(map(str, args.paths))}")
@@ -147,7 +153,8 @@ def main() -> None:
     fig.tight_layout(rect=(0, 0, 1, 0.92))
     fig.savefig(args.out / "curves.png", dpi=110)
     print("\n".join(lines))
-    print(f"wrote {args.out}/table.md, runs.csv, curves.png")
+    for name in ("table.md", "runs.csv", "curves.png"):
+        print(f"wrote {args.out / name}")
 
 
 if __name__ == "__main__":

@@ -199,6 +199,9 @@ def test_multirun_reports_the_failed_job_and_keeps_the_others(idx_dir, tmp_path)
                          cwd=Path(__file__).resolve().parent.parent, timeout=300)
     assert rep.returncode == 0, rep.stderr
     assert "Not completed (excluded): 1" in (sweep / "report" / "table.md").read_text()
+    wrote = [l.removeprefix("wrote ") for l in rep.stdout.splitlines() if l.startswith("wrote ")]
+    assert sorted(Path(w).name for w in wrote) == ["curves.png", "provenance.md", "runs.csv", "table.md"]
+    assert all(Path(w).is_file() and Path(w).parent == sweep / "report" for w in wrote)
 
 
 def test_resuming_from_another_run_logs_no_orbax_option_warnings(idx_dir, tmp_path, caplog):

@@ -205,3 +205,27 @@ def test_optuna_search_runs_trials(idx_dir, tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     assert len(list(sweep.glob("*/summary.json"))) == 2
     assert "best_value" in (sweep / "optimization_results.yaml").read_text()
+
+
+def test_a_launcher_plugin_that_is_not_installed_says_which_install_brings_it(monkeypatch):
+    import sgrad.config.overrides as overrides
+    monkeypatch.setitem(overrides.PLUGINS, "joblib", "hydra_plugins.not_installed_here")
+    with pytest.raises(ConfigError, match=r"hydra/launcher=joblib needs .*pip install -e '.\[sweep\]'"):
+        check_overrides(["-m", "hydra/launcher=joblib", "seed=0,1"], CONFIG_DIR)
+    check_overrides(["-m", "hydra/launcher=basic", "seed=0,1"], CONFIG_DIR)
+
+
+def test_report_without_matplotlib_says_which_install_brings_it(tmp_path):
+    # A matplotlib that cannot be found, ahead of the real one on the path.
+    hide = tmp_path / "hide"
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text(
+        "import sys\nclass _No:\n    def find_spec(self, name, *a):\n"
+        "        if name == 'matplotlib' or name.startswith('matplotlib.'):\n"
+        "            raise ModuleNotFoundError(name)\n"
+        "sys.meta_path.insert(0, _No())\n")
+    env = {**os.environ, "PYTHONPATH": str(hide)}
+    res = subprocess.run([sys.executable, "scripts/report.py", str(tmp_path / "nowhere")], capture_output=True,
+                         text=True, cwd=Path(CONFIG_DIR).parent, env=env, timeout=120)
+    assert res.returncode != 0 and "pip install -e '.[report]'" in res.stderr
+    assert not (tmp_path / "nowhere").exists()

@@ -41,6 +41,28 @@ def test_truncated_idx_file_is_named(tmp_path):
         read_idx(tmp_path / "imgs")
 
 
+def test_damaged_idx_header_is_named_with_a_sane_byte_count(tmp_path):
+    write_idx(tmp_path / "imgs", np.zeros((10, 4, 4), np.uint8))
+    raw = bytearray((tmp_path / "imgs").read_bytes())
+    raw[4:8] = b"\xff\xff\xff\xff"  # the first dimension's header field destroyed
+    (tmp_path / "imgs").write_bytes(bytes(raw))
+    with pytest.raises(DatasetError, match=r"imgs: IDX header promises shape \(4294967295, 4, 4\) "
+                                           r"\(68719476736 bytes\) but the file holds 176 bytes"):
+        read_idx(tmp_path / "imgs")
+
+
+def test_a_folder_missing_one_idx_file_names_that_file(idx_dir, tmp_path):
+    import shutil
+    folder = tmp_path / "three"
+    shutil.copytree(idx_dir, folder)
+    victim = next(p for p in folder.iterdir() if p.name.startswith("t10k-labels"))
+    victim.unlink()
+    with pytest.raises(DatasetError) as err:
+        load_dataset("idx", str(folder), download=False)
+    msg = str(err.value)
+    assert f"{folder} lacks t10k-labels-idx1-ubyte[.gz]" in msg and "train-images" not in msg.split("lacks")[1].split(".")[0]
+
+
 def test_bad_magic_and_broken_gzip_are_named(tmp_path):
     (tmp_path / "junk").write_bytes(b"\x12\x34\x08\x01" + b"\0" * 8)
     with pytest.raises(DatasetError, match="junk: not an IDX file"):

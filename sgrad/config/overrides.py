@@ -65,6 +65,21 @@ def _check_key(o: Override, schema: Any) -> None:
             raise ConfigError(f"{o.key_or_group}={v!r} is not allowed: {o.key_or_group} must be {allowed}") from None
 
 
+# Hydra plugins behind choices of hydra/launcher, hydra/sweeper (and presets that pick them); none of them
+# comes with `pip install -e .`.
+PLUGINS = {"joblib": "hydra_plugins.hydra_joblib_launcher", "submitit_local": "hydra_plugins.hydra_submitit_launcher",
+           "submitit_slurm": "hydra_plugins.hydra_submitit_launcher", "optuna": "hydra_plugins.hydra_optuna_sweeper",
+           "cdni_optuna": "hydra_plugins.hydra_optuna_sweeper"}
+
+
+def _check_plugin(key: str, value: str) -> None:
+    import importlib.util
+    module = PLUGINS.get(value)
+    if module and importlib.util.find_spec(module) is None:
+        raise ConfigError(f"{key}={value} needs the official Hydra plugin {module.split('.')[-1]}, which "
+                          "`pip install -e .` does not bring: pip install -e '.[sweep]'")
+
+
 def check_overrides(argv: list[str], config_dir: str | Path) -> None:
     """Raise ConfigError for the first override that names an unknown key, group choice or bad value."""
     config_dir = Path(config_dir)
@@ -83,6 +98,9 @@ def check_overrides(argv: list[str], config_dir: str | Path) -> None:
     schema = OmegaConf.structured(TrainConfig)
     for o in parsed:
         key = o.key_or_group
+        if key in ("hydra/launcher", "hydra/sweeper", "hparams_search"):
+            for v in _values(o):
+                _check_plugin(key, str(v))
         if key.startswith("hydra") or o.package:
             continue
         if key in GROUPS and not o.is_add() or key in ("exp", "hparams_search"):

@@ -124,9 +124,22 @@ def _complete(spec: DatasetSpec, folder: Path) -> bool:
     return all(_find_idx(folder, f) for f in IDX_FILES)
 
 
+def _missing_in(spec: DatasetSpec, folder: Path) -> list[str]:
+    """The required files `folder` lacks (all of them when it does not exist)."""
+    if spec.kind == "cifar":
+        return [] if _complete(spec, folder) else [f"{cifar.FOLDER}/ or {cifar.ARCHIVE}"]
+    return [f"{f}[.gz]" for f in IDX_FILES if not _find_idx(folder, f)]
+
+
 def _missing_message(spec: DatasetSpec, dirs: list[Path], why: str) -> str:
     files = ", ".join(r.name for r in spec.remotes) if spec.remotes else ", ".join(
         f"{f}[.gz]" for f in _required(spec))
+    # A folder that holds some of the files: name exactly what it lacks.
+    partial = [(d, _missing_in(spec, d)) for d in dirs if d.is_dir() and len(_missing_in(spec, d)) < len(_required(spec))]
+    if partial:
+        folder, lacking = partial[0]
+        return (f"dataset {spec.name}: {folder} lacks {', '.join(lacking)}{why}. Put the missing file(s) there "
+                f"(get them {spec.how_to_get}), or point dataset.dir=PATH at a folder that has all of {files}.")
     looked = ", ".join(str(d) for d in dirs)
     return (f"dataset {spec.name}: files not found in {looked}{why}. Place {files} in {dirs[0]} "
             f"(get them {spec.how_to_get}), or point dataset.dir=PATH at a folder that has them.")

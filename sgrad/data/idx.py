@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import math
 import struct
 from pathlib import Path
 
@@ -36,8 +37,9 @@ def read_idx(path: str | Path) -> np.ndarray:
     if len(raw) < header:
         raise DatasetError(f"{path}: truncated IDX header; delete it and fetch it again")
     dims = struct.unpack(f">{ndim}I", raw[4:header])
-    expected = header + int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
-    if len(raw) != expected:
+    # Python integers: a damaged header's dimensions can overflow any fixed-width product.
+    expected = header + math.prod(dims) * dtype.itemsize
+    if ndim == 0 or len(raw) != expected:
         raise DatasetError(
             f"{path}: IDX header promises shape {dims} ({expected} bytes) but the file holds "
             f"{len(raw)} bytes (truncated or corrupt); delete it and fetch it again")
