@@ -80,6 +80,16 @@ def _run(cfg: DictConfig) -> float:
             # One voice per run: only process 0 writes the log (the other processes' records would repeat it).
             logging.getLogger().handlers.clear()
             logging.getLogger("sgrad").setLevel(logging.WARNING)
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        # Parallel jobs (joblib, submitit) interleave their lines: each says which job it is.
+        from sgrad.run.rundir import swept_settings
+        swept = ",".join(f"{k}={v}" for k, v in sorted(swept_settings().items()))
+        tag = f"[job {hydra_cfg.job.num}{' ' + swept if swept else ''}] "
+
+        def prefix(record: logging.LogRecord) -> bool:
+            record.msg = tag + str(record.msg)
+            return True
+        logging.getLogger("sgrad").addFilter(prefix)
     try:
         summary = train_and_evaluate(cfg, workdir)
     except Preempted as e:

@@ -159,3 +159,25 @@ def test_cli_unwritable_run_dir_is_one_line_and_exit_2():
 def test_cli_help_says_presets_are_added_with_a_plus():
     res = _cli("--help")
     assert res.returncode == 0 and "+exp=NAME" in res.stdout
+
+
+def test_cli_sweep_names_tensorboard_runs_by_what_varies_and_writes_hparams(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+    sweep = tmp_path / "sweep"
+    res = _cli("-m", "+exp=copy_dni", "mode=backprop,dni", "model.hidden=8", "trainer.steps=20",
+               "trainer.log_every=10", "trainer.progress=false", f"hydra.sweep.dir={sweep}")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "[job 1 mode=dni] " in res.stdout and "[job 0 mode=backprop] " in res.stdout
+    runs = sorted(p.relative_to(sweep).as_posix() for p in sweep.glob("*/tb/*") if p.is_dir())
+    assert runs == ["0/tb/mode=backprop", "1/tb/mode=dni"]
+    for run, mode in zip(runs, ("backprop", "dni")):
+        acc = EventAccumulator(str(sweep / run))
+        acc.Reload()
+        content = acc.PluginTagToContent("hparams")
+        start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+        assert start.session_start_info.hparams["mode"].string_value == mode
+        assert start.session_start_info.hparams["model.hidden"].number_value == 8
+        experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+        assert "curriculum/solved" in [m.name.tag for m in experiment.metric_infos]
+        assert "train/loss" in acc.Tags()["scalars"]

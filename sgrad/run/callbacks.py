@@ -1,4 +1,4 @@
-"""Hydra callbacks: at the end of a multirun, name the jobs that did not complete."""
+"""Hydra callbacks: record what a multirun sweeps over, and at its end name the jobs that did not complete."""
 
 from __future__ import annotations
 
@@ -29,3 +29,21 @@ class FailedJobs(Callback):
             print(f"sgrad-train: {len(failed)} job(s) of the sweep in {sweep} did not complete: "
                   + "; ".join(failed), file=sys.stderr)
             sys.exit(1)
+
+
+SWEPT = "swept_keys.json"
+
+
+class SweptKeys(Callback):
+    """Writes <sweep dir>/swept_keys.json: the settings the sweep varies, from the command line's sweep
+    overrides (a,b,c / range / choice) and the sweeper's own params (e.g. Optuna's search space). Each job
+    names its TensorBoard run and its HParams by them."""
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+        parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+        keys = [o.key_or_group for o in parsed if o.is_sweep_override()]
+        keys += [str(k) for k in (config.hydra.sweeper.get("params") or {})]
+        sweep = Path(config.hydra.sweep.dir)
+        sweep.mkdir(parents=True, exist_ok=True)
+        (sweep / SWEPT).write_text(json.dumps(sorted(set(keys))) + "\n")

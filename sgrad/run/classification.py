@@ -60,6 +60,7 @@ class ClassificationTask:
     """A feed-forward network on an image dataset (`model=fcn|cnn`)."""
 
     synchronous = False
+    final_metrics = ["test/error", "test/accuracy", "test/loss", "train/loss"]
 
     def __init__(self, cfg: Any, dataset: Dataset | None = None):
         tcfg = cfg.trainer

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from sgrad.run.checkpoint import Checkpoints, find_checkpoint_dir
 from sgrad.run.metrics import MetricWriter, read_jsonl, rewind
-from sgrad.run.rundir import check_run_dir, record_config, resume_command
+from sgrad.run.rundir import check_run_dir, flat_config, record_config, resume_command, swept_settings
 from sgrad.run.signals import StopRequest
 from sgrad.run.task import Task
 from sgrad.run.record import DivergenceError, Preempted, run_record
@@ -32,6 +32,17 @@ log = logging.getLogger("sgrad")
 def eval_every(cfg: Any, task: Task) -> int:
     """trainer.eval_every, or once per epoch of the training data; 0 (only at the end) for generated streams."""
     return cfg.trainer.eval_every or task.steps_per_epoch or 0
+
+
+# Settings every run shows in TensorBoard's HParams tab, besides what its sweep varies.
+HPARAMS = ("mode", "dataset.name", "model.name", "model.layers", "model.width", "model.hidden", "optim.lr",
+           "sg.optim.lr", "sg.scale", "trainer.batch_size", "trainer.bptt", "seed")
+
+
+def hparams_of(cfg: Any, swept: list[str]) -> dict:
+    """{setting: value} for the HParams dashboard: the usual suspects and the swept settings, typed."""
+    flat = flat_config(cfg)
+    return {k: flat[k] for k in (*HPARAMS, *swept) if isinstance(flat.get(k), (bool, int, float, str))}
 
 
 def _due(every: int, step: int) -> bool:
@@ -87,13 +98,18 @@ def run(cfg: Any, workdir: str | Path, task: Task) -> dict:
         source.close()
     # The newest good checkpoint this run can go back to: (step, folder), or None.
     kept = (step, source.directory) if restored is not None else None
+    swept = swept_settings()
+    # TensorBoard names a run by its folder: in a sweep, by what the sweep varies.
+    run_name = ",".join(f"{k}={v}" for k, v in sorted(swept.items())) or None
     if lead:
         record_config(cfg, workdir)
         # Whatever was logged after the restored step is about to be recomputed.
-        rewind(workdir, step)
+        rewind(workdir, step, run_name)
         (workdir / "summary.json").unlink(missing_ok=True)
     last = _last_logged(workdir) if lead else {}
-    writer = MetricWriter(workdir, cfg.log.tensorboard, enabled=lead)
+    writer = MetricWriter(workdir, cfg.log.tensorboard, enabled=lead, run_name=run_name)
+    if step == 0:
+        writer.write_hparams(hparams_of(cfg, list(swept)), task.final_metrics)
     log.info("%s: %d steps from step %d; run dir %s", task.name, total, step, workdir.absolute())
     bar = tqdm(total=total, initial=step, desc=task.name, unit="step", disable=not (tcfg.progress and lead),
                dynamic_ncols=True)
@@ -115,6 +131,8 @@ def run(cfg: Any, workdir: str | Path, task: Task) -> dict:
         now = time.perf_counter()
         out = task.chunk_metrics(metrics, start, stop, now - t_mark)
         t_mark, pending = now, None
+        # The bar moves when a chunk's metrics arrive, so the loss it shows is that of the step it shows.
+        bar.update(stop - start)
         writer.write(stop, out)
         last.update(out)
         bar.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in list(out.items())[:2]}, refresh=False)
@@ -135,7 +153,6 @@ def run(cfg: Any, workdir: str | Path, task: Task) -> dict:
             state, metrics = task.run_chunk(state, step, stop)
             if pending is not None:
                 drain()
-            bar.update(stop - step)
             pending, step = (step, stop, metrics), stop
             stopping = _agree(stop_request.received)
             saving = _due(every_save, step) or step == total or stopping

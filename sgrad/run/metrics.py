@@ -18,10 +18,17 @@ from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
 
+def tb_dir(workdir: str | Path, run_name: str | None = None) -> Path:
+    """Where a run's event files go: <run dir>/tb, or <run dir>/tb/<run_name> so that TensorBoard, pointed at
+    a sweep, names the run by what the sweep varied (e.g. `0/tb/mode=cdni,model.layers=4`)."""
+    return Path(workdir) / "tb" / run_name if run_name else Path(workdir) / "tb"
+
+
 class MetricWriter:
     """write(step, {name: scalar}) appends one JSON line and one TensorBoard event per scalar."""
 
-    def __init__(self, workdir: str | Path, tensorboard: bool = True, enabled: bool = True):
+    def __init__(self, workdir: str | Path, tensorboard: bool = True, enabled: bool = True,
+                 run_name: str | None = None):
         """`enabled=False` (every process but the first of a multi-process run) writes nothing."""
         self.workdir = Path(workdir)
         self._jsonl = self._tb = None
@@ -29,7 +36,18 @@ class MetricWriter:
             return
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._jsonl = open(self.workdir / "metrics.jsonl", "a", buffering=1)
-        self._tb = EventFileWriter(str(self.workdir / "tb")) if tensorboard else None
+        self._tb = EventFileWriter(str(tb_dir(workdir, run_name))) if tensorboard else None
+
+    def write_hparams(self, hparams: dict, metrics: list[str]) -> None:
+        """TensorBoard's HParams dashboard data: this run's settings and the metrics to compare runs by."""
+        if self._tb is None:
+            return
+        # summary_v2, not hparams.api: the latter imports TensorFlow (for Keras), which sgrad does not need.
+        from tensorboard.plugins.hparams import summary_v2
+        config = summary_v2.hparams_config_pb(hparams=[summary_v2.HParam(k) for k in hparams],
+                                              metrics=[summary_v2.Metric(m) for m in metrics])
+        for summary in (config, summary_v2.hparams_pb(hparams)):
+            self._tb.add_event(event_pb2.Event(wall_time=time.time(), step=0, summary=summary))
 
     def write(self, step: int, scalars: Mapping[str, float]) -> None:
         if self._jsonl is None:
@@ -69,7 +87,7 @@ def read_jsonl(path: str | Path) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def rewind(workdir: str | Path, step: int) -> None:
+def rewind(workdir: str | Path, step: int, run_name: str | None = None) -> None:
     """Drop everything logged after `step`, so a resumed run continues its curves with no duplicates."""
     workdir = Path(workdir)
     path = workdir / "metrics.jsonl"
@@ -79,12 +97,17 @@ def rewind(workdir: str | Path, step: int) -> None:
         tmp = path.with_suffix(".jsonl.tmp")
         tmp.write_text("".join(kept))
         os.replace(tmp, path)
-    files = sorted((workdir / "tb").glob("events.out.tfevents.*"))
+    folder = tb_dir(workdir, run_name)
+    files = sorted(folder.glob("events.out.tfevents.*"))
     if not files:
+        return
+    if step == 0:  # a fresh start: nothing to keep (its HParams summary is written again)
+        for f in files:
+            f.unlink()
         return
     events = [e for f in files for e in LegacyEventFileLoader(str(f)).Load()
               if e.HasField("summary") and e.step <= step]
-    writer = EventFileWriter(str(workdir / "tb"), filename_suffix=".resumed")
+    writer = EventFileWriter(str(folder), filename_suffix=".resumed")
     for e in events:
         writer.add_event(e)
     writer.close()

@@ -89,6 +89,27 @@ def check_writable(run_dir: str | Path) -> None:
                           "hydra.run.dir, or run from a writable directory)") from None
 
 
+def swept_settings() -> dict[str, str]:
+    """This job's values of the settings its multirun varies ({} outside a multirun)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+        hydra_cfg = HydraConfig.get()
+    except (ValueError, ImportError):
+        return {}
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return {}
+    from sgrad.run.callbacks import SWEPT
+    path = Path(hydra_cfg.sweep.dir) / SWEPT
+    keys = set(json.loads(path.read_text())) if path.is_file() else set()
+    out = {}
+    for o in hydra_cfg.overrides.task:
+        key, _, value = o.partition("=")
+        if key.lstrip("+~") in keys:
+            out[key.lstrip("+~")] = value
+    return out
+
+
 def resume_command(workdir: str | Path) -> str:
     """The command that continues this run: this job's overrides, with the run dir pinned."""
     try:

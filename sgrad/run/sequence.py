@@ -67,6 +67,8 @@ class SequenceTask:
         self.total_steps = t.steps
         self.steps_per_epoch = None if self.copy else self.stream.windows_per_epoch
         self.probe_every = cfg.log.grad_probe_every if self.net.sg_model is not None else 0
+        self.final_metrics = (["curriculum/solved", "train/error_per_bit"] if self.copy
+                              else ["valid/bpc", "test/bpc", "sg/cosine"])
         self.name = f"{self.mode.value} T={t.bptt}"
         self._tx = build_train_optimizer(cfg, t.steps)
         net, step_fn = self.net, make_recurrent_step(self.net, self._tx)

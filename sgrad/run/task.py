@@ -16,6 +16,7 @@ class Task(Protocol):
     steps_per_epoch: int | None     # trainer.eval_every=null evaluates once per epoch; None: only at the end
     probe_every: int                # 0: the task has no probe
     synchronous: bool               # chunk metrics must reach the host before the next chunk is built
+    final_metrics: list[str]        # what TensorBoard's HParams tab compares runs by
 
     def init(self) -> Any:
         """The initial state (a pytree on the device)."""

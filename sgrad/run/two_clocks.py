@@ -21,6 +21,7 @@ class TwoClockTask:
     """A every step, B every `trainer.bptt` steps on A's state; `mode=dni` links them (cut with sg.scale=0)."""
 
     synchronous = False
+    final_metrics = ["b/accuracy", "a/accuracy", "sg/cosine"]
     steps_per_epoch = None  # a generated stream: evaluated (its chunk metrics reported) at the end
     probe_every = 0
 
