@@ -89,6 +89,7 @@ def _run(cfg: DictConfig) -> float:
         def prefix(record: logging.LogRecord) -> bool:
             record.msg = tag + str(record.msg)
             return True
+        # The basic launcher runs every job in this process: each job's tag goes when the job ends.
         logging.getLogger("sgrad").addFilter(prefix)
     try:
         summary = train_and_evaluate(cfg, workdir)
@@ -105,6 +106,9 @@ def _run(cfg: DictConfig) -> float:
             # Let the sweep go on; sgrad.run.callbacks.FailedJobs reports this job at the end.
             return float("nan")
         sys.exit(3 if isinstance(e, DivergenceError) else 2)
+    finally:
+        for f in list(logging.getLogger("sgrad").filters):
+            logging.getLogger("sgrad").removeFilter(f)
     # The return value lets Hydra sweepers (e.g. optuna) optimise the task's objective.
     return float(summary["objective"])
 

@@ -169,6 +169,7 @@ def test_cli_sweep_names_tensorboard_runs_by_what_varies_and_writes_hparams(tmp_
                "trainer.log_every=10", "trainer.progress=false", f"hydra.sweep.dir={sweep}")
     assert res.returncode == 0, res.stderr[-2000:]
     assert "[job 1 mode=dni] " in res.stdout and "[job 0 mode=backprop] " in res.stdout
+    assert "] [job" not in res.stdout  # one tag per line, also when jobs share a process
     runs = sorted(p.relative_to(sweep).as_posix() for p in sweep.glob("*/tb/*") if p.is_dir())
     assert runs == ["0/tb/mode=backprop", "1/tb/mode=dni"]
     for run, mode in zip(runs, ("backprop", "dni")):

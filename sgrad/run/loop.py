@@ -109,7 +109,7 @@ def run(cfg: Any, workdir: str | Path, task: Task) -> dict:
     last = _last_logged(workdir) if lead else {}
     writer = MetricWriter(workdir, cfg.log.tensorboard, enabled=lead, run_name=run_name)
     if step == 0:
-        writer.write_hparams(hparams_of(cfg, list(swept)), task.final_metrics)
+        writer.write_hparams(hparams_of(cfg, list(swept)), task.final_metrics, trial=run_name or workdir.name)
     log.info("%s: %d steps from step %d; run dir %s", task.name, total, step, workdir.absolute())
     bar = tqdm(total=total, initial=step, desc=task.name, unit="step", disable=not (tcfg.progress and lead),
                dynamic_ncols=True)

@@ -38,15 +38,16 @@ class MetricWriter:
         self._jsonl = open(self.workdir / "metrics.jsonl", "a", buffering=1)
         self._tb = EventFileWriter(str(tb_dir(workdir, run_name))) if tensorboard else None
 
-    def write_hparams(self, hparams: dict, metrics: list[str]) -> None:
-        """TensorBoard's HParams dashboard data: this run's settings and the metrics to compare runs by."""
+    def write_hparams(self, hparams: dict, metrics: list[str], trial: str | None = None) -> None:
+        """TensorBoard's HParams dashboard data: this run's settings and the metrics to compare runs by;
+        `trial` names the row (default: a hash of the settings)."""
         if self._tb is None:
             return
         # summary_v2, not hparams.api: the latter imports TensorFlow (for Keras), which sgrad does not need.
         from tensorboard.plugins.hparams import summary_v2
         config = summary_v2.hparams_config_pb(hparams=[summary_v2.HParam(k) for k in hparams],
                                               metrics=[summary_v2.Metric(m) for m in metrics])
-        for summary in (config, summary_v2.hparams_pb(hparams)):
+        for summary in (config, summary_v2.hparams_pb(hparams, trial_id=trial)):
             self._tb.add_event(event_pb2.Event(wall_time=time.time(), step=0, summary=summary))
 
     def write(self, step: int, scalars: Mapping[str, float]) -> None:
