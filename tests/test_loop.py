@@ -182,3 +182,11 @@ def test_cli_sweep_names_tensorboard_runs_by_what_varies_and_writes_hparams(tmp_
         experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
         assert "curriculum/solved" in [m.name.tag for m in experiment.metric_infos]
         assert "train/loss" in acc.Tags()["scalars"]
+
+
+def test_cli_error_inside_the_run_is_printed_once_and_leaves_no_stub(tmp_path):
+    res = _cli("dataset=idx", f"dataset.dir={tmp_path / 'nowhere'}", f"hydra.run.dir={tmp_path / 'run'}")
+    assert res.returncode == 2
+    said = [l for l in (res.stdout + res.stderr).splitlines() if "nowhere" in l]
+    assert len(said) == 1 and said[0].startswith("sgrad-train: "), res.stdout + res.stderr
+    assert not (tmp_path / "run").exists()
