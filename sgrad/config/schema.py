@@ -140,6 +140,7 @@ class SGConfig:
     aux: bool = False
     aux_weight: float = 1.0
     discount: float = 1.0
+    squash_cell: bool = True
     optim: OptimConfig = field(default_factory=OptimConfig)
 
 

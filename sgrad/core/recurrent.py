@@ -39,6 +39,7 @@ class RecurrentNet:
     conditioned: bool = False     # cDNI: M also sees the targets of the window that follows the boundary
     sg_scale: float = 1.0         # multiplies the ĝ the core applies; M's target uses ĝ unscaled
     sg_warmup: int = 0            # steps during which M learns but the core does not apply ĝ
+    squash_cell: bool = True      # M sees tanh(c) instead of the raw, unbounded cell state (see sg_input)
 
 
 def window_label(net: RecurrentNet, y: jnp.ndarray, mask: jnp.ndarray, vocab: int) -> jnp.ndarray | None:
@@ -78,7 +79,7 @@ def window(net: RecurrentNet, params: PyTree, s0: jnp.ndarray, x, y, mask, reset
     return (loss, aux, flat_carry(carry)), sums
 
 
-def sg_input(s: jnp.ndarray) -> jnp.ndarray:
+def sg_input(s: jnp.ndarray, squash_cell: bool = True) -> jnp.ndarray:
     """What M sees of the state [c, h]: tanh(c) and h, both bounded.
 
     The cell state is unbounded, and the core steps along -ĝ at s_T: with a
@@ -86,12 +87,15 @@ def sg_input(s: jnp.ndarray) -> jnp.ndarray:
     drove |c| to ~500 on text. Squashing c the way the LSTM's own output does
     keeps ĝ bounded whatever c does.
     """
+    if not squash_cell:
+        return s
     c, h = split_carry(s)
     return jnp.concatenate([jnp.tanh(c), h], axis=-1)
 
 
 def synthetic_gradient(net: RecurrentNet, sg_params: PyTree, s: jnp.ndarray, label=None) -> jnp.ndarray:
-    return net.sg_model.apply({"params": sg_params}, sg_input(jax.lax.stop_gradient(s)), label, False)
+    state = sg_input(jax.lax.stop_gradient(s), net.squash_cell)
+    return net.sg_model.apply({"params": sg_params}, state, label, False)
 
 
 def dni_window(net: RecurrentNet, core_params: PyTree, predict: Callable, s0: jnp.ndarray, x, y, mask, resets,

@@ -49,7 +49,7 @@ def build_recurrent_net(cfg, output_dim: int, loss: str) -> RecurrentNet:
     # The state's SG model has no batch norm: one boundary per step gives a small, correlated batch.
     sg = DenseSynthetic(cfg.sg.hidden_layers, cfg.sg.width, batch_norm=False) if mode.decoupled else None
     return RecurrentNet(core, sg, loss, cfg.sg.discount, cfg.sg.aux_weight, conditioned=mode.conditioned,
-                        sg_scale=cfg.sg.scale, sg_warmup=cfg.sg.warmup_steps)
+                        sg_scale=cfg.sg.scale, sg_warmup=cfg.sg.warmup_steps, squash_cell=cfg.sg.squash_cell)
 
 
 class SequenceTask:
