@@ -140,7 +140,7 @@ class SGConfig:
     aux: bool = False
     aux_weight: float = 1.0
     discount: float = 1.0
-    squash_cell: bool = True
+    squash_cell: bool = False
     optim: OptimConfig = field(default_factory=OptimConfig)
 
 

@@ -39,7 +39,7 @@ class RecurrentNet:
     conditioned: bool = False     # cDNI: M also sees the targets of the window that follows the boundary
     sg_scale: float = 1.0         # multiplies the ĝ the core applies; M's target uses ĝ unscaled
     sg_warmup: int = 0            # steps during which M learns but the core does not apply ĝ
-    squash_cell: bool = True      # M sees tanh(c) instead of the raw, unbounded cell state (see sg_input)
+    squash_cell: bool = False     # M sees tanh(c) instead of the raw, unbounded cell state (see sg_input)
 
 
 def window_label(net: RecurrentNet, y: jnp.ndarray, mask: jnp.ndarray, vocab: int) -> jnp.ndarray | None:
@@ -79,13 +79,15 @@ def window(net: RecurrentNet, params: PyTree, s0: jnp.ndarray, x, y, mask, reset
     return (loss, aux, flat_carry(carry)), sums
 
 
-def sg_input(s: jnp.ndarray, squash_cell: bool = True) -> jnp.ndarray:
-    """What M sees of the state [c, h]: tanh(c) and h, both bounded.
+def sg_input(s: jnp.ndarray, squash_cell: bool = False) -> jnp.ndarray:
+    """What M sees of the state [c, h]: as it is, or with c squashed to tanh(c) (`squash_cell`).
 
     The cell state is unbounded, and the core steps along -ĝ at s_T: with a
-    linear M of the raw c, a push that grows c grows ĝ with it, a loop that
-    drove |c| to ~500 on text. Squashing c the way the LSTM's own output does
-    keeps ĝ bounded whatever c does.
+    linear M of the raw c on a stream that never resets, a push that grows c
+    grows ĝ with it, a loop that drove |c| to ~500 on text. Squashing c the way
+    the LSTM's own output does keeps ĝ bounded whatever c does. Where episodes
+    reset the state (Copy) the raw c is bounded anyway and tells M more: Copy
+    at T=2 solved length 4 with it, 3 with tanh(c).
     """
     if not squash_cell:
         return s
