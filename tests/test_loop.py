@@ -161,6 +161,7 @@ def test_cli_help_says_presets_are_added_with_a_plus():
     assert res.returncode == 0 and "+exp=NAME" in res.stdout
 
 
+@pytest.mark.slow
 def test_cli_sweep_names_tensorboard_runs_by_what_varies_and_writes_hparams(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams import plugin_data_pb2

@@ -245,6 +245,7 @@ def test_recurrent_config_errors_name_the_key(overrides, key):
         validate(make_cfg(*overrides))
 
 
+@pytest.mark.slow
 def test_report_tables_the_longest_length_per_window(tmp_path):
     import subprocess
     import sys

@@ -85,6 +85,7 @@ def test_divergence_stops_with_step_and_metric_and_keeps_logs(idx_dir, tmp_path)
     assert any(v is None for r in rows for v in r.values())
 
 
+@pytest.mark.slow
 def test_same_seed_same_metrics(idx_dir, tmp_path):
     a = _train(idx_dir, tmp_path / "a", "mode=cdni", "trainer.steps=60", "seed=3")
     b = _train(idx_dir, tmp_path / "b", "mode=cdni", "trainer.steps=60", "seed=3")
