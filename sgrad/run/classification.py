@@ -20,6 +20,7 @@ from sgrad.models.network import build_network, init_variables
 from sgrad.core.optim import build_train_optimizer, learning_rate
 from sgrad.devices.parallel import make_runner
 from sgrad.core.step import TrainState, UpdateRule, create_state, eval_counts, probe
+from sgrad.run.task import non_finite_parameters
 
 
 class BatchOrder:
@@ -145,13 +146,10 @@ class ClassificationTask:
 
     def divergence_detail(self, state) -> str:
         params = self._view(state).params
-        parts = []
-        for group, label, first in (("modules", "module", 1), ("sg", "SG model of interface", 1),
-                                    ("si", "synthetic input model of module", 2)):
-            for i, p in enumerate(params[group], start=first):
-                if not all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(p)):
-                    parts.append(f"{label} {i}")
-        return f"non-finite parameters in {', '.join(parts)}" if parts else ""
+        groups = (("modules", "module", 1), ("sg", "SG model of interface", 1),
+                  ("si", "synthetic input model of module", 2))
+        return non_finite_parameters((f"{label} {i}", p) for group, label, first in groups
+                                     for i, p in enumerate(params[group], start=first))
 
     def summary_fields(self) -> dict:
         cfg = self.cfg

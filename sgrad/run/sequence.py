@@ -24,6 +24,7 @@ from sgrad.core.recurrent import (LN2, RecurrentNet, RecurrentState, future_grad
                              make_recurrent_step, window)
 from sgrad.models.synthetic import DenseSynthetic
 from sgrad.data.copy import CopyTask
+from sgrad.run.task import non_finite_parameters
 
 PROBE_WINDOWS = 8
 
@@ -112,7 +113,7 @@ class SequenceTask:
 
     def run_chunk(self, state, start: int, stop: int):
         n, length = stop - start, self.cfg.trainer.log_every
-        chunk = self.stream.chunk(start, max(length, n) + 1)
+        chunk = self.stream.chunk(start, length + 1)  # stops lie on the log_every grid: n <= length
         if self.copy:
             chunk.resets[-1, :, 0] = 1.0  # the next chunk starts fresh streams: nothing follows this one
         return self._run_chunk(state, chunk.x, chunk.y, chunk.mask, chunk.resets, np.int32(n))
@@ -162,9 +163,7 @@ class SequenceTask:
         return line
 
     def divergence_detail(self, state) -> str:
-        bad = [name for name, tree in (("the LSTM", state.params["core"]), ("the SG model", state.params["sg"]))
-               if not all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(tree))]
-        return f"non-finite parameters in {', '.join(bad)}" if bad else ""
+        return non_finite_parameters((("the LSTM", state.params["core"]), ("the SG model", state.params["sg"])))
 
     def summary_fields(self) -> dict:
         cfg = self.cfg

@@ -7,7 +7,10 @@ cadence, logs, summary). A task never touches files.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Iterable, Protocol
+
+import jax
+import jax.numpy as jnp
 
 
 class Task(Protocol):
@@ -50,3 +53,12 @@ class Task(Protocol):
 
     def objective(self, summary: dict) -> float:
         """The number a sweeper minimises."""
+
+
+def non_finite_parameters(named_trees: Iterable[tuple[str, Any]]) -> str:
+    """'non-finite parameters in <names>' for the named parameter trees holding a NaN or Inf, or ''.
+
+    The one check behind every task's divergence_detail."""
+    bad = [name for name, tree in named_trees
+           if not all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(tree))]
+    return f"non-finite parameters in {', '.join(bad)}" if bad else ""

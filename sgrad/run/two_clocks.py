@@ -6,7 +6,6 @@ from functools import partial
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from sgrad.devices.chunk import summed_loop
@@ -14,6 +13,7 @@ from sgrad.config import Mode
 from sgrad.models.lstm import LSTMCore
 from sgrad.core.optim import build_train_optimizer
 from sgrad.models.synthetic import DenseSynthetic
+from sgrad.run.task import non_finite_parameters
 from sgrad.core.two_timescale import TwoClockNet, init_two_clock, make_two_clock_step, stream
 
 
@@ -74,9 +74,7 @@ class TwoClockTask:
                 f"B accuracy {train.get('b/accuracy', float('nan')):.4f}, sg/cosine {train.get('sg/cosine', 0):.3f}")
 
     def divergence_detail(self, state) -> str:
-        bad = [k for k, tree in state.params.items()
-               if not all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(tree))]
-        return f"non-finite parameters in {', '.join(bad)}" if bad else ""
+        return non_finite_parameters(state.params.items())
 
     def summary_fields(self) -> dict:
         cfg = self.cfg
