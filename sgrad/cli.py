@@ -47,15 +47,14 @@ def _shared_workdir(workdir: Path) -> Path:
     import numpy as np
     from jax.experimental import multihost_utils
 
-    from sgrad.run.rundir import is_stub
+    from sgrad.run.rundir import discard_stub
     encoded = np.zeros(4096, np.uint8)
     raw = str(workdir.absolute()).encode()
     encoded[:len(raw)] = np.frombuffer(raw, np.uint8)
     agreed = np.asarray(multihost_utils.broadcast_one_to_all(encoded))
     shared = Path(bytes(agreed[agreed != 0].tolist()).decode())
-    if jax.process_index() != 0 and shared != workdir.absolute() and is_stub(workdir):
-        import shutil
-        shutil.rmtree(workdir)  # the dir Hydra made from this process's own clock, never used
+    if jax.process_index() != 0 and shared != workdir.absolute():
+        discard_stub(workdir)  # the dir Hydra made from this process's own clock
     return shared
 
 
@@ -63,7 +62,7 @@ def _shared_workdir(workdir: Path) -> Path:
 def _run(cfg: DictConfig) -> float:
     from sgrad.data import DatasetError
     from sgrad.run import train_and_evaluate
-    from sgrad.run.rundir import is_stub
+    from sgrad.run.rundir import discard_stub
     from sgrad.run.record import DivergenceError, Preempted
 
     # Orbax and JAX log every save and backend probe at INFO; keep the run log about training.
@@ -82,8 +81,8 @@ def _run(cfg: DictConfig) -> float:
             logging.getLogger("sgrad").setLevel(logging.WARNING)
     if hydra_cfg.mode == RunMode.MULTIRUN:
         # Parallel jobs (joblib, submitit) interleave their lines: each says which job it is.
-        from sgrad.run.rundir import swept_settings
-        swept = ",".join(f"{k}={v}" for k, v in sorted(swept_settings().items()))
+        from sgrad.run.rundir import sweep_name, swept_settings
+        swept = sweep_name(swept_settings())
         tag = f"[job {hydra_cfg.job.num}{' ' + swept if swept else ''}] "
 
         def prefix(record: logging.LogRecord) -> bool:
@@ -99,9 +98,8 @@ def _run(cfg: DictConfig) -> float:
     except (ConfigError, DatasetError, DivergenceError, ValueError) as e:
         # One line for the user; the run dir keeps the logs and checkpoints written so far.
         print(f"sgrad-train: {e}", file=sys.stderr)
-        if is_stub(workdir) and hydra_cfg.mode != RunMode.MULTIRUN:
-            import shutil
-            shutil.rmtree(workdir)  # refused before anything ran: leave no empty run dir behind
+        if hydra_cfg.mode != RunMode.MULTIRUN:
+            discard_stub(workdir)  # refused before anything ran: leave no empty run dir behind
         if hydra_cfg.mode == RunMode.MULTIRUN:
             # Let the sweep go on; sgrad.run.callbacks.FailedJobs reports this job at the end.
             return float("nan")

@@ -8,15 +8,16 @@ import time
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
 from conftest import make_cfg, preempt_when_checkpointed
-from sgrad.config import ConfigError
+from sgrad.config import ConfigError, flat_config
 from sgrad.run.metrics import read_jsonl
 from sgrad.run import build_task, train_and_evaluate
 from sgrad.run.loop import eval_every
-from sgrad.run.rundir import check_run_dir, differing_keys, flat_config, record_config
+from sgrad.run.rundir import check_run_dir, differing_keys, record_config
 from sgrad.run.record import Preempted
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,8 +53,8 @@ def test_eval_every_null_means_once_per_epoch_for_every_task(idx_dir, tmp_path):
     assert eval_every(image.cfg, image) == image.steps_per_epoch > 0
     corpus = {"train": (["a", "b", "c"] * 400), "valid": ["a", "b"] * 50, "test": ["c", "a"] * 50}
     vocab = ["a", "b", "c"]
-    ids = {k: __import__("numpy").array([vocab.index(c) for c in v], "int32") for k, v in corpus.items()}
-    ids["vocab"] = __import__("numpy").array(vocab)
+    ids = {k: np.array([vocab.index(c) for c in v], "int32") for k, v in corpus.items()}
+    ids["vocab"] = np.array(vocab)
     text = build_task(_copy_cfg("dataset.name=text", "trainer.batch_size=4"), text=ids)
     assert eval_every(text.cfg, text) == text.steps_per_epoch == text.stream.windows_per_epoch
     # Generated streams have no epochs: they are evaluated at the end.

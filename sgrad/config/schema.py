@@ -212,20 +212,30 @@ def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
         raise ConfigError(f"{key}={value!r} is not allowed: {key} must be {allowed}")
 
 
-def _check_finite(cfg: Any) -> None:
-    """No setting of sgrad means anything at inf or nan (a learning rate, a scale, a fraction)."""
+def flat_config(cfg: Any) -> dict[str, Any]:
+    """The composed config as {dotted key: value} (lists are values), enums as strings, without Hydra's keys."""
     from omegaconf import OmegaConf
-    tree = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else cfg
+    tree = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True) if OmegaConf.is_config(cfg) else cfg
+    out: dict[str, Any] = {}
 
     def walk(node, prefix):
-        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
-        for k, v in items:
-            key = f"{prefix}{k}" if isinstance(node, dict) else f"{prefix[:-1]}[{k}]"
-            if isinstance(v, float):
-                _check(math.isfinite(v), key, v, "a finite number")
-            elif isinstance(v, (dict, list)) and k != "hydra":
-                walk(v, key + ".")
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if k not in ("defaults", "hydra"):
+                    walk(v, f"{prefix}{k}.")
+        else:
+            out[prefix[:-1]] = node
     walk(tree, "")
+    return out
+
+
+def _check_finite(cfg: Any) -> None:
+    """No setting of sgrad means anything at inf or nan (a learning rate, a scale, a fraction)."""
+    for key, value in flat_config(cfg).items():
+        items = enumerate(value) if isinstance(value, list) else [(None, value)]
+        for i, v in items:
+            if isinstance(v, float):
+                _check(math.isfinite(v), key if i is None else f"{key}[{i}]", v, "a finite number")
 
 
 def validate(cfg: Any) -> None:
@@ -263,19 +273,18 @@ def validate(cfg: Any) -> None:
     _check(cfg.checkpoint.every >= 0, "checkpoint.every", cfg.checkpoint.every,
            "an integer >= 0 (0 = only at the end and on preemption)")
     _check(cfg.checkpoint.keep >= 1, "checkpoint.keep", cfg.checkpoint.keep, "an integer >= 1")
-    name = str
     sequence_tasks = ("copy", "repeat_copy", "ptb_char", "text", "two_timescale")
-    if name(cfg.model.name) == "lstm" or name(cfg.dataset.name) in sequence_tasks:
-        _check(name(cfg.model.name) == "lstm", "model.name", name(cfg.model.name),
-               f"lstm for dataset.name={name(cfg.dataset.name)}")
-        _check(name(cfg.dataset.name) in sequence_tasks, "dataset.name", name(cfg.dataset.name),
+    if str(cfg.model.name) == "lstm" or str(cfg.dataset.name) in sequence_tasks:
+        _check(str(cfg.model.name) == "lstm", "model.name", str(cfg.model.name),
+               f"lstm for dataset.name={str(cfg.dataset.name)}")
+        _check(str(cfg.dataset.name) in sequence_tasks, "dataset.name", str(cfg.dataset.name),
                f"one of {', '.join(sequence_tasks)} for model.name=lstm")
         _check(cfg.trainer.bptt >= 1, "trainer.bptt", cfg.trainer.bptt,
                "an integer >= 1 for model=lstm (the truncation window T)")
-        recurrent_modes = ("backprop", "dni") if name(cfg.dataset.name) == "two_timescale" else ("backprop", "dni", "cdni")
-        _check(name(cfg.mode) in recurrent_modes, "mode", name(cfg.mode), f"one of {', '.join(recurrent_modes)} for "
-               f"dataset.name={name(cfg.dataset.name)}")
-        _check(name(cfg.parallel) == "none", "parallel", name(cfg.parallel), "none for model=lstm")
+        recurrent_modes = ("backprop", "dni") if str(cfg.dataset.name) == "two_timescale" else ("backprop", "dni", "cdni")
+        _check(str(cfg.mode) in recurrent_modes, "mode", str(cfg.mode), f"one of {', '.join(recurrent_modes)} for "
+               f"dataset.name={str(cfg.dataset.name)}")
+        _check(str(cfg.parallel) == "none", "parallel", str(cfg.parallel), "none for model=lstm")
         _check(cfg.model.hidden >= 1, "model.hidden", cfg.model.hidden, "an integer >= 1")
         _check(cfg.dataset.start_length >= 1, "dataset.start_length", cfg.dataset.start_length, "an integer >= 1")
         _check(cfg.dataset.max_repeats >= 1, "dataset.max_repeats", cfg.dataset.max_repeats, "an integer >= 1")
@@ -284,9 +293,9 @@ def validate(cfg: Any) -> None:
             _check(0.0 < cfg.dataset[key] < 0.5, f"dataset.{key}", cfg.dataset[key], "a fraction in (0, 0.5)")
     else:
         _check(cfg.trainer.bptt == 0, "trainer.bptt", cfg.trainer.bptt, "0 unless model.name=lstm")
-    if name(cfg.parallel) == "pipeline":
+    if str(cfg.parallel) == "pipeline":
         # Each device updates from its own SG at once; anything that waits for the true gradient would lock it.
-        mode = name(cfg.mode)
+        mode = str(cfg.mode)
         _check(mode != "backprop", "mode", mode, "dni, cdni, dni_full or cdni_full with parallel=pipeline (backprop is "
                "update-locked; use parallel=data)")
         _check(cfg.trainer.update_prob == 1.0, "trainer.update_prob", cfg.trainer.update_prob,

@@ -21,7 +21,8 @@ from tqdm import tqdm
 
 from sgrad.run.checkpoint import Checkpoints, find_checkpoint_dir
 from sgrad.run.metrics import MetricWriter, read_jsonl, rewind
-from sgrad.run.rundir import check_run_dir, flat_config, record_config, resume_command, swept_settings
+from sgrad.config import flat_config
+from sgrad.run.rundir import check_run_dir, record_config, resume_command, sweep_name, swept_settings
 from sgrad.run.signals import StopRequest
 from sgrad.run.task import Task
 from sgrad.run.record import DivergenceError, Preempted, run_record
@@ -100,7 +101,7 @@ def run(cfg: Any, workdir: str | Path, task: Task) -> dict:
     kept = (step, source.directory) if restored is not None else None
     swept = swept_settings()
     # TensorBoard names a run by its folder: in a sweep, by what the sweep varies.
-    run_name = ",".join(f"{k}={v}" for k, v in sorted(swept.items())) or None
+    run_name = sweep_name(swept) or None
     if lead:
         record_config(cfg, workdir)
         # Whatever was logged after the restored step is about to be recomputed.
@@ -133,11 +134,16 @@ def run(cfg: Any, workdir: str | Path, task: Task) -> dict:
         t_mark, pending = now, None
         # The bar moves when a chunk's metrics arrive, so the loss it shows is that of the step it shows.
         bar.update(stop - start)
-        writer.write(stop, out)
-        last.update(out)
         bar.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in list(out.items())[:2]}, refresh=False)
-        if _non_finite(out):  # after writing: the log shows the non-finite values too
-            raise diverged(stop, out)
+        record(stop, out)
+
+    def record(at_step: int, values: dict[str, float]) -> None:
+        """Log metrics, keep them for the summary, and stop on a non-finite one (after writing it, so the
+        log shows the non-finite values too)."""
+        writer.write(at_step, values)
+        last.update(values)
+        if _non_finite(values):
+            raise diverged(at_step, values)
 
     def fields() -> dict:
         out = {"step": step, **task.summary_fields(), **last}
@@ -161,18 +167,11 @@ def run(cfg: Any, workdir: str | Path, task: Task) -> dict:
             if task.synchronous or evaluating or probing or saving:
                 drain()
             if probing:
-                values = task.probe(state, step)
-                writer.write(step, values)
-                last.update(values)
-                if _non_finite(values):
-                    raise diverged(step, values)
+                record(step, task.probe(state, step))
             if evaluating:
                 values = task.evaluate(state, step)
                 if values:
-                    writer.write(step, values)
-                    last.update(values)
-                    if _non_finite(values):
-                        raise diverged(step, values)
+                    record(step, values)
                 log.info("%s", task.eval_line(step, last, values))
             if saving:
                 writer.flush()

@@ -14,31 +14,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
-
-from sgrad.config import ConfigError
+from sgrad.config import ConfigError, flat_config
 
 RECORD = "run_config.json"
 # Settings a resumed run may change: they decide how long and how often, not what is trained.
 RESUMABLE = ("trainer.steps", "trainer.epochs", "trainer.eval_every", "trainer.log_every", "trainer.progress",
              "trainer.resume", "log.grad_probe_every", "log.tensorboard", "checkpoint.every", "checkpoint.keep",
              "dataset.dir", "dataset.download", "dataset.url", "dataset.checksum")
-
-
-def flat_config(cfg: Any) -> dict[str, Any]:
-    """The composed config as {dotted key: value}, enums as strings, without Hydra's own keys."""
-    tree = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True) if OmegaConf.is_config(cfg) else cfg
-    out: dict[str, Any] = {}
-
-    def walk(node, prefix):
-        if isinstance(node, dict):
-            for k, v in node.items():
-                if k not in ("defaults", "hydra"):
-                    walk(v, f"{prefix}{k}.")
-        else:
-            out[prefix[:-1]] = node
-    walk(tree, "")
-    return out
 
 
 def differing_keys(old: dict, new: dict) -> list[str]:
@@ -110,6 +92,11 @@ def swept_settings() -> dict[str, str]:
     return out
 
 
+def sweep_name(swept: dict[str, str]) -> str:
+    """`key=value,...` of what a multirun varies: the name of a job's TensorBoard run and its log tag."""
+    return ",".join(f"{k}={v}" for k, v in sorted(swept.items()))
+
+
 def resume_command(workdir: str | Path) -> str:
     """The command that continues this run: this job's overrides, with the run dir pinned."""
     try:
@@ -127,3 +114,10 @@ def is_stub(workdir: str | Path) -> bool:
     if not workdir.is_dir():
         return False
     return all(p.name == ".hydra" or (p.suffix == ".log" and p.is_file()) for p in workdir.iterdir())
+
+
+def discard_stub(workdir: str | Path) -> None:
+    """Remove `workdir` if no run ever used it (see is_stub); anything a run wrote is never touched."""
+    if is_stub(workdir):
+        import shutil
+        shutil.rmtree(workdir)
