@@ -35,7 +35,7 @@ from sgrad.config.compose import compose_config
 from sgrad.models.network import build_network, init_variables
 from sgrad.core.optim import build_train_optimizer
 from sgrad.run.provenance import git_commit, machine
-from sgrad.core.step import UpdateRule, create_state, make_train_step
+from sgrad.core.step import UpdateRule, init_state, make_train_step
 from sgrad.devices.chunk import make_chunk_runner, preprocess
 from sgrad.devices.parallel import make_runner, slow_loop_convolutions
 
@@ -84,7 +84,8 @@ def _setup(cfg):
     params, stats = init_variables(net, jax.random.key(0), preprocess(xs[:batch], mean, std))
     tx = build_train_optimizer(cfg, 10_000)
     idx = rng.integers(0, n, (cfg.trainer.log_every, batch)).astype(np.int32)
-    return net, tx, create_state(params, stats, tx), shape, xs, ys, idx, (mean, std)
+    state = init_state(net, params, stats, tx, preprocess(xs[:batch], mean, std), ys[:batch])
+    return net, tx, state, shape, xs, ys, idx, (mean, std)
 
 
 def _time(run_chunk, state, xs, ys, idx, chunks: int) -> float:
@@ -148,7 +149,8 @@ def device_rows(n: int, modes: list[str], layers: int, batch: int, chunk: int, c
     for mode in modes:
         cfg = paper_cfg("fcn", layers, mode, batch)
         cfg.model.dni_every = every
-        plans = [("none", 1)] + ([("data", n)] if n > 1 else [])
+        # ddg's stash holds whole minibatches: it runs on one device or pipelined, not data parallel.
+        plans = [("none", 1)] + ([("data", n)] if n > 1 and mode != "ddg" else [])
         if mode != "backprop" and n > 1 and -(-layers // every) == n:
             plans.append(("pipeline", n))
         for parallel, d in plans:

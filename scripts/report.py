@@ -21,7 +21,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-MODES = ("backprop", "dni", "cdni")
+MODES = ("backprop", "dni", "cdni", "dgl", "ddg")
 FIELDS = ("run", "status", "dataset", "model", "layers", "mode", "seed", "step", "test/error", "test/accuracy",
           "train/loss", "wall_seconds", "commit", "overrides")
 # Swept keys that have their own place in the table (columns, rows, spread over seeds).

@@ -12,7 +12,7 @@ import bench  # noqa: E402
 
 @pytest.mark.slow
 def test_bench_measures_the_peer_preset_in_every_mode():
-    for mode in ("backprop", "dni", "cdni"):
+    for mode in ("backprop", "dni", "cdni", "dgl", "ddg"):
         cfg = bench.exp_cfg("bench_peer_mlp", mode)
         assert (cfg.model.layers, cfg.model.dni_every, cfg.sg.hidden_layers, cfg.sg.width) == (3, 2, 1, 256)
         row = bench.bench_one(cfg, chunk=3, chunks=1)
@@ -25,7 +25,9 @@ def test_device_sweep_measures_every_parallel_mode(tmp_path):
     from conftest import run_on_cpu_devices
     out = run_on_cpu_devices("bench_device_rows", 2).stdout.strip().splitlines()[-1]
     assert out == str([("backprop", "none", 1, 2), ("backprop", "data", 2, 2), ("cdni", "none", 1, 2),
-                       ("cdni", "data", 2, 2), ("cdni", "pipeline", 2, 2)])
+                       ("cdni", "data", 2, 2), ("cdni", "pipeline", 2, 2), ("dgl", "none", 1, 2),
+                       ("dgl", "data", 2, 2), ("dgl", "pipeline", 2, 2), ("ddg", "none", 1, 2),
+                       ("ddg", "pipeline", 2, 2)])
 
 
 def test_pipeline_cost_model_formulas():

@@ -22,7 +22,7 @@ from sgrad.run import train_and_evaluate
 
 def _curve(run_dir: Path) -> list[dict]:
     """metrics.jsonl without the wall-clock rates, which legitimately differ between runs."""
-    return [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in read_jsonl(run_dir / "metrics.jsonl")]
+    return [{k: v for k, v in r.items() if not k.startswith("watch/perf/")} for r in read_jsonl(run_dir / "metrics.jsonl")]
 
 
 def _final_params(run_dir: Path):

@@ -21,7 +21,7 @@ RECURRENT = [e for e in ALL_EXPERIMENTS if e.startswith(("copy_", "repeat_copy_"
 EXPERIMENTS = [e for e in ALL_EXPERIMENTS if e not in RECURRENT]
 TINY = ["model.width=16", "model.channels=4", "model.kernel=3", "sg.width=16", "sg.conv_channels=4",
         "sg.kernel=3", "trainer.steps=20", "trainer.batch_size=32", "trainer.log_every=10",
-        "trainer.progress=false", "trainer.eval_batch_size=256", "log.grad_probe_every=10"]
+        "trainer.progress=false", "trainer.eval_batch_size=256", "log.grad_probe_every=10", "trainer.epochs=null"]
 
 
 RECURRENT_TINY = ["model.hidden=16", "trainer.steps=20", "trainer.log_every=10", "trainer.progress=false"]
@@ -104,7 +104,7 @@ def test_every_recurrent_experiment_composes(exp, tmp_path):
 
 @pytest.mark.parametrize("args, fragment", [
     (["model.widht=3"], "unknown config key 'model.widht': keys under model are: name, layers, width"),
-    (["mode=foo"], "mode=foo is not a known choice: mode must be one of backprop, cdni, cdni_full, dni, dni_full"),
+    (["mode=foo"], "mode=foo is not a known choice: mode must be one of backprop, cdni, cdni_full, ddg, dgl, dni, dni_full"),
     (["dataset=imagenet"], "dataset must be one of cifar10, copy, fashion_mnist, idx, kmnist, mnist, ptb_char, repeat_copy"),
     (["+exp=nope"], "exp must be one of"),
     (["optim.name=adamw"], "optim.name must be adam, sgd"),

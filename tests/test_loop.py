@@ -74,7 +74,7 @@ def test_recurrent_run_preempted_resumes_with_no_duplicate_steps(tmp_path):
     assert again["status"] == "completed" and again["step"] == 40
     steps = [r["step"] for r in read_jsonl(run / "metrics.jsonl") if "train/loss" in r]
     assert steps == [10, 20, 30, 40]
-    drop = lambda rows: [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in rows]
+    drop = lambda rows: [{k: v for k, v in r.items() if not k.startswith("watch/perf/")} for r in rows]
     assert drop(read_jsonl(run / "metrics.jsonl")) == drop(read_jsonl(tmp_path / "ref" / "metrics.jsonl"))
     assert again["max_length_solved"] == ref["max_length_solved"]
 
@@ -88,7 +88,7 @@ def test_two_clock_run_checkpoints_and_resumes(tmp_path):
     train_and_evaluate(cfg(10), tmp_path / "run")
     assert (tmp_path / "run" / "checkpoints" / "10").is_dir()
     train_and_evaluate(cfg(20), tmp_path / "run")
-    drop = lambda rows: [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in rows]
+    drop = lambda rows: [{k: v for k, v in r.items() if not k.startswith("watch/perf/")} for r in rows]
     assert drop(read_jsonl(tmp_path / "run" / "metrics.jsonl")) == drop(ref_rows)
 
 
@@ -192,3 +192,35 @@ def test_cli_error_inside_the_run_is_printed_once_and_leaves_no_stub(tmp_path):
     said = [l for l in (res.stdout + res.stderr).splitlines() if "nowhere" in l]
     assert len(said) == 1 and said[0].startswith("sgrad-train: "), res.stdout + res.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_progress_bar_shows_the_loss_of_the_step_it_shows(idx_dir, tmp_path, monkeypatch):
+    import functools
+    import io
+    import re
+    from tqdm import tqdm
+    from sgrad.run import loop
+    screen = io.StringIO()
+    monkeypatch.setattr(loop, "tqdm", functools.partial(tqdm, file=screen, mininterval=0))
+    cfg = make_cfg("dataset.name=idx", f"dataset.dir={idx_dir}", "trainer.steps=30", "trainer.log_every=10",
+                   "trainer.progress=true", "trainer.eval_every=30")
+    train_and_evaluate(cfg, tmp_path)
+    logged = {r["step"]: r["train/loss"] for r in read_jsonl(tmp_path / "metrics.jsonl") if "train/loss" in r}
+    frames = re.findall(r"\| (\d+)/30 \[[^\]]*loss=([0-9.e+-]+)", screen.getvalue())
+    assert {int(s) for s, _ in frames} == {10, 20, 30}
+    for step, shown in frames:
+        assert float(shown) == pytest.approx(logged[int(step)], rel=1e-3)
+
+
+def test_tensorboard_opens_on_loss_error_and_sg_quality_not_bookkeeping(idx_dir, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    cfg = make_cfg("dataset.name=idx", f"dataset.dir={idx_dir}", "mode=dni", "trainer.steps=20",
+                   "trainer.log_every=10", "log.grad_probe_every=10", "trainer.eval_every=20")
+    train_and_evaluate(cfg, tmp_path)
+    acc = EventAccumulator(str(tmp_path / "tb"))
+    acc.Reload()
+    tags = acc.Tags()["scalars"]
+    assert {"sg/cosine/1", "test/error", "train/loss", "watch/epoch", "watch/perf/steps_per_sec"} <= set(tags)
+    # TensorBoard's Time Series dashboard orders card groups by name and expands the first two.
+    groups = sorted({t.split("/", 1)[0] for t in tags})
+    assert groups[:2] == ["sg", "test"] and groups[-1] == "watch"

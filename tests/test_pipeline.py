@@ -19,6 +19,13 @@ def test_pipeline_matches_sequential_schedule_and_single_device_step(devices):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("devices", [2, 3])
+def test_dgl_and_ddg_pipelines_match_their_sequential_schedule_and_single_device_step(devices):
+    res = run_on_cpu_devices("pipeline_dgl_ddg", devices, devices)
+    assert res.stdout.splitlines() == ["dgl fcn ok", "dgl cnn ok", "ddg fcn ok", "ddg cnn ok"]
+
+
+@pytest.mark.slow
 def test_pipeline_run_learns_and_resumes(idx_dir, tmp_path):
     res = run_on_cpu_devices("pipeline_train", 3, idx_dir, tmp_path)
     first, second = (json.loads(line) for line in res.stdout.splitlines()[-2:])
@@ -31,6 +38,13 @@ def test_pipeline_run_learns_and_resumes(idx_dir, tmp_path):
 def test_pipeline_rejects_what_would_lock_it(override, key):
     with pytest.raises(ConfigError, match=key):
         validate(make_cfg("parallel=pipeline", override))
+
+
+@pytest.mark.parametrize("override, key", [("parallel=data", "parallel"), ("trainer.update_prob=0.5",
+                                                                           "trainer.update_prob")])
+def test_ddg_rejects_what_would_split_or_skip_its_stash(override, key):
+    with pytest.raises(ConfigError, match=f"{key}=.*for mode=ddg"):
+        validate(make_cfg("mode=ddg", override))
 
 
 def test_pipeline_needs_one_device_per_module(idx_dir, tmp_path):

@@ -25,7 +25,8 @@ def _train(idx_dir, tmp_path, *overrides):
 
 
 @pytest.mark.parametrize("model, mode", [(m, mode) for m in ("fcn", "cnn") for mode in ("backprop", "dni", "cdni")]
-                         + [("fcn", "dni_full"), ("fcn", "cdni_full")])
+                         + [("fcn", "dni_full"), ("fcn", "cdni_full")]
+                         + [(m, mode) for m in ("fcn", "cnn") for mode in ("dgl", "ddg")])
 def test_every_mode_learns(idx_dir, tmp_path, mode, model):
     layers = 4 if model == "fcn" else 3
     summary = _train(idx_dir, tmp_path, f"mode={mode}", f"model.name={model}", f"model.layers={layers}",
@@ -36,8 +37,16 @@ def test_every_mode_learns(idx_dir, tmp_path, mode, model):
     assert losses[-1] < 0.5 * losses[0], losses
     assert summary["status"] == "completed" and summary["step"] == 300
     assert summary["test/accuracy"] > 0.5, summary  # chance is 0.1
-    if mode != "backprop":
-        keys = set().union(*rows)
+    keys = set().union(*rows)
+    if mode == "dgl":  # every module's auxiliary classifier learns too
+        assert {"aux/loss/1", "aux/loss/2", "aux/accuracy/1", "aux/accuracy/2"} <= keys
+        assert rows[-2]["aux/accuracy/2"] > 0.5 and rows[-2]["aux/loss/1"] < rows[0]["aux/loss/1"]
+    elif mode == "ddg":
+        assert {"ddg/cosine/1", "ddg/norm_ratio/1", "ddg/staleness/1"} <= keys
+        probed = [r for r in rows if "ddg/staleness/1" in r][-1]
+        k = layers  # one module per layer
+        assert [probed[f"ddg/staleness/{i}"] for i in range(1, k)] == [k - i for i in range(1, k)]
+    elif mode != "backprop":
         assert {"sg/loss/1", "sg/loss/2", "sg/cosine/1", "sg/norm_ratio/2"} <= keys
         sg = [r["sg/loss/1"] for r in rows if "sg/loss/1" in r]
         assert all(v >= 0 for v in sg)
@@ -51,7 +60,7 @@ def test_run_dir_contents_and_epoch_evaluation(idx_dir, tmp_path):
     assert [r["step"] for r in rows if "sg/cosine/1" in r] == [20, 40, 60, 70]
     train_steps = [r["step"] for r in rows if "train/loss" in r]
     assert train_steps == sorted(train_steps) and train_steps[-1] == 70
-    assert all(r["perf/steps_per_sec"] > 0 for r in rows if "perf/steps_per_sec" in r)
+    assert all(r["watch/perf/steps_per_sec"] > 0 for r in rows if "watch/perf/steps_per_sec" in r)
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["step"] == 70 and "test/error" in summary and "train/loss" in summary
@@ -90,7 +99,7 @@ def test_same_seed_same_metrics(idx_dir, tmp_path):
     a = _train(idx_dir, tmp_path / "a", "mode=cdni", "trainer.steps=60", "seed=3")
     b = _train(idx_dir, tmp_path / "b", "mode=cdni", "trainer.steps=60", "seed=3")
     assert a["train/loss"] == b["train/loss"] and a["test/accuracy"] == b["test/accuracy"]
-    strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in rows]
+    strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith("watch/perf/")} for r in rows]
     assert strip(read_jsonl(tmp_path / "a" / "metrics.jsonl")) == strip(read_jsonl(tmp_path / "b" / "metrics.jsonl"))
     c = _train(idx_dir, tmp_path / "c", "mode=cdni", "trainer.steps=60", "seed=4")
     assert c["train/loss"] != a["train/loss"]
@@ -148,7 +157,7 @@ def test_chunk_reports_mean_metrics_and_the_last_steps_norms(n):
         assert int(s.step) == n
         np.testing.assert_allclose(m["loss"], np.mean([p["loss"] for p in per_step]), rtol=1e-5)
         np.testing.assert_allclose(m["sg/loss/1"], np.mean([p["sg/loss/1"] for p in per_step]), rtol=1e-5)
-        for k in ("norm/grad_modules", "norm/grad_sg", "norm/update_modules", "norm/params_modules"):
+        for k in ("watch/norm/grad_modules", "watch/norm/grad_sg", "watch/norm/update_modules", "watch/norm/params_modules"):
             np.testing.assert_allclose(m[k], per_step[-1][k], rtol=1e-5)
         if n > 1:
-            assert not np.isclose(m["norm/params_modules"], per_step[0]["norm/params_modules"], rtol=1e-7)
+            assert not np.isclose(m["watch/norm/params_modules"], per_step[0]["watch/norm/params_modules"], rtol=1e-7)

@@ -22,11 +22,23 @@ class Mode(enum.StrEnum):
     cdni = "cdni"
     dni_full = "dni_full"
     cdni_full = "cdni_full"
+    dgl = "dgl"
+    ddg = "ddg"
 
     @property
-    def decoupled(self) -> bool:
+    def synthetic(self) -> bool:
         """Modules update from synthetic gradients (an SG model per interface)."""
-        return self is not Mode.backprop
+        return self in (Mode.dni, Mode.cdni, Mode.dni_full, Mode.cdni_full)
+
+    @property
+    def greedy(self) -> bool:
+        """Decoupled Greedy Learning: an auxiliary classifier per interface, no gradient crosses one."""
+        return self is Mode.dgl
+
+    @property
+    def delayed(self) -> bool:
+        """Decoupled Parallel Backpropagation: module k applies the true gradient K-k steps late."""
+        return self is Mode.ddg
 
     @property
     def conditioned(self) -> bool:
@@ -145,6 +157,16 @@ class SGConfig:
 
 
 @dataclass
+class AuxConfig:
+    """mode=dgl: the auxiliary classifier on each module's output (Belilovsky et al. 2020)."""
+
+    hidden_layers: int = 0   # Linear -> BN -> ReLU layers before the linear classifier (0: a linear head)
+    width: int = 256
+    pool: int = 2            # conv activations: spatial average pooling to pool x pool first
+    batch_norm: bool = True
+
+
+@dataclass
 class SyntheticInputConfig:
     hidden_layers: int = 2
     width: int = 1024
@@ -190,6 +212,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     sg: SGConfig = field(default_factory=SGConfig)
     si: SyntheticInputConfig = field(default_factory=SyntheticInputConfig)
+    aux: AuxConfig = field(default_factory=AuxConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     log: LogConfig = field(default_factory=LogConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
@@ -293,11 +316,18 @@ def validate(cfg: Any) -> None:
             _check(0.0 < cfg.dataset[key] < 0.5, f"dataset.{key}", cfg.dataset[key], "a fraction in (0, 0.5)")
     else:
         _check(cfg.trainer.bptt == 0, "trainer.bptt", cfg.trainer.bptt, "0 unless model.name=lstm")
+    _check(cfg.aux.hidden_layers >= 0, "aux.hidden_layers", cfg.aux.hidden_layers, "an integer >= 0 (0 = linear)")
+    _check(cfg.aux.width >= 1, "aux.width", cfg.aux.width, "an integer >= 1")
+    _check(cfg.aux.pool >= 1, "aux.pool", cfg.aux.pool, "an integer >= 1")
+    if str(cfg.mode) == "ddg":
+        # The in-flight stash holds one device's share of each minibatch; data parallelism would split it.
+        _check(str(cfg.parallel) in ("none", "pipeline"), "parallel", str(cfg.parallel), "none or pipeline for mode=ddg")
+        _check(cfg.trainer.update_prob == 1.0, "trainer.update_prob", cfg.trainer.update_prob, "1.0 for mode=ddg")
     if str(cfg.parallel) == "pipeline":
-        # Each device updates from its own SG at once; anything that waits for the true gradient would lock it.
+        # Each device updates from what it has at once; anything that waits for the true gradient would lock it.
         mode = str(cfg.mode)
-        _check(mode != "backprop", "mode", mode, "dni, cdni, dni_full or cdni_full with parallel=pipeline (backprop is "
-               "update-locked; use parallel=data)")
+        _check(mode != "backprop", "mode", mode, "dni, cdni, dni_full, cdni_full, dgl or ddg with parallel=pipeline "
+               "(backprop is update-locked; use parallel=data)")
         _check(cfg.trainer.update_prob == 1.0, "trainer.update_prob", cfg.trainer.update_prob,
                "1.0 with parallel=pipeline")
         for key, off in (("lambda_", 0.0), ("lambda_final", None), ("warmup_steps", 0)):

@@ -28,7 +28,8 @@ PyTree = Any
 
 @dataclasses.dataclass(frozen=True)
 class Network:
-    """The static structure: modules f_1..f_K and SG models M_1..M_{K-1} (none for backprop)."""
+    """The static structure: modules f_1..f_K and the model at each interface 1..K-1: the SG model M_i (SG
+    modes) or the auxiliary classifier (dgl); none for backprop and ddg. Both take (h, label, train)."""
 
     modules: tuple[nn.Module, ...]
     sg_models: tuple[nn.Module, ...]

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from sgrad.core import dni
+from sgrad.core import delayed, dni, greedy
 from sgrad.core.optim import Optimizers
 
 PyTree = Any
@@ -22,6 +22,7 @@ class TrainState:
     params: PyTree        # {"modules": (...), "sg": (...)}
     stats: PyTree         # batch-norm statistics, same layout
     opt_state: PyTree
+    delayed: PyTree = ()  # mode=ddg: each module's stash and the cotangent in flight to it (core/delayed.py)
 
 
 def create_state(params: PyTree, stats: PyTree, tx: Optimizers) -> TrainState:
@@ -31,6 +32,15 @@ def create_state(params: PyTree, stats: PyTree, tx: Optimizers) -> TrainState:
                  "sg": tuple(tx.sg.init(q) for q in params["sg"]),
                  "si": tuple(tx.sg.init(q) for q in params["si"])}
     return TrainState(jnp.zeros((), jnp.int32), params, stats, opt_state)
+
+
+def init_state(net: dni.Network, params: PyTree, stats: PyTree, tx: Optimizers, x: jnp.ndarray,
+               y: jnp.ndarray) -> TrainState:
+    """create_state plus what the mode carries between steps (ddg: each module's stash, shaped after (x, y))."""
+    state = create_state(params, stats, tx)
+    if net.mode.delayed:
+        state = state.replace(delayed=delayed.init_stashes(net, params, stats, x, y))
+    return state
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,20 +92,26 @@ def make_train_step(net: dni.Network, tx: Optimizers, rule: UpdateRule = UpdateR
     With `axis_name` the step runs on one shard of the batch per device (data
     parallel): gradients, batch-norm statistics and metrics are averaged over it.
     `diagnostics` adds the global norms of gradients, updates and parameters
-    (`norm/*`): four reductions over every parameter cost a fifth of a small
+    (`watch/norm/*`): four reductions over every parameter cost a fifth of a small
     network's step on CPU, so a chunk asks for them at its last step only.
     """
-    decoupled = net.mode.decoupled
+    mode = net.mode
     k = len(net.modules)
 
     def train_step(state: TrainState, x: jnp.ndarray, y: jnp.ndarray, diagnostics: bool = True):
-        if not decoupled:
-            grads, stats, metrics = dni.backprop_grads(net, state.params, state.stats, x, y)
-        else:
+        stashes = state.delayed
+        if mode.synthetic:
             lam = rule.lam_at(state.step)
             grads, stats, metrics = dni.dni_grads(net, state.params, state.stats, x, y, rule.sg_scale, lam)
             if not isinstance(lam, float):
                 metrics["sg/lambda"] = lam
+        elif mode.greedy:
+            grads, stats, metrics = greedy.dgl_grads(net, state.params, state.stats, x, y)
+        elif mode.delayed:
+            grads, stats, stashes, metrics = delayed.ddg_grads(net, state.params, state.stats, state.delayed,
+                                                               state.step, x, y)
+        else:
+            grads, stats, metrics = dni.backprop_grads(net, state.params, state.stats, x, y)
         metrics = dict(metrics)
         if axis_name is not None:
             grads, stats, metrics = jax.lax.pmean((grads, stats, metrics), axis_name)
@@ -106,9 +122,12 @@ def make_train_step(net: dni.Network, tx: Optimizers, rule: UpdateRule = UpdateR
         else:
             active = [True] * k
         module_active = active
-        if decoupled and rule.warmup_steps:
+        if mode.synthetic and rule.warmup_steps:
             warm = state.step < rule.warmup_steps
             module_active = [jnp.logical_and(a, ~warm) for a in active]
+        if mode.delayed:
+            # Module k's first gradient comes back K - k steps after the first minibatch.
+            module_active = [state.step >= delayed.delay(k, j) for j in range(k)]
         new_params, new_opt, updates = {"modules": [], "sg": [], "si": []}, {"modules": [], "sg": [], "si": []}, []
         # Input model i serves module i + 1 and updates with it.
         for group, acts, opt in (("modules", module_active, tx.modules), ("sg", active, tx.sg),
@@ -122,11 +141,11 @@ def make_train_step(net: dni.Network, tx: Optimizers, rule: UpdateRule = UpdateR
         params = {g: tuple(v) for g, v in new_params.items()}
         opt_state = {g: tuple(v) for g, v in new_opt.items()}
         if diagnostics:
-            metrics["norm/grad_modules"] = _global_norm(grads["modules"])
-            metrics["norm/grad_sg"] = _global_norm(grads["sg"])
-            metrics["norm/update_modules"] = _global_norm(updates)
-            metrics["norm/params_modules"] = _global_norm(params["modules"])
-        return TrainState(state.step + 1, params, stats, opt_state), metrics
+            metrics["watch/norm/grad_modules"] = _global_norm(grads["modules"])
+            metrics["watch/norm/grad_sg"] = _global_norm(grads["sg"])
+            metrics["watch/norm/update_modules"] = _global_norm(updates)
+            metrics["watch/norm/params_modules"] = _global_norm(params["modules"])
+        return TrainState(state.step + 1, params, stats, opt_state, stashes), metrics
 
     return train_step
 
@@ -142,7 +161,10 @@ def eval_counts(net: dni.Network, state: TrainState, x: jnp.ndarray, y: jnp.ndar
 
 
 def probe(net: dni.Network, state: TrainState, x: jnp.ndarray, y: jnp.ndarray) -> dict[str, jnp.ndarray]:
-    """The SG-versus-true-gradient diagnostic; empty for backprop networks."""
-    if not net.sg_models:
-        return {}
-    return dni.probe_synthetic_gradients(net, state.params, state.stats, x, y)
+    """What a mode's modules step along against the true gradient: ĝ_i at h_i (SG modes), the delayed update of
+    module k on its own minibatch (ddg); empty for the others."""
+    if net.mode.synthetic:
+        return dni.probe_synthetic_gradients(net, state.params, state.stats, x, y)
+    if net.mode.delayed:
+        return delayed.probe_delayed(net, state.params, state.stats, state.delayed, state.step)
+    return {}

@@ -95,7 +95,7 @@ def two_clock_grads(net: TwoClockNet, params: PyTree, carry_a, carry_b, x, y_a, 
     pred, vjp_sg = jax.vjp(lambda q: net.sg_model.apply({"params": q}, jax.lax.stop_gradient(h_a), None, False),
                            params["sg"])
     # A never sees g_h in DNI mode: M regresses it, and A steps along M's prediction.
-    link = net.sg_scale * pred if net.mode.decoupled else g_h
+    link = net.sg_scale * pred if net.mode.synthetic else g_h
     cot_s = jnp.concatenate([jnp.zeros_like(link), link], axis=-1)
     d_a, _ = vjp_a((jnp.ones(()), cot_s))
     (d_sg,), (sg_loss,) = regression_grads([pred], [vjp_sg], [g_h])

@@ -14,6 +14,16 @@ With synthetic inputs (mode=dni_full / cdni_full, complete unlocking) no device
 waits for the one below either: at tick t every device takes minibatch t, module
 i > 1 runs on Î_i = I_i(x), and the activation sent forward is the regression
 target of I_{i+1}; both targets arrive one tick later.
+
+mode=dgl moves minibatches up one device per tick as DNI does; device i steps
+module i and its auxiliary classifier on its own, and nothing is sent back.
+
+mode=ddg keeps its paper's schedule: the forward pass is locked (within a tick,
+device i runs when the activation of device i-1 for minibatch t has arrived),
+the backward is not: each device applies the delayed gradient from its stash and
+sends one cotangent back, which arrives next tick. So the pipeline computes
+exactly the single-device DDG step; what runs in parallel is every module's
+backward and update.
 """
 
 from __future__ import annotations
@@ -31,15 +41,16 @@ from jax.flatten_util import ravel_pytree
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from sgrad.core import dni
+from sgrad.core import delayed, dni, greedy
 from sgrad.core.optim import Optimizers
 from sgrad.core.step import TrainState, masked_update
 
 PIPE_AXIS = "pipe"
 # Per device and tick: summed loss, correct fraction, a valid input, SG loss, a valid SG target, |ĝ|,
 # synthetic-input loss, a valid synthetic-input target.
-_LOSS, _ACC, _VALID, _SG_LOSS, _SG_VALID, _SG_NORM, _SI_LOSS, _SI_VALID = range(8)
-_METRICS = 8
+# (dgl: auxiliary loss and accuracy)
+_LOSS, _ACC, _VALID, _SG_LOSS, _SG_VALID, _SG_NORM, _SI_LOSS, _SI_VALID, _AUX_LOSS, _AUX_ACC = range(10)
+_METRICS = 10
 
 
 @struct.dataclass
@@ -80,13 +91,16 @@ def _stage_tree(state: TrainState, i: int, last: bool) -> dict:
     """Stage i's share of the state: module i, SG model i (none for the last), input model I_i (none for the first)."""
     def pick(tree, group):
         if group == "sg":
-            return () if last else tree["sg"][i]
+            return () if last or not tree["sg"] else tree["sg"][i]
         if group == "si":
             return tree["si"][i - 1] if i > 0 and tree["si"] else ()
         return tree["modules"][i]
-    return {f"{name}{suffix}": pick(tree, group)
-            for name, group in (("module", "modules"), ("sg", "sg"), ("si", "si"))
-            for suffix, tree in (("", state.params), ("_stats", state.stats), ("_opt", state.opt_state))}
+    stage = {f"{name}{suffix}": pick(tree, group)
+             for name, group in (("module", "modules"), ("sg", "sg"), ("si", "si"))
+             for suffix, tree in (("", state.params), ("_stats", state.stats), ("_opt", state.opt_state))}
+    # ddg: the module's stash and the cotangent in flight to it
+    stage["delayed"] = state.delayed[i] if state.delayed and not last else ()
+    return stage
 
 
 def _gather(trees: Sequence[dict], step) -> TrainState:
@@ -94,16 +108,19 @@ def _gather(trees: Sequence[dict], step) -> TrainState:
     group = lambda key, stages: tuple(t[key] for t in stages)
     parts = []
     for suffix in ("", "_stats", "_opt"):
-        parts.append({"modules": group("module" + suffix, trees), "sg": group("sg" + suffix, trees[:-1]),
+        parts.append({"modules": group("module" + suffix, trees),
+                      "sg": group("sg" + suffix, trees[:-1]) if trees[0]["sg"] != () else (),
                       "si": group("si" + suffix, trees[1:]) if trees[1]["si"] != () else ()})
-    return TrainState(step, *parts)
+    stashes = group("delayed", trees[:-1]) if trees[0]["delayed"] != () else ()
+    return TrainState(step, *parts, stashes)
 
 
 def build_pipeline(net: dni.Network, tx: Optimizers, state: TrainState, input_shape: Sequence[int],
                    batch: int, sg_scale: float = 1.0) -> tuple[Pipeline, PipelineState]:
     """The layout of a decoupled network over len(net.modules) devices and its initial state."""
-    if not net.sg_models:
-        raise ValueError("parallel=pipeline needs synthetic gradients (mode=dni or cdni): backprop is update-locked")
+    if net.mode == "backprop":
+        raise ValueError("parallel=pipeline needs a decoupled mode (dni, cdni, dni_full, cdni_full, dgl, ddg): "
+                         "backprop is update-locked")
     k = len(net.modules)
     trees = [_stage_tree(state, i, i == k - 1) for i in range(k)]
     flats, unravels = zip(*(ravel_pytree(t) for t in trees))
@@ -139,7 +156,8 @@ def stage_tick(pipe: Pipeline, i: int, tree: dict, h_in, y_in, ok_in, past_h, pa
     metrics = [jnp.zeros(())] * _METRICS
     onehot = lambda y: jax.nn.one_hot(y, net.num_classes) if net.conditioned else None
     keep = lambda new_tree, old_tree: jax.tree.map(lambda a, b: jnp.where(ok_in, a, b), new_tree, old_tree)
-    if not last:
+    greedy_mode = net.mode.greedy
+    if not last and not greedy_mode:
         model = net.sg_models[i]
 
         def sg_out(q):
@@ -168,6 +186,13 @@ def stage_tick(pipe: Pipeline, i: int, tree: dict, h_in, y_in, ok_in, past_h, pa
         factor = 1.0 / pipe.batch
         metrics[_LOSS] = jnp.where(ok_in, loss, 0.0)
         metrics[_ACC] = jnp.where(ok_in, jnp.mean(jnp.argmax(h, -1) == y_in), 0.0)
+    elif greedy_mode:
+        hs = greedy.head_step(net.sg_models[i], tree["sg"], tree["sg_stats"], h, y_in)
+        new["sg"], new["sg_opt"], _ = masked_update(pipe.tx.sg, hs.params_grad, tree["sg_opt"], tree["sg"], ok_in)
+        new["sg_stats"] = keep(hs.stats, tree["sg_stats"])
+        cot, factor = hs.cotangent, 1.0 / pipe.batch
+        metrics[_AUX_LOSS] = jnp.where(ok_in, hs.loss, 0.0)
+        metrics[_AUX_ACC] = jnp.where(ok_in, hs.accuracy, 0.0)
     else:
         cot, sg_stats = dni.apply_sg(model, tree["sg"], tree["sg_stats"], h, onehot(y_in), True)
         new["sg_stats"] = keep(sg_stats, tree["sg_stats"])
@@ -181,6 +206,36 @@ def stage_tick(pipe: Pipeline, i: int, tree: dict, h_in, y_in, ok_in, past_h, pa
     new["module_stats"] = keep(fwd.stats[0], tree["module_stats"])
     metrics[_VALID] = ok_in.astype(jnp.float32)
     return new, h, d_in, jnp.stack(metrics)
+
+
+def ddg_stage_tick(pipe: Pipeline, i: int, tree: dict, h_in, x, y, step):
+    """Device i's share of one DDG step (core/delayed.py) on unpadded arrays -> (tree, h_out, the cotangent for
+    device i-1, metrics[_METRICS]). Run in order of i, it is exactly the single-device step."""
+    net, k = pipe.net, pipe.k
+    metrics = [jnp.zeros(())] * _METRICS
+    fwd = dni.forward([net.modules[i]], [tree["module"]], [tree["module_stats"]], h_in)
+    h, new = fwd.activations[0], dict(tree)
+    new["module_stats"] = fwd.stats[0]
+    if i == k - 1:
+        loss, top = dni.loss_and_top_gradient(h, y)
+        d_params, d_in = fwd.vjps[0](top)
+        grads, active = jax.tree.map(lambda g: g / pipe.batch, d_params), True
+        metrics[_LOSS], metrics[_ACC] = loss, jnp.mean(jnp.argmax(h, -1) == y)
+    else:
+        grads, d_in, new["delayed"] = delayed.module_step(net.modules[i], tree["module_stats"], tree["delayed"],
+                                                          step, x, y, h_in, tree["module"])
+        active = step >= delayed.delay(k, i)
+    new["module"], new["module_opt"], _ = masked_update(pipe.tx.modules, grads, tree["module_opt"], tree["module"],
+                                                        active)
+    metrics[_VALID] = jnp.ones(())
+    return new, h, d_in, jnp.stack(metrics)
+
+
+def _receive_cotangent(pipe: Pipeline, i: int, tree: dict, cotangent) -> dict:
+    """Device i < K-1 keeps the cotangent device i+1 sent this tick for its next one."""
+    if i == pipe.k - 1:
+        return tree
+    return {**tree, "delayed": tree["delayed"]._replace(cotangent=cotangent)}
 
 
 def _pad(a: jnp.ndarray, width: int) -> jnp.ndarray:
@@ -226,7 +281,7 @@ def _device_tick(pipe: Pipeline, i: int, preprocess: Callable, flat, fwd, bwd, p
     label = jnp.where(ok_in, y_in, -1)
     out = (jnp.zeros_like(fwd) if i == pipe.k - 1 else
            jnp.concatenate([_pad(h, pipe.width), columns(label, idx_in)], axis=1))
-    if i == 0:
+    if i == 0 or pipe.net.mode.greedy:
         back = jnp.zeros_like(bwd)
     else:
         back = jnp.concatenate([_pad(d_in, pipe.width), columns(ok_in, 0)], axis=1)
@@ -238,8 +293,12 @@ def metric_means(pipe: Pipeline, sums_KxM: jnp.ndarray) -> dict[str, jnp.ndarray
     per = lambda row, col, count: sums_KxM[row, col] / jnp.maximum(sums_KxM[row, count], 1.0)
     out = {"loss": per(-1, _LOSS, _VALID), "accuracy": per(-1, _ACC, _VALID)}
     for i in range(pipe.k - 1):
-        out[f"sg/loss/{i + 1}"] = per(i, _SG_LOSS, _SG_VALID)
-        out[f"sg/norm/{i + 1}"] = per(i, _SG_NORM, _VALID)
+        if pipe.net.mode.greedy:
+            out[f"aux/loss/{i + 1}"] = per(i, _AUX_LOSS, _VALID)
+            out[f"aux/accuracy/{i + 1}"] = per(i, _AUX_ACC, _VALID)
+        elif pipe.net.mode.synthetic:
+            out[f"sg/loss/{i + 1}"] = per(i, _SG_LOSS, _SG_VALID)
+            out[f"sg/norm/{i + 1}"] = per(i, _SG_NORM, _VALID)
     if pipe.full:
         for i in range(1, pipe.k):
             out[f"si/loss/{i + 1}"] = per(i, _SI_LOSS, _SI_VALID)
@@ -268,11 +327,71 @@ def pipeline_chunk_fn(pipe: Pipeline, preprocess: Callable, feed_every: int = 1)
                 me, branches, s.stage_KxS[0], s.fwd_KxBxA2[0], s.bwd_KxBxA2[0], s.past_Kx2xBxA2[0],
                 xs, ys, idx_CxB[j], feed)
             fwd = jax.lax.ppermute(out, PIPE_AXIS, forward_perm)
-            bwd = jax.lax.ppermute(back, PIPE_AXIS, backward_perm)
+            # DGL sends nothing back.
+            bwd = back if pipe.net.mode.greedy else jax.lax.ppermute(back, PIPE_AXIS, backward_perm)
             # Device 0 receives nothing forward (it reads the data) and device K-1 nothing backward:
             # zeros, whose valid column says "no target".
             past = jnp.stack([out, s.past_Kx2xBxA2[0, 0]])
             s = PipelineState(s.step + 1, flat[None], fwd[None], bwd[None], past[None])
+            return s, sums + metrics
+
+        state, sums = jax.lax.fori_loop(0, n, tick, (state, jnp.zeros(_METRICS)))
+        return state, metric_means(pipe, jax.lax.all_gather(sums, PIPE_AXIS))
+
+    return chunk
+
+
+def ddg_chunk_fn(pipe: Pipeline, preprocess: Callable):
+    """chunk(state, xs, ys, idx_CxB, n) for mode=ddg, inside shard_map over PIPE_AXIS.
+
+    A tick is one DDG step: K sub-steps in which device r runs its stage on the activation of device r-1 that
+    just arrived (the locked forward pass, during which the others wait), then one backward ppermute carries
+    every device's cotangent down, to be used next tick.
+    """
+    k = pipe.k
+    forward_perm = [(j, j + 1) for j in range(k - 1)]
+    backward_perm = [(j + 1, j) for j in range(k - 1)]
+    size = max(pipe.sizes)
+
+    def pack(i, tree):
+        flat = ravel_pytree(tree)[0]
+        return jnp.pad(flat, (0, size - flat.size))
+
+    def chunk(state: PipelineState, xs, ys, idx_CxB, n):
+        me = jax.lax.axis_index(PIPE_AXIS)
+        zeros_msg = jnp.zeros((pipe.batch, pipe.width), jnp.float32)
+
+        def tick(j, carry):
+            s, sums = carry
+            x, y = preprocess(xs[idx_CxB[j]]), ys[idx_CxB[j]]
+
+            def stage(i, flat, msg):
+                tree = pipe.unravel[i](flat[:pipe.sizes[i]])
+                h_in = x if i == 0 else _unpad(msg, pipe.out_shapes[i - 1])
+                tree, h, d_in, metrics = ddg_stage_tick(pipe, i, tree, h_in, x, y, s.step)
+                out = _pad(h, pipe.width) if i < k - 1 else zeros_msg
+                back = _pad(d_in, pipe.width) if i > 0 else zeros_msg
+                return pack(i, tree), out, back, metrics
+
+            def wait(flat, msg):
+                return flat, zeros_msg, zeros_msg, jnp.zeros(_METRICS)
+
+            flat, msg = s.stage_KxS[0], zeros_msg
+            back, metrics = zeros_msg, jnp.zeros(_METRICS)
+            for r in range(k):
+                # Only device r has its input now; the others pass (index k: the waiting branch).
+                flat, out, back_r, metrics_r = jax.lax.switch(
+                    jnp.where(me == r, me, k), [partial(stage, i) for i in range(k)] + [wait], flat, msg)
+                back = jnp.where(me == r, back_r, back)
+                metrics = jnp.where(me == r, metrics_r, metrics)
+                if r < k - 1:
+                    msg = jax.lax.ppermute(out, PIPE_AXIS, forward_perm)
+            arrived = jax.lax.ppermute(back, PIPE_AXIS, backward_perm)
+            receive = [lambda f, a, i=i: pack(i, _receive_cotangent(
+                pipe, i, pipe.unravel[i](f[:pipe.sizes[i]]), _unpad(a, pipe.out_shapes[min(i, k - 2)])))
+                       for i in range(k)]
+            flat = jax.lax.switch(me, receive, flat, arrived)
+            s = s.replace(step=s.step + 1, stage_KxS=flat[None])
             return s, sums + metrics
 
         state, sums = jax.lax.fori_loop(0, n, tick, (state, jnp.zeros(_METRICS)))
@@ -291,7 +410,9 @@ def make_pipeline_runner(pipe: Pipeline, preprocess: Callable, devices: Sequence
     mesh = jax.make_mesh((pipe.k,), (PIPE_AXIS,), devices=devices[:pipe.k])
     state_spec = PipelineState(P(), P(PIPE_AXIS), P(PIPE_AXIS), P(PIPE_AXIS), P(PIPE_AXIS))
     specs = (state_spec, P(), P(), P(), P())
-    sharded = jax.jit(jax.shard_map(pipeline_chunk_fn(pipe, preprocess, feed_every), mesh=mesh, in_specs=specs,
+    chunk = (ddg_chunk_fn(pipe, preprocess) if pipe.net.mode.delayed else
+             pipeline_chunk_fn(pipe, preprocess, feed_every))
+    sharded = jax.jit(jax.shard_map(chunk, mesh=mesh, in_specs=specs,
                                     out_specs=(state_spec, P()), check_vma=False), donate_argnums=0)
     placements = jax.tree.map(lambda spec: NamedSharding(mesh, spec), specs,
                               is_leaf=lambda x: isinstance(x, P))
@@ -321,6 +442,8 @@ def run_sequential(pipe: Pipeline, state: TrainState, xs, ys, idx_TxB, preproces
     """
     k, lag = pipe.k, (1 if pipe.full else 2)
     trees = [_stage_tree(state, i, i == k - 1) for i in range(k)]
+    if pipe.net.mode.delayed:
+        return _run_sequential_ddg(pipe, trees, state.step, xs, ys, idx_TxB, preprocess)
     false = jnp.asarray(False)
     zeros = lambda shape: jnp.zeros((pipe.batch, *shape))
     no_y = jnp.zeros((pipe.batch,), jnp.int32)
@@ -358,3 +481,18 @@ def run_sequential(pipe: Pipeline, state: TrainState, xs, ys, idx_TxB, preproces
         past = [[sent[i][:2], past[i][0]] for i in range(k)]
         step += 1
     return _gather(trees, jnp.asarray(step, jnp.int32))
+
+
+def _run_sequential_ddg(pipe: Pipeline, trees: list, step, xs, ys, idx_TxB, preprocess: Callable) -> TrainState:
+    """mode=ddg's ticks in plain Python: stages in order of i, then every cotangent delivered."""
+    tick_fn = [jax.jit(partial(ddg_stage_tick, pipe, i)) for i in range(pipe.k)]
+    step = jnp.asarray(step, jnp.int32)
+    for idx in idx_TxB:
+        x, y = preprocess(xs[idx]), ys[idx]
+        h, sent = x, []
+        for i in range(pipe.k):
+            trees[i], h, d_in, _ = tick_fn[i](trees[i], h, x, y, step)
+            sent.append(d_in)
+        trees = [_receive_cotangent(pipe, i, t, sent[i + 1] if i < pipe.k - 1 else None) for i, t in enumerate(trees)]
+        step = step + 1
+    return _gather(trees, step)

@@ -8,15 +8,19 @@ import jax.numpy as jnp
 from sgrad.core.dni import Network, apply_module
 from sgrad.config import Mode
 from sgrad.models import build_modules
+from sgrad.models.auxiliary import build_aux_classifier
 from sgrad.models.synthetic import build_sg_model
 from sgrad.models.synthetic_input import build_input_model
 
 
 def build_network(cfg, input_shape: tuple[int, ...], num_classes: int) -> Network:
-    """Modules from `cfg.model`; one SG model per interface unless mode is backprop."""
+    """Modules from `cfg.model`; per interface an SG model (SG modes) or an auxiliary classifier (dgl)."""
     modules = build_modules(cfg.model, num_classes)
     mode = Mode(cfg.mode)
-    if not mode.decoupled:
+    if mode.greedy:
+        heads = tuple(build_aux_classifier(cfg.aux, num_classes) for _ in modules[:-1])
+        return Network(modules, heads, num_classes, mode)
+    if not mode.synthetic:
         return Network(modules, (), num_classes, mode)
     sg_models, input_models = [], []
     h = jax.ShapeDtypeStruct((2, *input_shape), jnp.float32)

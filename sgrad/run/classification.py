@@ -19,7 +19,8 @@ from sgrad.data import Dataset, load_dataset
 from sgrad.models.network import build_network, init_variables
 from sgrad.core.optim import build_train_optimizer, learning_rate
 from sgrad.devices.parallel import make_runner
-from sgrad.core.step import TrainState, UpdateRule, create_state, eval_counts, probe
+from sgrad.core.delayed import delay
+from sgrad.core.step import TrainState, UpdateRule, eval_counts, init_state, probe
 from sgrad.run.task import non_finite_parameters
 
 
@@ -75,7 +76,7 @@ class ClassificationTask:
             raise ValueError(f"trainer.batch_size={tcfg.batch_size} exceeds the {len(data.train_y)} training examples")
         self.steps_per_epoch = self.order.steps_per_epoch
         self.total_steps = tcfg.epochs * self.steps_per_epoch if tcfg.epochs else tcfg.steps
-        self.probe_every = cfg.log.grad_probe_every if self.mode.decoupled else 0
+        self.probe_every = cfg.log.grad_probe_every if self.mode.synthetic or self.mode.delayed else 0
         self.net = build_network(cfg, data.input_shape, data.num_classes)
         self.name = f"{self.mode.value} {str(cfg.model.name)}"
         self._mean, self._std = jnp.asarray(data.mean), jnp.asarray(data.std)
@@ -103,7 +104,9 @@ class ClassificationTask:
         tcfg = self.cfg.trainer
         params, stats = init_variables(self.net, jax.random.key(self.cfg.seed),
                                        preprocess(self._train[0][:tcfg.batch_size], self._mean, self._std))
-        state = create_state(params, stats, self._tx)
+        state = init_state(self.net, params, stats, self._tx,
+                           preprocess(self._train[0][:tcfg.batch_size], self._mean, self._std),
+                           self._train[1][:tcfg.batch_size])
         self._run_chunk, state, self._view = make_runner(
             str(self.cfg.parallel), self.net, self._tx, state, UpdateRule.from_config(self.cfg),
             self.data.input_shape, tcfg.batch_size, self._mean, self._std)
@@ -126,27 +129,32 @@ class ClassificationTask:
         out["train/error"] = 1.0 - out["train/accuracy"]
         out["train/lr"] = float(self._lr_at(stop))
         rate = (stop - start) / max(seconds, 1e-9)
-        out["perf/steps_per_sec"] = rate
-        out["perf/examples_per_sec"] = rate * self.cfg.trainer.batch_size
+        out["watch/perf/steps_per_sec"] = rate
+        out["watch/perf/examples_per_sec"] = rate * self.cfg.trainer.batch_size
         return out
 
     def evaluate(self, state, step: int) -> dict[str, float]:
         ev = {k: float(v) for k, v in jax.device_get(self._evaluate(self._view(state), *self._test)).items()}
         ev["test/error"] = 1.0 - ev["test/accuracy"]
-        ev["epoch"] = step / self.steps_per_epoch
+        ev["watch/epoch"] = step / self.steps_per_epoch
         return ev
 
     def probe(self, state, step: int) -> dict[str, float]:
-        return {k: float(v) for k, v in jax.device_get(self._probe(self._view(state))).items()}
+        out = {k: float(v) for k, v in jax.device_get(self._probe(self._view(state))).items()}
+        # ddg: module k's stash holds a real minibatch once K - k have been fed.
+        k = len(self.net.modules)
+        return {name: v for name, v in out.items()
+                if not name.startswith("ddg/") or step >= delay(k, int(name.rsplit("/", 1)[1]) - 1)}
 
     def eval_line(self, step: int, train: dict, ev: dict) -> str:
-        return (f"step {step} epoch {ev['epoch']:.2f}: train loss {train.get('train/loss', float('nan')):.4f} "
+        return (f"step {step} epoch {ev['watch/epoch']:.2f}: train loss {train.get('train/loss', float('nan')):.4f} "
                 f"acc {train.get('train/accuracy', float('nan')):.4f} | test loss {ev['test/loss']:.4f} "
                 f"acc {ev['test/accuracy']:.4f}")
 
     def divergence_detail(self, state) -> str:
         params = self._view(state).params
-        groups = (("modules", "module", 1), ("sg", "SG model of interface", 1),
+        interface = "auxiliary classifier of interface" if self.mode.greedy else "SG model of interface"
+        groups = (("modules", "module", 1), ("sg", interface, 1),
                   ("si", "synthetic input model of module", 2))
         return non_finite_parameters((f"{label} {i}", p) for group, label, first in groups
                                      for i, p in enumerate(params[group], start=first))

@@ -132,9 +132,10 @@ def run(cfg: Any, workdir: str | Path, task: Task) -> dict:
         now = time.perf_counter()
         out = task.chunk_metrics(metrics, start, stop, now - t_mark)
         t_mark, pending = now, None
-        # The bar moves when a chunk's metrics arrive, so the loss it shows is that of the step it shows.
-        bar.update(stop - start)
+        # The bar moves when a chunk's metrics arrive, so the loss it shows is that of the step it shows:
+        # the postfix is set first, and update() draws both.
         bar.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in list(out.items())[:2]}, refresh=False)
+        bar.update(stop - start)
         record(stop, out)
 
     def record(at_step: int, values: dict[str, float]) -> None:

@@ -46,9 +46,9 @@ def build_stream(cfg, text: dict | None = None):
 
 def build_recurrent_net(cfg, output_dim: int, loss: str) -> RecurrentNet:
     mode = Mode(cfg.mode)
-    core = LSTMCore(cfg.model.hidden, output_dim, aux=mode.decoupled and cfg.sg.aux)
+    core = LSTMCore(cfg.model.hidden, output_dim, aux=mode.synthetic and cfg.sg.aux)
     # The state's SG model has no batch norm: one boundary per step gives a small, correlated batch.
-    sg = DenseSynthetic(cfg.sg.hidden_layers, cfg.sg.width, batch_norm=False) if mode.decoupled else None
+    sg = DenseSynthetic(cfg.sg.hidden_layers, cfg.sg.width, batch_norm=False) if mode.synthetic else None
     return RecurrentNet(core, sg, loss, cfg.sg.discount, cfg.sg.aux_weight, conditioned=mode.conditioned,
                         sg_scale=cfg.sg.scale, sg_warmup=cfg.sg.warmup_steps, squash_cell=cfg.sg.squash_cell)
 
@@ -124,7 +124,7 @@ class SequenceTask:
         units = max(sums["units"], 1.0)
         out = {"train/loss": sums["nats"] / units, "train/bits_per_unit": sums["nats"] / units / LN2,
                "train/error_rate": sums["wrong"] / units, "train/grad_norm": sums["grad_norm"] / n,
-               "perf/steps_per_sec": n / max(seconds, 1e-9)}
+               "watch/perf/steps_per_sec": n / max(seconds, 1e-9)}
         if self.net.sg_model is not None:
             out["sg/loss"] = sums["sg_loss"] / (n * batch)
             out["sg/norm"] = sums["sg_norm"] / (n * batch)

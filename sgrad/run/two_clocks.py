@@ -61,7 +61,7 @@ class TwoClockTask:
 
     def chunk_metrics(self, sums, start: int, stop: int, seconds: float) -> dict[str, float]:
         n = stop - start
-        return {**{k: float(v) / n for k, v in sums.items()}, "perf/steps_per_sec": n / max(seconds, 1e-9)}
+        return {**{k: float(v) / n for k, v in sums.items()}, "watch/perf/steps_per_sec": n / max(seconds, 1e-9)}
 
     def evaluate(self, state, step: int) -> dict[str, float]:
         return {}

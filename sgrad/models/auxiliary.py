@@ -1,0 +1,51 @@
+"""Auxiliary classifiers for Decoupled Greedy Learning (Belilovsky, Eickenberg and Oyallon 2020).
+
+Module i < K trains to make its own head's prediction right; the head sits where
+DNI puts the SG model and takes the same arguments (the label is not an input:
+it is the head's target).
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+
+def adaptive_average_pool(h_BxHxWxC: jnp.ndarray, side: int) -> jnp.ndarray:
+    """Average over a side x side grid of (nearly) equal cells, as torch's AdaptiveAvgPool2d does."""
+    def cells(n: int) -> jnp.ndarray:
+        # Cell j covers [floor(j n / side), ceil((j + 1) n / side)): a row-normalised [side, n] matrix.
+        idx = jnp.arange(n)
+        lo = (jnp.arange(side) * n) // side
+        hi = -((-(jnp.arange(side) + 1) * n) // side)
+        m = ((idx[None, :] >= lo[:, None]) & (idx[None, :] < hi[:, None])).astype(h_BxHxWxC.dtype)
+        return m / m.sum(axis=1, keepdims=True)
+    return jnp.einsum("ph,bhwc,qw->bpqc", cells(h_BxHxWxC.shape[1]), h_BxHxWxC, cells(h_BxHxWxC.shape[2]))
+
+
+class AuxClassifier(nn.Module):
+    """Conv activations: average-pool to pool x pool; then `hidden_layers` x (Linear -> BN -> ReLU) and a linear
+    map to class logits (hidden_layers=0: a linear head)."""
+
+    num_classes: int
+    hidden_layers: int = 0
+    width: int = 256
+    pool: int = 2
+    batch_norm: bool = True
+
+    @nn.compact
+    def __call__(self, h: jnp.ndarray, label: jnp.ndarray | None, train: bool) -> jnp.ndarray:
+        del label
+        if h.ndim == 4:
+            h = adaptive_average_pool(h, min(self.pool, h.shape[1], h.shape[2]))
+        z = h.reshape(h.shape[0], -1)
+        for _ in range(self.hidden_layers):
+            z = nn.Dense(self.width, use_bias=not self.batch_norm)(z)
+            if self.batch_norm:
+                z = nn.BatchNorm(use_running_average=not train, momentum=0.9)(z)
+            z = nn.relu(z)
+        return nn.Dense(self.num_classes)(z)
+
+
+def build_aux_classifier(aux_cfg, num_classes: int) -> AuxClassifier:
+    return AuxClassifier(num_classes, aux_cfg.hidden_layers, aux_cfg.width, aux_cfg.pool, aux_cfg.batch_norm)
