@@ -138,6 +138,7 @@ def bench_parallel(cfg, parallel: str, devices: int, chunk: int, chunks: int) ->
                                 cfg.trainer.batch_size, mean, std, jax.devices()[:devices])
     elapsed = _time(run, state, xs, ys, idx, chunks)
     return {"mode": str(cfg.mode), "parallel": parallel, "devices": devices, "modules": len(net.modules),
+            "split": "+".join(str(len(m.layers)) for m in net.modules),
             "examples_per_sec": chunk * chunks * cfg.trainer.batch_size / elapsed}
 
 
@@ -145,13 +146,13 @@ def device_rows(n: int, modes: list[str], layers: int, batch: int, chunk: int, c
                 kinds: tuple[str, ...] = ("none", "data", "pipeline")) -> list[dict]:
     """The network split into n modules: `none` on one device, `data` and `pipeline` on n (those of `kinds`)."""
     rows = []
-    every = max(layers // n, 1) if n > 1 else 1
     for mode in modes:
         cfg = paper_cfg("fcn", layers, mode, batch)
-        cfg.model.dni_every = every
+        if n > 1:  # n modules of balanced estimated cost (sgrad/models/partition.py), on one device or n
+            cfg.model.partition, cfg.model.modules = "balanced", n
         # ddg's stash holds whole minibatches: it runs on one device or pipelined, not data parallel.
         plans = [("none", 1)] + ([("data", n)] if n > 1 and mode != "ddg" else [])
-        if mode != "backprop" and n > 1 and -(-layers // every) == n:
+        if mode != "backprop" and n > 1:
             plans.append(("pipeline", n))
         for parallel, d in plans:
             if parallel not in kinds:
@@ -185,11 +186,11 @@ def _write_device_table(args, title: str, how: str, grouping: str, rows: list[di
              f"2×1024 hidden layers, cDNI SG = linear on [h, one-hot y]. {grouping} Pipeline examples/s count "
              f"minibatches fed per tick. Median chunk of {args.chunks} chunks of {args.chunk} steps after a "
              "warm-up chunk.",
-             "", "| mode | devices | modules | parallel | examples/s | × one device |", "|---|---|---|---|---|---|"]
+             "", "| mode | devices | layers per module | parallel | examples/s | × one device |", "|---|---|---|---|---|---|"]
     for r in rows:
         base = next(b["examples_per_sec"] for b in rows if b["parallel"] == "none" and b["mode"] == r["mode"]
                     and b["process_devices"] == r["process_devices"])
-        lines.append(f"| {r['mode']} | {r['devices']} | {r['modules']} | {r['parallel']} | "
+        lines.append(f"| {r['mode']} | {r['devices']} | {r['split']} | {r['parallel']} | "
                      f"{r['examples_per_sec']:.0f} | {r['examples_per_sec'] / base:.2f} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
@@ -223,7 +224,8 @@ def processes_main(args) -> None:
         "every device is its own process pinned to one core (`taskset`), joined by `jax.distributed.initialize` "
         "over localhost with gloo CPU collectives, so devices do not share cores; `none` is one such process "
         "with the same network.",
-        f"The layers are grouped into {k} modules (`model.dni_every`).", rows)
+        f"The layers are grouped into {k} modules of balanced estimated cost (`model.partition=balanced "
+        f"model.modules={k}`).", rows)
 
 
 def devices_main(args) -> None:
@@ -246,7 +248,8 @@ def devices_main(args) -> None:
         "kernels on one shared intra-op thread pool sized to the machine (the old "
         "`--xla_cpu_multi_thread_eigen=false` no longer limits it), so one device already uses all cores and N "
         "devices share them.",
-        "With N devices the layers are grouped into N modules (`model.dni_every`), and `none` runs that same "
+        "With N devices the layers are grouped into N modules of balanced estimated cost (`model.partition=balanced`), "
+        "and `none` runs that same "
         "network on one of the devices.", rows)
 
 

@@ -7,17 +7,20 @@ Measures, on one CPU device (pin it to one core with taskset: XLA:CPU's thread p
 ignores the old single-thread flag), what each module costs: a backprop
 module's forward+backward+update (W_i), a DNI stage's whole tick (T_i: forward,
 VJP, SG prediction, SG regression, both updates) and W_i at GPipe's micro-batch
-size. Then, for K modules on K devices (communication taken as free):
+size. Then, for K modules on K devices, each collective costing the link latency L (the tables are
+for --latency-ms values and the gloo latency measured by scripts/profile_pipeline.py; c = 1 collective per
+DNI tick on two devices, a swap, else 2):
 
-  backprop, model parallel (locked)  step = sum_i W_i          (one module busy at a time)
+  backprop, model parallel (locked)  step = sum_i W_i + 2(K-1)L (one module busy at a time)
   DNI on one device                  step = sum_i T_i          (the baseline of the K-fold speed-up)
-  DNI pipeline (unlocked)            tick = max(max_i T_i, sum_i T_i / cores)
-  GPipe, M micro-batches             step = (M + K - 1) * max_i W_i(B / M)
+  DNI pipeline (unlocked)            tick = max(max_i T_i, sum_i T_i / cores) + cL
+  GPipe, M micro-batches             step = (M + K - 1) * (max_i W_i(B / M) + 2L)
 
 For K = 1..64 the network is the paper's FCN cut into K modules (first: 784 -> 256,
 then K-2 hidden 256 -> 256, then the classifier), each cost measured once. It
 also predicts the bench networks of `scripts/bench.py --devices` from their own
-measured stages and sets the prediction beside the measurement when given.
+measured stages and sets the prediction beside the measurement when given, and predicts the
+two-process rows of `bench.py --processes 2` (--processes) from the stages on their flat buffers.
 """
 
 from __future__ import annotations
@@ -57,9 +60,11 @@ def _seconds(fn, *args, repeats: int = 30) -> float:
     return best
 
 
-def module_costs(mode: str, layers: int, every: int, batch: int, micro: list[int]) -> dict:
-    """Measured seconds per module: backprop W_i (at batch and at each micro-batch), DNI stage tick T_i."""
-    cfg = compose_config(f"mode={mode}", "model.name=fcn", f"model.layers={layers}", f"model.dni_every={every}",
+def module_costs(mode: str, layers: int, modules: int | None, batch: int, micro: list[int]) -> dict:
+    """Measured seconds per module: backprop W_i (at batch and at each micro-batch), DNI stage tick T_i.
+    `modules`: that many modules of balanced cost, as bench.py splits its networks; None: one layer each."""
+    split = ["model.partition=balanced", f"model.modules={modules}"] if modules else []
+    cfg = compose_config(f"mode={mode}", "model.name=fcn", f"model.layers={layers}", *split,
                          f"trainer.batch_size={batch}", "optim.schedule=constant", "sg.optim.schedule=constant")
     net = build_network(cfg, (28, 28, 1), 10)
     x = jax.random.normal(jax.random.key(0), (batch, 28, 28, 1))
@@ -95,16 +100,45 @@ def module_costs(mode: str, layers: int, every: int, batch: int, micro: list[int
     return {"tick": ticks, "backprop": backprop}
 
 
-def predict(tick: list[float], backprop: dict, batch: int, micro: list[int], cores: int) -> dict[str, float]:
-    """Examples/s of each schedule for one network's measured module costs."""
+def collectives_per_tick(k: int) -> int:
+    """A DNI tick's messages: a swap in one collective on two devices, one each way beyond (pipeline.py)."""
+    return 1 if k == 2 else 2
+
+
+def predict(tick: list[float], backprop: dict, batch: int, micro: list[int], cores: int,
+            latency: float = 0.0) -> dict[str, float]:
+    """Examples/s of each schedule for one network's measured module costs; `latency`: seconds per collective.
+
+    Locked backprop sends 2(K-1) messages one after the other per step; the DNI pipeline waits for its tick's
+    collectives; GPipe sends 2(K-1) messages per micro-batch along its critical path, M + K - 1 of them.
+    """
     k = len(tick)
-    out = {"backprop (locked, model parallel)": batch / sum(backprop[batch]),
+    out = {"backprop (locked, model parallel)": batch / (sum(backprop[batch]) + 2 * (k - 1) * latency),
            "DNI, all modules on one device": batch / sum(tick),
-           "DNI pipeline (unlocked)": batch / max(max(tick), sum(tick) / cores)}
+           "DNI pipeline (unlocked)": batch / (max(max(tick), sum(tick) / cores)
+                                               + (collectives_per_tick(k) * latency if k > 1 else 0.0))}
     for m in micro:
-        step = (m + k - 1) * max(backprop[batch // m])
+        step = (m + k - 1) * (max(backprop[batch // m]) + (2 * latency if k > 1 else 0.0))
         out[f"GPipe M={m}"] = batch / step
     return out
+
+
+def read_latency(path: Path) -> tuple[float, float]:
+    """(one way, swap) seconds per collective from a scripts/profile_pipeline.py report."""
+    found = re.search(r"\*\*([\d.]+) ms one way, ([\d.]+) ms as a swap\*\*", path.read_text())
+    if not found:
+        sys.exit(f"{path}: no collective latency found (run scripts/profile_pipeline.py first)")
+    return float(found.group(1)) / 1e3, float(found.group(2)) / 1e3
+
+
+def read_processes(path: Path) -> dict[str, float]:
+    """mode -> measured two-process pipeline examples/s from a `bench.py --processes 2` table."""
+    rows = {}
+    for line in path.read_text().splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 6 and cells[3] == "pipeline" and cells[1] == "2":
+            rows[cells[0]] = float(cells[4])
+    return rows
 
 
 def read_measured(path: Path, mode: str) -> dict[tuple[int, str], float]:
@@ -113,7 +147,7 @@ def read_measured(path: Path, mode: str) -> dict[tuple[int, str], float]:
     for line in path.read_text().splitlines():
         cells = [c.strip() for c in line.strip("|").split("|")]
         if len(cells) == 6 and cells[0] == mode and re.fullmatch(r"\d+", cells[1]):
-            rows[(int(cells[2]), cells[3], int(cells[1]))] = float(cells[4])
+            rows[(len(cells[2].split("+")), cells[3], int(cells[1]))] = float(cells[4])
     return rows
 
 
@@ -125,20 +159,31 @@ def main() -> None:
     ap.add_argument("--cores", type=int, default=0, help="cores for the scaling curve (0: one per device)")
     ap.add_argument("--max-k", type=int, default=64)
     ap.add_argument("--measured", type=Path, help="results/bench/devices.md to check the model against")
+    ap.add_argument("--profile", type=Path, default=Path("results/bench/pipeline_profile.md"),
+                    help="scripts/profile_pipeline.py's report: the measured seconds per collective")
+    ap.add_argument("--processes", type=Path, default=Path("results/bench/processes.md"),
+                    help="bench.py --processes 2 table: the two-process rows the model must predict")
+    ap.add_argument("--latency-ms", type=float, nargs="*", default=[0.0, 0.1, 1.0],
+                    help="link latencies (ms per collective) for the K = 2..64 tables")
     ap.add_argument("--out", type=Path, default=Path("results/bench/pipeline_model"))
     args = ap.parse_args()
     micro = [int(m) for m in args.micro.split(",")]
 
     # Scaling: first, middle and last module of the paper's FCN, one layer per module.
-    base = module_costs(args.mode, 4, 1, args.batch, micro)
+    base = module_costs(args.mode, 4, None, args.batch, micro)
     pick = lambda costs, k: [costs[0]] + [costs[1]] * (k - 2) + [costs[-1]] if k > 1 else [sum(costs[:1])]
     ks = [k for k in (2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64) if k <= args.max_k]
-    curves: dict[str, list[float]] = {}
-    for k in ks:
-        tick = pick(base["tick"], k)
-        bp = {b: pick(c, k) for b, c in base["backprop"].items()}
-        for name, v in predict(tick, bp, args.batch, micro, args.cores or k).items():
-            curves.setdefault(name, []).append(v)
+    one_way, swap = read_latency(args.profile) if args.profile.exists() else (None, None)
+    latencies = sorted({*args.latency_ms, *([one_way * 1e3] if one_way else [])})
+    tables: dict[float, dict[str, list[float]]] = {}
+    for lat in latencies:
+        curves = tables.setdefault(lat, {})
+        for k in ks:
+            tick = pick(base["tick"], k)
+            bp = {b: pick(c, k) for b, c in base["backprop"].items()}
+            for name, v in predict(tick, bp, args.batch, micro, args.cores or k, lat / 1e3).items():
+                curves.setdefault(name, []).append(v)
+    curves = tables[latencies[0]]
 
     m = machine()
     cores = len(os.sched_getaffinity(0))
@@ -149,14 +194,37 @@ def main() -> None:
              f"Mode {args.mode}, batch {args.batch}. Measured per-module seconds (4-layer FCN, one layer per module): "
              f"DNI tick {', '.join(f'{t * 1e3:.2f} ms' for t in base['tick'])}; backprop "
              f"{', '.join(f'{t * 1e3:.2f} ms' for t in base['backprop'][args.batch])}.", "",
-             "## Predicted examples/s for K modules on K devices" + (f" sharing {args.cores} cores" if args.cores
-                                                                      else " (one core each)"), "",
-             "| K | " + " | ".join(curves) + " |", "|---" * (len(curves) + 1) + "|"]
-    for j, k in enumerate(ks):
-        lines.append(f"| {k} | " + " | ".join(f"{v[j]:.0f}" for v in curves.values()) + " |")
-    one, piped = curves["DNI, all modules on one device"], curves["DNI pipeline (unlocked)"]
-    lines += ["", "Pipeline speed-up over the same network on one device, and as a fraction of K: " +
-              ", ".join(f"K={k}: {p / o:.2f}× ({p / o / k:.2f}·K)" for k, o, p in zip(ks, one, piped)) + "."]
+             "Each collective costs the link's latency (a tick's messages are small: latency, not bandwidth, "
+             "dominates); a DNI tick needs one collective on two devices (a swap) and two beyond; locked backprop "
+             "and GPipe send their messages one after another."]
+    for lat, curves in tables.items():
+        lines += ["", "## Predicted examples/s for K modules on K devices" + (
+                      f" sharing {args.cores} cores" if args.cores else " (one core each)") +
+                  f", {lat:g} ms per collective" + (" (measured, gloo on this machine)" if one_way and
+                                                    abs(lat - one_way * 1e3) < 1e-9 else ""), "",
+                  "| K | " + " | ".join(curves) + " |", "|---" * (len(curves) + 1) + "|"]
+        for j, k in enumerate(ks):
+            lines.append(f"| {k} | " + " | ".join(f"{v[j]:.0f}" for v in curves.values()) + " |")
+        one, piped = curves["DNI, all modules on one device"], curves["DNI pipeline (unlocked)"]
+        lines += ["", "Pipeline speed-up over the same network on one device, and as a fraction of K: " +
+                  ", ".join(f"K={k}: {p / o:.2f}× ({p / o / k:.2f}·K)" for k, o, p in zip(ks, one, piped)) + "."]
+    curves = tables[latencies[0]]
+
+    if one_way and args.processes.exists():
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from profile_pipeline import components
+        measured = read_processes(args.processes)
+        lines += ["", f"## Check against the two-process rows of {args.processes}", "",
+                  "The bench network's own two stages measured here on their flat buffers (what the SPMD program "
+                  f"runs), plus the measured collectives of {args.profile} ({one_way * 1e3:.2f} ms one way, "
+                  f"{swap * 1e3:.2f} ms swap): tick = max_i stage_i + collectives (ddg: sum_i stage_i, its forward "
+                  "pass is locked).", "",
+                  "| mode | predicted pipeline ex/s | measured | measured / predicted |", "|---|---|---|---|"]
+        for mode, value in measured.items():
+            stages = [st["stage_flat"] for st in components(mode, 4, args.batch)["stages"]]
+            comm = {"dgl": one_way, "ddg": 2 * one_way}.get(mode, swap)
+            pred = args.batch / ((sum(stages) if mode == "ddg" else max(stages)) + comm)
+            lines.append(f"| {mode} | {pred:.0f} | {value:.0f} | {value / pred:.2f} |")
 
     if args.measured and args.measured.exists():
         measured = read_measured(args.measured, args.mode)
@@ -169,7 +237,7 @@ def main() -> None:
         for (modules, parallel, devices), value in sorted(measured.items()):
             if parallel != "pipeline":
                 continue
-            costs = module_costs(args.mode, 4, max(4 // modules, 1), args.batch, [])
+            costs = module_costs(args.mode, 4, modules if modules > 1 else None, args.batch, [])
             pred = args.batch / max(max(costs["tick"]), sum(costs["tick"]) / min(devices, cores))
             lines.append(f"| {modules} | {devices} | {pred:.0f} | {value:.0f} | {value / pred:.2f} |")
 

@@ -40,8 +40,53 @@ def test_pipeline_cost_model_formulas():
     assert p["backprop (locked, model parallel)"] == 6 / 4.0  # one module busy at a time
     assert p["GPipe M=2"] == 6 / ((2 + 3 - 1) * 1.5)          # bubble: M + K - 1 micro-steps
     assert sim.predict(tick, backprop, 6, [], cores=1)["DNI pipeline (unlocked)"] == 6 / 6.0  # one core: serial
+    # Each collective costs the latency: a DNI tick waits for two (K > 2), locked backprop for 2(K-1) in a row.
+    q = sim.predict(tick, backprop, batch=6, micro=[2], cores=3, latency=0.5)
+    assert q["DNI pipeline (unlocked)"] == 6 / (3.0 + 2 * 0.5)
+    assert q["backprop (locked, model parallel)"] == 6 / (4.0 + 4 * 0.5)
+    assert q["GPipe M=2"] == 6 / ((2 + 3 - 1) * (1.5 + 2 * 0.5))
+    two = sim.predict([3.0, 1.0], {6: [2.0, 1.0]}, batch=6, micro=[], cores=2, latency=0.5)
+    assert two["DNI pipeline (unlocked)"] == 6 / (3.0 + 0.5)  # two devices swap both messages in one
+
+
+def test_cost_model_reads_the_measured_latency_and_the_two_process_rows(tmp_path):
+    import simulate_pipeline as sim
+    profile = tmp_path / "profile.md"
+    profile.write_text("... inside a compiled loop: **3.25 ms one way, 3.50 ms as a swap** (both ...\n")
+    assert sim.read_latency(profile) == (0.00325, 0.0035)
+    table = tmp_path / "processes.md"
+    table.write_text("| mode | devices | layers per module | parallel | examples/s | × one device |\n|---|---|---|---|---|---|\n"
+                     "| dni | 1 | 1+3 | none | 5000 | 1.00 |\n| dni | 2 | 1+3 | pipeline | 3272 | 0.65 |\n"
+                     "| cdni | 2 | 1+3 | data | 2537 | 0.09 |\n")
+    assert sim.read_processes(table) == {"dni": 3272.0}
 
 
 def test_peak_steps_is_the_peak_over_the_flops_of_one_step():
     row = {"steps_per_sec": 100.0, "flops_per_sec": 2e9}  # 2e7 FLOPs per step
     assert bench.peak_steps(row, peak=1e10) == 500.0
+
+
+@pytest.mark.slow
+def test_accelerator_script_runs_every_mode(tmp_path):
+    import subprocess
+    out = tmp_path / "acc.md"
+    res = subprocess.run(["bash", str(Path(__file__).resolve().parent.parent / "scripts" / "bench_accelerator.sh"),
+                          "--models", "fcn3", "--batch", "16", "--chunk", "2", "--chunks", "1", "--out", str(out)],
+                         capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-2000:]
+    table = out.read_text()
+    for mode in ("backprop", "dni", "cdni", "dni_linear", "dgl", "ddg"):
+        assert f"| fcn3 | 16 | {mode} |" in table
+    assert "peak" in table
+
+
+@pytest.mark.slow
+def test_pipeline_profile_writes_every_mode(tmp_path):
+    import subprocess
+    out = tmp_path / "profile.md"
+    res = subprocess.run([sys.executable, str(Path(__file__).resolve().parent.parent / "scripts" / "profile_pipeline.py"),
+                          "--modes", "cdni,ddg", "--batch", "16", "--chunk", "2", "--chunks", "1", "--out", str(out)],
+                         capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-2000:]
+    report = out.read_text()
+    assert "ms one way" in report and "| cdni | 1+3 | 1 |" in report and "| ddg | 1+3 | 0 |" in report

@@ -53,3 +53,32 @@ def test_pipeline_needs_one_device_per_module(idx_dir, tmp_path):
                    "model.layers=4", "trainer.steps=5")
     with pytest.raises(ValueError, match="4 modules but only 1 devices.*xla_force_host_platform_device_count=4"):
         train_and_evaluate(cfg, tmp_path)
+
+
+def test_balanced_partition_minimises_the_slowest_module():
+    from sgrad.models.partition import balanced_sizes, even_sizes
+    assert balanced_sizes([10, 1, 1, 1], [0, 0, 0, 0], 2) == (1, 3)
+    assert balanced_sizes([1, 1, 1, 1], [0, 0, 0, 0], 2) == (2, 2)
+    # The SG model a module carries on its output counts: a costly one pushes layers to the module above.
+    assert balanced_sizes([2, 2, 2, 2], [0, 3, 0, 0], 2) == (1, 3)
+    assert balanced_sizes([3, 1, 1, 1, 1, 1], [0] * 6, 3) == (1, 2, 3)
+    assert even_sizes(5, 2) == (2, 2, 1)
+
+
+def test_balanced_partition_builds_the_networks_it_estimates():
+    from sgrad.models.network import build_network
+    # The 784-input layer costs as much as the other three together: it gets a module of its own.
+    net = build_network(make_cfg("model.partition=balanced", "model.modules=2", "model.layers=4",
+                                 "model.width=64", "trainer.batch_size=64"), (28, 28, 1), 10)
+    assert [len(m.layers) for m in net.modules] == [1, 3] and len(net.sg_models) == 1
+    even = build_network(make_cfg("model.layers=4", "model.dni_every=2"), (28, 28, 1), 10)
+    assert [len(m.layers) for m in even.modules] == [2, 2]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["model.partition=balanced"], "model.modules=None is not allowed.*with model.partition=balanced"),
+    (["model.partition=balanced", "model.modules=9"], r"model.modules=9 .*\[2, model.layers=4\]"),
+    (["model.modules=2"], "model.modules=2 .*null with model.partition=even")])
+def test_partition_settings_are_checked(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        validate(make_cfg("model.layers=4", *overrides))

@@ -76,6 +76,11 @@ class ModelName(enum.StrEnum):
     lstm = "lstm"
 
 
+class Partition(enum.StrEnum):
+    even = "even"
+    balanced = "balanced"
+
+
 class OptimName(enum.StrEnum):
     adam = "adam"
     sgd = "sgd"
@@ -114,6 +119,9 @@ class ModelConfig:
     width: int = 256
     batch_norm: bool = True
     dni_every: int = 1
+    # even: a module every dni_every layers; balanced: `modules` modules of (nearly) equal estimated cost
+    partition: Partition = Partition.even
+    modules: Optional[int] = None
     channels: int = 128
     kernel: int = 5
     pool: int = 3
@@ -273,6 +281,13 @@ def validate(cfg: Any) -> None:
         cfg.model.dni_every,
         f"an integer in [1, model.layers-1={cfg.model.layers - 1}] so that at least one interface exists",
     )
+    if str(cfg.model.partition) == "even":
+        _check(cfg.model.modules is None, "model.modules", cfg.model.modules,
+               "null with model.partition=even (modules come every model.dni_every layers); "
+               "set model.partition=balanced to choose how many")
+    else:
+        _check(cfg.model.modules is not None and 2 <= cfg.model.modules <= cfg.model.layers, "model.modules",
+               cfg.model.modules, f"an integer in [2, model.layers={cfg.model.layers}] with model.partition=balanced")
     _check(cfg.sg.hidden_layers >= 0, "sg.hidden_layers", cfg.sg.hidden_layers, "an integer >= 0 (0 = linear)")
     _check(cfg.sg.width >= 1, "sg.width", cfg.sg.width, "an integer >= 1")
     _check(cfg.trainer.steps >= 1, "trainer.steps", cfg.trainer.steps, "an integer >= 1")

@@ -1,4 +1,4 @@
-"""Networks split into decoupled modules: layer lists grouped `dni_every` layers per module."""
+"""Networks split into decoupled modules: the layers, and modules that group them."""
 
 from __future__ import annotations
 
@@ -40,8 +40,7 @@ def build_layers(model_cfg, num_classes: int) -> list[nn.Module]:
     return body + [Classifier(num_classes)]
 
 
-def build_modules(model_cfg, num_classes: int) -> tuple[Stage, ...]:
-    """Group layers into modules of `dni_every` layers; the last module holds the remainder."""
-    layers = build_layers(model_cfg, num_classes)
-    every = model_cfg.dni_every
-    return tuple(Stage(tuple(layers[i:i + every])) for i in range(0, len(layers), every))
+def group_layers(layers: Sequence[nn.Module], sizes: Sequence[int]) -> tuple[Stage, ...]:
+    """Consecutive layers into modules of the given sizes (sgrad/models/partition.py chooses them)."""
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    return tuple(Stage(tuple(layers[a:a + n])) for a, n in zip(starts, sizes))

@@ -7,15 +7,37 @@ import jax.numpy as jnp
 
 from sgrad.core.dni import Network, apply_module
 from sgrad.config import Mode
-from sgrad.models import build_modules
+from sgrad.models import build_layers, group_layers
 from sgrad.models.auxiliary import build_aux_classifier
+from sgrad.models.partition import balanced_sizes, even_sizes, interface_cost, layer_costs
 from sgrad.models.synthetic import build_sg_model
 from sgrad.models.synthetic_input import build_input_model
 
 
+def _interface_model(cfg, mode: Mode, activation_ndim: int, num_classes: int):
+    """The model that sits on a module's output in this mode, if any."""
+    if mode.greedy:
+        return build_aux_classifier(cfg.aux, num_classes)
+    return build_sg_model(cfg.sg, activation_ndim) if mode.synthetic else None
+
+
+def module_sizes(cfg, layers, input_shape: tuple[int, ...], num_classes: int) -> tuple[int, ...]:
+    """Layers per module: every `model.dni_every`, or `model.modules` balanced by estimated cost."""
+    if str(cfg.model.partition) == "even":
+        return even_sizes(len(layers), cfg.model.dni_every)
+    mode = Mode(cfg.mode)
+    batch = cfg.trainer.batch_size
+    costs, outs = layer_costs(layers, jax.ShapeDtypeStruct((batch, *input_shape), jnp.float32))
+    label = jax.ShapeDtypeStruct((batch, num_classes), jnp.float32) if mode.conditioned else None
+    interface = [interface_cost(_interface_model(cfg, mode, len(h.shape), num_classes), h, label, mode.synthetic)
+                 for h in outs]
+    return balanced_sizes(costs, interface, cfg.model.modules)
+
+
 def build_network(cfg, input_shape: tuple[int, ...], num_classes: int) -> Network:
     """Modules from `cfg.model`; per interface an SG model (SG modes) or an auxiliary classifier (dgl)."""
-    modules = build_modules(cfg.model, num_classes)
+    layers = build_layers(cfg.model, num_classes)
+    modules = group_layers(layers, module_sizes(cfg, layers, input_shape, num_classes))
     mode = Mode(cfg.mode)
     if mode.greedy:
         heads = tuple(build_aux_classifier(cfg.aux, num_classes) for _ in modules[:-1])

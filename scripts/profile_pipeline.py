@@ -1,0 +1,260 @@
+"""Where a pipeline tick's time goes, per device: module, interface model, optimizer, flat-buffer packing,
+transfers and waiting, next to the same work on one device.
+
+    python scripts/profile_pipeline.py [--modes dni,cdni,dgl,ddg] [--layers 4] [--batch 256]
+                                       [--out results/bench/pipeline_profile.md]
+
+The network is `bench.py --processes 2`'s: the paper's FCN with batch norm, two modules of balanced
+estimated cost (`model.partition=balanced`). Three kinds of measurement, each in processes pinned to one core:
+
+- components: one process, each piece of a device's tick jitted on its own (median of repeats): the module's
+  forward and VJP; the interface model (SG prediction and regression for dni/cdni, the auxiliary classifier
+  for dgl, the VJP recomputed at the stash for ddg); both optimizer updates; the whole stage on plain arrays;
+  the whole stage on the padded flat buffer the SPMD program keeps (the difference is packing); and the
+  single-device step of the whole network;
+- transfers: two processes joined by jax.distributed with gloo: one ppermute of a tick's message size, one
+  way and as a swap;
+- ticks: the pipeline itself on those two processes (as `bench.py --processes 2` runs it).
+
+waiting = tick − (the busier device's stage on its flat buffer + its collectives).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _median_seconds(fn, *args, repeats: int = 20) -> float:
+    import jax
+    jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def _setup(mode: str, layers: int, batch: int, modules: int = 2):
+    import jax
+    import jax.numpy as jnp
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import bench
+    from sgrad.devices.pipeline import build_pipeline
+    cfg = bench.paper_cfg("fcn", layers, mode, batch)
+    cfg.model.partition, cfg.model.modules = "balanced", modules
+    cfg.trainer.log_every = 20
+    net, tx, state, shape, xs, ys, idx, (mean, std) = bench._setup(cfg)
+    pipe, pstate = build_pipeline(net, tx, state, shape, batch)
+    return jax, jnp, cfg, net, tx, state, shape, xs, ys, idx, (mean, std), pipe, pstate
+
+
+def components(mode: str, layers: int, batch: int) -> dict:
+    """Seconds per piece of each device's tick, measured one at a time on this (pinned) process."""
+    jax, jnp, cfg, net, tx, state, shape, xs, ys, idx, (mean, std), pipe, pstate = _setup(mode, layers, batch)
+    from jax.flatten_util import ravel_pytree
+    from sgrad.core import delayed, dni, greedy
+    from sgrad.core.step import make_train_step
+    from sgrad.devices import pipeline as pl
+    from sgrad.devices.chunk import preprocess
+    x = preprocess(xs[:batch], mean, std)
+    y = ys[:batch]
+    ok = jnp.asarray(True)
+    step = jnp.asarray(5, jnp.int32)
+    out = {"split": "+".join(str(len(m.layers)) for m in net.modules), "stages": []}
+    h_in = x
+    for i in range(pipe.k):
+        last = i == pipe.k - 1
+        tree = pipe.unravel[i](pstate.stage_KxS[i, :pipe.sizes[i]])
+        f = net.modules[i]
+        fwd_h = jax.eval_shape(lambda p, s, h: dni.apply_module(f, p, s, h, False)[0], tree["module"],
+                               tree["module_stats"], h_in)
+        h_out = jnp.ones(fwd_h.shape, fwd_h.dtype)
+        row = {}
+
+        def module_fwd_vjp(p, s, h, f=f):
+            fwd = dni.forward([f], [p], [s], h)
+            return fwd.vjps[0](jnp.ones_like(fwd.activations[0]))
+        row["module"] = _median_seconds(jax.jit(module_fwd_vjp), tree["module"], tree["module_stats"], h_in)
+        grads = jax.tree.map(jnp.ones_like, tree["module"])
+        opt = jax.jit(lambda g, o, p: tx.modules.update(g, o, p))
+        row["optimizer"] = _median_seconds(opt, grads, tree["module_opt"], tree["module"])
+        row["interface"] = 0.0
+        if not last and (net.mode.synthetic or net.mode.greedy):
+            model = net.sg_models[i]
+            row["optimizer"] += _median_seconds(jax.jit(lambda g, o, p: tx.sg.update(g, o, p)),
+                                                jax.tree.map(jnp.ones_like, tree["sg"]), tree["sg_opt"], tree["sg"])
+            if net.mode.greedy:
+                head = jax.jit(lambda q, s, h: greedy.head_step(model, q, s, h, y))
+                row["interface"] = _median_seconds(head, tree["sg"], tree["sg_stats"], h_out)
+            else:
+                label = jax.nn.one_hot(y, net.num_classes) if net.conditioned else None
+
+                def sg_work(q, s, h, model=model):
+                    pred, _ = dni.apply_sg(model, q, s, h, label, True)  # ĝ for the module
+                    out, vjp = jax.vjp(lambda q: dni.apply_sg(model, q, s, h, label, True)[0], q)
+                    return pred, dni.regression_grads([out], [vjp], [h])  # M's regression on an older h
+                row["interface"] = _median_seconds(jax.jit(sg_work), tree["sg"], tree["sg_stats"], h_out)
+        if net.mode.delayed and not last:
+            vjp_old = jax.jit(lambda st, s: delayed.delayed_vjp(f, s, st, 0))
+            row["interface"] = _median_seconds(vjp_old, tree["delayed"], tree["module_stats"])
+
+        if net.mode.delayed:
+            plain = jax.jit(lambda t, h: pl.ddg_stage_tick(pipe, i, t, h, x, y, step))
+
+            def packed(flat, h, i=i):
+                t = pipe.unravel[i](flat[:pipe.sizes[i]])
+                t, h_o, d_in, m = pl.ddg_stage_tick(pipe, i, t, h, x, y, step)
+                return jnp.pad(ravel_pytree(t)[0], (0, max(pipe.sizes) - pipe.sizes[i])), h_o, d_in, m
+            row["stage"] = _median_seconds(plain, tree, h_in)
+            row["stage_flat"] = _median_seconds(jax.jit(packed), pstate.stage_KxS[i], h_in)
+        else:
+            old_h = h_out if not last else jnp.ones((batch, *pipe.out_shapes[i - 1]))
+            plain = jax.jit(lambda t, h: pl.stage_tick(pipe, i, t, h, y, ok, old_h, y, old_h, ok))
+            row["stage"] = _median_seconds(plain, tree, h_in)
+            dev = jax.jit(lambda flat, fw, bw, past: pl._device_tick(
+                pipe, i, lambda a: preprocess(a, mean, std), flat, fw, bw, past, xs, ys, idx[0], ok))
+            row["stage_flat"] = _median_seconds(dev, pstate.stage_KxS[i], pstate.fwd_KxBxA2[i],
+                                                pstate.bwd_KxBxA2[i], pstate.past_Kx2xBxA2[i])
+        out["stages"].append(row)
+        h_in = h_out
+    single = jax.jit(make_train_step(net, tx))
+    out["single_device_step"] = _median_seconds(single, state, x, y)
+    out["message_floats"] = int(batch * (pipe.width + 2))
+    return out
+
+
+def distributed_worker(args) -> None:
+    """One of two pinned processes: ppermute latency at the tick's message size, then the pipeline's ticks."""
+    import jax
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(f"localhost:{args.port}", num_processes=2, process_id=args.worker)
+    import jax.numpy as jnp
+    from jax.sharding import NamedSharding, PartitionSpec as P
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import bench
+    mesh = jax.make_mesh((2,), ("x",), devices=jax.devices())
+    result = {}
+    for name, perm in (("one_way", [(0, 1)]), ("swap", [(0, 1), (1, 0)])):
+        msg = jax.device_put(jnp.ones((2 * args.batch, args.width + 2)), NamedSharding(mesh, P("x")))
+        send = jax.jit(jax.shard_map(lambda a, perm=perm: jax.lax.ppermute(a, "x", perm), mesh=mesh,
+                                     in_specs=P("x"), out_specs=P("x")))
+        # Many calls in one program, as the pipeline's loop makes them: latency, not dispatch.
+        reps = 50
+
+        def many(a, send=send):
+            return jax.lax.fori_loop(0, reps, lambda _, b: send(b) + 1.0, a)
+        many = jax.jit(many)
+        result[name] = _median_seconds(many, msg, repeats=5) / reps
+    rows = bench.device_rows(2, args.modes.split(","), args.layers, args.batch, args.chunk, args.chunks,
+                             kinds=("pipeline",))
+    result["ticks"] = {r["mode"]: args.batch / r["examples_per_sec"] for r in rows}
+    if jax.process_index() == 0:
+        print(json.dumps(result), flush=True)
+
+
+def _run(cmd: list[str], env) -> list[dict]:
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if res.returncode:
+        sys.exit(f"worker failed: {' '.join(cmd)}\n{res.stderr[-3000:]}")
+    return [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--modes", default="dni,cdni,dgl,ddg")
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--chunk", type=int, default=20)
+    ap.add_argument("--chunks", type=int, default=4)
+    ap.add_argument("--out", type=Path, default=Path("results/bench/pipeline_profile.md"))
+    ap.add_argument("--components", help=argparse.SUPPRESS)
+    ap.add_argument("--worker", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--width", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.components:
+        print(json.dumps(components(args.components, args.layers, args.batch)), flush=True)
+        return
+    if args.worker is not None:
+        distributed_worker(args)
+        return
+
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        sys.exit("profile_pipeline.py needs two cores (one per pinned process)")
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env.pop("XLA_FLAGS", None)
+    me = [sys.executable, __file__, "--layers", str(args.layers), "--batch", str(args.batch)]
+    parts = {}
+    for mode in args.modes.split(","):
+        parts[mode] = _run(["taskset", "-c", str(cores[0]), *me, "--components", mode], env)[0]
+        print(mode, json.dumps(parts[mode]), flush=True)
+    width = max(p["message_floats"] for p in parts.values()) // args.batch - 2
+    port = str(20000 + os.getpid() % 20000)
+    common = [*me, "--modes", args.modes, "--chunk", str(args.chunk), "--chunks", str(args.chunks), "--port", port,
+              "--width", str(width)]
+    procs = [subprocess.Popen(["taskset", "-c", str(cores[w]), *common, "--worker", str(w)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for w in range(2)]
+    outs = [p.communicate() for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        if p.returncode:
+            sys.exit(f"distributed worker failed:\n{err[-3000:]}")
+    dist = [json.loads(line) for line in outs[0][0].splitlines() if line.startswith("{")][-1]
+    print(json.dumps(dist), flush=True)
+    write_report(args, parts, dist, width)
+
+
+def write_report(args, parts: dict, dist: dict, width: int) -> None:
+    from sgrad.run.provenance import git_commit, machine
+    m = machine()
+    ms = lambda s: f"{s * 1e3:.2f}"
+    lines = ["# Where a pipeline tick's time goes (two devices, one core each)", "",
+             f"Machine: {m['cpu']} ({m['cpu_count']} CPUs), jax {m['jax']}. Commit: {git_commit()}.",
+             f"Command: `python scripts/profile_pipeline.py {' '.join(sys.argv[1:])}`.".replace("  ", " "), "",
+             f"FCN, {args.layers} layers of width 256 with batch norm, batch {args.batch}, Adam, two modules of "
+             "balanced estimated cost. Milliseconds. Components: one process pinned to one core, each piece jitted "
+             "alone, median of 20 calls. Collectives: two pinned processes (jax.distributed, gloo), one ppermute "
+             f"of a tick's message ([{args.batch}, {width + 2}] float32) inside a compiled loop: "
+             f"**{ms(dist['one_way'])} ms one way, {ms(dist['swap'])} ms as a swap** (both directions in one "
+             "collective, what a two-device DNI tick sends since this commit).", "",
+             "| mode | layers per module | device | module fwd+VJP | interface model | optimizers | stage | "
+             "stage on flat buffer (packing) | collectives | tick measured | waiting | one device, whole step |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    summary = []
+    for mode, p in parts.items():
+        # Collectives per tick on two devices: dni/cdni one swap; dgl one forward; ddg one forward, one back.
+        comm = {"dgl": dist["one_way"], "ddg": 2 * dist["one_way"]}.get(mode, dist["swap"])
+        tick = dist["ticks"].get(mode, float("nan"))
+        busiest = max(s["stage_flat"] for s in p["stages"])
+        if mode == "ddg":  # the forward pass is locked: the stages run one after the other
+            busiest = sum(s["stage_flat"] for s in p["stages"])
+        wait = tick - busiest - comm
+        for i, s in enumerate(p["stages"]):
+            lines.append(f"| {mode} | {p['split']} | {i} | {ms(s['module'])} | {ms(s['interface'])} | "
+                         f"{ms(s['optimizer'])} | {ms(s['stage'])} | {ms(s['stage_flat'])} "
+                         f"({ms(s['stage_flat'] - s['stage'])}) | {ms(comm)} | {ms(tick)} | {ms(wait)} | "
+                         f"{ms(p['single_device_step'])} |")
+        bound = p["single_device_step"] / (busiest + comm)
+        summary.append(f"- **{mode}**: one device {ms(p['single_device_step'])} ms per step; the busier device's "
+                       f"stage {ms(busiest)} ms + collectives {ms(comm)} ms, so at best "
+                       f"{bound:.2f}× one device; measured {p['single_device_step'] / tick:.2f}× "
+                       f"(tick {ms(tick)} ms).")
+    lines += ["", "Read per mode (the bound assumes no waiting beyond the busier device and the collectives):", "",
+              *summary]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
