@@ -4,7 +4,9 @@
 
 Reads each run's summary.json, .hydra/config.yaml and metrics.jsonl; writes
 table.md (rows: mode, columns: layers, mean ± std test error over seeds),
-runs.csv (one row per run), curves.png (test error vs step, one panel per depth)
+runs.csv (one row per run), curves.png (test error vs step, one panel per depth),
+diagnostics.png (each decoupled mode's per-module signal at the deepest network: SG cosine to the true
+gradient, DGL's auxiliary accuracy, DDG's delayed-vs-current cosine; mean over seeds)
 and provenance.md (the sweep command, commit and machine). Nothing is typed in by hand.
 With --paper, a YAML file {mode: {layers: test error in %}} of published numbers is
 shown beside ours, marked as such.
@@ -22,6 +24,9 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 MODES = ("backprop", "dni", "cdni", "dgl", "ddg")
+# Per-module signals each decoupled mode logs, and what to call them on a plot.
+DIAGNOSTICS = {"sg/cosine": "cosine(ĝ_i, true gradient)", "aux/accuracy": "auxiliary classifier accuracy",
+               "ddg/cosine": "cosine(delayed update, current gradient)"}
 FIELDS = ("run", "status", "dataset", "model", "layers", "mode", "seed", "step", "test/error", "test/accuracy",
           "train/loss", "wall_seconds", "commit", "overrides")
 # Swept keys that have their own place in the table (columns, rows, spread over seeds).
@@ -34,17 +39,21 @@ def load_runs(root: Path) -> list[dict]:
         run_dir = summary_path.parent
         summary = json.loads(summary_path.read_text())
         cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
-        curve = []
+        curve, diagnostics = [], defaultdict(list)
         metrics = run_dir / "metrics.jsonl"
         if metrics.exists():
             for line in metrics.read_text().splitlines():
                 row = json.loads(line)
                 if "test/error" in row:
                     curve.append((row["step"], row["test/error"]))
+                for key, value in row.items():
+                    if key.rsplit("/", 1)[0] in DIAGNOSTICS and value is not None:
+                        diagnostics[key].append((row["step"], value))
         overrides_file = run_dir / ".hydra" / "overrides.yaml"
         overrides = list(OmegaConf.load(overrides_file)) if overrides_file.exists() else []
         runs.append({**summary, "run": str(run_dir.relative_to(root)), "mode": str(cfg.mode),
                      "layers": int(cfg.model.layers), "seed": int(cfg.seed), "curve": curve,
+                     "diagnostics": dict(diagnostics),
                      "overrides": " ".join(overrides)})
     _label_variants(runs)
     return runs
@@ -142,6 +151,41 @@ def plot_curves(runs: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def plot_diagnostics(runs: list[dict], path: Path) -> bool:
+    """One panel per diagnostic the runs logged, at the deepest network that has it: one line per mode and
+    interface (mean over seeds). False when no run logged any."""
+    families = [f for f in DIAGNOSTICS if any(k.startswith(f + "/") for r in runs for k in r["diagnostics"])]
+    if not families:
+        return False
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(families), figsize=(5 * len(families), 3.6), squeeze=False)
+    for ax, family in zip(axes[0], families):
+        having = [r for r in runs if any(k.startswith(family + "/") for k in r["diagnostics"])]
+        depth = max(r["layers"] for r in having)
+        series = defaultdict(lambda: defaultdict(list))  # (row, interface) -> step -> values over seeds
+        for r in having:
+            if r["layers"] != depth:
+                continue
+            for key, points in r["diagnostics"].items():
+                if key.startswith(family + "/"):
+                    for step, value in points:
+                        series[(r["row"], int(key.rsplit("/", 1)[1]))][step].append(value)
+        for j, ((row, i), by_step) in enumerate(sorted(series.items())):
+            steps = sorted(by_step)
+            ax.plot(steps, [statistics.mean(by_step[s]) for s in steps], label=f"{row}, module {i}",
+                    color=f"C{sorted({k[0] for k in series}).index(row)}", alpha=1.0 - 0.6 * (i - 1) / max(depth, 2))
+        ax.set_title(f"{DIAGNOSTICS[family]}, {depth} layers", fontsize=9)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
 def provenance(root: Path, runs: list[dict]) -> str:
     lines = ["# Provenance", ""]
     multirun = root / "multirun.yaml"
@@ -186,9 +230,12 @@ def main() -> None:
     (out / "table.md").write_text(table(runs, paper))
     write_csv(runs, out / "runs.csv")
     plot_curves(runs, out / "curves.png")
+    written = ["table.md", "runs.csv", "curves.png"]
+    if plot_diagnostics(runs, out / "diagnostics.png"):
+        written.append("diagnostics.png")
     (out / "provenance.md").write_text(provenance(args.root, runs))
     print((out / "table.md").read_text())
-    for name in ("table.md", "runs.csv", "curves.png", "provenance.md"):
+    for name in written + ["provenance.md"]:
         print(f"wrote {out / name}")
 
 

@@ -147,7 +147,9 @@ def read_measured(path: Path, mode: str) -> dict[tuple[int, str], float]:
     for line in path.read_text().splitlines():
         cells = [c.strip() for c in line.strip("|").split("|")]
         if len(cells) == 6 and cells[0] == mode and re.fullmatch(r"\d+", cells[1]):
-            rows[(len(cells[2].split("+")), cells[3], int(cells[1]))] = float(cells[4])
+            # "modules" (a count, older tables) or "layers per module" ("1+3")
+            modules = int(cells[2]) if cells[2].isdigit() else len(cells[2].split("+"))
+            rows[(modules, cells[3], int(cells[1]))] = float(cells[4])
     return rows
 
 

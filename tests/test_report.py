@@ -71,5 +71,20 @@ def test_curves_png_and_csv_round_trip(sweep):
         assert float(row["test/error"]) == summary["test/error"]
         assert (row["mode"], int(row["layers"]), int(row["seed"])) == (summary["mode"], summary["layers"],
                                                                          summary["seed"])
+    diag = mpimg.imread(report / "diagnostics.png")  # cDNI's SG cosine, probed at the end of each run
+    assert diag.ndim == 3 and diag.shape[1] > 200
     prov = (report / "provenance.md").read_text()
     assert "sgrad-train -m" in prov and "mode=backprop,cdni" in prov and "Commit:" in prov
+
+
+def test_diagnostics_plot_has_a_panel_per_signal_the_runs_logged(tmp_path):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import report
+    run = lambda row, layers, diag: {"row": row, "layers": layers, "diagnostics": diag}
+    runs = [run("dgl", 3, {"aux/accuracy/1": [(10, 0.5), (20, 0.7)], "aux/accuracy/2": [(10, 0.4), (20, 0.6)]}),
+            run("ddg", 3, {"ddg/cosine/1": [(20, 0.9)]}), run("backprop", 3, {})]
+    assert report.plot_diagnostics(runs, tmp_path / "d.png")
+    img = mpimg.imread(tmp_path / "d.png")
+    assert img.shape[1] > 1.5 * img.shape[0]  # two panels side by side
+    assert not report.plot_diagnostics([run("backprop", 3, {})], tmp_path / "none.png")
+    assert not (tmp_path / "none.png").exists()
