@@ -60,7 +60,6 @@ def _setup(mode: str, layers: int, batch: int, modules: int = 2):
 def components(mode: str, layers: int, batch: int) -> dict:
     """Seconds per piece of each device's tick, measured one at a time on this (pinned) process."""
     jax, jnp, cfg, net, tx, state, shape, xs, ys, idx, (mean, std), pipe, pstate = _setup(mode, layers, batch)
-    from jax.flatten_util import ravel_pytree
     from sgrad.core import delayed, dni, greedy
     from sgrad.core.step import make_train_step
     from sgrad.devices import pipeline as pl
@@ -113,7 +112,7 @@ def components(mode: str, layers: int, batch: int) -> dict:
             def packed(flat, h, i=i):
                 t = pipe.unravel[i](flat[:pipe.sizes[i]])
                 t, h_o, d_in, m = pl.ddg_stage_tick(pipe, i, t, h, x, y, step)
-                return jnp.pad(ravel_pytree(t)[0], (0, max(pipe.sizes) - pipe.sizes[i])), h_o, d_in, m
+                return pl._repack(flat, t), h_o, d_in, m
             row["stage"] = _median_seconds(plain, tree, h_in)
             row["stage_flat"] = _median_seconds(jax.jit(packed), pstate.stage_KxS[i], h_in)
         else:

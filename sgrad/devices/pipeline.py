@@ -238,6 +238,18 @@ def _receive_cotangent(pipe: Pipeline, i: int, tree: dict, cotangent) -> dict:
     return {**tree, "delayed": tree["delayed"]._replace(cotangent=cotangent)}
 
 
+def _repack(flat: jnp.ndarray, tree: dict) -> jnp.ndarray:
+    """A stage's new state written over the front of its padded buffer: the padding is never copied (a
+    stage smaller than the largest would otherwise pay for the largest's size every tick)."""
+    # One in-place update per leaf, at its offset in ravel_pytree's order: XLA can write each optimizer
+    # result straight into the buffer instead of concatenating the leaves first.
+    offset = 0
+    for leaf in jax.tree.leaves(tree):
+        flat = jax.lax.dynamic_update_slice(flat, jnp.ravel(leaf).astype(flat.dtype), (offset,))
+        offset += leaf.size
+    return flat
+
+
 def _pad(a: jnp.ndarray, width: int) -> jnp.ndarray:
     flat = a.reshape(a.shape[0], -1)
     return jnp.pad(flat, ((0, 0), (0, width - flat.shape[1])))
@@ -274,8 +286,7 @@ def _device_tick(pipe: Pipeline, i: int, preprocess: Callable, flat, fwd, bwd, p
                  "si_target": _unpad(fwd[:, :-2], pipe.out_shapes[i - 1]), "si_target_ok": arrived[0] >= 0}
     tree, h, d_in, metrics = stage_tick(pipe, i, tree, h_in, y_in, ok_in, past_h, past_y, target, target_ok,
                                         **extra)
-    flat = ravel_pytree(tree)[0]
-    flat = jnp.pad(flat, (0, max(pipe.sizes) - flat.size))
+    flat = _repack(flat, tree)
     columns = lambda a, b: jnp.stack([jnp.broadcast_to(a, (pipe.batch,)), jnp.broadcast_to(b, (pipe.batch,))],
                                      axis=1).astype(jnp.float32)
     label = jnp.where(ok_in, y_in, -1)
@@ -366,11 +377,7 @@ def ddg_chunk_fn(pipe: Pipeline, preprocess: Callable):
     k = pipe.k
     forward_perm = [(j, j + 1) for j in range(k - 1)]
     backward_perm = [(j + 1, j) for j in range(k - 1)]
-    size = max(pipe.sizes)
 
-    def pack(i, tree):
-        flat = ravel_pytree(tree)[0]
-        return jnp.pad(flat, (0, size - flat.size))
 
     def chunk(state: PipelineState, xs, ys, idx_CxB, n):
         me = jax.lax.axis_index(PIPE_AXIS)
@@ -386,7 +393,7 @@ def ddg_chunk_fn(pipe: Pipeline, preprocess: Callable):
                 tree, h, d_in, metrics = ddg_stage_tick(pipe, i, tree, h_in, x, y, s.step)
                 out = _pad(h, pipe.width) if i < k - 1 else zeros_msg
                 back = _pad(d_in, pipe.width) if i > 0 else zeros_msg
-                return pack(i, tree), out, back, metrics
+                return _repack(flat, tree), out, back, metrics
 
             def wait(flat, msg):
                 return flat, zeros_msg, zeros_msg, jnp.zeros(_METRICS)
@@ -402,7 +409,7 @@ def ddg_chunk_fn(pipe: Pipeline, preprocess: Callable):
                 if r < k - 1:
                     msg = jax.lax.ppermute(out, PIPE_AXIS, forward_perm)
             arrived = jax.lax.ppermute(back, PIPE_AXIS, backward_perm)
-            receive = [lambda f, a, i=i: pack(i, _receive_cotangent(
+            receive = [lambda f, a, i=i: _repack(f, _receive_cotangent(
                 pipe, i, pipe.unravel[i](f[:pipe.sizes[i]]), _unpad(a, pipe.out_shapes[min(i, k - 2)])))
                        for i in range(k)]
             flat = jax.lax.switch(me, receive, flat, arrived)
