@@ -137,7 +137,8 @@ def bench_parallel(cfg, parallel: str, devices: int, chunk: int, chunks: int) ->
     run, state, _ = make_runner(parallel, net, tx, state, UpdateRule.from_config(cfg), shape,
                                 cfg.trainer.batch_size, mean, std, jax.devices()[:devices])
     elapsed = _time(run, state, xs, ys, idx, chunks)
-    return {"mode": str(cfg.mode), "parallel": parallel, "devices": devices, "modules": len(net.modules),
+    label = str(cfg.mode) + ("_linear" if str(cfg.mode) == "dni" and cfg.sg.hidden_layers == 0 else "")
+    return {"mode": label, "parallel": parallel, "devices": devices, "modules": len(net.modules),
             "split": "+".join(str(len(m.layers)) for m in net.modules),
             "examples_per_sec": chunk * chunks * cfg.trainer.batch_size / elapsed}
 
@@ -183,7 +184,9 @@ def _write_device_table(args, title: str, how: str, grouping: str, rows: list[di
              f"Machine: {m['cpu']} ({m['cpu_count']} CPUs), platform {m['platform']}, jax {m['jax']}; {how}",
              f"Commit: {git_commit()}.", f"Command: `python scripts/bench.py {' '.join(sys.argv[1:])}`.",
              "", f"FCN, {args.layers} layers of width 256 with batch norm, batch {args.batch}, Adam; DNI SG = "
-             f"2×1024 hidden layers, cDNI SG = linear on [h, one-hot y]. {grouping} Pipeline examples/s count "
+             f"2×1024 hidden layers, cDNI SG = linear on [h, one-hot y], dni_linear = DNI with a linear SG, DGL = a "
+             f"linear auxiliary classifier per interface, DDG = delayed true gradients (no data-parallel row: its "
+             f"stash holds whole minibatches). {grouping} Pipeline examples/s count "
              f"minibatches fed per tick. Median chunk of {args.chunks} chunks of {args.chunk} steps after a "
              "warm-up chunk.",
              "", "| mode | devices | layers per module | parallel | examples/s | × one device |", "|---|---|---|---|---|---|"]

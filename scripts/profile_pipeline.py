@@ -224,14 +224,14 @@ def write_report(args, parts: dict, dist: dict, width: int) -> None:
              "alone, median of 20 calls. Collectives: two pinned processes (jax.distributed, gloo), one ppermute "
              f"of a tick's message ([{args.batch}, {width + 2}] float32) inside a compiled loop: "
              f"**{ms(dist['one_way'])} ms one way, {ms(dist['swap'])} ms as a swap** (both directions in one "
-             "collective, what a two-device DNI tick sends since this commit).", "",
+             "collective: slower than two one-way ppermutes, so a tick sends one each way).", "",
              "| mode | layers per module | device | module fwd+VJP | interface model | optimizers | stage | "
              "stage on flat buffer (packing) | collectives | tick measured | waiting | one device, whole step |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     summary = []
     for mode, p in parts.items():
-        # Collectives per tick on two devices: dni/cdni one swap; dgl one forward; ddg one forward, one back.
-        comm = {"dgl": dist["one_way"], "ddg": 2 * dist["one_way"]}.get(mode, dist["swap"])
+        # Collectives per tick: one each way (dgl: forward only).
+        comm = dist["one_way"] * (1 if mode == "dgl" else 2)
         tick = dist["ticks"].get(mode, float("nan"))
         busiest = max(s["stage_flat"] for s in p["stages"])
         if mode == "ddg":  # the forward pass is locked: the stages run one after the other

@@ -8,12 +8,12 @@ ignores the old single-thread flag), what each module costs: a backprop
 module's forward+backward+update (W_i), a DNI stage's whole tick (T_i: forward,
 VJP, SG prediction, SG regression, both updates) and W_i at GPipe's micro-batch
 size. Then, for K modules on K devices, each collective costing the link latency L (the tables are
-for --latency-ms values and the gloo latency measured by scripts/profile_pipeline.py; c = 1 collective per
-DNI tick on two devices, a swap, else 2):
+for --latency-ms values and the gloo latency measured by scripts/profile_pipeline.py; a DNI tick sends one
+message each way):
 
   backprop, model parallel (locked)  step = sum_i W_i + 2(K-1)L (one module busy at a time)
   DNI on one device                  step = sum_i T_i          (the baseline of the K-fold speed-up)
-  DNI pipeline (unlocked)            tick = max(max_i T_i, sum_i T_i / cores) + cL
+  DNI pipeline (unlocked)            tick = max(max_i T_i, sum_i T_i / cores) + 2L
   GPipe, M micro-batches             step = (M + K - 1) * (max_i W_i(B / M) + 2L)
 
 For K = 1..64 the network is the paper's FCN cut into K modules (first: 784 -> 256,
@@ -100,9 +100,6 @@ def module_costs(mode: str, layers: int, modules: int | None, batch: int, micro:
     return {"tick": ticks, "backprop": backprop}
 
 
-def collectives_per_tick(k: int) -> int:
-    """A DNI tick's messages: a swap in one collective on two devices, one each way beyond (pipeline.py)."""
-    return 1 if k == 2 else 2
 
 
 def predict(tick: list[float], backprop: dict, batch: int, micro: list[int], cores: int,
@@ -116,7 +113,7 @@ def predict(tick: list[float], backprop: dict, batch: int, micro: list[int], cor
     out = {"backprop (locked, model parallel)": batch / (sum(backprop[batch]) + 2 * (k - 1) * latency),
            "DNI, all modules on one device": batch / sum(tick),
            "DNI pipeline (unlocked)": batch / (max(max(tick), sum(tick) / cores)
-                                               + (collectives_per_tick(k) * latency if k > 1 else 0.0))}
+                                               + (2 * latency if k > 1 else 0.0))}
     for m in micro:
         step = (m + k - 1) * (max(backprop[batch // m]) + (2 * latency if k > 1 else 0.0))
         out[f"GPipe M={m}"] = batch / step
@@ -175,7 +172,7 @@ def main() -> None:
     base = module_costs(args.mode, 4, None, args.batch, micro)
     pick = lambda costs, k: [costs[0]] + [costs[1]] * (k - 2) + [costs[-1]] if k > 1 else [sum(costs[:1])]
     ks = [k for k in (2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64) if k <= args.max_k]
-    one_way, swap = read_latency(args.profile) if args.profile.exists() else (None, None)
+    one_way = read_latency(args.profile)[0] if args.profile.exists() else None
     latencies = sorted({*args.latency_ms, *([one_way * 1e3] if one_way else [])})
     tables: dict[float, dict[str, list[float]]] = {}
     for lat in latencies:
@@ -197,8 +194,8 @@ def main() -> None:
              f"DNI tick {', '.join(f'{t * 1e3:.2f} ms' for t in base['tick'])}; backprop "
              f"{', '.join(f'{t * 1e3:.2f} ms' for t in base['backprop'][args.batch])}.", "",
              "Each collective costs the link's latency (a tick's messages are small: latency, not bandwidth, "
-             "dominates); a DNI tick needs one collective on two devices (a swap) and two beyond; locked backprop "
-             "and GPipe send their messages one after another."]
+             "dominates); a DNI tick waits for one collective each way; locked backprop and GPipe send their "
+             "messages one after another."]
     for lat, curves in tables.items():
         lines += ["", "## Predicted examples/s for K modules on K devices" + (
                       f" sharing {args.cores} cores" if args.cores else " (one core each)") +
@@ -218,13 +215,13 @@ def main() -> None:
         measured = read_processes(args.processes)
         lines += ["", f"## Check against the two-process rows of {args.processes}", "",
                   "The bench network's own two stages measured here on their flat buffers (what the SPMD program "
-                  f"runs), plus the measured collectives of {args.profile} ({one_way * 1e3:.2f} ms one way, "
-                  f"{swap * 1e3:.2f} ms swap): tick = max_i stage_i + collectives (ddg: sum_i stage_i, its forward "
-                  "pass is locked).", "",
+                  f"runs), plus one measured one-way collective ({one_way * 1e3:.2f} ms, {args.profile}) each way "
+                  "(dgl: forward only): tick = max_i stage_i + collectives (ddg: sum_i stage_i, its forward pass is "
+                  "locked).", "",
                   "| mode | predicted pipeline ex/s | measured | measured / predicted |", "|---|---|---|---|"]
         for mode, value in measured.items():
             stages = [st["stage_flat"] for st in components(mode, 4, args.batch)["stages"]]
-            comm = {"dgl": one_way, "ddg": 2 * one_way}.get(mode, swap)
+            comm = one_way * (1 if mode == "dgl" else 2)
             pred = args.batch / ((sum(stages) if mode == "ddg" else max(stages)) + comm)
             lines.append(f"| {mode} | {pred:.0f} | {value:.0f} | {value / pred:.2f} |")
 

@@ -316,21 +316,15 @@ def metric_means(pipe: Pipeline, sums_KxM: jnp.ndarray) -> dict[str, jnp.ndarray
     return out
 
 
-def _exchange(pipe: Pipeline, me, out, back, forward_perm, backward_perm):
+def _exchange(pipe: Pipeline, out, back, forward_perm, backward_perm):
     """A tick's messages: `out` to the device above, `back` to the one below -> (from below, from above).
 
-    Each collective costs a round of latency whatever its size (gloo on CPU: milliseconds), so two devices
-    swap both messages in one ppermute; K > 2 devices need two (a device sends one buffer per ppermute).
-    DGL sends nothing back: its one message goes forward.
+    One ppermute each way. Packing both into one collective (on two devices a swap, [(0, 1), (1, 0)]) was
+    measured slower with gloo: 2.00 ms per swap against 0.83 ms per one-way ppermute of the same message
+    (results/bench/pipeline_profile.md). DGL sends nothing back: its one message goes forward.
     """
-    if pipe.net.mode.greedy:
-        return jax.lax.ppermute(out, PIPE_AXIS, forward_perm), back
-    if pipe.k == 2:
-        got = jax.lax.ppermute(jnp.where(me == 0, out, back), PIPE_AXIS, [(0, 1), (1, 0)])
-        # Device 1 sends nothing back to itself, device 0 nothing forward: zeros, "nothing valid".
-        none = jnp.zeros_like(out)
-        return jnp.where(me == 1, got, none), jnp.where(me == 0, got, none)
-    return jax.lax.ppermute(out, PIPE_AXIS, forward_perm), jax.lax.ppermute(back, PIPE_AXIS, backward_perm)
+    fwd = jax.lax.ppermute(out, PIPE_AXIS, forward_perm)
+    return fwd, back if pipe.net.mode.greedy else jax.lax.ppermute(back, PIPE_AXIS, backward_perm)
 
 
 def pipeline_chunk_fn(pipe: Pipeline, preprocess: Callable, feed_every: int = 1):
@@ -354,7 +348,7 @@ def pipeline_chunk_fn(pipe: Pipeline, preprocess: Callable, feed_every: int = 1)
             flat, out, back, metrics = jax.lax.switch(
                 me, branches, s.stage_KxS[0], s.fwd_KxBxA2[0], s.bwd_KxBxA2[0], s.past_Kx2xBxA2[0],
                 xs, ys, idx_CxB[j], feed)
-            fwd, bwd = _exchange(pipe, me, out, back, forward_perm, backward_perm)
+            fwd, bwd = _exchange(pipe, out, back, forward_perm, backward_perm)
             # Device 0 receives nothing forward (it reads the data) and device K-1 nothing backward:
             # zeros, whose valid column says "no target".
             past = jnp.stack([out, s.past_Kx2xBxA2[0, 0]])
