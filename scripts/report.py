@@ -139,7 +139,8 @@ def plot_curves(runs: list[dict], path: Path) -> None:
         for row in rows:
             for i, r in enumerate(x for x in runs if x["layers"] == depth and x["row"] == row and x["curve"]):
                 steps, errs = zip(*r["curve"])
-                ax.plot(steps, [100 * e for e in errs], color=colors[row], alpha=0.85,
+                # Markers, so that a run evaluated once or twice still shows.
+                ax.plot(steps, [100 * e for e in errs], color=colors[row], alpha=0.85, marker="o", ms=3,
                         label=row if i == 0 else None)
         ax.set_title(f"{depth} layers")
         ax.set_xlabel("step")

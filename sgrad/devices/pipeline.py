@@ -319,9 +319,9 @@ def metric_means(pipe: Pipeline, sums_KxM: jnp.ndarray) -> dict[str, jnp.ndarray
 def _exchange(pipe: Pipeline, out, back, forward_perm, backward_perm):
     """A tick's messages: `out` to the device above, `back` to the one below -> (from below, from above).
 
-    One ppermute each way. Packing both into one collective (on two devices a swap, [(0, 1), (1, 0)]) was
-    measured slower with gloo: 2.00 ms per swap against 0.83 ms per one-way ppermute of the same message
-    (results/bench/pipeline_profile.md). DGL sends nothing back: its one message goes forward.
+    One ppermute each way. Packing both into one collective (on two devices a swap, [(0, 1), (1, 0)]) gave
+    no consistent gain with gloo: from run to run 0.8-1.7 ms per one-way ppermute and 1.5-2.0 ms per swap
+    of the same message (scripts/profile_pipeline.py). DGL sends nothing back: its one message goes forward.
     """
     fwd = jax.lax.ppermute(out, PIPE_AXIS, forward_perm)
     return fwd, back if pipe.net.mode.greedy else jax.lax.ppermute(back, PIPE_AXIS, backward_perm)
