@@ -197,7 +197,7 @@ def main() -> None:
     me = [sys.executable, __file__, "--layers", str(args.layers), "--batch", str(args.batch)]
     parts = {}
     for mode in args.modes.split(","):
-        parts[mode] = _run(["taskset", "-c", str(cores[0]), *me, "--components", mode], env)[0]
+        parts[mode] = _run(["taskset", "-c", str(cores[0]), *me, "--components", mode], env)[-1]
         print(mode, json.dumps(parts[mode]), flush=True)
     width = max(p["message_floats"] for p in parts.values()) // args.batch - 2
     port = str(20000 + os.getpid() % 20000)

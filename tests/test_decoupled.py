@@ -174,3 +174,19 @@ def test_ddg_probe_reads_staleness_from_the_stash_and_matches_at_unchanged_weigh
     moving = _ddg_run(net, params, stats, _batches(5), lr=0.5)[-1]
     probe = delayed.probe_delayed(net, moving.params, moving.stats, moving.delayed, moving.step)
     assert probe["ddg/cosine/1"] < 1.0 - 1e-4
+
+
+@pytest.mark.parametrize("mode", ["dgl", "ddg"])
+def test_a_run_stopped_and_resumed_equals_one_that_was_not(mode, idx_dir, tmp_path):
+    """Checkpoints hold everything the mode carries (DDG: the stashes and the cotangents in flight)."""
+    from sgrad.run import train_and_evaluate
+    from sgrad.run.metrics import read_jsonl
+    base = ["dataset.name=idx", f"dataset.dir={idx_dir}", f"mode={mode}", "trainer.log_every=10",
+            "checkpoint.every=20", "log.grad_probe_every=20", "trainer.eval_every=40"]
+    curve = lambda d: [{k: v for k, v in r.items() if not k.startswith("watch/perf/")}
+                       for r in read_jsonl(d / "metrics.jsonl")]
+    train_and_evaluate(make_cfg(*base, "trainer.steps=40"), tmp_path / "whole")
+    train_and_evaluate(make_cfg(*base, "trainer.steps=20"), tmp_path / "parts")  # stops at a checkpoint
+    summary = train_and_evaluate(make_cfg(*base, "trainer.steps=40"), tmp_path / "parts")  # resumes it
+    assert summary["step"] == 40
+    assert curve(tmp_path / "parts") == curve(tmp_path / "whole")
