@@ -189,4 +189,6 @@ def test_a_run_stopped_and_resumed_equals_one_that_was_not(mode, idx_dir, tmp_pa
     train_and_evaluate(make_cfg(*base, "trainer.steps=20"), tmp_path / "parts")  # stops at a checkpoint
     summary = train_and_evaluate(make_cfg(*base, "trainer.steps=40"), tmp_path / "parts")  # resumes it
     assert summary["step"] == 40
-    assert curve(tmp_path / "parts") == curve(tmp_path / "whole")
+    # The shorter first run also evaluated at its end (step 20); everything else is the same.
+    parts = [r for r in curve(tmp_path / "parts") if not (r["step"] == 20 and "test/error" in r)]
+    assert parts == curve(tmp_path / "whole")
