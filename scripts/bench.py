@@ -106,10 +106,15 @@ def _time(run_chunk, state, xs, ys, idx, chunks: int) -> float:
     return float(np.median(times)) * chunks
 
 
+def _label(cfg) -> str:
+    """The row's mode: `dni_linear` for DNI with a linear SG model (see paper_cfg)."""
+    mode = str(cfg.mode)
+    return mode + ("_linear" if mode == "dni" and cfg.sg.hidden_layers == 0 else "")
+
+
 def bench_one(cfg, chunk: int, chunks: int) -> dict:
     cfg = OmegaConf.merge(cfg, {"trainer": {"log_every": chunk}})
-    model, mode = str(cfg.model.name), str(cfg.mode)
-    label = mode + ("_linear" if mode == "dni" and cfg.sg.hidden_layers == 0 else "")
+    model, label = str(cfg.model.name), _label(cfg)
     layers, batch = cfg.model.layers, cfg.trainer.batch_size
     net, tx, state, _, xs, ys, idx, (mean, std) = _setup(cfg)
     train_step = make_train_step(net, tx, UpdateRule.from_config(cfg))
@@ -137,8 +142,7 @@ def bench_parallel(cfg, parallel: str, devices: int, chunk: int, chunks: int) ->
     run, state, _ = make_runner(parallel, net, tx, state, UpdateRule.from_config(cfg), shape,
                                 cfg.trainer.batch_size, mean, std, jax.devices()[:devices])
     elapsed = _time(run, state, xs, ys, idx, chunks)
-    label = str(cfg.mode) + ("_linear" if str(cfg.mode) == "dni" and cfg.sg.hidden_layers == 0 else "")
-    return {"mode": label, "parallel": parallel, "devices": devices, "modules": len(net.modules),
+    return {"mode": _label(cfg), "parallel": parallel, "devices": devices, "modules": len(net.modules),
             "split": "+".join(str(len(m.layers)) for m in net.modules),
             "examples_per_sec": chunk * chunks * cfg.trainer.batch_size / elapsed}
 

@@ -108,7 +108,7 @@ def ddg_grads(net: dni.Network, params: PyTree, stats: PyTree, stashes: tuple[St
         # What module j+1 computed this step reaches module j next step.
         new[j] = new[j]._replace(cotangent=sent)
         sent = below
-    metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(fwd.activations[-1], -1) == labels)}
+    metrics = {"loss": loss, "accuracy": dni.accuracy(fwd.activations[-1], labels)}
     return {"modules": tuple(grads), "sg": (), "si": ()}, {"modules": fwd.stats, "sg": (), "si": ()}, tuple(new), \
         metrics
 

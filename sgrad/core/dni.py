@@ -225,7 +225,7 @@ def _si_train(model, stats, x, params):
     return apply_module(model, params, stats, x, True)
 
 
-def _accuracy(logits, labels):
+def accuracy(logits, labels):
     return jnp.mean(jnp.argmax(logits, -1) == labels)
 
 
@@ -236,7 +236,7 @@ def backprop_grads(net: Network, params: PyTree, stats: PyTree, x: jnp.ndarray, 
     module_grads, _ = backprop_chain(fwd, top)
     grads = {"modules": module_grads, "sg": (), "si": ()}
     new_stats = {"modules": fwd.stats, "sg": (), "si": ()}
-    return grads, new_stats, {"loss": loss, "accuracy": _accuracy(fwd.activations[-1], labels)}
+    return grads, new_stats, {"loss": loss, "accuracy": accuracy(fwd.activations[-1], labels)}
 
 
 def dni_grads(net: Network, params: PyTree, stats: PyTree, x: jnp.ndarray, labels: jnp.ndarray,
@@ -257,7 +257,7 @@ def dni_grads(net: Network, params: PyTree, stats: PyTree, x: jnp.ndarray, label
     si_grads, si_losses = regression_grads(si.values, si.vjps, fwd.activations[:-1]) if si else ((), ())
     grads = {"modules": module_grads, "sg": sg_grads, "si": si_grads}
     new_stats = {"modules": fwd.stats, "sg": pred.stats, "si": si.stats if si else ()}
-    metrics = {"loss": loss, "accuracy": _accuracy(fwd.activations[-1], labels)}
+    metrics = {"loss": loss, "accuracy": accuracy(fwd.activations[-1], labels)}
     for i, si_loss in enumerate(si_losses, start=2):
         metrics[f"si/loss/{i}"] = si_loss
     for i, (sg_loss, g_hat) in enumerate(zip(sg_losses, pred.gradients), start=1):

@@ -38,7 +38,7 @@ def head_step(head: nn.Module, params: PyTree, stats: PyTree, h: jnp.ndarray, la
     (total, (new_stats, logits)), (d_q, d_h) = jax.value_and_grad(summed, argnums=(0, 1), has_aux=True)(params, h)
     batch = h.shape[0]
     return HeadStep(jax.tree.map(lambda g: g / batch, d_q), d_h, new_stats, total / batch,
-                    jnp.mean(jnp.argmax(logits, -1) == labels))
+                    dni.accuracy(logits, labels))
 
 
 def dgl_grads(net: dni.Network, params: PyTree, stats: PyTree, x: jnp.ndarray, labels: jnp.ndarray):
@@ -52,7 +52,7 @@ def dgl_grads(net: dni.Network, params: PyTree, stats: PyTree, x: jnp.ndarray, l
     module_grads = tuple(jax.tree.map(lambda g: g / batch, vjp(cot)[0]) for vjp, cot in zip(fwd.vjps, cotangents))
     grads = {"modules": module_grads, "sg": tuple(hs.params_grad for hs in heads), "si": ()}
     new_stats = {"modules": fwd.stats, "sg": tuple(hs.stats for hs in heads), "si": ()}
-    metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(fwd.activations[-1], -1) == labels)}
+    metrics = {"loss": loss, "accuracy": dni.accuracy(fwd.activations[-1], labels)}
     for i, hs in enumerate(heads, start=1):
         metrics[f"aux/loss/{i}"] = hs.loss
         metrics[f"aux/accuracy/{i}"] = hs.accuracy

@@ -185,7 +185,7 @@ def stage_tick(pipe: Pipeline, i: int, tree: dict, h_in, y_in, ok_in, past_h, pa
         loss, cot = dni.loss_and_top_gradient(h, y_in)
         factor = 1.0 / pipe.batch
         metrics[_LOSS] = jnp.where(ok_in, loss, 0.0)
-        metrics[_ACC] = jnp.where(ok_in, jnp.mean(jnp.argmax(h, -1) == y_in), 0.0)
+        metrics[_ACC] = jnp.where(ok_in, dni.accuracy(h, y_in), 0.0)
     elif greedy_mode:
         hs = greedy.head_step(net.sg_models[i], tree["sg"], tree["sg_stats"], h, y_in)
         new["sg"], new["sg_opt"], _ = masked_update(pipe.tx.sg, hs.params_grad, tree["sg_opt"], tree["sg"], ok_in)
@@ -220,7 +220,7 @@ def ddg_stage_tick(pipe: Pipeline, i: int, tree: dict, h_in, x, y, step):
         loss, top = dni.loss_and_top_gradient(h, y)
         d_params, d_in = fwd.vjps[0](top)
         grads, active = jax.tree.map(lambda g: g / pipe.batch, d_params), True
-        metrics[_LOSS], metrics[_ACC] = loss, jnp.mean(jnp.argmax(h, -1) == y)
+        metrics[_LOSS], metrics[_ACC] = loss, dni.accuracy(h, y)
     else:
         grads, d_in, new["delayed"] = delayed.module_step(net.modules[i], tree["module_stats"], tree["delayed"],
                                                           step, x, y, h_in, tree["module"])

@@ -10,6 +10,8 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
+from sgrad.models.fcn import hidden_stack
+
 
 def adaptive_average_pool(h_BxHxWxC: jnp.ndarray, side: int) -> jnp.ndarray:
     """Average over a side x side grid of (nearly) equal cells, as torch's AdaptiveAvgPool2d does."""
@@ -39,11 +41,7 @@ class AuxClassifier(nn.Module):
         if h.ndim == 4:
             h = adaptive_average_pool(h, min(self.pool, h.shape[1], h.shape[2]))
         z = h.reshape(h.shape[0], -1)
-        for _ in range(self.hidden_layers):
-            z = nn.Dense(self.width, use_bias=not self.batch_norm)(z)
-            if self.batch_norm:
-                z = nn.BatchNorm(use_running_average=not train, momentum=0.9)(z)
-            z = nn.relu(z)
+        z = hidden_stack(z, self.hidden_layers, self.width, self.batch_norm, train)
         return nn.Dense(self.num_classes)(z)
 
 

@@ -21,6 +21,17 @@ class DenseBlock(nn.Module):
         return nn.relu(h)
 
 
+def hidden_stack(z: jnp.ndarray, layers: int, width: int, batch_norm: bool, train: bool) -> jnp.ndarray:
+    """`layers` x (Linear -> BN -> ReLU) on a flat [B, D]: the hidden layers of the small models (SG, synthetic
+    input, auxiliary classifier). Called inside a compact module, so the layers are that module's own."""
+    for _ in range(layers):
+        z = nn.Dense(width, use_bias=not batch_norm)(z)
+        if batch_norm:
+            z = nn.BatchNorm(use_running_average=not train, momentum=0.9)(z)
+        z = nn.relu(z)
+    return z
+
+
 class Classifier(nn.Module):
     """The last layer: a linear map to class logits."""
 

@@ -39,20 +39,17 @@ def build_network(cfg, input_shape: tuple[int, ...], num_classes: int) -> Networ
     layers = build_layers(cfg.model, num_classes)
     modules = group_layers(layers, module_sizes(cfg, layers, input_shape, num_classes))
     mode = Mode(cfg.mode)
-    if mode.greedy:
-        heads = tuple(build_aux_classifier(cfg.aux, num_classes) for _ in modules[:-1])
-        return Network(modules, heads, num_classes, mode)
-    if not mode.synthetic:
+    if not (mode.synthetic or mode.greedy):
         return Network(modules, (), num_classes, mode)
-    sg_models, input_models = [], []
+    interface, input_models = [], []
     h = jax.ShapeDtypeStruct((2, *input_shape), jnp.float32)
     for f in modules[:-1]:
         variables = jax.eval_shape(lambda x, f=f: f.init(jax.random.key(0), x, False), h)
         h = jax.eval_shape(lambda v, x, f=f: f.apply(v, x, False), variables, h)
-        sg_models.append(build_sg_model(cfg.sg, len(h.shape)))
+        interface.append(_interface_model(cfg, mode, len(h.shape), num_classes))
         if mode.synthetic_inputs:
             input_models.append(build_input_model(cfg.si, h.shape[1:]))
-    return Network(modules, tuple(sg_models), num_classes, mode, input_models=tuple(input_models))
+    return Network(modules, tuple(interface), num_classes, mode, input_models=tuple(input_models))
 
 
 def init_variables(net: Network, key: jax.Array, x: jnp.ndarray) -> tuple[dict, dict]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
+from sgrad.models.fcn import hidden_stack
+
 zeros = nn.initializers.zeros
 
 
@@ -22,11 +24,7 @@ class DenseSynthetic(nn.Module):
     @nn.compact
     def __call__(self, h_BxD: jnp.ndarray, label_BxC: jnp.ndarray | None, train: bool) -> jnp.ndarray:
         z = h_BxD if label_BxC is None else jnp.concatenate([h_BxD, label_BxC], axis=-1)
-        for _ in range(self.hidden_layers):
-            z = nn.Dense(self.width, use_bias=not self.batch_norm)(z)
-            if self.batch_norm:
-                z = nn.BatchNorm(use_running_average=not train, momentum=0.9)(z)
-            z = nn.relu(z)
+        z = hidden_stack(z, self.hidden_layers, self.width, self.batch_norm, train)
         return nn.Dense(h_BxD.shape[-1], kernel_init=zeros, bias_init=zeros)(z)
 
 

@@ -12,6 +12,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sgrad.models.fcn import hidden_stack
+
 
 class DenseInput(nn.Module):
     """x -> flat activation [B, D]: `hidden_layers` x (Linear -> BN -> ReLU), then Linear."""
@@ -24,11 +26,7 @@ class DenseInput(nn.Module):
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
         z = x.reshape(x.shape[0], -1)
-        for _ in range(self.hidden_layers):
-            z = nn.Dense(self.width, use_bias=not self.batch_norm)(z)
-            if self.batch_norm:
-                z = nn.BatchNorm(use_running_average=not train, momentum=0.9)(z)
-            z = nn.relu(z)
+        z = hidden_stack(z, self.hidden_layers, self.width, self.batch_norm, train)
         return nn.Dense(self.out_dim)(z)
 
 

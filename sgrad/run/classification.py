@@ -102,11 +102,9 @@ class ClassificationTask:
 
     def init(self) -> Any:
         tcfg = self.cfg.trainer
-        params, stats = init_variables(self.net, jax.random.key(self.cfg.seed),
-                                       preprocess(self._train[0][:tcfg.batch_size], self._mean, self._std))
-        state = init_state(self.net, params, stats, self._tx,
-                           preprocess(self._train[0][:tcfg.batch_size], self._mean, self._std),
-                           self._train[1][:tcfg.batch_size])
+        x = preprocess(self._train[0][:tcfg.batch_size], self._mean, self._std)
+        params, stats = init_variables(self.net, jax.random.key(self.cfg.seed), x)
+        state = init_state(self.net, params, stats, self._tx, x, self._train[1][:tcfg.batch_size])
         self._run_chunk, state, self._view = make_runner(
             str(self.cfg.parallel), self.net, self._tx, state, UpdateRule.from_config(self.cfg),
             self.data.input_shape, tcfg.batch_size, self._mean, self._std)
