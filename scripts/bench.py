@@ -32,10 +32,11 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from sgrad.config.compose import compose_config
-from sgrad.models.network import build_network, init_variables
-from sgrad.core.optim import build_train_optimizer
+from sgrad.models.network import init_variables
+from sgrad.run.build import build_network, build_train_optimizer, update_settings
 from sgrad.run.provenance import git_commit, machine
-from sgrad.core.step import UpdateRule, init_state, make_train_step
+from sgrad.core.step import init_state, make_train_step
+from sgrad.modes import RULES
 from sgrad.devices.chunk import make_chunk_runner, preprocess
 from sgrad.devices.parallel import make_runner, slow_loop_convolutions
 
@@ -70,7 +71,7 @@ def exp_cfg(exp: str, mode: str):
     return compose_config(f"+exp={exp}", f"mode={mode}")
 
 
-def _setup(cfg):
+def setup(cfg):
     """Network, random uint8 data on the device, initial state: what every benchmark row starts from."""
     model = str(cfg.model.name)
     batch = cfg.trainer.batch_size
@@ -116,8 +117,8 @@ def bench_one(cfg, chunk: int, chunks: int) -> dict:
     cfg = OmegaConf.merge(cfg, {"trainer": {"log_every": chunk}})
     model, label = str(cfg.model.name), _label(cfg)
     layers, batch = cfg.model.layers, cfg.trainer.batch_size
-    net, tx, state, _, xs, ys, idx, (mean, std) = _setup(cfg)
-    train_step = make_train_step(net, tx, UpdateRule.from_config(cfg))
+    net, tx, state, _, xs, ys, idx, (mean, std) = setup(cfg)
+    train_step = make_train_step(net, tx, update_settings(cfg))
     # XLA counts a loop body once, so the FLOPs come from one step (as the loop runs it) compiled on its own.
     x0 = preprocess(xs[:batch], mean, std)
     cost = jax.jit(partial(train_step, diagnostics=False)).lower(state, x0, ys[:batch]).compile().cost_analysis()
@@ -138,8 +139,8 @@ def peak_steps(row: dict, peak: float) -> float:
 def bench_parallel(cfg, parallel: str, devices: int, chunk: int, chunks: int) -> dict:
     """Examples/s of `sgrad-train parallel=...` on the first `devices` devices (ticks count as steps)."""
     cfg = OmegaConf.merge(cfg, {"trainer": {"log_every": chunk}})
-    net, tx, state, shape, xs, ys, idx, (mean, std) = _setup(cfg)
-    run, state, _ = make_runner(parallel, net, tx, state, UpdateRule.from_config(cfg), shape,
+    net, tx, state, shape, xs, ys, idx, (mean, std) = setup(cfg)
+    run, state, _ = make_runner(parallel, net, tx, state, update_settings(cfg), shape,
                                 cfg.trainer.batch_size, mean, std, jax.devices()[:devices])
     elapsed = _time(run, state, xs, ys, idx, chunks)
     return {"mode": _label(cfg), "parallel": parallel, "devices": devices, "modules": len(net.modules),
@@ -155,10 +156,8 @@ def device_rows(n: int, modes: list[str], layers: int, batch: int, chunk: int, c
         cfg = paper_cfg("fcn", layers, mode, batch)
         if n > 1:  # n modules of balanced estimated cost (sgrad/models/partition.py), on one device or n
             cfg.model.partition, cfg.model.modules = "balanced", n
-        # ddg's stash holds whole minibatches: it runs on one device or pipelined, not data parallel.
-        plans = [("none", 1)] + ([("data", n)] if n > 1 and mode != "ddg" else [])
-        if mode != "backprop" and n > 1:
-            plans.append(("pipeline", n))
+        accepts = RULES[mode].parallel  # e.g. ddg's stash holds whole minibatches: no data parallelism
+        plans = [("none", 1)] + [(p, n) for p in ("data", "pipeline") if n > 1 and p in accepts]
         for parallel, d in plans:
             if parallel not in kinds:
                 continue

@@ -43,16 +43,25 @@ def _median_seconds(fn, *args, repeats: int = 20) -> float:
     return float(np.median(times))
 
 
+def tick_bound(mode: str, one_way: float, stages: list[float]) -> tuple[float, float]:
+    """(seconds of collectives per tick, seconds of the busiest device) for the mode's pipeline schedule: one
+    collective each way (forward only if it sends nothing back); the stages in parallel, or one after another
+    when the forward pass is locked."""
+    from sgrad.modes import RULES
+    rule = RULES[mode]
+    comm = one_way * (2 if rule.sends_back else 1)
+    return comm, (sum(stages) if rule.schedule == "locked" else max(stages))
+
+
 def _setup(mode: str, layers: int, batch: int, modules: int = 2):
     import jax
     import jax.numpy as jnp
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     import bench
-    from sgrad.devices.pipeline import build_pipeline
+    from sgrad.devices.layout import build_pipeline
     cfg = bench.paper_cfg("fcn", layers, mode, batch)
     cfg.model.partition, cfg.model.modules = "balanced", modules
     cfg.trainer.log_every = 20
-    net, tx, state, shape, xs, ys, idx, (mean, std) = bench._setup(cfg)
+    net, tx, state, shape, xs, ys, idx, (mean, std) = bench.setup(cfg)
     pipe, pstate = build_pipeline(net, tx, state, shape, batch)
     return jax, jnp, cfg, net, tx, state, shape, xs, ys, idx, (mean, std), pipe, pstate
 
@@ -61,7 +70,10 @@ def components(mode: str, layers: int, batch: int) -> dict:
     """Seconds per piece of each device's tick, measured one at a time on this (pinned) process."""
     jax, jnp, cfg, net, tx, state, shape, xs, ys, idx, (mean, std), pipe, pstate = _setup(mode, layers, batch)
     from sgrad.core import delayed, dni, greedy
-    from sgrad.devices import pipeline as pl
+    from sgrad.models.network import apply
+    from sgrad.devices.layout import repack
+    from sgrad.devices.pipeline import device_tick
+    from sgrad.modes.stage import LockedTick, Tick
     from sgrad.devices.chunk import preprocess
     x = preprocess(xs[:batch], mean, std)
     y = ys[:batch]
@@ -71,9 +83,9 @@ def components(mode: str, layers: int, batch: int) -> dict:
     h_in = x
     for i in range(pipe.k):
         last = i == pipe.k - 1
-        tree = pipe.unravel[i](pstate.stage_KxS[i, :pipe.sizes[i]])
+        tree = pipe.tree(i, pstate.stage_KxS[i])
         f = net.modules[i]
-        fwd_h = jax.eval_shape(lambda p, s, h: dni.apply_module(f, p, s, h, False)[0], tree["module"],
+        fwd_h = jax.eval_shape(lambda p, s, h: apply(f, p, s, (h,), False)[0], tree["module"],
                                tree["module_stats"], h_in)
         h_out = jnp.ones(fwd_h.shape, fwd_h.dtype)
         row = {}
@@ -86,46 +98,45 @@ def components(mode: str, layers: int, batch: int) -> dict:
         opt = jax.jit(lambda g, o, p: tx.modules.update(g, o, p))
         row["optimizer"] = _median_seconds(opt, grads, tree["module_opt"], tree["module"])
         row["interface"] = 0.0
-        if not last and (net.mode.synthetic or net.mode.greedy):
-            model = net.sg_models[i]
+        rule = net.rule
+        if not last and rule.interface:
+            model = net.interface_models[i]
             row["optimizer"] += _median_seconds(jax.jit(lambda g, o, p: tx.sg.update(g, o, p)),
                                                 jax.tree.map(jnp.ones_like, tree["sg"]), tree["sg_opt"], tree["sg"])
-            if net.mode.greedy:
+            if rule.interface == "aux":
                 head = jax.jit(lambda q, s, h: greedy.head_step(model, q, s, h, y))
                 row["interface"] = _median_seconds(head, tree["sg"], tree["sg_stats"], h_out)
             else:
                 label = jax.nn.one_hot(y, net.num_classes) if net.conditioned else None
 
                 def sg_work(q, s, h, model=model):
-                    pred, _ = dni.apply_sg(model, q, s, h, label, True)  # ĝ for the module
-                    out, vjp = jax.vjp(lambda q: dni.apply_sg(model, q, s, h, label, True)[0], q)
+                    pred, _ = apply(model, q, s, (h, label), True)  # ĝ for the module
+                    out, vjp = jax.vjp(lambda q: apply(model, q, s, (h, label), True)[0], q)
                     return pred, dni.regression_grads([out], [vjp], [h])  # M's regression on an older h
                 row["interface"] = _median_seconds(jax.jit(sg_work), tree["sg"], tree["sg_stats"], h_out)
-        if net.mode.delayed and not last:
-            vjp_old = jax.jit(lambda st, s: delayed.delayed_vjp(f, s, st, 0))
-            row["interface"] = _median_seconds(vjp_old, tree["delayed"], tree["module_stats"])
+        if rule.schedule == "locked" and not last:
+            vjp_old = jax.jit(lambda st, s, p: delayed.delayed_vjp(f, s, st, 0, p))
+            row["interface"] = _median_seconds(vjp_old, tree["carry"], tree["module_stats"], tree["module"])
 
-        if net.mode.delayed:
-            plain = jax.jit(lambda t, h: pl.ddg_stage_tick(pipe, i, t, h, x, y, step))
+        if rule.schedule == "locked":
+            plain = jax.jit(lambda t, h: rule.stage(pipe, i, t, LockedTick(h, x, y, step)))
 
             def packed(flat, h, i=i):
-                t = pipe.unravel[i](flat[:pipe.sizes[i]])
-                t, h_o, d_in, m = pl.ddg_stage_tick(pipe, i, t, h, x, y, step)
-                return pl._repack(flat, t), h_o, d_in, m
+                t, h_o, d_in, m = rule.stage(pipe, i, pipe.tree(i, flat), LockedTick(h, x, y, step))
+                return repack(flat, t), h_o, d_in, m
             row["stage"] = _median_seconds(plain, tree, h_in)
             row["stage_flat"] = _median_seconds(jax.jit(packed), pstate.stage_KxS[i], h_in)
         else:
             old_h = h_out if not last else jnp.ones((batch, *pipe.out_shapes[i - 1]))
-            plain = jax.jit(lambda t, h: pl.stage_tick(pipe, i, t, h, y, ok, old_h, y, old_h, ok))
+            plain = jax.jit(lambda t, h: rule.stage(pipe, i, t, Tick(h, y, ok, old_h, y, old_h, ok)))
             row["stage"] = _median_seconds(plain, tree, h_in)
-            dev = jax.jit(lambda flat, fw, bw, past: pl._device_tick(
+            dev = jax.jit(lambda flat, fw, bw, past: device_tick(
                 pipe, i, lambda a: preprocess(a, mean, std), flat, fw, bw, past, xs, ys, idx[0], ok))
             row["stage_flat"] = _median_seconds(dev, pstate.stage_KxS[i], pstate.fwd_KxBxA2[i],
                                                 pstate.bwd_KxBxA2[i], pstate.past_Kx2xBxA2[i])
         out["stages"].append(row)
         h_in = h_out
     # The baseline as bench.py measures it: the whole network's steps in a compiled chunk on this one core.
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     import bench
     row = bench.device_rows(2, [mode], layers, batch, 20, 4, kinds=("none",))[0]
     out["single_device_step"] = batch / row["examples_per_sec"]
@@ -140,7 +151,6 @@ def distributed_worker(args) -> None:
     jax.distributed.initialize(f"localhost:{args.port}", num_processes=2, process_id=args.worker)
     import jax.numpy as jnp
     from jax.sharding import NamedSharding, PartitionSpec as P
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     import bench
     mesh = jax.make_mesh((2,), ("x",), devices=jax.devices())
     result = {}
@@ -233,12 +243,8 @@ def write_report(args, parts: dict, dist: dict, width: int) -> None:
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     summary = []
     for mode, p in parts.items():
-        # Collectives per tick: one each way (dgl: forward only).
-        comm = dist["one_way"] * (1 if mode == "dgl" else 2)
+        comm, busiest = tick_bound(mode, dist["one_way"], [s["stage_flat"] for s in p["stages"]])
         tick = dist["ticks"].get(mode, float("nan"))
-        busiest = max(s["stage_flat"] for s in p["stages"])
-        if mode == "ddg":  # the forward pass is locked: the stages run one after the other
-            busiest = sum(s["stage_flat"] for s in p["stages"])
         wait = tick - busiest - comm
         for i, s in enumerate(p["stages"]):
             lines.append(f"| {mode} | {p['split']} | {i} | {ms(s['module'])} | {ms(s['interface'])} | "

@@ -23,10 +23,12 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-MODES = ("backprop", "dni", "cdni", "dgl", "ddg")
+from sgrad.modes import RULES
+
+# Rows in the order the modes are defined (sgrad/modes/), the baseline first.
+MODES = ("backprop", *(name for name in RULES if name != "backprop"))
 # Per-module signals each decoupled mode logs, and what to call them on a plot.
-DIAGNOSTICS = {"sg/cosine": "cosine(ĝ_i, true gradient)", "aux/accuracy": "auxiliary classifier accuracy",
-               "ddg/cosine": "cosine(delayed update, current gradient)"}
+DIAGNOSTICS = dict(rule.diagnostic for rule in RULES.values() if rule.diagnostic)
 FIELDS = ("run", "status", "dataset", "model", "layers", "mode", "seed", "step", "test/error", "test/accuracy",
           "train/loss", "wall_seconds", "commit", "overrides")
 # Swept keys that have their own place in the table (columns, rows, spread over seeds).

@@ -40,9 +40,10 @@ import jax.numpy as jnp
 
 from sgrad.config.compose import compose_config
 from sgrad.core import dni
-from sgrad.models.network import build_network, init_variables
-from sgrad.core.optim import build_train_optimizer
-from sgrad.devices.pipeline import build_pipeline, stage_tick
+from sgrad.models.network import init_variables
+from sgrad.run.build import build_network, build_train_optimizer
+from sgrad.devices.layout import build_pipeline
+from sgrad.modes.stage import Tick
 from sgrad.run.provenance import git_commit, machine
 from sgrad.core.step import create_state
 
@@ -81,7 +82,7 @@ def module_costs(mode: str, layers: int, modules: int | None, batch: int, micro:
                 **({"sg": params["sg"][i], "sg_stats": stats["sg"][i], "sg_opt": state.opt_state["sg"][i]}
                    if i < pipe.k - 1 else {"sg": (), "sg_stats": (), "sg_opt": ()})}
         h = jnp.zeros((batch, *pipe.out_shapes[i]))
-        ticks.append(_seconds(jax.jit(lambda t, hi, h=h, i=i: stage_tick(pipe, i, t, hi, y, ok, h, y, h, ok)[0]),
+        ticks.append(_seconds(jax.jit(lambda t, hi, h=h, i=i: pipe.rule.stage(pipe, i, t, Tick(hi, y, ok, h, y, h, ok))[0]),
                               tree, inputs[-1]))
         inputs.append(jnp.ones((batch, *pipe.out_shapes[i])))
 
@@ -210,8 +211,7 @@ def main() -> None:
     curves = tables[latencies[0]]
 
     if one_way and args.processes.exists():
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from profile_pipeline import components
+        from profile_pipeline import components, tick_bound
         measured = read_processes(args.processes)
         lines += ["", f"## Check against the two-process rows of {args.processes}", "",
                   "The bench network's own two stages measured here on their flat buffers (what the SPMD program "
@@ -221,8 +221,8 @@ def main() -> None:
                   "| mode | predicted pipeline ex/s | measured | measured / predicted |", "|---|---|---|---|"]
         for mode, value in measured.items():
             stages = [st["stage_flat"] for st in components(mode, 4, args.batch)["stages"]]
-            comm = one_way * (1 if mode == "dgl" else 2)
-            pred = args.batch / ((sum(stages) if mode == "ddg" else max(stages)) + comm)
+            comm, busiest = tick_bound(mode, one_way, stages)
+            pred = args.batch / (busiest + comm)
             lines.append(f"| {mode} | {pred:.0f} | {value:.0f} | {value / pred:.2f} |")
 
     if args.measured and args.measured.exists():

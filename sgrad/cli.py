@@ -16,7 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from sgrad.config import ConfigError, register, validate
+from sgrad.config import ConfigError, register
 from sgrad.config.compose import CONFIG_DIR, compose_config
 from sgrad.config.overrides import check_overrides
 
@@ -33,7 +33,8 @@ def preflight(argv: list[str]) -> None:
         return  # multirun jobs are checked one by one; the other flags write nothing
     overrides = [a for a in argv if not a.startswith("-")]
     cfg = compose_config(*overrides)
-    validate(cfg)
+    from sgrad.run.build import check
+    check(cfg)
     from sgrad.run.rundir import check_run_dir, check_writable
     run_dir = next((a.split("=", 1)[1] for a in overrides if a.startswith("hydra.run.dir=")), None)
     check_writable(run_dir or "outputs")  # Hydra's default run dirs live under ./outputs

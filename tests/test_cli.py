@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from sgrad.cli import CONFIG_DIR
 from sgrad.config import ConfigError, register, validate
-from sgrad.models.network import build_network
+from sgrad.run.build import build_network
 from sgrad.config.overrides import check_overrides
 from sgrad.run import train_and_evaluate
 
@@ -70,7 +70,7 @@ def test_every_experiment_composes_and_builds(exp):
     net = build_network(cfg, shape, 10)
     modules = -(-cfg.model.layers // cfg.model.dni_every)
     assert len(net.modules) == modules
-    assert len(net.sg_models) == (0 if cfg.mode == "backprop" else modules - 1)
+    assert len(net.interface_models) == (0 if cfg.mode == "backprop" else modules - 1)
     assert net.conditioned == (cfg.mode == "cdni")
 
 

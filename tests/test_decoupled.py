@@ -12,7 +12,9 @@ from sgrad.core import delayed, dni, greedy
 from sgrad.core.optim import Optimizers
 from sgrad.core.step import create_state, make_train_step
 from sgrad.models import Stage
-from sgrad.models.network import build_network, init_variables
+from sgrad.models.network import Network, apply, init_variables
+from sgrad.modes import RULES
+from sgrad.run.build import build_network
 
 B, SIDE, CLASSES = 16, 6, 5
 
@@ -75,8 +77,8 @@ def test_dgl_top_module_update_is_backprops_and_modules_follow_their_own_head():
     assert _differs(grads["modules"][0], bp["modules"][0])
     # Module 1 with its head is plain backprop of the head's loss through module 1 alone.
     def local(p, q):
-        h, _ = dni.apply_module(net.modules[0], p, stats["modules"][0], x, True)
-        logits, _ = dni.apply_sg(net.sg_models[0], q, stats["sg"][0], h, None, True)
+        h, _ = apply(net.modules[0], p, stats["modules"][0], (x,), True)
+        logits, _ = apply(net.interface_models[0], q, stats["sg"][0], (h, None), True)
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
     loss, (g_module, g_head) = jax.value_and_grad(local, argnums=(0, 1))(params["modules"][0], params["sg"][0])
     _close(grads["modules"][0], g_module)
@@ -86,14 +88,14 @@ def test_dgl_top_module_update_is_backprops_and_modules_follow_their_own_head():
 
 def test_dgl_with_one_module_is_backprop():
     net, params, stats, x, y = _setup("dgl", layers=3)
-    one = dni.Network((Stage(tuple(layer for m in net.modules for layer in m.layers)),), (), CLASSES, net.mode)
+    one = Network((Stage(tuple(layer for m in net.modules for layer in m.layers)),), (), CLASSES, net.rule)
     p1, s1 = init_variables(one, jax.random.key(3), x)
     tx = Optimizers(optax.sgd(0.1), optax.sgd(0.1))
     state = create_state(p1, s1, tx)
     ours = backprop = state
     for xb, yb in _batches(3):
         ours, _ = make_train_step(one, tx)(ours, xb, yb)
-        backprop, _ = make_train_step(dni.Network(one.modules, (), CLASSES), tx)(backprop, xb, yb)
+        backprop, _ = make_train_step(Network(one.modules, (), CLASSES, RULES["backprop"]), tx)(backprop, xb, yb)
     _close(ours.params, backprop.params)
     assert _differs(ours.params, state.params)
 
@@ -114,7 +116,7 @@ def _ddg_run(net, params, stats, batches, lr=0.05):
     """Run the DDG step with plain SGD; the states before every step."""
     tx = Optimizers(optax.sgd(lr), optax.sgd(lr))
     state = create_state(params, stats, tx)
-    state = state.replace(delayed=delayed.init_stashes(net, params, stats, *batches[0]))
+    state = state.replace(carry=delayed.init_stashes(net, params, stats, *batches[0]))
     step = jax.jit(make_train_step(net, tx))
     states = [state]
     for xb, yb in batches:
@@ -150,14 +152,14 @@ def test_ddg_module_k_applies_the_true_gradient_of_the_minibatch_fed_k_steps_ago
 def test_ddg_with_no_delay_is_backprop():
     """One module: K - k = 0 for every module, and DDG's step is backprop's."""
     net, params, stats, x, y = _setup("ddg", layers=3)
-    one = dni.Network((Stage(tuple(layer for m in net.modules for layer in m.layers)),), (), CLASSES, net.mode)
+    one = Network((Stage(tuple(layer for m in net.modules for layer in m.layers)),), (), CLASSES, net.rule)
     p1, s1 = init_variables(one, jax.random.key(3), x)
     batches = _batches(3)
     ours = _ddg_run(one, p1, s1, batches)[-1]
     tx = Optimizers(optax.sgd(0.05), optax.sgd(0.05))
     backprop = create_state(p1, s1, tx)
     for xb, yb in batches:
-        backprop, _ = make_train_step(dni.Network(one.modules, (), CLASSES), tx)(backprop, xb, yb)
+        backprop, _ = make_train_step(Network(one.modules, (), CLASSES, RULES["backprop"]), tx)(backprop, xb, yb)
     _close(ours.params, backprop.params)
 
 
@@ -166,13 +168,13 @@ def test_ddg_probe_reads_staleness_from_the_stash_and_matches_at_unchanged_weigh
     k = len(net.modules)
     # Learning rate 0: weights never change, so the delayed update is the current true gradient (cosine 1).
     states = _ddg_run(net, params, stats, _batches(5), lr=0.0)
-    probe = delayed.probe_delayed(net, states[-1].params, states[-1].stats, states[-1].delayed, states[-1].step)
+    probe = delayed.probe_delayed(net, states[-1].params, states[-1].stats, states[-1].carry, states[-1].step)
     for i in range(1, k):
         assert probe[f"ddg/staleness/{i}"] == k - i
         np.testing.assert_allclose(probe[f"ddg/cosine/{i}"], 1.0, rtol=1e-4)
         np.testing.assert_allclose(probe[f"ddg/norm_ratio/{i}"], 1.0, rtol=1e-3)
     moving = _ddg_run(net, params, stats, _batches(5), lr=0.5)[-1]
-    probe = delayed.probe_delayed(net, moving.params, moving.stats, moving.delayed, moving.step)
+    probe = delayed.probe_delayed(net, moving.params, moving.stats, moving.carry, moving.step)
     assert probe["ddg/cosine/1"] < 1.0 - 1e-4
 
 

@@ -8,8 +8,9 @@ import pytest
 
 from conftest import make_cfg
 from sgrad.core import dni
-from sgrad.models.network import build_network, init_variables
-from sgrad.core.optim import build_train_optimizer
+from sgrad.models.network import apply
+from sgrad.models.network import init_variables
+from sgrad.run.build import build_network, build_train_optimizer
 from sgrad.core.step import create_state, make_train_step
 
 B, SIDE, CLASSES = 16, 6, 5
@@ -37,7 +38,7 @@ def _full_loss(net, module_params, stats, x, y, eps=None):
     """Independent reference: the network as one composed function (train-mode batch norm)."""
     h = x
     for i, (f, p, s) in enumerate(zip(net.modules, module_params, stats["modules"])):
-        h, _ = dni.apply_module(f, p, s, h, True)
+        h, _ = apply(f, p, s, (h,), True)
         if eps is not None and i < len(eps):
             h = h + eps[i]
     return optax.softmax_cross_entropy_with_integer_labels(h, y).mean()
@@ -92,7 +93,7 @@ def test_sg_target_is_the_vjp_of_the_module_above_at_its_own_synthetic_gradient(
     hs = fwd.activations
     for i in range(k - 1):  # target of M_{i+1} (0-based i): VJP of module i+1 w.r.t. its input h_i
         f, p, s = net.modules[i + 1], params["modules"][i + 1], stats["modules"][i + 1]
-        _, vjp = jax.vjp(lambda h: dni.apply_module(f, p, s, h, True)[0], hs[i])
+        _, vjp = jax.vjp(lambda h: apply(f, p, s, (h,), True)[0], hs[i])
         cot = pred.gradients[i + 1] if i + 1 < k - 1 else top
         (expected,) = vjp(cot)
         _allclose(targets[i], expected)
@@ -106,11 +107,11 @@ def test_sg_models_regress_their_targets():
     _, top = dni.loss_and_top_gradient(fwd.activations[-1], y)
     pred = dni.predict_synthetic(net, params["sg"], stats["sg"], fwd.activations, y)
     _, targets = dni.decoupled_module_grads(fwd, pred.gradients, top)
-    for i, (model, q, s) in enumerate(zip(net.sg_models, params["sg"], stats["sg"])):
+    for i, (model, q, s) in enumerate(zip(net.interface_models, params["sg"], stats["sg"])):
         h = fwd.activations[i]
 
         def loss(q):
-            g = dni.apply_sg(model, q, s, h, None, True)[0]
+            g = apply(model, q, s, (h, None), True)[0]
             return jnp.sum((g - targets[i]) ** 2) / B
         _allclose(grads["sg"][i], jax.grad(loss)(q))
         np.testing.assert_allclose(metrics[f"sg/loss/{i + 1}"], loss(q), rtol=1e-5)
@@ -188,7 +189,7 @@ def test_dni_every_groups_layers_into_modules():
     cfg = make_cfg("model.layers=5", "model.dni_every=2")
     net = build_network(cfg, (SIDE, SIDE, 1), CLASSES)
     assert [len(m.layers) for m in net.modules] == [2, 2, 1]
-    assert len(net.sg_models) == 2
+    assert len(net.interface_models) == 2
 
 
 def test_probe_compares_synthetic_with_true_gradients():
@@ -216,7 +217,7 @@ def test_complete_unlocking_trains_modules_on_synthetic_inputs(model):
         target = fwd.activations[i]
 
         def loss(q):
-            return jnp.sum((dni.apply_module(m, q, s, x, True)[0] - target) ** 2) / B
+            return jnp.sum((apply(m, q, s, (x,), True)[0] - target) ** 2) / B
         _allclose(grads["si"][i], jax.grad(loss)(q))
         np.testing.assert_allclose(metrics[f"si/loss/{i + 2}"], loss(q), rtol=1e-5)
     # Module 2 runs on Î_2, so it does not depend on module 1 in either direction.

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from conftest import make_cfg
-from sgrad.core.optim import build_train_optimizer, learning_rate
+from sgrad.run.build import build_train_optimizer, learning_rate
 
 
 def test_piecewise_schedule_divides_at_boundaries():

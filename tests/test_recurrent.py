@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from conftest import make_cfg
-from sgrad.config import ConfigError, validate
+from sgrad.config import ConfigError
+from sgrad.run.build import check
 from sgrad.data.errors import DatasetError
 from sgrad.data.text import TextStream, load_char_corpus
 from sgrad.models.lstm import LSTMCore
@@ -242,7 +243,7 @@ def test_char_corpus_download_verifies_the_checksum_and_caches(tmp_path):
 ])
 def test_recurrent_config_errors_name_the_key(overrides, key):
     with pytest.raises(ConfigError, match=key):
-        validate(make_cfg(*overrides))
+        check(make_cfg(*overrides))
 
 
 @pytest.mark.slow

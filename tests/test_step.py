@@ -7,8 +7,8 @@ import pytest
 
 from conftest import make_cfg
 from sgrad.core import dni
-from sgrad.models.network import build_network, init_variables
-from sgrad.core.optim import build_train_optimizer
+from sgrad.models.network import init_variables
+from sgrad.run.build import build_network, build_train_optimizer
 from sgrad.core.step import UpdateRule, create_state, make_train_step
 
 B, CLASSES = 16, 5

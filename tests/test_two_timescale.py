@@ -6,9 +6,8 @@ import numpy as np
 import optax
 
 from conftest import make_cfg
-from sgrad.config import Mode
 from sgrad.models.lstm import LSTMCore
-from sgrad.core.optim import build_train_optimizer
+from sgrad.run.build import build_train_optimizer
 from sgrad.core.recurrent import split_carry
 from sgrad.models.synthetic import DenseSynthetic
 from sgrad.run import train_and_evaluate
@@ -59,14 +58,14 @@ def test_oracle_link_equals_backprop_through_b_and_a_cut_link_leaves_a_alone():
     full = jax.grad(lambda pa: sum(_losses(net, pa, p["b"], *args)))(p["a"])
     own = jax.grad(lambda pa: _losses(net, pa, p["b"], *args)[0])(p["a"])
     scale = lambda t: jax.tree.map(lambda g: g / 3, t)
-    locked, _, _, _ = two_clock_grads(TwoClockNet(net.a, net.b, net.sg_model, Mode.backprop), p, *args)
+    locked, _, _, _ = two_clock_grads(TwoClockNet(net.a, net.b, net.sg_model, synthetic=False), p, *args)
     assert _close(locked["a"], scale(full))
     # The true gradient at A's state, then an M that predicts exactly it: same update, and nothing left to regress.
     g_h = jax.grad(lambda h: _b_loss(net, p["b"], state.carry_b, h, yb))(_a_state(net, p["a"], carry_a, x))
-    oracle = TwoClockNet(net.a, net.b, Oracle(), Mode.dni)
+    oracle = TwoClockNet(net.a, net.b, Oracle(), synthetic=True)
     grads, _, _, m = two_clock_grads(oracle, {**p, "sg": {"g": g_h}}, *args)
     assert _close(grads["a"], scale(full)) and float(m["sg/loss"]) < 1e-10
-    cut, _, _, _ = two_clock_grads(TwoClockNet(net.a, net.b, Oracle(), Mode.dni, sg_scale=0.0),
+    cut, _, _, _ = two_clock_grads(TwoClockNet(net.a, net.b, Oracle(), synthetic=True, sg_scale=0.0),
                                    {**p, "sg": {"g": g_h}}, *args)
     assert _close(cut["a"], scale(own)) and not _close(cut["a"], grads["a"])
 

@@ -14,43 +14,6 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 
 
-class Mode(enum.StrEnum):
-    """The gradient mode, decided once: everything downstream asks these properties, not the string."""
-
-    backprop = "backprop"
-    dni = "dni"
-    cdni = "cdni"
-    dni_full = "dni_full"
-    cdni_full = "cdni_full"
-    dgl = "dgl"
-    ddg = "ddg"
-
-    @property
-    def synthetic(self) -> bool:
-        """Modules update from synthetic gradients (an SG model per interface)."""
-        return self in (Mode.dni, Mode.cdni, Mode.dni_full, Mode.cdni_full)
-
-    @property
-    def greedy(self) -> bool:
-        """Decoupled Greedy Learning: an auxiliary classifier per interface, no gradient crosses one."""
-        return self is Mode.dgl
-
-    @property
-    def delayed(self) -> bool:
-        """Decoupled Parallel Backpropagation: module k applies the true gradient K-k steps late."""
-        return self is Mode.ddg
-
-    @property
-    def conditioned(self) -> bool:
-        """SG models also see the label (cDNI)."""
-        return self in (Mode.cdni, Mode.cdni_full)
-
-    @property
-    def synthetic_inputs(self) -> bool:
-        """Complete unlocking: modules above the first run on predicted inputs (paper sec. 3.3)."""
-        return self in (Mode.dni_full, Mode.cdni_full)
-
-
 class Parallel(enum.StrEnum):
     none = "none"
     data = "data"
@@ -74,6 +37,7 @@ class ModelName(enum.StrEnum):
     fcn = "fcn"
     cnn = "cnn"
     lstm = "lstm"
+    custom = "custom"  # your own modules: model._target_ (sgrad.run.build.custom_modules)
 
 
 class Partition(enum.StrEnum):
@@ -126,6 +90,9 @@ class ModelConfig:
     kernel: int = 5
     pool: int = 3
     hidden: int = 256
+    # model=custom: a function (num_classes, **args) -> Flax modules, instantiated by Hydra
+    _target_: Optional[str] = None
+    args: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -211,7 +178,7 @@ class CheckpointConfig:
 @dataclass
 class TrainConfig:
     defaults: list[Any] = field(default_factory=list)
-    mode: Mode = Mode.dni
+    mode: str = "dni"  # a file of configs/mode/ and a rule of sgrad/modes/ (checked by sgrad.run.build.check)
     seed: int = 0
     parallel: Parallel = Parallel.none
     distributed: bool = False
@@ -238,7 +205,7 @@ def register() -> None:
     cs.store(name="train_schema", node=TrainConfig)
 
 
-def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
+def require(ok: bool, key: str, value: Any, allowed: str) -> None:
     if not ok:
         raise ConfigError(f"{key}={value!r} is not allowed: {key} must be {allowed}")
 
@@ -266,91 +233,79 @@ def _check_finite(cfg: Any) -> None:
         items = enumerate(value) if isinstance(value, list) else [(None, value)]
         for i, v in items:
             if isinstance(v, float):
-                _check(math.isfinite(v), key if i is None else f"{key}[{i}]", v, "a finite number")
+                require(math.isfinite(v), key if i is None else f"{key}[{i}]", v, "a finite number")
 
 
 def validate(cfg: Any) -> None:
     """Range checks that a type system cannot express."""
     _check_finite(cfg)
-    _check(cfg.model.layers >= 2, "model.layers", cfg.model.layers, "an integer >= 2")
-    _check(cfg.model.width >= 1, "model.width", cfg.model.width, "an integer >= 1")
-    _check(cfg.model.channels >= 1, "model.channels", cfg.model.channels, "an integer >= 1")
-    _check(
+    require(cfg.model.layers >= 2, "model.layers", cfg.model.layers, "an integer >= 2")
+    require(cfg.model.width >= 1, "model.width", cfg.model.width, "an integer >= 1")
+    require(cfg.model.channels >= 1, "model.channels", cfg.model.channels, "an integer >= 1")
+    require(
         1 <= cfg.model.dni_every < cfg.model.layers,
         "model.dni_every",
         cfg.model.dni_every,
         f"an integer in [1, model.layers-1={cfg.model.layers - 1}] so that at least one interface exists",
     )
     if str(cfg.model.partition) == "even":
-        _check(cfg.model.modules is None, "model.modules", cfg.model.modules,
+        require(cfg.model.modules is None, "model.modules", cfg.model.modules,
                "null with model.partition=even (modules come every model.dni_every layers); "
                "set model.partition=balanced to choose how many")
     else:
-        _check(cfg.model.modules is not None and 2 <= cfg.model.modules <= cfg.model.layers, "model.modules",
+        require(cfg.model.modules is not None and 2 <= cfg.model.modules <= cfg.model.layers, "model.modules",
                cfg.model.modules, f"an integer in [2, model.layers={cfg.model.layers}] with model.partition=balanced")
-    _check(cfg.sg.hidden_layers >= 0, "sg.hidden_layers", cfg.sg.hidden_layers, "an integer >= 0 (0 = linear)")
-    _check(cfg.sg.width >= 1, "sg.width", cfg.sg.width, "an integer >= 1")
-    _check(cfg.trainer.steps >= 1, "trainer.steps", cfg.trainer.steps, "an integer >= 1")
-    _check(
+    require(cfg.sg.hidden_layers >= 0, "sg.hidden_layers", cfg.sg.hidden_layers, "an integer >= 0 (0 = linear)")
+    require(cfg.sg.width >= 1, "sg.width", cfg.sg.width, "an integer >= 1")
+    require(cfg.trainer.steps >= 1, "trainer.steps", cfg.trainer.steps, "an integer >= 1")
+    require(
         cfg.trainer.epochs is None or cfg.trainer.epochs >= 1,
         "trainer.epochs", cfg.trainer.epochs, "null or an integer >= 1",
     )
-    _check(cfg.trainer.batch_size >= 1, "trainer.batch_size", cfg.trainer.batch_size, "an integer >= 1")
-    _check(
+    require(cfg.trainer.batch_size >= 1, "trainer.batch_size", cfg.trainer.batch_size, "an integer >= 1")
+    require(
         cfg.trainer.eval_every is None or cfg.trainer.eval_every >= 1,
         "trainer.eval_every", cfg.trainer.eval_every, "null (once per epoch) or an integer >= 1",
     )
-    _check(cfg.trainer.log_every >= 1, "trainer.log_every", cfg.trainer.log_every, "an integer >= 1")
-    _check(cfg.log.grad_probe_every >= 0, "log.grad_probe_every", cfg.log.grad_probe_every, "an integer >= 0 (0 = off)")
-    _check(0.0 <= cfg.trainer.update_prob <= 1.0, "trainer.update_prob", cfg.trainer.update_prob,
+    require(cfg.trainer.log_every >= 1, "trainer.log_every", cfg.trainer.log_every, "an integer >= 1")
+    require(cfg.log.grad_probe_every >= 0, "log.grad_probe_every", cfg.log.grad_probe_every, "an integer >= 0 (0 = off)")
+    require(0.0 <= cfg.trainer.update_prob <= 1.0, "trainer.update_prob", cfg.trainer.update_prob,
            "a probability in [0, 1]")
     for key in ("lambda_", "lambda_final"):
         v = cfg.sg[key]
-        _check(v is None or 0.0 <= v <= 1.0, f"sg.{key}", v, "in [0, 1] (0: DNI, 1: backprop)")
-    _check(cfg.sg.warmup_steps >= 0, "sg.warmup_steps", cfg.sg.warmup_steps, "an integer >= 0")
-    _check(cfg.checkpoint.every >= 0, "checkpoint.every", cfg.checkpoint.every,
+        require(v is None or 0.0 <= v <= 1.0, f"sg.{key}", v, "in [0, 1] (0: DNI, 1: backprop)")
+    require(cfg.sg.warmup_steps >= 0, "sg.warmup_steps", cfg.sg.warmup_steps, "an integer >= 0")
+    require(cfg.checkpoint.every >= 0, "checkpoint.every", cfg.checkpoint.every,
            "an integer >= 0 (0 = only at the end and on preemption)")
-    _check(cfg.checkpoint.keep >= 1, "checkpoint.keep", cfg.checkpoint.keep, "an integer >= 1")
+    require(cfg.checkpoint.keep >= 1, "checkpoint.keep", cfg.checkpoint.keep, "an integer >= 1")
     sequence_tasks = ("copy", "repeat_copy", "ptb_char", "text", "two_timescale")
     if str(cfg.model.name) == "lstm" or str(cfg.dataset.name) in sequence_tasks:
-        _check(str(cfg.model.name) == "lstm", "model.name", str(cfg.model.name),
+        require(str(cfg.model.name) == "lstm", "model.name", str(cfg.model.name),
                f"lstm for dataset.name={str(cfg.dataset.name)}")
-        _check(str(cfg.dataset.name) in sequence_tasks, "dataset.name", str(cfg.dataset.name),
+        require(str(cfg.dataset.name) in sequence_tasks, "dataset.name", str(cfg.dataset.name),
                f"one of {', '.join(sequence_tasks)} for model.name=lstm")
-        _check(cfg.trainer.bptt >= 1, "trainer.bptt", cfg.trainer.bptt,
+        require(cfg.trainer.epochs is None, "trainer.epochs", cfg.trainer.epochs,
+                "null for model=lstm (a sequence run counts windows: set trainer.steps)")
+        require(cfg.trainer.bptt >= 1, "trainer.bptt", cfg.trainer.bptt,
                "an integer >= 1 for model=lstm (the truncation window T)")
-        recurrent_modes = ("backprop", "dni") if str(cfg.dataset.name) == "two_timescale" else ("backprop", "dni", "cdni")
-        _check(str(cfg.mode) in recurrent_modes, "mode", str(cfg.mode), f"one of {', '.join(recurrent_modes)} for "
-               f"dataset.name={str(cfg.dataset.name)}")
-        _check(str(cfg.parallel) == "none", "parallel", str(cfg.parallel), "none for model=lstm")
-        _check(cfg.model.hidden >= 1, "model.hidden", cfg.model.hidden, "an integer >= 1")
-        _check(cfg.dataset.start_length >= 1, "dataset.start_length", cfg.dataset.start_length, "an integer >= 1")
-        _check(cfg.dataset.max_repeats >= 1, "dataset.max_repeats", cfg.dataset.max_repeats, "an integer >= 1")
-        _check(0.0 <= cfg.sg.discount <= 1.0, "sg.discount", cfg.sg.discount, "in [0, 1]")
+        require(str(cfg.parallel) == "none", "parallel", str(cfg.parallel), "none for model=lstm")
+        require(cfg.model.hidden >= 1, "model.hidden", cfg.model.hidden, "an integer >= 1")
+        require(cfg.dataset.start_length >= 1, "dataset.start_length", cfg.dataset.start_length, "an integer >= 1")
+        require(cfg.dataset.max_repeats >= 1, "dataset.max_repeats", cfg.dataset.max_repeats, "an integer >= 1")
+        require(0.0 <= cfg.sg.discount <= 1.0, "sg.discount", cfg.sg.discount, "in [0, 1]")
         for key in ("valid_fraction", "test_fraction"):
-            _check(0.0 < cfg.dataset[key] < 0.5, f"dataset.{key}", cfg.dataset[key], "a fraction in (0, 0.5)")
+            require(0.0 < cfg.dataset[key] < 0.5, f"dataset.{key}", cfg.dataset[key], "a fraction in (0, 0.5)")
     else:
-        _check(cfg.trainer.bptt == 0, "trainer.bptt", cfg.trainer.bptt, "0 unless model.name=lstm")
-    _check(cfg.aux.hidden_layers >= 0, "aux.hidden_layers", cfg.aux.hidden_layers, "an integer >= 0 (0 = linear)")
-    _check(cfg.aux.width >= 1, "aux.width", cfg.aux.width, "an integer >= 1")
-    _check(cfg.aux.pool >= 1, "aux.pool", cfg.aux.pool, "an integer >= 1")
-    if str(cfg.mode) == "ddg":
-        # The in-flight stash holds one device's share of each minibatch; data parallelism would split it.
-        _check(str(cfg.parallel) in ("none", "pipeline"), "parallel", str(cfg.parallel), "none or pipeline for mode=ddg")
-        _check(cfg.trainer.update_prob == 1.0, "trainer.update_prob", cfg.trainer.update_prob, "1.0 for mode=ddg")
-    if str(cfg.parallel) == "pipeline":
-        # Each device updates from what it has at once; anything that waits for the true gradient would lock it.
-        mode = str(cfg.mode)
-        _check(mode != "backprop", "mode", mode, "dni, cdni, dni_full, cdni_full, dgl or ddg with parallel=pipeline "
-               "(backprop is update-locked; use parallel=data)")
-        _check(cfg.trainer.update_prob == 1.0, "trainer.update_prob", cfg.trainer.update_prob,
-               "1.0 with parallel=pipeline")
-        for key, off in (("lambda_", 0.0), ("lambda_final", None), ("warmup_steps", 0)):
-            _check(cfg.sg[key] == off, f"sg.{key}", cfg.sg[key], f"{off} with parallel=pipeline (it needs the true "
-                   "gradient from the module above)")
+        require(cfg.trainer.bptt == 0, "trainer.bptt", cfg.trainer.bptt, "0 unless model.name=lstm")
+    if str(cfg.model.name) == "custom":
+        require(bool(cfg.model._target_), "model._target_", cfg.model._target_,
+                "a function's import path with model=custom (it returns your Flax modules)")
+    require(cfg.aux.hidden_layers >= 0, "aux.hidden_layers", cfg.aux.hidden_layers, "an integer >= 0 (0 = linear)")
+    require(cfg.aux.width >= 1, "aux.width", cfg.aux.width, "an integer >= 1")
+    require(cfg.aux.pool >= 1, "aux.pool", cfg.aux.pool, "an integer >= 1")
     for prefix, optim in (("optim", cfg.optim), ("sg.optim", cfg.sg.optim)):
-        _check(optim.lr > 0, f"{prefix}.lr", optim.lr, "a float > 0")
-        _check(0 < optim.decay_factor, f"{prefix}.decay_factor", optim.decay_factor, "a float > 0")
+        require(optim.lr > 0, f"{prefix}.lr", optim.lr, "a float > 0")
+        require(0 < optim.decay_factor, f"{prefix}.decay_factor", optim.decay_factor, "a float > 0")
         bounds = list(optim.boundaries)
-        _check(bounds == sorted(bounds) and all(b > 0 for b in bounds), f"{prefix}.boundaries", bounds,
+        require(bounds == sorted(bounds) and all(b > 0 for b in bounds), f"{prefix}.boundaries", bounds,
                "an increasing list of positive step numbers")

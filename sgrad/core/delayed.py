@@ -30,6 +30,7 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from sgrad.core import dni
+from sgrad.models.network import apply
 
 PyTree = Any
 
@@ -40,7 +41,8 @@ class Stash(NamedTuple):
     x: jnp.ndarray          # [d, B, ...] the network input of each stashed minibatch (for the probe)
     y: jnp.ndarray          # [d, B] its labels (for the probe)
     h: jnp.ndarray          # [d, B, ...] the module's input
-    params: PyTree          # the module's weights when it ran that minibatch forward, leading axis d
+    params: PyTree          # the module's weights when it ran that minibatch forward, leading axis d; () when the
+                            # backward replays the stashed input at the current weights (Features Replay)
     step: jnp.ndarray       # [d] which minibatch (the step that fed it); -1: empty
     cotangent: jnp.ndarray  # [B, ...] at the module's output, for minibatch t - d, sent by module k+1 last step
 
@@ -50,9 +52,13 @@ def delay(k: int, j: int) -> int:
     return k - 1 - j
 
 
-def init_stashes(net: dni.Network, params: PyTree, stats: PyTree, x: jnp.ndarray, y: jnp.ndarray
-                 ) -> tuple[Stash, ...]:
-    """Empty stashes for modules 1..K-1, shaped after a forward pass on the example batch (x, y)."""
+def init_stashes(net: dni.Network, params: PyTree, stats: PyTree, x: jnp.ndarray, y: jnp.ndarray,
+                 keep_weights: bool = True) -> tuple[Stash, ...]:
+    """Empty stashes for modules 1..K-1, shaped after a forward pass on the example batch (x, y).
+
+    `keep_weights`: the delayed VJP runs at the weights the minibatch went forward with (DDG's eq. 8-9);
+    without, at the module's current weights (Features Replay recomputes the old input's forward pass).
+    """
     k = len(net.modules)
     acts = jax.eval_shape(lambda p, s, x: dni.forward(net.modules, p, s, x).activations, params["modules"],
                           stats["modules"], x)
@@ -61,7 +67,8 @@ def init_stashes(net: dni.Network, params: PyTree, stats: PyTree, x: jnp.ndarray
     for j in range(k - 1):
         d = delay(k, j)
         zeros = lambda a: jnp.zeros((d, *a.shape), a.dtype)
-        stashes.append(Stash(zeros(x), zeros(y), zeros(inputs[j]), jax.tree.map(zeros, params["modules"][j]),
+        weights = jax.tree.map(zeros, params["modules"][j]) if keep_weights else ()
+        stashes.append(Stash(zeros(x), zeros(y), zeros(inputs[j]), weights,
                              jnp.full((d,), -1, jnp.int32), jnp.zeros(acts[j].shape, acts[j].dtype)))
     return tuple(stashes)
 
@@ -71,10 +78,16 @@ def _at(stash: Stash, slot) -> Stash:
     return Stash(*jax.tree.map(lambda a: a[slot], tuple(stash[:-1])), stash.cotangent)
 
 
-def delayed_vjp(module, stats: PyTree, stash: Stash, slot) -> tuple[PyTree, jnp.ndarray]:
-    """(d params, d input) of the module at the stashed input and weights of `slot`, at the cotangent in flight."""
+def keeps_weights(stash: Stash) -> bool:
+    return bool(jax.tree.leaves(stash.params))
+
+
+def delayed_vjp(module, stats: PyTree, stash: Stash, slot, params_now: PyTree) -> tuple[PyTree, jnp.ndarray]:
+    """(d params, d input) of the module at the stashed input of `slot` and the weights it went forward with (or,
+    for a stash without weights, the current ones), at the cotangent in flight."""
     old = _at(stash, slot)
-    _, vjp = jax.vjp(lambda p, h: dni.apply_module(module, p, stats, h, True)[0], old.params, old.h)
+    weights = old.params if keeps_weights(stash) else params_now
+    _, vjp = jax.vjp(lambda p, h: apply(module, p, stats, (h,), True)[0], weights, old.h)
     return vjp(stash.cotangent)
 
 
@@ -84,16 +97,17 @@ def module_step(module, stats: PyTree, stash: Stash, step, x, y, h_in, params_no
     in place of minibatch t - d, whose gradient this was)."""
     d = stash.step.shape[0]
     slot = step % d
-    d_params, d_in = delayed_vjp(module, stats, stash, slot)
+    d_params, d_in = delayed_vjp(module, stats, stash, slot, params_now)
     put = lambda buf, v: buf.at[slot].set(v)
-    stash = Stash(put(stash.x, x), put(stash.y, y), put(stash.h, h_in), jax.tree.map(put, stash.params, params_now),
+    weights = jax.tree.map(put, stash.params, params_now) if keeps_weights(stash) else ()
+    stash = Stash(put(stash.x, x), put(stash.y, y), put(stash.h, h_in), weights,
                   stash.step.at[slot].set(step), stash.cotangent)
     return jax.tree.map(lambda g: g / x.shape[0], d_params), d_in, stash
 
 
-def ddg_grads(net: dni.Network, params: PyTree, stats: PyTree, stashes: tuple[Stash, ...], step,
-              x: jnp.ndarray, labels: jnp.ndarray):
-    """One DDG step's gradients: (grads, new_stats, new stashes, metrics). Module k's gradient is valid once
+def delayed_grads(net: dni.Network, params: PyTree, stats: PyTree, stashes: tuple[Stash, ...], step,
+                  x: jnp.ndarray, labels: jnp.ndarray):
+    """One step's delayed gradients: (grads, new_stats, new stashes, metrics). Module k's gradient is valid once
     step >= K - k (before, nothing has come back to it)."""
     k = len(net.modules)
     fwd = dni.forward(net.modules, params["modules"], stats["modules"], x)
@@ -113,21 +127,18 @@ def ddg_grads(net: dni.Network, params: PyTree, stats: PyTree, stashes: tuple[St
         metrics
 
 
-def probe_delayed(net: dni.Network, params: PyTree, stats: PyTree, stashes: tuple[Stash, ...], step
-                  ) -> dict[str, jnp.ndarray]:
+def probe_delayed(net: dni.Network, params: PyTree, stats: PyTree, stashes: tuple[Stash, ...], step,
+                  prefix: str = "ddg") -> dict[str, jnp.ndarray]:
     """For each module k < K, the update it applies next step against the true gradient of the same minibatch at
     the current weights: `ddg/cosine/<k>`, `ddg/norm_ratio/<k>`, and `ddg/staleness/<k>` (steps since that
     minibatch was fed, read from the stash). Meaningful once step >= K - k."""
     out = {}
     for j, stash in enumerate(stashes):
         slot = step % stash.step.shape[0]
-        delayed, _ = delayed_vjp(net.modules[j], stats["modules"][j], stash, slot)
+        delayed, _ = delayed_vjp(net.modules[j], stats["modules"][j], stash, slot, params["modules"][j])
         old = _at(stash, slot)
         current, _, _ = dni.backprop_grads(net, params, stats, old.x, old.y)
-        a = ravel_pytree(delayed)[0] / old.x.shape[0]
-        b = ravel_pytree(current["modules"][j])[0]
-        na, nb = jnp.linalg.norm(a), jnp.linalg.norm(b)
-        out[f"ddg/cosine/{j + 1}"] = jnp.dot(a, b) / jnp.maximum(na * nb, 1e-12)
-        out[f"ddg/norm_ratio/{j + 1}"] = na / jnp.maximum(nb, 1e-12)
-        out[f"ddg/staleness/{j + 1}"] = (step - old.step).astype(jnp.float32)
+        cosine, ratio = dni.agreement(ravel_pytree(delayed)[0] / old.x.shape[0], ravel_pytree(current["modules"][j])[0])
+        out[f"{prefix}/cosine/{j + 1}"], out[f"{prefix}/norm_ratio/{j + 1}"] = cosine, ratio
+        out[f"{prefix}/staleness/{j + 1}"] = (step - old.step).astype(jnp.float32)
     return out

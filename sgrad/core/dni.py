@@ -12,7 +12,6 @@ chain of true cotangents in backprop.
 
 from __future__ import annotations
 
-import dataclasses
 from functools import partial
 from typing import Any, NamedTuple, Sequence
 
@@ -21,46 +20,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from sgrad.config import Mode
+from sgrad.models.network import Network, apply
 
 PyTree = Any
-
-
-@dataclasses.dataclass(frozen=True)
-class Network:
-    """The static structure: modules f_1..f_K and the model at each interface 1..K-1: the SG model M_i (SG
-    modes) or the auxiliary classifier (dgl); none for backprop and ddg. Both take (h, label, train)."""
-
-    modules: tuple[nn.Module, ...]
-    sg_models: tuple[nn.Module, ...]
-    num_classes: int
-    mode: Mode = Mode.backprop  # decided once, when the network is built; steps and runners read it here
-    input_models: tuple[nn.Module, ...] = ()  # complete unlocking: I_2..I_K, module i trains on I_i(x)
-
-    @property
-    def conditioned(self) -> bool:
-        """cDNI: M_i also sees one-hot(y)."""
-        return self.mode.conditioned
-
-
-def apply_module(module: nn.Module, params: PyTree, stats: PyTree, h: jnp.ndarray,
-                 train: bool) -> tuple[jnp.ndarray, PyTree]:
-    """h_out = f(h) and the module's updated batch-norm statistics (unchanged when not training)."""
-    variables = {"params": params, "batch_stats": stats} if stats else {"params": params}
-    if not train:
-        return module.apply(variables, h, False), stats
-    out, mutated = module.apply(variables, h, True, mutable=["batch_stats"])
-    return out, mutated.get("batch_stats", stats)
-
-
-def apply_sg(model: nn.Module, params: PyTree, stats: PyTree, h: jnp.ndarray,
-             label: jnp.ndarray | None, train: bool) -> tuple[jnp.ndarray, PyTree]:
-    """ĝ = M(h[, label]) and the SG model's updated batch-norm statistics."""
-    variables = {"params": params, "batch_stats": stats} if stats else {"params": params}
-    if not train:
-        return model.apply(variables, h, label, False), stats
-    out, mutated = model.apply(variables, h, label, True, mutable=["batch_stats"])
-    return out, mutated.get("batch_stats", stats)
 
 
 class Forward(NamedTuple):
@@ -87,7 +49,7 @@ def forward(modules: Sequence[nn.Module], params: Sequence[PyTree], stats: Seque
 
 
 def _module_train(module, stats, params, h):
-    return apply_module(module, params, stats, h, True)
+    return apply(module, params, stats, (h,), True)
 
 
 def loss_and_top_gradient(logits: jnp.ndarray, labels: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
@@ -181,12 +143,12 @@ def predict_synthetic(net: Network, sg_params: Sequence[PyTree], sg_stats: Seque
     """ĝ_i = M_i(h_i[, one-hot y]) for every interface, keeping the VJPs for the SG regression."""
     onehot = jax.nn.one_hot(labels, net.num_classes) if net.conditioned else None
     fns = [partial(_sg_train, model, s, jax.lax.stop_gradient(h), onehot)
-           for model, s, h in zip(net.sg_models, sg_stats, activations[:-1])]
+           for model, s, h in zip(net.interface_models, sg_stats, activations[:-1])]
     return Synthetic(*_param_vjps(fns, sg_params))
 
 
 def _sg_train(model, stats, h, label, params):
-    return apply_sg(model, params, stats, h, label, True)
+    return apply(model, params, stats, (h, label), True)
 
 
 def sg_regression(pred: Synthetic, targets: Sequence[jnp.ndarray]) -> tuple[tuple[PyTree, ...], tuple[jnp.ndarray, ...]]:
@@ -222,11 +184,19 @@ def predict_inputs(net: Network, si_params: Sequence[PyTree], si_stats: Sequence
 
 
 def _si_train(model, stats, x, params):
-    return apply_module(model, params, stats, x, True)
+    return apply(model, params, stats, (x,), True)
 
 
 def accuracy(logits, labels):
     return jnp.mean(jnp.argmax(logits, -1) == labels)
+
+
+def agreement(estimate, truth) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """(cosine, norm ratio) of an estimated gradient against the true one, both flattened whole: the paper's
+    diagnostic for ĝ, and the same question for a delayed gradient."""
+    a, b = estimate.reshape(-1), truth.reshape(-1)
+    na, nb = jnp.linalg.norm(a), jnp.linalg.norm(b)
+    return jnp.dot(a, b) / jnp.maximum(na * nb, 1e-12), na / jnp.maximum(nb, 1e-12)
 
 
 def backprop_grads(net: Network, params: PyTree, stats: PyTree, x: jnp.ndarray, labels: jnp.ndarray):
@@ -275,10 +245,7 @@ def probe_synthetic_gradients(net: Network, params: PyTree, stats: PyTree, x: jn
     pred = predict_synthetic(net, params["sg"], stats["sg"], fwd.activations, labels)
     out = {}
     for i, (g_hat, g) in enumerate(zip(pred.gradients, true_grads), start=1):
-        a, b = g_hat.reshape(-1), g.reshape(-1)
-        na, nb = jnp.linalg.norm(a), jnp.linalg.norm(b)
-        out[f"sg/cosine/{i}"] = jnp.dot(a, b) / jnp.maximum(na * nb, 1e-12)
-        out[f"sg/norm_ratio/{i}"] = na / jnp.maximum(nb, 1e-12)
+        out[f"sg/cosine/{i}"], out[f"sg/norm_ratio/{i}"] = agreement(g_hat, g)
     return out
 
 
@@ -286,5 +253,5 @@ def predict(net: Network, params: PyTree, stats: PyTree, x: jnp.ndarray) -> jnp.
     """Inference-mode logits (batch norm uses running statistics)."""
     h = x
     for f, p, s in zip(net.modules, params["modules"], stats["modules"]):
-        h, _ = apply_module(f, p, s, h, False)
+        h, _ = apply(f, p, s, (h,), False)
     return h

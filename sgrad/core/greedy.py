@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import optax
 
 from sgrad.core import dni
+from sgrad.models.network import apply
 
 PyTree = Any
 
@@ -32,7 +33,7 @@ class HeadStep(NamedTuple):
 def head_step(head: nn.Module, params: PyTree, stats: PyTree, h: jnp.ndarray, labels: jnp.ndarray) -> HeadStep:
     """The auxiliary classifier's loss on h and its gradients w.r.t. its parameters and h."""
     def summed(q, h):
-        logits, new_stats = dni.apply_sg(head, q, stats, h, None, True)
+        logits, new_stats = apply(head, q, stats, (h, None), True)
         return optax.softmax_cross_entropy_with_integer_labels(logits, labels).sum(), (new_stats, logits)
 
     (total, (new_stats, logits)), (d_q, d_h) = jax.value_and_grad(summed, argnums=(0, 1), has_aux=True)(params, h)
@@ -46,7 +47,7 @@ def dgl_grads(net: dni.Network, params: PyTree, stats: PyTree, x: jnp.ndarray, l
     fwd = dni.forward(net.modules, params["modules"], stats["modules"], x)
     loss, top = dni.loss_and_top_gradient(fwd.activations[-1], labels)
     heads = [head_step(m, q, s, h, labels)
-             for m, q, s, h in zip(net.sg_models, params["sg"], stats["sg"], fwd.activations[:-1])]
+             for m, q, s, h in zip(net.interface_models, params["sg"], stats["sg"], fwd.activations[:-1])]
     batch = x.shape[0]
     cotangents = [hs.cotangent for hs in heads] + [top]
     module_grads = tuple(jax.tree.map(lambda g: g / batch, vjp(cot)[0]) for vjp, cot in zip(fwd.vjps, cotangents))

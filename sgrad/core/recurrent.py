@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from sgrad.core.dni import regression_grads
+from sgrad.core.dni import agreement, regression_grads
 from sgrad.models.lstm import LSTMCore
 from sgrad.core.optim import Optimizers
 
@@ -227,6 +227,5 @@ def future_gradient_probe(net: RecurrentNet, params: PyTree, s0: jnp.ndarray, x,
     # ĝ is 0 where the next window starts a new sequence, as in training.
     g_hat = (1.0 - resets[1][:, :1]) * synthetic_gradient(
         net, params["sg"], s1, window_label(net, y[1], mask[1], net.core.outputs))
-    a, b = g_hat.reshape(-1), g_true.reshape(-1)
-    na, nb = jnp.linalg.norm(a), jnp.linalg.norm(b)
-    return {"sg/cosine": jnp.dot(a, b) / jnp.maximum(na * nb, 1e-12), "sg/norm_ratio": na / jnp.maximum(nb, 1e-12)}
+    cosine, ratio = agreement(g_hat, g_true)
+    return {"sg/cosine": cosine, "sg/norm_ratio": ratio}

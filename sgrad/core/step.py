@@ -10,8 +10,9 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from sgrad.core import delayed, dni, greedy
+from sgrad.core import dni
 from sgrad.core.optim import Optimizers
+from sgrad.models.network import Network
 
 PyTree = Any
 
@@ -19,10 +20,10 @@ PyTree = Any
 @struct.dataclass
 class TrainState:
     step: jnp.ndarray
-    params: PyTree        # {"modules": (...), "sg": (...)}
+    params: PyTree        # {"modules": (...), "sg": (...), "si": (...)}
     stats: PyTree         # batch-norm statistics, same layout
     opt_state: PyTree
-    delayed: PyTree = ()  # mode=ddg: each module's stash and the cotangent in flight to it (core/delayed.py)
+    carry: PyTree = ()    # what the mode carries between steps (ddg, fr: each module's stash)
 
 
 def create_state(params: PyTree, stats: PyTree, tx: Optimizers) -> TrainState:
@@ -34,13 +35,10 @@ def create_state(params: PyTree, stats: PyTree, tx: Optimizers) -> TrainState:
     return TrainState(jnp.zeros((), jnp.int32), params, stats, opt_state)
 
 
-def init_state(net: dni.Network, params: PyTree, stats: PyTree, tx: Optimizers, x: jnp.ndarray,
+def init_state(net: Network, params: PyTree, stats: PyTree, tx: Optimizers, x: jnp.ndarray,
                y: jnp.ndarray) -> TrainState:
-    """create_state plus what the mode carries between steps (ddg: each module's stash, shaped after (x, y))."""
-    state = create_state(params, stats, tx)
-    if net.mode.delayed:
-        state = state.replace(delayed=delayed.init_stashes(net, params, stats, x, y))
-    return state
+    """create_state plus what the mode carries between steps, shaped after the example batch (x, y)."""
+    return create_state(params, stats, tx).replace(carry=net.rule.init_carry(net, params, stats, x, y))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,11 +52,6 @@ class UpdateRule:
     warmup_steps: int = 0                    # SG models learn true gradients; modules wait
     update_prob: float = 1.0                 # each module (with its SG model) updates w.p. p
     seed: int = 0
-
-    @classmethod
-    def from_config(cls, cfg) -> "UpdateRule":
-        return cls(cfg.sg.scale, cfg.sg.lambda_, cfg.sg.lambda_final, cfg.sg.lambda_steps,
-                   cfg.sg.warmup_steps, cfg.trainer.update_prob, cfg.seed)
 
     def lam_at(self, step: jnp.ndarray):
         """λ for this step: a static 0.0 when nothing mixes, so modules stay unlocked."""
@@ -84,10 +77,10 @@ def masked_update(tx: optax.GradientTransformation, grads, opt_state, params, ac
             jax.tree.map(lambda u: jnp.where(active, u, 0), updates))
 
 
-def make_train_step(net: dni.Network, tx: Optimizers, rule: UpdateRule = UpdateRule(),
+def make_train_step(net: Network, tx: Optimizers, rule: UpdateRule = UpdateRule(),
                     axis_name: str | None = None
                     ) -> Callable[[TrainState, jnp.ndarray, jnp.ndarray], tuple[TrainState, dict]]:
-    """step(state, x, y, diagnostics=True) -> (state, metrics) for the network's mode (`net.mode`).
+    """step(state, x, y, diagnostics=True) -> (state, metrics) for the network's mode (`net.rule`).
 
     With `axis_name` the step runs on one shard of the batch per device (data
     parallel): gradients, batch-norm statistics and metrics are averaged over it.
@@ -95,23 +88,11 @@ def make_train_step(net: dni.Network, tx: Optimizers, rule: UpdateRule = UpdateR
     (`watch/norm/*`): four reductions over every parameter cost a fifth of a small
     network's step on CPU, so a chunk asks for them at its last step only.
     """
-    mode = net.mode
     k = len(net.modules)
+    mode = net.rule
 
     def train_step(state: TrainState, x: jnp.ndarray, y: jnp.ndarray, diagnostics: bool = True):
-        stashes = state.delayed
-        if mode.synthetic:
-            lam = rule.lam_at(state.step)
-            grads, stats, metrics = dni.dni_grads(net, state.params, state.stats, x, y, rule.sg_scale, lam)
-            if not isinstance(lam, float):
-                metrics["sg/lambda"] = lam
-        elif mode.greedy:
-            grads, stats, metrics = greedy.dgl_grads(net, state.params, state.stats, x, y)
-        elif mode.delayed:
-            grads, stats, stashes, metrics = delayed.ddg_grads(net, state.params, state.stats, state.delayed,
-                                                               state.step, x, y)
-        else:
-            grads, stats, metrics = dni.backprop_grads(net, state.params, state.stats, x, y)
+        grads, stats, carry, metrics = mode.grads(net, state, x, y, rule)
         metrics = dict(metrics)
         if axis_name is not None:
             grads, stats, metrics = jax.lax.pmean((grads, stats, metrics), axis_name)
@@ -121,13 +102,7 @@ def make_train_step(net: dni.Network, tx: Optimizers, rule: UpdateRule = UpdateR
             active = list(jax.random.bernoulli(key, rule.update_prob, (k,)))
         else:
             active = [True] * k
-        module_active = active
-        if mode.synthetic and rule.warmup_steps:
-            warm = state.step < rule.warmup_steps
-            module_active = [jnp.logical_and(a, ~warm) for a in active]
-        if mode.delayed:
-            # Module k's first gradient comes back K - k steps after the first minibatch.
-            module_active = [state.step >= delayed.delay(k, j) for j in range(k)]
+        module_active = mode.module_active(net, state.step, rule, active)
         new_params, new_opt, updates = {"modules": [], "sg": [], "si": []}, {"modules": [], "sg": [], "si": []}, []
         # Input model i serves module i + 1 and updates with it.
         for group, acts, opt in (("modules", module_active, tx.modules), ("sg", active, tx.sg),
@@ -145,12 +120,12 @@ def make_train_step(net: dni.Network, tx: Optimizers, rule: UpdateRule = UpdateR
             metrics["watch/norm/grad_sg"] = _global_norm(grads["sg"])
             metrics["watch/norm/update_modules"] = _global_norm(updates)
             metrics["watch/norm/params_modules"] = _global_norm(params["modules"])
-        return TrainState(state.step + 1, params, stats, opt_state, stashes), metrics
+        return TrainState(state.step + 1, params, stats, opt_state, carry), metrics
 
     return train_step
 
 
-def eval_counts(net: dni.Network, state: TrainState, x: jnp.ndarray, y: jnp.ndarray,
+def eval_counts(net: Network, state: TrainState, x: jnp.ndarray, y: jnp.ndarray,
                 mask: jnp.ndarray) -> dict[str, jnp.ndarray]:
     """Summed loss, correct predictions and example count over the unmasked rows of a batch."""
     logits = dni.predict(net, state.params, state.stats, x)
@@ -160,11 +135,6 @@ def eval_counts(net: dni.Network, state: TrainState, x: jnp.ndarray, y: jnp.ndar
     return {"loss": jnp.sum(loss * m), "correct": jnp.sum(correct * m), "count": jnp.sum(m)}
 
 
-def probe(net: dni.Network, state: TrainState, x: jnp.ndarray, y: jnp.ndarray) -> dict[str, jnp.ndarray]:
-    """What a mode's modules step along against the true gradient: ĝ_i at h_i (SG modes), the delayed update of
-    module k on its own minibatch (ddg); empty for the others."""
-    if net.mode.synthetic:
-        return dni.probe_synthetic_gradients(net, state.params, state.stats, x, y)
-    if net.mode.delayed:
-        return delayed.probe_delayed(net, state.params, state.stats, state.delayed, state.step)
-    return {}
+def probe(net: Network, state: TrainState, x: jnp.ndarray, y: jnp.ndarray) -> dict[str, jnp.ndarray]:
+    """What the mode's modules step along against the true gradient (its rule's probe); empty if it has none."""
+    return net.rule.probe(net, state, x, y) if net.rule.probe else {}

@@ -6,7 +6,7 @@ how many ones A saw in those T steps, so it needs A to count. B's gradient at
 A's state is what would teach A that, but B ticks on its own clock; with the
 DNI, a model M at A's output predicts it (ĝ = M(h_A)), A applies ĝ at once, and
 M learns from the gradients B actually sends. `sg_scale = 0` is the same system
-with the DNI cut (A never hears from B); `mode = Mode.backprop` hands A B's true
+with the DNI cut (A never hears from B); `synthetic=False` (mode=backprop) hands A B's true
 gradient, i.e. A waits for B: the locked upper bound.
 """
 
@@ -22,8 +22,7 @@ import numpy as np
 import optax
 from flax import struct
 
-from sgrad.config import Mode
-from sgrad.core.dni import regression_grads
+from sgrad.core.dni import agreement, regression_grads
 from sgrad.models.lstm import LSTMCore
 from sgrad.core.optim import Optimizers
 from sgrad.core.recurrent import flat_carry, split_carry
@@ -46,7 +45,7 @@ class TwoClockNet:
     a: LSTMCore            # outputs: A's own prediction
     b: LSTMCore            # one step per tick; outputs: count classes 0..T*bits
     sg_model: nn.Module    # M: h_A -> predicted dL_B/dh_A
-    mode: Mode = Mode.dni  # backprop: A waits for B's true gradient; decoupled: A applies M's prediction
+    synthetic: bool = True  # False: A waits for B's true gradient (backprop); True: A applies M's prediction
     sg_scale: float = 1.0
 
 
@@ -95,12 +94,11 @@ def two_clock_grads(net: TwoClockNet, params: PyTree, carry_a, carry_b, x, y_a, 
     pred, vjp_sg = jax.vjp(lambda q: net.sg_model.apply({"params": q}, jax.lax.stop_gradient(h_a), None, False),
                            params["sg"])
     # A never sees g_h in DNI mode: M regresses it, and A steps along M's prediction.
-    link = net.sg_scale * pred if net.mode.synthetic else g_h
+    link = net.sg_scale * pred if net.synthetic else g_h
     cot_s = jnp.concatenate([jnp.zeros_like(link), link], axis=-1)
     d_a, _ = vjp_a((jnp.ones(()), cot_s))
     (d_sg,), (sg_loss,) = regression_grads([pred], [vjp_sg], [g_h])
-    a, b = pred.reshape(-1), g_h.reshape(-1)
-    cosine = jnp.dot(a, b) / jnp.maximum(jnp.linalg.norm(a) * jnp.linalg.norm(b), 1e-12)
+    cosine, _ = agreement(pred, g_h)
     scale = lambda tree: jax.tree.map(lambda g: g / batch, tree)
     metrics = {"a/loss": loss_a / (batch * period), "a/accuracy": acc_a, "b/loss": loss_b / batch,
                "b/accuracy": acc_b, "sg/loss": sg_loss, "sg/cosine": cosine}

@@ -13,7 +13,8 @@ from jax.sharding import PartitionSpec as P
 
 from sgrad.devices.chunk import chunk_fn, make_chunk_runner, preprocess
 from sgrad.models.cnn import ConvBlock
-from sgrad.devices.pipeline import build_pipeline, make_pipeline_runner, to_train_state
+from sgrad.devices.layout import build_pipeline, to_train_state
+from sgrad.devices.pipeline import make_pipeline_runner
 from sgrad.core.step import TrainState, UpdateRule, make_train_step
 
 DATA_AXIS = "data"

@@ -38,7 +38,3 @@ class _ResettingCell(nn.Module):
         keep = (1.0 - reset.astype(x.dtype))[:, None]
         carry = tuple(c * keep for c in carry)
         return nn.OptimizedLSTMCell(self.hidden)(carry, x)
-
-
-def zero_carry(batch: int, hidden: int) -> tuple[jnp.ndarray, jnp.ndarray]:
-    return jnp.zeros((batch, hidden)), jnp.zeros((batch, hidden))

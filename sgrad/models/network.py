@@ -1,78 +1,81 @@
-"""Assemble a dni.Network from config and initialise its variables (params and batch stats)."""
+"""A decoupled network's static structure, and the one way a Flax model of it is applied or initialised.
+
+Plain values only: the modules f_1..f_K, the model on each interface (SG model or auxiliary classifier)
+and the mode's rule (`sgrad.modes`), which this layer stores but never asks about itself.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any, Sequence
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sgrad.core.dni import Network, apply_module
-from sgrad.config import Mode
-from sgrad.models import build_layers, group_layers
-from sgrad.models.auxiliary import build_aux_classifier
-from sgrad.models.partition import balanced_sizes, even_sizes, interface_cost, layer_costs
-from sgrad.models.synthetic import build_sg_model
-from sgrad.models.synthetic_input import build_input_model
+PyTree = Any
 
 
-def _interface_model(cfg, mode: Mode, activation_ndim: int, num_classes: int):
-    """The model that sits on a module's output in this mode, if any."""
-    if mode.greedy:
-        return build_aux_classifier(cfg.aux, num_classes)
-    return build_sg_model(cfg.sg, activation_ndim) if mode.synthetic else None
+@dataclasses.dataclass(frozen=True)
+class Network:
+    """Modules f_1..f_K, the model at each interface 1..K-1 (M_i, an auxiliary classifier, or none), and the
+    synthetic input models I_2..I_K of complete unlocking. Interface models take (h, label, train)."""
+
+    modules: tuple[nn.Module, ...]
+    interface_models: tuple[nn.Module, ...]
+    num_classes: int
+    rule: Any  # sgrad.modes.ModeRule, decided once when the network is built
+    input_models: tuple[nn.Module, ...] = ()
+
+    @property
+    def conditioned(self) -> bool:
+        """cDNI: M_i also sees one-hot(y)."""
+        return self.rule.conditioned
 
 
-def module_sizes(cfg, layers, input_shape: tuple[int, ...], num_classes: int) -> tuple[int, ...]:
-    """Layers per module: every `model.dni_every`, or `model.modules` balanced by estimated cost."""
-    if str(cfg.model.partition) == "even":
-        return even_sizes(len(layers), cfg.model.dni_every)
-    mode = Mode(cfg.mode)
-    batch = cfg.trainer.batch_size
-    costs, outs = layer_costs(layers, jax.ShapeDtypeStruct((batch, *input_shape), jnp.float32))
-    label = jax.ShapeDtypeStruct((batch, num_classes), jnp.float32) if mode.conditioned else None
-    interface = [interface_cost(_interface_model(cfg, mode, len(h.shape), num_classes), h, label, mode.synthetic)
-                 for h in outs]
-    return balanced_sizes(costs, interface, cfg.model.modules)
+def apply(model: nn.Module, params: PyTree, stats: PyTree, inputs: Sequence[Any],
+          train: bool) -> tuple[jnp.ndarray, PyTree]:
+    """model(*inputs, train) and its updated batch-norm statistics (unchanged when not training)."""
+    variables = {"params": params, "batch_stats": stats} if stats else {"params": params}
+    if not train:
+        return model.apply(variables, *inputs, False), stats
+    out, mutated = model.apply(variables, *inputs, True, mutable=["batch_stats"])
+    return out, mutated.get("batch_stats", stats)
 
 
-def build_network(cfg, input_shape: tuple[int, ...], num_classes: int) -> Network:
-    """Modules from `cfg.model`; per interface an SG model (SG modes) or an auxiliary classifier (dgl)."""
-    layers = build_layers(cfg.model, num_classes)
-    modules = group_layers(layers, module_sizes(cfg, layers, input_shape, num_classes))
-    mode = Mode(cfg.mode)
-    if not (mode.synthetic or mode.greedy):
-        return Network(modules, (), num_classes, mode)
-    interface, input_models = [], []
-    h = jax.ShapeDtypeStruct((2, *input_shape), jnp.float32)
-    for f in modules[:-1]:
-        variables = jax.eval_shape(lambda x, f=f: f.init(jax.random.key(0), x, False), h)
-        h = jax.eval_shape(lambda v, x, f=f: f.apply(v, x, False), variables, h)
-        interface.append(_interface_model(cfg, mode, len(h.shape), num_classes))
-        if mode.synthetic_inputs:
-            input_models.append(build_input_model(cfg.si, h.shape[1:]))
-    return Network(modules, tuple(interface), num_classes, mode, input_models=tuple(input_models))
+def _split(variables) -> tuple[PyTree, PyTree]:
+    return variables["params"], variables.get("batch_stats", {})
 
 
 def init_variables(net: Network, key: jax.Array, x: jnp.ndarray) -> tuple[dict, dict]:
-    """Params and batch stats as {"modules": (per module), "sg": (per interface), "si": (input models)}."""
+    """Params and batch stats as {"modules": (per module), "sg": (per interface), "si": (input models)}.
+
+    The "sg" slot holds whatever sits on the interfaces: SG models, or DGL's auxiliary classifiers.
+    """
     keys = jax.random.split(key, 2 * len(net.modules))
     params, stats, acts = [], [], []
     h = x
     for f, k in zip(net.modules, keys):
-        v = f.init(k, h, False)
-        params.append(v["params"])
-        stats.append(v.get("batch_stats", {}))
-        h, _ = apply_module(f, v["params"], stats[-1], h, False)
+        p, s = _split(f.init(k, h, False))
+        params.append(p)
+        stats.append(s)
+        h, _ = apply(f, p, s, (h,), False)
         acts.append(h)
     label = jnp.zeros((x.shape[0], net.num_classes), jnp.float32) if net.conditioned else None
-    sg_params, sg_stats = [], []
-    for m, h, k in zip(net.sg_models, acts, keys[len(net.modules):]):
-        v = m.init(k, h, label, False)
-        sg_params.append(v["params"])
-        sg_stats.append(v.get("batch_stats", {}))
-    si_params, si_stats = [], []
-    for m, k in zip(net.input_models, jax.random.split(keys[-1], max(len(net.input_models), 1))):
-        v = m.init(k, x, False)
-        si_params.append(v["params"])
-        si_stats.append(v.get("batch_stats", {}))
-    return ({"modules": tuple(params), "sg": tuple(sg_params), "si": tuple(si_params)},
-            {"modules": tuple(stats), "sg": tuple(sg_stats), "si": tuple(si_stats)})
+    interface = [_split(m.init(k, h, label, False))
+                 for m, h, k in zip(net.interface_models, acts, keys[len(net.modules):])]
+    inputs = [_split(m.init(k, x, False))
+              for m, k in zip(net.input_models, jax.random.split(keys[-1], max(len(net.input_models), 1)))]
+    return ({"modules": tuple(params), "sg": tuple(p for p, _ in interface), "si": tuple(p for p, _ in inputs)},
+            {"modules": tuple(stats), "sg": tuple(s for _, s in interface), "si": tuple(s for _, s in inputs)})
+
+
+def activation_shapes(modules: Sequence[nn.Module], input_shape: Sequence[int]) -> tuple[tuple[int, ...], ...]:
+    """Each module's output shape (without the batch axis) for inputs of `input_shape`, without computing."""
+    h = jax.ShapeDtypeStruct((2, *input_shape), jnp.float32)
+    shapes = []
+    for f in modules:
+        variables = jax.eval_shape(lambda x, f=f: f.init(jax.random.key(0), x, False), h)
+        h = jax.eval_shape(lambda v, x, f=f: f.apply(v, x, False), variables, h)
+        shapes.append(tuple(h.shape[1:]))
+    return tuple(shapes)

@@ -5,15 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sgrad.config import validate
 
 
 def build_task(cfg: Any, dataset=None, text: dict | None = None):
     """The task of this experiment family: sequences (model=lstm), two clocks, or classification."""
-    if str(cfg.dataset.name) == "two_timescale":
+    from sgrad.run.build import task_family
+    family = task_family(cfg)
+    if family == "two_clocks":
         from sgrad.run.two_clocks import TwoClockTask
         return TwoClockTask(cfg)
-    if str(cfg.model.name) == "lstm":
+    if family == "sequence":
         from sgrad.run.sequence import SequenceTask
         return SequenceTask(cfg, text)
     from sgrad.run.classification import ClassificationTask
@@ -25,7 +26,8 @@ def train_and_evaluate(cfg: Any, workdir: str | Path, dataset=None, text: dict |
 
     `dataset` / `text` hand in data already loaded (tests, notebooks) instead of reading `cfg.dataset`.
     """
+    from sgrad.run.build import check
     from sgrad.run.loop import run
-    validate(cfg)
+    check(cfg)
     task = build_task(cfg, dataset, text)
     return run(cfg, workdir, task)

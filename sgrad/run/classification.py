@@ -13,14 +13,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sgrad.devices.chunk import preprocess
-from sgrad.config import Mode
+from sgrad.core.step import TrainState, eval_counts, probe
 from sgrad.data import Dataset, load_dataset
-from sgrad.models.network import build_network, init_variables
-from sgrad.core.optim import build_train_optimizer, learning_rate
+from sgrad.devices.chunk import preprocess
 from sgrad.devices.parallel import make_runner
-from sgrad.core.delayed import delay
-from sgrad.core.step import TrainState, UpdateRule, eval_counts, init_state, probe
+from sgrad.run.build import build_decoupled, learning_rate
 from sgrad.run.task import non_finite_parameters
 
 
@@ -67,7 +64,6 @@ class ClassificationTask:
     def __init__(self, cfg: Any, dataset: Dataset | None = None):
         tcfg = cfg.trainer
         self.cfg = cfg
-        self.mode = Mode(cfg.mode)
         data = dataset or load_dataset(str(cfg.dataset.name), cfg.dataset.dir, cfg.dataset.download,
                                        cfg.dataset.num_classes, progress=tcfg.progress)
         self.data = data
@@ -76,12 +72,12 @@ class ClassificationTask:
             raise ValueError(f"trainer.batch_size={tcfg.batch_size} exceeds the {len(data.train_y)} training examples")
         self.steps_per_epoch = self.order.steps_per_epoch
         self.total_steps = tcfg.epochs * self.steps_per_epoch if tcfg.epochs else tcfg.steps
-        self.probe_every = cfg.log.grad_probe_every if self.mode.synthetic or self.mode.delayed else 0
-        self.net = build_network(cfg, data.input_shape, data.num_classes)
-        self.name = f"{self.mode.value} {str(cfg.model.name)}"
+        self.decoupled = build_decoupled(cfg, data.input_shape, data.num_classes, self.total_steps)
+        self.net, self.rule = self.decoupled.network, self.decoupled.rule
+        self.probe_every = cfg.log.grad_probe_every if self.rule.probe else 0
+        self.name = f"{self.rule.name} {str(cfg.model.name)}"
         self._mean, self._std = jnp.asarray(data.mean), jnp.asarray(data.std)
         self._train = jax.device_put(data.train_x), jax.device_put(data.train_y)
-        self._tx = build_train_optimizer(cfg, self.total_steps)
         self._lr_at = learning_rate(cfg.optim, self.total_steps)
         self._test = [jax.device_put(a) for a in pad_eval(data.test_x, data.test_y, tcfg.eval_batch_size)]
         probe_x = jax.device_put(data.test_x[:tcfg.batch_size])
@@ -103,11 +99,10 @@ class ClassificationTask:
     def init(self) -> Any:
         tcfg = self.cfg.trainer
         x = preprocess(self._train[0][:tcfg.batch_size], self._mean, self._std)
-        params, stats = init_variables(self.net, jax.random.key(self.cfg.seed), x)
-        state = init_state(self.net, params, stats, self._tx, x, self._train[1][:tcfg.batch_size])
-        self._run_chunk, state, self._view = make_runner(
-            str(self.cfg.parallel), self.net, self._tx, state, UpdateRule.from_config(self.cfg),
-            self.data.input_shape, tcfg.batch_size, self._mean, self._std)
+        state = self.decoupled.init(jax.random.key(self.cfg.seed), x, self._train[1][:tcfg.batch_size])
+        d = self.decoupled
+        self._run_chunk, state, self._view = make_runner(str(self.cfg.parallel), d.network, d.tx, state, d.settings,
+                                                         self.data.input_shape, tcfg.batch_size, self._mean, self._std)
         # A host-stepped (conv on CPU) chunk has finished when run_chunk returns.
         self.synchronous = getattr(self._run_chunk, "synchronous", False)
         return state
@@ -139,10 +134,8 @@ class ClassificationTask:
 
     def probe(self, state, step: int) -> dict[str, float]:
         out = {k: float(v) for k, v in jax.device_get(self._probe(self._view(state))).items()}
-        # ddg: module k's stash holds a real minibatch once K - k have been fed.
         k = len(self.net.modules)
-        return {name: v for name, v in out.items()
-                if not name.startswith("ddg/") or step >= delay(k, int(name.rsplit("/", 1)[1]) - 1)}
+        return {name: v for name, v in out.items() if self.rule.probe_ready(name, step, k)}
 
     def eval_line(self, step: int, train: dict, ev: dict) -> str:
         return (f"step {step} epoch {ev['watch/epoch']:.2f}: train loss {train.get('train/loss', float('nan')):.4f} "
@@ -151,15 +144,15 @@ class ClassificationTask:
 
     def divergence_detail(self, state) -> str:
         params = self._view(state).params
-        interface = "auxiliary classifier of interface" if self.mode.greedy else "SG model of interface"
-        groups = (("modules", "module", 1), ("sg", interface, 1),
+        interface = {"sg": "SG model", "aux": "auxiliary classifier"}.get(self.rule.interface, "model")
+        groups = (("modules", "module", 1), ("sg", f"{interface} of interface", 1),
                   ("si", "synthetic input model of module", 2))
         return non_finite_parameters((f"{label} {i}", p) for group, label, first in groups
                                      for i, p in enumerate(params[group], start=first))
 
     def summary_fields(self) -> dict:
         cfg = self.cfg
-        return {"mode": self.mode.value, "dataset": self.data.name, "model": str(cfg.model.name),
+        return {"mode": self.rule.name, "dataset": self.data.name, "model": str(cfg.model.name),
                 "layers": cfg.model.layers, "seed": cfg.seed}
 
     def objective(self, summary: dict) -> float:

@@ -16,13 +16,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from sgrad.devices.chunk import summed_loop
-from sgrad.config import Mode
 from sgrad.data.text import TextStream, load_char_corpus, load_text_corpus
-from sgrad.models.lstm import LSTMCore
-from sgrad.core.optim import build_train_optimizer
-from sgrad.core.recurrent import (LN2, RecurrentNet, RecurrentState, future_gradient_probe, init_recurrent,
+from sgrad.run.build import build_recurrent_net, build_train_optimizer
+from sgrad.core.recurrent import (LN2, RecurrentState, future_gradient_probe, init_recurrent,
                              make_recurrent_step, window)
-from sgrad.models.synthetic import DenseSynthetic
 from sgrad.data.copy import CopyTask
 from sgrad.run.task import non_finite_parameters
 
@@ -44,15 +41,6 @@ def build_stream(cfg, text: dict | None = None):
     return TextStream(corpus, t.batch_size, t.bptt)
 
 
-def build_recurrent_net(cfg, output_dim: int, loss: str) -> RecurrentNet:
-    mode = Mode(cfg.mode)
-    core = LSTMCore(cfg.model.hidden, output_dim, aux=mode.synthetic and cfg.sg.aux)
-    # The state's SG model has no batch norm: one boundary per step gives a small, correlated batch.
-    sg = DenseSynthetic(cfg.sg.hidden_layers, cfg.sg.width, batch_norm=False) if mode.synthetic else None
-    return RecurrentNet(core, sg, loss, cfg.sg.discount, cfg.sg.aux_weight, conditioned=mode.conditioned,
-                        sg_scale=cfg.sg.scale, sg_warmup=cfg.sg.warmup_steps, squash_cell=cfg.sg.squash_cell)
-
-
 class SequenceTask:
     """An LSTM trained in windows of `trainer.bptt` steps: truncated BPTT, or DNI/cDNI at the boundaries."""
 
@@ -61,7 +49,7 @@ class SequenceTask:
     def __init__(self, cfg: Any, text: dict | None = None):
         t = cfg.trainer
         self.cfg = cfg
-        self.mode = Mode(cfg.mode)
+        self.mode_name = str(cfg.mode)
         self.stream = build_stream(cfg, text)
         self.copy = isinstance(self.stream, CopyTask)
         self.net = build_recurrent_net(cfg, self.stream.output_dim, "bits" if self.copy else "softmax")
@@ -70,7 +58,7 @@ class SequenceTask:
         self.probe_every = cfg.log.grad_probe_every if self.net.sg_model is not None else 0
         self.final_metrics = (["curriculum/solved", "train/error_per_bit"] if self.copy
                               else ["valid/bpc", "test/bpc", "sg/cosine"])
-        self.name = f"{self.mode.value} T={t.bptt}"
+        self.name = f"{self.mode_name} T={t.bptt}"
         self._tx = build_train_optimizer(cfg, t.steps)
         net, step_fn = self.net, make_recurrent_step(self.net, self._tx)
 
@@ -167,7 +155,7 @@ class SequenceTask:
 
     def summary_fields(self) -> dict:
         cfg = self.cfg
-        return {"mode": self.mode.value, "dataset": str(cfg.dataset.name), "model": "lstm",
+        return {"mode": self.mode_name, "dataset": str(cfg.dataset.name), "model": "lstm",
                 "hidden": cfg.model.hidden, "bptt": cfg.trainer.bptt, "aux": bool(cfg.sg.aux), "seed": cfg.seed,
                 **({"max_length_solved": self.stream.solved} if self.copy else {})}
 

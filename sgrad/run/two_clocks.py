@@ -9,12 +9,9 @@ import jax
 import numpy as np
 
 from sgrad.devices.chunk import summed_loop
-from sgrad.config import Mode
-from sgrad.models.lstm import LSTMCore
-from sgrad.core.optim import build_train_optimizer
-from sgrad.models.synthetic import DenseSynthetic
+from sgrad.core.two_timescale import init_two_clock, make_two_clock_step, stream
+from sgrad.run.build import build_train_optimizer, build_two_clock_net
 from sgrad.run.task import non_finite_parameters
-from sgrad.core.two_timescale import TwoClockNet, init_two_clock, make_two_clock_step, stream
 
 
 class TwoClockTask:
@@ -28,13 +25,10 @@ class TwoClockTask:
     def __init__(self, cfg: Any):
         t = cfg.trainer
         self.cfg = cfg
-        self.mode = Mode(cfg.mode)
-        bits, period = cfg.dataset.bits, t.bptt
-        self.net = TwoClockNet(LSTMCore(cfg.model.hidden, bits), LSTMCore(cfg.model.hidden, period * bits + 1),
-                               DenseSynthetic(cfg.sg.hidden_layers, cfg.sg.width, batch_norm=False),
-                               self.mode, cfg.sg.scale)
+        self.mode_name = str(cfg.mode)
+        self.net = build_two_clock_net(cfg)
         self.total_steps = t.steps
-        self.name = f"two clocks {self.mode.value} scale={cfg.sg.scale}"
+        self.name = f"two clocks {self.mode_name} scale={cfg.sg.scale}"
         self._tx = build_train_optimizer(cfg, t.steps)
         step_fn = make_two_clock_step(self.net, self._tx)
 
@@ -78,7 +72,7 @@ class TwoClockTask:
 
     def summary_fields(self) -> dict:
         cfg = self.cfg
-        return {"mode": self.mode.value, "dataset": "two_timescale", "model": "lstm", "hidden": cfg.model.hidden,
+        return {"mode": self.mode_name, "dataset": "two_timescale", "model": "lstm", "hidden": cfg.model.hidden,
                 "bptt": cfg.trainer.bptt, "sg_scale": cfg.sg.scale, "seed": cfg.seed}
 
     def objective(self, summary: dict) -> float:

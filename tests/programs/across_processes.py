@@ -14,10 +14,12 @@ assert jax.process_count() == 2 and jax.device_count() == 2 and jax.local_device
 
 from conftest import device_data, make_cfg
 from sgrad.devices.chunk import chunk_fn, make_chunk_runner, preprocess
-from sgrad.models.network import build_network, init_variables
-from sgrad.core.optim import build_train_optimizer
+from sgrad.models.network import init_variables
+from sgrad.run.build import build_network, build_train_optimizer
 from sgrad.devices.parallel import DATA_AXIS, make_data_parallel_runner
-from sgrad.devices.pipeline import build_pipeline, make_pipeline_runner, run_sequential, to_train_state
+from sgrad.devices.layout import build_pipeline, to_train_state
+from sgrad.devices.pipeline import make_pipeline_runner
+from sgrad.devices.sequential import run_sequential
 from sgrad.core.step import create_state, make_train_step
 
 B, shape = 16, (6, 6, 1)

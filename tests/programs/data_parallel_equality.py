@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from conftest import device_data, make_cfg
-from sgrad.models.network import build_network, init_variables
-from sgrad.core.optim import build_train_optimizer
+from sgrad.models.network import init_variables
+from sgrad.run.build import build_network, build_train_optimizer
 from sgrad.devices.parallel import DATA_AXIS, make_data_parallel_runner
 from sgrad.core.step import create_state, make_train_step
 from sgrad.devices.chunk import chunk_fn, make_chunk_runner

@@ -7,9 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from conftest import device_data, make_cfg
-from sgrad.models.network import build_network, init_variables
-from sgrad.core.optim import build_train_optimizer
-from sgrad.devices.pipeline import build_pipeline, make_pipeline_runner, run_sequential, to_train_state
+from sgrad.models.network import init_variables
+from sgrad.run.build import build_network, build_train_optimizer
+from sgrad.devices.layout import build_pipeline, to_train_state
+from sgrad.devices.pipeline import make_pipeline_runner
+from sgrad.devices.sequential import run_sequential
 from sgrad.core.step import create_state, make_train_step
 from sgrad.devices.chunk import make_chunk_runner, preprocess
 

@@ -1,0 +1,119 @@
+"""sgrad as a library: your own Flax modules, cut at their boundaries into decoupled modules, trained in any mode.
+
+    net = sgrad.decouple([block1, block2, head], "dni", input_shape=(28, 28, 1), num_classes=10)
+    state = net.init(jax.random.key(0), x, y)
+    step = jax.jit(net.train_step)            # pure: (state, x, y) -> (state, metrics)
+
+The runner (`sgrad-train`) builds every network it trains through `decouple`, so what a user's modules get is
+exactly what the paper's networks get: the rule of `sgrad/modes/`, the models on the interfaces, the step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from typing import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from sgrad.core import dni
+from sgrad.core.optim import Optimizers
+from sgrad.core.step import TrainState, UpdateRule, init_state, make_train_step, probe
+from sgrad.models.auxiliary import AuxClassifier
+from sgrad.models.network import Network, activation_shapes, init_variables
+from sgrad.models.synthetic import DenseSynthetic, ConvSynthetic
+from sgrad.models.synthetic_input import ConvInput, DenseInput
+from sgrad.modes import ModeRule, rule_for
+
+ModelFor = Callable[[tuple[int, ...]], nn.Module]  # activation shape (no batch axis) -> model
+
+
+def paper_sg_model(shape: tuple[int, ...]) -> nn.Module:
+    """The paper's SG model (sec. 4.1): 2 x 1024 Linear -> BN -> ReLU for flat activations, two 128-channel 5x5
+    convs for feature maps; a zero-initialised output layer either way."""
+    return DenseSynthetic(2, 1024) if len(shape) == 1 else ConvSynthetic(2, 128, 5)
+
+
+def linear_aux_classifier(num_classes: int) -> ModelFor:
+    """DGL's default head: (2x2 average pooling for feature maps, then) a linear map to the classes."""
+    return lambda shape: AuxClassifier(num_classes, 0, 256, 2)
+
+
+def paper_input_model(shape: tuple[int, ...]) -> nn.Module:
+    """Complete unlocking's I_i(x): 2 x 1024 hidden layers to a flat activation, 64-channel convs to maps."""
+    return DenseInput(shape[0], 2, 1024) if len(shape) == 1 else ConvInput(tuple(shape), 2, 64)
+
+
+class TakesTrain(nn.Module):
+    """A module called as module(h) made to take sgrad's (h, train) call."""
+
+    inner: nn.Module
+
+    @nn.compact
+    def __call__(self, h, train: bool):
+        return self.inner(h)
+
+
+def _takes_train(module: nn.Module) -> nn.Module:
+    params = list(inspect.signature(type(module).__call__).parameters)
+    return module if "train" in params or len(params) > 2 else TakesTrain(module)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Decoupled:
+    """A network cut into decoupled modules, with its mode, optimizers and update settings: init, a pure train
+    step, and inference. Every method is a pure function of its arguments (jit them as you like)."""
+
+    network: Network
+    tx: Optimizers
+    settings: UpdateRule = UpdateRule()
+
+    @property
+    def rule(self) -> ModeRule:
+        return self.network.rule
+
+    def init(self, key: jax.Array, x: jnp.ndarray, y: jnp.ndarray) -> TrainState:
+        """Parameters, batch statistics, optimizer states and the mode's carry, shaped after the batch (x, y)."""
+        params, stats = init_variables(self.network, key, x)
+        return init_state(self.network, params, stats, self.tx, x, y)
+
+    def train_step(self, state: TrainState, x: jnp.ndarray, y: jnp.ndarray) -> tuple[TrainState, dict]:
+        """One decoupled update of every module and interface model: (new state, metrics)."""
+        return make_train_step(self.network, self.tx, self.settings)(state, x, y)
+
+    def predict(self, state: TrainState, x: jnp.ndarray) -> jnp.ndarray:
+        """Inference-mode logits (batch norm on running statistics)."""
+        return dni.predict(self.network, state.params, state.stats, x)
+
+    def probe(self, state: TrainState, x: jnp.ndarray, y: jnp.ndarray) -> dict:
+        """The mode's diagnostics against the true gradient (e.g. sg/cosine/<i>); empty if it has none."""
+        return probe(self.network, state, x, y)
+
+
+def decouple(modules: Sequence[nn.Module], mode: str | ModeRule = "dni", *, input_shape: Sequence[int],
+             num_classes: int, optimizer: optax.GradientTransformation | None = None,
+             interface_optimizer: optax.GradientTransformation | None = None, sg_model: ModelFor = paper_sg_model,
+             aux_model: ModelFor | None = None, input_model: ModelFor = paper_input_model,
+             settings: UpdateRule = UpdateRule()) -> Decoupled:
+    """Decouple `modules` (f_1..f_K: Flax modules called as f(h, train) or f(h); f_K returns the logits) in `mode`.
+
+    The model on interface i is `sg_model(shape of h_i)` in the SG modes and `aux_model(...)` (default: a linear
+    classifier) in dgl; the complete-unlocking modes add `input_model(shape of h_{i-1})` for module i > 1.
+    Modules follow `optimizer` (default Adam 1e-4), interface and input models `interface_optimizer` (default:
+    the same). `settings` holds sg.scale, BP(λ), SG warm-up and sporadic updates (sgrad.core.step.UpdateRule).
+    """
+    rule = mode if isinstance(mode, ModeRule) else rule_for(mode)
+    modules = tuple(_takes_train(m) for m in modules)
+    if len(modules) < 2:
+        raise ValueError(f"decouple needs at least two modules (one interface), got {len(modules)}")
+    shapes = activation_shapes(modules, input_shape)
+    aux_model = aux_model or linear_aux_classifier(num_classes)
+    interface_for = {"sg": sg_model, "aux": aux_model, None: None}[rule.interface]
+    interface = tuple(interface_for(s) for s in shapes[:-1]) if interface_for else ()
+    inputs = tuple(input_model(s) for s in shapes[:-1]) if rule.synthetic_inputs else ()
+    optimizer = optimizer or optax.adam(1e-4)
+    tx = Optimizers(optimizer, interface_optimizer or optimizer)
+    return Decoupled(Network(modules, interface, num_classes, rule, inputs), tx, settings)

@@ -1,0 +1,139 @@
+"""The pipeline's static layout: which stage has which shapes, and each stage's state as one flat padded buffer.
+
+Stages of different shapes (input layer, hidden layers, classifier, conv or dense) share one SPMD program:
+each device's parameters, interface model, batch statistics, optimizer states and carry are one flat,
+zero-padded row of `stage_KxS`, and a message between devices is [B, A+2]: the activation (or SG target)
+zero-padded to the widest, then a label / valid column and an example-index column.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+from jax.experimental import multihost_utils
+from jax.flatten_util import ravel_pytree
+
+from sgrad.core.optim import Optimizers
+from sgrad.core.step import TrainState
+from sgrad.models.network import Network, activation_shapes
+from sgrad.modes import RULES
+
+
+@struct.dataclass
+class PipelineState:
+    """Everything in flight. Leading axis K (one row per device) except `step`."""
+
+    step: jnp.ndarray           # ticks run = minibatches fed
+    stage_KxS: jnp.ndarray      # each stage's params, SG model, batch stats, optimizer states, carry; flat, padded
+    fwd_KxBxA2: jnp.ndarray     # activation + label (-1: none) + example index, arriving at device i next tick
+    bwd_KxBxA2: jnp.ndarray     # SG target + valid column (+ unused), arriving at device i next tick
+    past_Kx2xBxA2: jnp.ndarray  # each device's last two outgoing activations, newest first
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Pipeline:
+    """The static layout: which stage has which shapes and how its state is flattened."""
+
+    net: Network
+    tx: Optimizers
+    sg_scale: float
+    batch: int
+    out_shapes: tuple[tuple[int, ...], ...]   # module i's activation, without the batch axis
+    sizes: tuple[int, ...]                    # flat state length of each stage
+    unravel: tuple[Callable, ...]
+    width: int                                # A: the widest activation sent between devices
+
+    @property
+    def k(self) -> int:
+        return len(self.net.modules)
+
+    @property
+    def rule(self) -> Any:
+        return self.net.rule
+
+    def tree(self, i: int, flat: jnp.ndarray) -> dict:
+        """Stage i's state from its padded row."""
+        return self.unravel[i](flat[:self.sizes[i]])
+
+
+def stage_tree(state: TrainState, i: int, last: bool) -> dict:
+    """Stage i's share of the state: module i, its interface model (none for the last), input model I_i (none for
+    the first), and what the mode carries for module i."""
+    def pick(tree, group):
+        if group == "sg":
+            return () if last or not tree["sg"] else tree["sg"][i]
+        if group == "si":
+            return tree["si"][i - 1] if i > 0 and tree["si"] else ()
+        return tree["modules"][i]
+    stage = {f"{name}{suffix}": pick(tree, group)
+             for name, group in (("module", "modules"), ("sg", "sg"), ("si", "si"))
+             for suffix, tree in (("", state.params), ("_stats", state.stats), ("_opt", state.opt_state))}
+    stage["carry"] = state.carry[i] if state.carry and not last else ()
+    return stage
+
+
+def gather(trees: Sequence[dict], step) -> TrainState:
+    """The inverse of stage_tree over all stages."""
+    group = lambda key, stages: tuple(t[key] for t in stages)
+    parts = []
+    for suffix in ("", "_stats", "_opt"):
+        parts.append({"modules": group("module" + suffix, trees),
+                      "sg": group("sg" + suffix, trees[:-1]) if trees[0]["sg"] != () else (),
+                      "si": group("si" + suffix, trees[1:]) if trees[1]["si"] != () else ()})
+    carry = group("carry", trees[:-1]) if trees[0]["carry"] != () else ()
+    return TrainState(step, *parts, carry)
+
+
+def build_pipeline(net: Network, tx: Optimizers, state: TrainState, input_shape: Sequence[int],
+                   batch: int, sg_scale: float = 1.0) -> tuple[Pipeline, PipelineState]:
+    """The layout of a decoupled network over len(net.modules) devices and its initial state."""
+    if net.rule.stage is None:
+        pipelined = ", ".join(n for n, r in RULES.items() if r.stage is not None)
+        raise ValueError(f"parallel=pipeline needs a decoupled mode ({pipelined}): {net.rule.name} is "
+                         "update-locked")
+    k = len(net.modules)
+    trees = [stage_tree(state, i, i == k - 1) for i in range(k)]
+    flats, unravels = zip(*(ravel_pytree(t) for t in trees))
+    out_shapes = activation_shapes(net.modules, input_shape)
+    width = max(int(np.prod(s)) for s in out_shapes[:-1])
+    pipe = Pipeline(net, tx, sg_scale, batch, out_shapes, tuple(int(f.size) for f in flats), tuple(unravels), width)
+    stage = jnp.stack([jnp.pad(f, (0, max(pipe.sizes) - f.size)) for f in flats])
+    msg = jnp.zeros((k, batch, width + 2), jnp.float32)
+    no_label = msg.at[..., -2].set(-1.0)
+    return pipe, PipelineState(state.step, stage, no_label, msg, jnp.stack([no_label, no_label], axis=1))
+
+
+def repack(flat: jnp.ndarray, tree: dict) -> jnp.ndarray:
+    """A stage's new state written over the front of its padded buffer: the padding is never copied (a
+    stage smaller than the largest would otherwise pay for the largest's size every tick)."""
+    # One in-place update per leaf, at its offset in ravel_pytree's order: XLA can write each optimizer
+    # result straight into the buffer instead of concatenating the leaves first.
+    offset = 0
+    for leaf in jax.tree.leaves(tree):
+        flat = jax.lax.dynamic_update_slice(flat, jnp.ravel(leaf).astype(flat.dtype), (offset,))
+        offset += leaf.size
+    return flat
+
+
+def pad(a: jnp.ndarray, width: int) -> jnp.ndarray:
+    flat = a.reshape(a.shape[0], -1)
+    return jnp.pad(flat, ((0, 0), (0, width - flat.shape[1])))
+
+
+def unpad(a_BxA: jnp.ndarray, shape: tuple[int, ...]) -> jnp.ndarray:
+    return a_BxA[:, :int(np.prod(shape))].reshape(a_BxA.shape[0], *shape)
+
+
+def to_train_state(pipe: Pipeline, state: PipelineState) -> TrainState:
+    """The pipeline's parameters as an ordinary TrainState on the default device (for eval, probes, export).
+
+    With several processes (jax.distributed) every process must call it: the stages live on other hosts.
+    """
+    rows = multihost_utils.process_allgather(state.stage_KxS, tiled=True)
+    trees = [pipe.tree(i, jnp.asarray(rows[i])) for i in range(pipe.k)]
+    return gather(trees, jnp.asarray(multihost_utils.process_allgather(state.step, tiled=True)))

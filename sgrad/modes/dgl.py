@@ -1,0 +1,48 @@
+"""mode=dgl, Decoupled Greedy Learning (Belilovsky, Eickenberg and Oyallon, ICML 2020): module i < K trains with an
+auxiliary classifier on its output and nothing crosses an interface but the activation. The rule itself is
+sgrad/core/greedy.py."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from sgrad.core import greedy
+from sgrad.core.step import masked_update
+from sgrad.modes.rule import ModeRule
+from sgrad.modes.stage import SLOT, keep_if, no_metrics, run_module, slot_means, step_module, task_loss, task_means
+
+
+def _grads(net, state, x, y, settings):
+    grads, stats, metrics = greedy.dgl_grads(net, state.params, state.stats, x, y)
+    return grads, stats, state.carry, metrics
+
+
+def stage(pipe, i: int, tree: dict, t):
+    """Device i's unlocked tick: module i and its head step together on the minibatch that just arrived; the
+    head's cotangent is all module i is handed, so nothing goes back down."""
+    net, last = pipe.net, i == pipe.k - 1
+    new, metrics = dict(tree), no_metrics()
+    fwd = run_module(pipe, i, tree, t.h_in)
+    h = fwd.activations[0]
+    if last:
+        cot = task_loss(pipe, h, t.y_in, t.ok_in, metrics)
+    else:
+        hs = greedy.head_step(net.interface_models[i], tree["sg"], tree["sg_stats"], h, t.y_in)
+        new["sg"], new["sg_opt"], _ = masked_update(pipe.tx.sg, hs.params_grad, tree["sg_opt"], tree["sg"], t.ok_in)
+        new["sg_stats"] = keep_if(t.ok_in, hs.stats, tree["sg_stats"])
+        cot = hs.cotangent
+        metrics[SLOT["aux_loss"]] = jnp.where(t.ok_in, hs.loss, 0.0)
+        metrics[SLOT["aux_accuracy"]] = jnp.where(t.ok_in, hs.accuracy, 0.0)
+    new, d_in = step_module(pipe, tree, new, fwd, cot, 1.0 / pipe.batch, t.ok_in, metrics)
+    new["module_stats"] = keep_if(t.ok_in, fwd.stats[0], tree["module_stats"])
+    return new, h, d_in, jnp.stack(metrics)
+
+
+def _stage_metrics(sums_KxM, k: int):
+    return {**task_means(sums_KxM),
+            **slot_means(sums_KxM, k, {"aux/loss": ("aux_loss", "valid"), "aux/accuracy": ("aux_accuracy", "valid")})}
+
+
+RULE = ModeRule("dgl", "the gradient of its own auxiliary classifier's loss on h_i (Decoupled Greedy Learning)",
+                _grads, interface="aux", stage=stage, schedule="unlocked", sends_back=False,
+                stage_metrics=_stage_metrics, diagnostic=("aux/accuracy", "auxiliary classifier accuracy"))

@@ -1,0 +1,112 @@
+"""mode=dni, cdni, dni_full, cdni_full: module i < K steps along ĝ_i = M_i(h_i [, y]) at once (Jaderberg et al.
+2016); the `_full` modes also run module i > 1 on a synthetic input Î_i = I_i(x) (complete unlocking, sec. 3.3).
+The update rule itself is sgrad/core/dni.py; this file says how the rest of sgrad uses it."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from sgrad.core import dni
+from sgrad.core.step import masked_update
+from sgrad.models.network import apply
+from sgrad.modes.rule import ModeRule
+from sgrad.modes.stage import SLOT, keep_if, no_metrics, run_module, slot_means, step_module, task_loss, task_means
+
+
+def _grads(net, state, x, y, settings):
+    lam = settings.lam_at(state.step)
+    grads, stats, metrics = dni.dni_grads(net, state.params, state.stats, x, y, settings.sg_scale, lam)
+    if not isinstance(lam, float):
+        metrics["sg/lambda"] = lam
+    return grads, stats, state.carry, metrics
+
+
+def _module_active(net, step, settings, active):
+    """During `sg.warmup_steps` the SG models learn the true gradients (λ = 1) and the modules wait."""
+    if not settings.warmup_steps:
+        return active
+    warm = step < settings.warmup_steps
+    return [jnp.logical_and(a, ~warm) for a in active]
+
+
+def _probe(net, state, x, y):
+    return dni.probe_synthetic_gradients(net, state.params, state.stats, x, y)
+
+
+def stage(pipe, i: int, tree: dict, t):
+    """Device i's unlocked tick (sgrad/modes/stage.py): first M_i regresses its output from an earlier tick
+    (t.past_h) toward the SG target that just arrived (and, with synthetic inputs, I_i regresses the activation
+    module i-1 sent for last tick's input t.past_x); then module i takes the decoupled step on (h_in, y_in), on
+    Î_i = I_i(h_in) when it has an input model (h_in is then the network input). All of it uses the parameters
+    from before this tick, as the single-device step does, so with one minibatch in flight at a time the
+    pipeline is exactly that step."""
+    net, last = pipe.net, i == pipe.k - 1
+    new, metrics = dict(tree), no_metrics()
+    onehot = lambda y: jax.nn.one_hot(y, net.num_classes) if net.conditioned else None
+    if not last:
+        model = net.interface_models[i]
+
+        def sg_out(q):
+            # Only the output is used: the running BN statistics were updated when ĝ was predicted.
+            return apply(model, q, tree["sg_stats"], (t.past_h, onehot(t.past_y)), True)[0]
+
+        pred, vjp = jax.vjp(sg_out, tree["sg"])
+        (g_sg,), (sg_loss,) = dni.regression_grads([pred], [vjp], [t.target])
+        new["sg"], new["sg_opt"], _ = masked_update(pipe.tx.sg, g_sg, tree["sg_opt"], tree["sg"], t.target_ok)
+        metrics[SLOT["sg_loss"]] = jnp.where(t.target_ok, sg_loss, 0.0)
+        metrics[SLOT["sg_valid"]] = t.target_ok.astype(jnp.float32)
+    h_in = t.h_in
+    if net.rule.synthetic_inputs and i > 0:
+        si_model = net.input_models[i - 1]
+        si_out = lambda q, x: apply(si_model, q, tree["si_stats"], (x,), True)
+        pred, vjp = jax.vjp(lambda q: si_out(q, t.past_x)[0], tree["si"])
+        (g_si,), (si_loss,) = dni.regression_grads([pred], [vjp], [t.si_target])
+        new["si"], new["si_opt"], _ = masked_update(pipe.tx.sg, g_si, tree["si_opt"], tree["si"], t.si_target_ok)
+        metrics[SLOT["si_loss"]] = jnp.where(t.si_target_ok, si_loss, 0.0)
+        metrics[SLOT["si_valid"]] = t.si_target_ok.astype(jnp.float32)
+        h_in, si_stats = si_out(tree["si"], h_in)
+        new["si_stats"] = keep_if(t.ok_in, si_stats, tree["si_stats"])
+    fwd = run_module(pipe, i, tree, h_in)
+    h = fwd.activations[0]
+    if last:
+        cot, factor = task_loss(pipe, h, t.y_in, t.ok_in, metrics), 1.0 / pipe.batch
+    else:
+        cot, sg_stats = apply(model, tree["sg"], tree["sg_stats"], (h, onehot(t.y_in)), True)
+        new["sg_stats"] = keep_if(t.ok_in, sg_stats, tree["sg_stats"])
+        # The VJP is linear in the cotangent: scaling the update leaves the SG target (d_in) unscaled.
+        factor = pipe.sg_scale / pipe.batch
+        metrics[SLOT["sg_norm"]] = jnp.where(t.ok_in, jnp.sqrt(jnp.sum(cot ** 2) / pipe.batch), 0.0)
+    new, d_in = step_module(pipe, tree, new, fwd, cot, factor, t.ok_in, metrics)
+    new["module_stats"] = keep_if(t.ok_in, fwd.stats[0], tree["module_stats"])
+    return new, h, d_in, jnp.stack(metrics)
+
+
+def _stage_metrics(sums_KxM, k: int, synthetic_inputs: bool = False):
+    out = {**task_means(sums_KxM),
+           **slot_means(sums_KxM, k, {"sg/loss": ("sg_loss", "sg_valid"), "sg/norm": ("sg_norm", "valid")})}
+    if synthetic_inputs:
+        out.update(slot_means(sums_KxM, k, {"si/loss": ("si_loss", "si_valid")}, first=1, last=k))
+    return out
+
+
+def _full_stage_metrics(sums_KxM, k: int):
+    return _stage_metrics(sums_KxM, k, synthetic_inputs=True)
+
+
+def _rule(name: str, summary: str, conditioned: bool, synthetic_inputs: bool) -> ModeRule:
+    return ModeRule(
+        name, summary, _grads, interface="sg", conditioned=conditioned, synthetic_inputs=synthetic_inputs,
+        module_active=_module_active, probe=_probe, stage=stage, schedule="unlocked", sends_back=True,
+        stage_metrics=_full_stage_metrics if synthetic_inputs else _stage_metrics,
+        diagnostic=("sg/cosine", "cosine(ĝ_i, true gradient)"),
+        tasks=("classification",) if synthetic_inputs else (("classification", "sequence", "two_clocks") if not
+                                                           conditioned else ("classification", "sequence")))
+
+
+RULES = (
+    _rule("dni", "the VJP of f_i at ĝ_i = M_i(h_i)", False, False),
+    _rule("cdni", "the VJP of f_i at ĝ_i = M_i(h_i, one-hot y)", True, False),
+    _rule("dni_full", "as dni, module i > 1 on a synthetic input I_i(x) (complete unlocking)", False, True),
+    _rule("cdni_full", "as cdni, module i > 1 on a synthetic input I_i(x) (complete unlocking)", True, True),
+)

@@ -1,0 +1,188 @@
+"""The one place that reads a config to build what a run trains: the network (feed-forward, your own modules,
+LSTM, two clocks), the optimizers and schedules, the update settings, and the mode's start-up checks.
+Everything below this layer takes plain values."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from sgrad.config import ConfigError, validate
+from sgrad.config.schema import require
+from sgrad.core.optim import Optimizers
+from sgrad.core.recurrent import RecurrentNet
+from sgrad.core.step import UpdateRule
+from sgrad.core.two_timescale import TwoClockNet
+from sgrad.decoupled import Decoupled, decouple
+from sgrad.models import build_layers, group_layers
+from sgrad.models.auxiliary import build_aux_classifier
+from sgrad.models.lstm import LSTMCore
+from sgrad.models.partition import balanced_sizes, even_sizes, interface_cost, layer_costs
+from sgrad.models.synthetic import DenseSynthetic, build_sg_model
+from sgrad.models.synthetic_input import build_input_model
+from sgrad.modes import RULES, ModeRule, rule_for
+
+
+def mode_rule(cfg) -> ModeRule:
+    return rule_for(cfg.mode)
+
+
+def learning_rate(optim_cfg, total_steps: int) -> optax.Schedule:
+    """The schedule of `optim.schedule`, with an optional linear warm-up."""
+    kind = str(optim_cfg.schedule)
+    if kind == "constant":
+        sched = optax.constant_schedule(optim_cfg.lr)
+    elif kind == "piecewise":
+        sched = optax.piecewise_constant_schedule(
+            optim_cfg.lr, {int(b): optim_cfg.decay_factor for b in optim_cfg.boundaries})
+    elif kind == "cosine":
+        sched = optax.cosine_decay_schedule(optim_cfg.lr, max(total_steps - optim_cfg.warmup_steps, 1))
+    else:
+        raise ValueError(f"optim.schedule={kind!r}: allowed values are constant, piecewise, cosine")
+    if optim_cfg.warmup_steps > 0:
+        warm = optax.linear_schedule(0.0, optim_cfg.lr, optim_cfg.warmup_steps)
+        sched = optax.join_schedules([warm, sched], [optim_cfg.warmup_steps])
+    return sched
+
+
+def build_optimizer(optim_cfg, total_steps: int) -> optax.GradientTransformation:
+    """One optimizer from an OptimConfig."""
+    lr = learning_rate(optim_cfg, total_steps)
+    kind = str(optim_cfg.name)
+    if kind == "adam":
+        if optim_cfg.weight_decay > 0:
+            tx = optax.adamw(lr, optim_cfg.b1, optim_cfg.b2, optim_cfg.eps, weight_decay=optim_cfg.weight_decay)
+        else:
+            tx = optax.adam(lr, optim_cfg.b1, optim_cfg.b2, optim_cfg.eps)
+    elif kind == "sgd":
+        tx = optax.sgd(lr, momentum=optim_cfg.momentum or None, nesterov=optim_cfg.nesterov)
+        if optim_cfg.weight_decay > 0:
+            tx = optax.chain(optax.add_decayed_weights(optim_cfg.weight_decay), tx)
+    else:
+        raise ValueError(f"optim.name={kind!r}: allowed values are adam, sgd")
+    if optim_cfg.clip_norm > 0:
+        tx = optax.chain(optax.clip_by_global_norm(optim_cfg.clip_norm), tx)
+    return tx
+
+
+def build_train_optimizer(cfg, total_steps: int) -> Optimizers:
+    """Modules follow `cfg.optim`, interface (SG, auxiliary, input) models `cfg.sg.optim`."""
+    return Optimizers(build_optimizer(cfg.optim, total_steps), build_optimizer(cfg.sg.optim, total_steps))
+
+
+def update_settings(cfg) -> UpdateRule:
+    return UpdateRule(cfg.sg.scale, cfg.sg.lambda_, cfg.sg.lambda_final, cfg.sg.lambda_steps, cfg.sg.warmup_steps,
+                      cfg.trainer.update_prob, cfg.seed)
+
+
+def custom_modules(model_cfg, num_classes: int) -> list[nn.Module]:
+    """`model=custom`: the user's function `model._target_` (with `model.args` and num_classes) instantiated by
+    Hydra; it must return two or more Flax modules, one per decoupled module."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+    target = model_cfg._target_
+    expected = "a function (num_classes, **model.args) -> a list of two or more flax.linen Modules"
+    try:
+        made = instantiate({"_target_": target, **dict(model_cfg.args)}, num_classes=num_classes)
+    except InstantiationException as e:
+        first = str(e).strip().splitlines()[0]
+        raise ConfigError(f"model._target_={target} could not be called ({first}); expected {expected}") from None
+    modules = list(made) if isinstance(made, (list, tuple)) else None
+    if not modules or len(modules) < 2 or not all(isinstance(m, nn.Module) for m in modules):
+        raise ConfigError(f"model._target_={target} returned {type(made).__name__}"
+                          f"{'' if modules is None else f' of {len(modules)}'}; expected {expected}")
+    return modules
+
+
+def module_sizes(cfg, layers, input_shape: tuple[int, ...], num_classes: int) -> tuple[int, ...]:
+    """Layers per module: every `model.dni_every`, or `model.modules` balanced by estimated cost."""
+    if str(cfg.model.partition) == "even":
+        return even_sizes(len(layers), cfg.model.dni_every)
+    rule = mode_rule(cfg)
+    batch = cfg.trainer.batch_size
+    costs, outs = layer_costs(layers, jax.ShapeDtypeStruct((batch, *input_shape), jnp.float32))
+    label = jax.ShapeDtypeStruct((batch, num_classes), jnp.float32) if rule.conditioned else None
+    interface = [interface_cost(_interface_model(cfg, rule, h.shape[1:], num_classes), h, label, rule.synthetic)
+                 for h in outs]
+    return balanced_sizes(costs, interface, cfg.model.modules)
+
+
+def _interface_model(cfg, rule: ModeRule, shape, num_classes: int) -> nn.Module | None:
+    makers = {"sg": lambda s: build_sg_model(cfg.sg, len(s) + 1),
+              "aux": lambda s: build_aux_classifier(cfg.aux, num_classes)}
+    return makers[rule.interface](shape) if rule.interface else None
+
+
+def build_decoupled(cfg, input_shape: tuple[int, ...], num_classes: int, total_steps: int) -> Decoupled:
+    """The feed-forward network of `cfg.model` (or the user's `model._target_`), decoupled in `cfg.mode`."""
+    rule = mode_rule(cfg)
+    if str(cfg.model.name) == "custom":
+        modules = custom_modules(cfg.model, num_classes)
+    else:
+        layers = build_layers(cfg.model, num_classes)
+        modules = group_layers(layers, module_sizes(cfg, layers, input_shape, num_classes))
+    tx = build_train_optimizer(cfg, total_steps)
+    return decouple(modules, rule, input_shape=input_shape, num_classes=num_classes, optimizer=tx.modules,
+                    interface_optimizer=tx.sg,
+                    sg_model=lambda s: _interface_model(cfg, rule, s, num_classes),
+                    aux_model=lambda s: _interface_model(cfg, rule, s, num_classes),
+                    input_model=lambda s: build_input_model(cfg.si, s), settings=update_settings(cfg))
+
+
+def build_network(cfg, input_shape: tuple[int, ...], num_classes: int):
+    """The decoupled network alone (tests, scripts): `build_decoupled(...).network`."""
+    return build_decoupled(cfg, input_shape, num_classes, cfg.trainer.steps).network
+
+
+def build_recurrent_net(cfg, output_dim: int, loss: str) -> RecurrentNet:
+    """`model=lstm`: the LSTM core, and in the SG modes the boundary's SG model M(s_T)."""
+    rule = mode_rule(cfg)
+    core = LSTMCore(cfg.model.hidden, output_dim, aux=rule.synthetic and cfg.sg.aux)
+    # The state's SG model has no batch norm: one boundary per step gives a small, correlated batch.
+    sg = DenseSynthetic(cfg.sg.hidden_layers, cfg.sg.width, batch_norm=False) if rule.synthetic else None
+    return RecurrentNet(core, sg, loss, cfg.sg.discount, cfg.sg.aux_weight, conditioned=rule.conditioned,
+                        sg_scale=cfg.sg.scale, sg_warmup=cfg.sg.warmup_steps, squash_cell=cfg.sg.squash_cell)
+
+
+def build_two_clock_net(cfg) -> TwoClockNet:
+    """`+exp=two_timescale_dni`: LSTM A every step, LSTM B every `trainer.bptt` steps, M at A's output."""
+    bits, period, hidden = cfg.dataset.bits, cfg.trainer.bptt, cfg.model.hidden
+    return TwoClockNet(LSTMCore(hidden, bits), LSTMCore(hidden, period * bits + 1),
+                       DenseSynthetic(cfg.sg.hidden_layers, cfg.sg.width, batch_norm=False),
+                       mode_rule(cfg).synthetic, cfg.sg.scale)
+
+
+def task_family(cfg) -> str:
+    if str(cfg.dataset.name) == "two_timescale":
+        return "two_clocks"
+    return "sequence" if str(cfg.model.name) == "lstm" else "classification"
+
+
+def check(cfg: Any) -> None:
+    """Everything that can be refused at start-up: the schema's range checks, then what the mode accepts (its
+    experiment families, parallel layouts and settings), each as one line naming the key and what is allowed."""
+    validate(cfg)
+    name = str(cfg.mode)
+    require(name in RULES, "mode", name, f"one of {', '.join(sorted(RULES))}")
+    rule = RULES[name]
+    family = task_family(cfg)
+    where = f"dataset.name={cfg.dataset.name}" if family != "classification" else f"model.name={cfg.model.name}"
+    require(family in rule.tasks, "mode", name,
+           f"one of {', '.join(n for n, r in sorted(RULES.items()) if family in r.tasks)} for {where}")
+    parallel = str(cfg.parallel)
+    why = {"pipeline": " (it is update-locked; use parallel=data)",
+           "data": " (its carry holds whole minibatches, which data parallelism would split)"}.get(parallel, "")
+    require(parallel in rule.parallel, "parallel", parallel, f"one of {', '.join(rule.parallel)} for mode={name}{why}")
+    if parallel == "pipeline":
+        # Each device updates from what it has at once; anything that waits for the true gradient would lock it.
+        require(cfg.trainer.update_prob == 1.0, "trainer.update_prob", cfg.trainer.update_prob,
+               "1.0 with parallel=pipeline")
+        for key, off in (("lambda_", 0.0), ("lambda_final", None), ("warmup_steps", 0)):
+            require(cfg.sg[key] == off, f"sg.{key}", cfg.sg[key], f"{off} with parallel=pipeline (it needs the true "
+                   "gradient from the module above)")
+    for key, value, allowed in rule.refusals(update_settings(cfg)):
+        require(False, key, value, allowed)
