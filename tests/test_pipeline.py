@@ -6,7 +6,8 @@ import json
 import pytest
 
 from conftest import make_cfg, run_on_cpu_devices
-from sgrad.config import ConfigError, validate
+from sgrad.config import ConfigError
+from sgrad.run.build import check
 
 
 @pytest.mark.slow
@@ -20,10 +21,10 @@ def test_pipeline_matches_sequential_schedule_and_single_device_step(devices):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("devices", [2, 3])
-def test_dgl_and_ddg_pipelines_match_their_sequential_schedule_and_single_device_step(devices):
+def test_dgl_ddg_and_fr_pipelines_match_their_sequential_schedule_and_single_device_step(devices):
     res = run_on_cpu_devices("pipeline_dgl_ddg", devices, devices)
-    expected = ["dgl fcn ok", "dgl cnn ok", "ddg fcn ok", "ddg cnn ok"]
-    assert res.stdout.splitlines() == (expected if devices == 2 else ["dgl fcn ok", "ddg fcn ok"])
+    expected = ["dgl fcn ok", "dgl cnn ok", "ddg fcn ok", "ddg cnn ok", "fr fcn ok"]
+    assert res.stdout.splitlines() == (expected if devices == 2 else ["dgl fcn ok", "ddg fcn ok", "fr fcn ok"])
 
 
 @pytest.mark.slow
@@ -38,14 +39,14 @@ def test_pipeline_run_learns_and_resumes(idx_dir, tmp_path):
                                            ("sg.lambda_=0.5", "sg.lambda_"), ("sg.warmup_steps=10", "sg.warmup_steps")])
 def test_pipeline_rejects_what_would_lock_it(override, key):
     with pytest.raises(ConfigError, match=key):
-        validate(make_cfg("parallel=pipeline", override))
+        check(make_cfg("parallel=pipeline", override))
 
 
 @pytest.mark.parametrize("override, key", [("parallel=data", "parallel"), ("trainer.update_prob=0.5",
                                                                            "trainer.update_prob")])
 def test_ddg_rejects_what_would_split_or_skip_its_stash(override, key):
     with pytest.raises(ConfigError, match=f"{key}=.*for mode=ddg"):
-        validate(make_cfg("mode=ddg", override))
+        check(make_cfg("mode=ddg", override))
 
 
 def test_pipeline_needs_one_device_per_module(idx_dir, tmp_path):
@@ -67,11 +68,11 @@ def test_balanced_partition_minimises_the_slowest_module():
 
 
 def test_balanced_partition_builds_the_networks_it_estimates():
-    from sgrad.models.network import build_network
+    from sgrad.run.build import build_network
     # The 784-input layer costs as much as the other three together: it gets a module of its own.
     net = build_network(make_cfg("model.partition=balanced", "model.modules=2", "model.layers=4",
                                  "model.width=64", "trainer.batch_size=64"), (28, 28, 1), 10)
-    assert [len(m.layers) for m in net.modules] == [1, 3] and len(net.sg_models) == 1
+    assert [len(m.layers) for m in net.modules] == [1, 3] and len(net.interface_models) == 1
     even = build_network(make_cfg("model.layers=4", "model.dni_every=2"), (28, 28, 1), 10)
     assert [len(m.layers) for m in even.modules] == [2, 2]
 
@@ -82,4 +83,4 @@ def test_balanced_partition_builds_the_networks_it_estimates():
     (["model.modules=2"], "model.modules=2 .*null with model.partition=even")])
 def test_partition_settings_are_checked(overrides, message):
     with pytest.raises(ConfigError, match=message):
-        validate(make_cfg("model.layers=4", *overrides))
+        check(make_cfg("model.layers=4", *overrides))

@@ -12,8 +12,8 @@ import pytest
 from conftest import FASHION_DIR, device_data, make_cfg
 from sgrad.devices.chunk import make_chunk_runner, preprocess
 from sgrad.run.metrics import read_jsonl
-from sgrad.models.network import build_network, init_variables
-from sgrad.core.optim import build_train_optimizer
+from sgrad.models.network import init_variables
+from sgrad.run.build import build_network, build_train_optimizer
 from sgrad.run.record import DivergenceError
 from sgrad.core.step import create_state, make_train_step
 from sgrad.run import train_and_evaluate
@@ -26,7 +26,7 @@ def _train(idx_dir, tmp_path, *overrides):
 
 @pytest.mark.parametrize("model, mode", [(m, mode) for m in ("fcn", "cnn") for mode in ("backprop", "dni", "cdni")]
                          + [("fcn", "dni_full"), ("fcn", "cdni_full")]
-                         + [(m, mode) for m in ("fcn", "cnn") for mode in ("dgl", "ddg")])
+                         + [(m, mode) for m in ("fcn", "cnn") for mode in ("dgl", "ddg")] + [("fcn", "fr")])
 def test_every_mode_learns(idx_dir, tmp_path, mode, model):
     layers = 4 if model == "fcn" else 3
     summary = _train(idx_dir, tmp_path, f"mode={mode}", f"model.name={model}", f"model.layers={layers}",

@@ -1,6 +1,6 @@
-"""mode=dgl and mode=ddg with parallel=pipeline on K CPU devices (argv[1]): each equals the same schedule run
-sequentially in plain Python, and the single-device step (DGL drained to one minibatch in flight; DDG as it
-runs, since its forward pass is locked)."""
+"""mode=dgl, ddg and fr with parallel=pipeline on K CPU devices (argv[1]): each equals the same schedule run
+sequentially in plain Python, and the single-device step (DGL drained to one minibatch in flight; DDG and FR
+as they run, since their forward pass is locked)."""
 
 import sys
 
@@ -9,11 +9,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from conftest import device_data, make_cfg
-from sgrad.core.optim import build_train_optimizer
+from sgrad.run.build import build_train_optimizer
 from sgrad.core.step import init_state, make_train_step
 from sgrad.devices.chunk import make_chunk_runner, preprocess
-from sgrad.devices.pipeline import build_pipeline, make_pipeline_runner, run_sequential, to_train_state
-from sgrad.models.network import build_network, init_variables
+from sgrad.devices.layout import build_pipeline, to_train_state
+from sgrad.devices.pipeline import make_pipeline_runner
+from sgrad.devices.sequential import run_sequential
+from sgrad.models.network import init_variables
+from sgrad.run.build import build_network
 
 K = int(sys.argv[1])
 assert jax.device_count() == K
@@ -47,7 +50,8 @@ def moved(a, b):
 
 
 # Conv stages at two devices only (CI time); more devices add middle stages, which the FCN cases cover.
-cases = [("dgl", "fcn", (6, 6, 1)), ("dgl", "cnn", (8, 8, 1)), ("ddg", "fcn", (6, 6, 1)), ("ddg", "cnn", (8, 8, 1))]
+cases = [("dgl", "fcn", (6, 6, 1)), ("dgl", "cnn", (8, 8, 1)), ("ddg", "fcn", (6, 6, 1)), ("ddg", "cnn", (8, 8, 1)),
+         ("fr", "fcn", (6, 6, 1))]
 for mode, model, shape in [c for c in cases if K == 2 or c[1] == "fcn"]:
     net, tx, fresh, xs, ys, pre, (mean, std) = setup(mode, model, shape)
     T = 3 * K + 4
@@ -58,7 +62,7 @@ for mode, model, shape in [c for c in cases if K == 2 or c[1] == "fcn"]:
     ref = run_sequential(pipe, fresh(), xs, ys, idx, pre)
     assert int(got.step) == int(ref.step) == T
     assert moved(got.params, fresh().params), "every module (and head) must have been updated"
-    for part in ("params", "stats", "opt_state", "delayed"):
+    for part in ("params", "stats", "opt_state", "carry"):
         d = max_diff(getattr(got, part), getattr(ref, part)) if jax.tree.leaves(getattr(got, part)) else 0.0
         assert d < 1e-5, (mode, model, part, d)
     assert np.isfinite(float(metrics["loss"]))
@@ -72,7 +76,7 @@ for mode, model, shape in [c for c in cases if K == 2 or c[1] == "fcn"]:
                                                                                np.int32(len(drained)))
         got = to_train_state(pipe, state)
     single, _ = make_chunk_runner(make_train_step(net, tx), mean, std)(fresh(), xs, ys, idx, np.int32(T))
-    for part in ("params", "stats", "opt_state", "delayed"):
+    for part in ("params", "stats", "opt_state", "carry"):
         if jax.tree.leaves(getattr(single, part)):
             d = max_diff(getattr(got, part), getattr(single, part))
             assert d < 1e-5, (mode, model, "single", part, d)
