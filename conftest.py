@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import atexit
+import copy
+import functools
 import os
 import shutil
 import subprocess
@@ -20,9 +22,6 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 
 import numpy as np
 import pytest
-from omegaconf import OmegaConf
-
-from sgrad.config import TrainConfig
 from sgrad.data.idx import write_idx
 
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
@@ -31,7 +30,8 @@ ROOT = Path(__file__).resolve().parent
 
 def program_env(**extra: str) -> dict[str, str]:
     """The environment of a test program under tests/programs/ (it imports conftest and sgrad from ROOT)."""
-    return {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT), **extra}
+    return {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]),
+            **extra}
 
 
 def run_on_cpu_devices(program: str, devices: int, *args: str) -> subprocess.CompletedProcess:
@@ -44,14 +44,16 @@ def run_on_cpu_devices(program: str, devices: int, *args: str) -> subprocess.Com
     return res
 
 
-def make_cfg(*dotlist: str):
-    """A TrainConfig with test-sized defaults, then the given `key=value` overrides."""
-    cfg = OmegaConf.structured(TrainConfig)
-    small = ["model.width=32", "sg.width=64", "sg.conv_channels=8", "model.channels=8", "model.kernel=3",
-             "sg.kernel=3", "trainer.batch_size=32", "trainer.log_every=25", "trainer.progress=false",
-             "trainer.eval_batch_size=128", "log.grad_probe_every=50", "optim.lr=3e-3",
-             "optim.schedule=constant", "sg.optim.lr=3e-3", "sg.optim.schedule=constant"]
-    return OmegaConf.merge(cfg, OmegaConf.from_dotlist(small + list(dotlist)))
+@functools.lru_cache(maxsize=None)
+def _composed(overrides: tuple[str, ...]):
+    from sgrad.config.compose import compose_config
+    return compose_config("+debug=tiny", *overrides)
+
+
+def make_cfg(*overrides: str):
+    """The config `sgrad-train +debug=tiny <overrides>` composes (configs/debug/tiny.yaml: test-sized shapes), as a
+    fresh copy the test may change."""
+    return copy.deepcopy(_composed(tuple(overrides)))
 
 
 def prototype_images(n: int, classes: int, side: int, seed: int, noise: float = 60.0):

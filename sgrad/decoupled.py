@@ -80,9 +80,11 @@ class Decoupled:
         params, stats = init_variables(self.network, key, x)
         return init_state(self.network, params, stats, self.tx, x, y)
 
-    def train_step(self, state: TrainState, x: jnp.ndarray, y: jnp.ndarray) -> tuple[TrainState, dict]:
-        """One decoupled update of every module and interface model: (new state, metrics)."""
-        return make_train_step(self.network, self.tx, self.settings)(state, x, y)
+    def train_step(self, state: TrainState, x: jnp.ndarray, y: jnp.ndarray,
+                   diagnostics: bool = True) -> tuple[TrainState, dict]:
+        """One decoupled update of every module and interface model: (new state, metrics); `diagnostics` adds the
+        global norms of gradients, updates and parameters (watch/norm/*)."""
+        return make_train_step(self.network, self.tx, self.settings)(state, x, y, diagnostics)
 
     def predict(self, state: TrainState, x: jnp.ndarray) -> jnp.ndarray:
         """Inference-mode logits (batch norm on running statistics)."""

@@ -11,7 +11,7 @@ from conftest import make_cfg
 from sgrad.core import delayed, dni, greedy
 from sgrad.core.optim import Optimizers
 from sgrad.core.step import create_state, make_train_step
-from sgrad.models import Stage
+from sgrad.models import LayerGroup
 from sgrad.models.network import Network, apply, init_variables
 from sgrad.modes import RULES
 from sgrad.run.build import build_network
@@ -88,7 +88,7 @@ def test_dgl_top_module_update_is_backprops_and_modules_follow_their_own_head():
 
 def test_dgl_with_one_module_is_backprop():
     net, params, stats, x, y = _setup("dgl", layers=3)
-    one = Network((Stage(tuple(layer for m in net.modules for layer in m.layers)),), (), CLASSES, net.rule)
+    one = Network((LayerGroup(tuple(layer for m in net.modules for layer in m.layers)),), (), CLASSES, net.rule)
     p1, s1 = init_variables(one, jax.random.key(3), x)
     tx = Optimizers(optax.sgd(0.1), optax.sgd(0.1))
     state = create_state(p1, s1, tx)
@@ -152,7 +152,7 @@ def test_ddg_module_k_applies_the_true_gradient_of_the_minibatch_fed_k_steps_ago
 def test_ddg_with_no_delay_is_backprop():
     """One module: K - k = 0 for every module, and DDG's step is backprop's."""
     net, params, stats, x, y = _setup("ddg", layers=3)
-    one = Network((Stage(tuple(layer for m in net.modules for layer in m.layers)),), (), CLASSES, net.rule)
+    one = Network((LayerGroup(tuple(layer for m in net.modules for layer in m.layers)),), (), CLASSES, net.rule)
     p1, s1 = init_variables(one, jax.random.key(3), x)
     batches = _batches(3)
     ours = _ddg_run(one, p1, s1, batches)[-1]

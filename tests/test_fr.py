@@ -12,7 +12,7 @@ from conftest import make_cfg
 from sgrad.core import dni
 from sgrad.core.optim import Optimizers
 from sgrad.core.step import init_state, make_train_step
-from sgrad.models import Stage
+from sgrad.models import LayerGroup
 from sgrad.models.network import Network, apply, init_variables
 from sgrad.modes import RULES
 from sgrad.run.build import build_network
@@ -111,7 +111,7 @@ def test_fr_replays_at_current_weights_where_ddg_uses_stashed_ones():
 
 def test_fr_with_one_module_is_backprop():
     net, params, stats = _setup(layers=3)
-    one = Network((Stage(tuple(layer for m in net.modules for layer in m.layers)),), (), CLASSES, RULES["fr"])
+    one = Network((LayerGroup(tuple(layer for m in net.modules for layer in m.layers)),), (), CLASSES, RULES["fr"])
     x = _batches(1)[0][0]
     p1, s1 = init_variables(one, jax.random.key(3), x)
     batches = _batches(3)

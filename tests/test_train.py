@@ -41,11 +41,11 @@ def test_every_mode_learns(idx_dir, tmp_path, mode, model):
     if mode == "dgl":  # every module's auxiliary classifier learns too
         assert {"aux/loss/1", "aux/loss/2", "aux/accuracy/1", "aux/accuracy/2"} <= keys
         assert rows[-2]["aux/accuracy/2"] > 0.5 and rows[-2]["aux/loss/1"] < rows[0]["aux/loss/1"]
-    elif mode == "ddg":
-        assert {"ddg/cosine/1", "ddg/norm_ratio/1", "ddg/staleness/1"} <= keys
-        probed = [r for r in rows if "ddg/staleness/1" in r][-1]
+    elif mode in ("ddg", "fr"):
+        assert {f"{mode}/cosine/1", f"{mode}/norm_ratio/1", f"{mode}/staleness/1"} <= keys
+        probed = [r for r in rows if f"{mode}/staleness/1" in r][-1]
         k = layers  # one module per layer
-        assert [probed[f"ddg/staleness/{i}"] for i in range(1, k)] == [k - i for i in range(1, k)]
+        assert [probed[f"{mode}/staleness/{i}"] for i in range(1, k)] == [k - i for i in range(1, k)]
     elif mode != "backprop":
         assert {"sg/loss/1", "sg/loss/2", "sg/cosine/1", "sg/norm_ratio/2"} <= keys
         sg = [r["sg/loss/1"] for r in rows if "sg/loss/1" in r]

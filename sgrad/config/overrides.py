@@ -103,7 +103,7 @@ def check_overrides(argv: list[str], config_dir: str | Path) -> None:
                 _check_plugin(key, str(v))
         if key.startswith("hydra") or o.package:
             continue
-        if key in GROUPS and not o.is_add() or key in ("exp", "hparams_search"):
+        if key in GROUPS and not o.is_add() or key in ("exp", "hparams_search", "debug"):
             _check_group(o, config_dir)
         elif isinstance(o.value(), str) and o.value().startswith("${"):
             continue  # interpolations resolve later; Hydra checks them

@@ -193,7 +193,7 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
 
-GROUPS = ("dataset", "model", "mode", "optim", "exp", "hparams_search")
+GROUPS = ("dataset", "model", "mode", "optim", "exp", "hparams_search", "debug")
 
 
 class ConfigError(ValueError):

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from sgrad.data import cifar, idx
-from sgrad.data.download import RemoteFile, fetch
+from sgrad.data.download import RemoteFile, fetch, search_dirs
 from sgrad.data.errors import DatasetError
 
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
@@ -98,15 +97,6 @@ class Dataset:
         return tuple(self.train_x.shape[1:])
 
 
-def candidate_dirs(spec: DatasetSpec, configured: str | None) -> list[Path]:
-    """Where to look, in order; the first is where downloads go."""
-    if configured:
-        return [Path(configured).expanduser()]
-    root = os.environ.get("SGRAD_DATA")
-    base = Path(root).expanduser() if root else Path.home() / ".cache" / "sgrad"
-    return [base / spec.name] + [Path(d) for d in spec.system_dirs]
-
-
 def _required(spec: DatasetSpec) -> list[str]:
     return [cifar.FOLDER] if spec.kind == "cifar" else list(IDX_FILES)
 
@@ -183,7 +173,7 @@ def load_dataset(name: str, directory: str | None = None, download: bool = True,
     spec = SPECS[name]
     if name == "idx" and not directory:
         raise DatasetError("dataset=idx needs dataset.dir=PATH, a folder with " + ", ".join(IDX_FILES))
-    dirs = candidate_dirs(spec, directory)
+    dirs = search_dirs(spec.name, directory, spec.system_dirs)
     for folder in dirs:
         if _complete(spec, folder):
             return _load_from(spec, folder, num_classes)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import urllib.error
 import urllib.request
@@ -12,6 +13,16 @@ from pathlib import Path
 from tqdm import tqdm
 
 from sgrad.data.errors import DatasetError
+
+
+def search_dirs(name: str, configured: str | None, system_dirs=()) -> list[Path]:
+    """Where a dataset's files are looked for, in order; the first is where downloads go: `dataset.dir` if set,
+    else $SGRAD_DATA/<name> or ~/.cache/sgrad/<name>, then the system's own copies (e.g. a Debian package)."""
+    if configured:
+        return [Path(configured).expanduser()]
+    root = os.environ.get("SGRAD_DATA")
+    base = Path(root).expanduser() if root else Path.home() / ".cache" / "sgrad"
+    return [base / name] + [Path(d) for d in system_dirs]
 
 
 @dataclass(frozen=True)

@@ -9,26 +9,18 @@ folder (text8, enwik8, Shakespeare, a user's own) and splits it by fraction.
 
 from __future__ import annotations
 
-import os
 import tarfile
 from pathlib import Path
 
 import numpy as np
 
-from sgrad.data.download import RemoteFile, fetch
+from sgrad.data.download import RemoteFile, fetch, search_dirs
 from sgrad.data.errors import DatasetError
 from sgrad.data.copy import StreamChunk
 
 SPLITS = ("train", "valid", "test")
 SOURCE = "http://www.fit.vutbr.cz/~imikolov/rnnlm/simple-examples.tgz"
 EOL = "\n"
-
-
-def char_dirs(configured: str | None) -> list[Path]:
-    if configured:
-        return [Path(configured).expanduser()]
-    root = os.environ.get("SGRAD_DATA")
-    return [Path(root) / "ptb_char"] if root else [Path.home() / ".cache" / "sgrad" / "ptb_char"]
 
 
 def _tokens(path: Path) -> list[str]:
@@ -70,7 +62,7 @@ def _extract(archive: Path, folder: Path) -> None:
 def load_char_corpus(directory: str | None = None, download: bool = True, checksum: str | None = None,
                      url: str | None = None, progress: bool = True) -> dict[str, np.ndarray]:
     """{'train','valid','test': int32 ids, 'vocab': array of characters}; fetched only with a checksum."""
-    dirs = char_dirs(directory)
+    dirs = search_dirs("ptb_char", directory)
     for folder in dirs:
         if _complete(folder):
             return _read(folder)

@@ -59,8 +59,8 @@ def make_chunk_runner(train_step, mean: jnp.ndarray, std: jnp.ndarray, host_loop
 
     `host_loop` dispatches one jitted step at a time from Python instead (same
     signature and results): XLA:CPU compiles convolutions inside a while loop
-    without its fast convolution path — measured 20.5 s vs 0.42 s for one step
-    of the paper's CNN at batch 64 — so conv networks on CPU take this path.
+    without its fast convolution path (many times slower per step of the
+    paper's CNN: results/bench/), so conv networks on CPU take this path.
     """
     if not host_loop:
         return jax.jit(chunk_fn(train_step, mean, std), donate_argnums=0)

@@ -62,4 +62,5 @@ def _same(state):
 
 def slow_loop_convolutions(modules) -> bool:
     """Whether convolutions would land in a compiled loop on XLA:CPU (see chunk.make_chunk_runner)."""
-    return jax.default_backend() == "cpu" and any(isinstance(layer, ConvBlock) for m in modules for layer in m.layers)
+    layers = (layer for m in modules for layer in getattr(m, "layers", (m,)))
+    return jax.default_backend() == "cpu" and any(isinstance(layer, ConvBlock) for layer in layers)

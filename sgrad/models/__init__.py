@@ -11,7 +11,7 @@ from sgrad.models.cnn import ConvBlock
 from sgrad.models.fcn import Classifier, DenseBlock
 
 
-class Stage(nn.Module):
+class LayerGroup(nn.Module):
     """Consecutive layers that update together: one decoupled module f_i."""
 
     layers: Sequence[nn.Module]
@@ -40,7 +40,7 @@ def build_layers(model_cfg, num_classes: int) -> list[nn.Module]:
     return body + [Classifier(num_classes)]
 
 
-def group_layers(layers: Sequence[nn.Module], sizes: Sequence[int]) -> tuple[Stage, ...]:
+def group_layers(layers: Sequence[nn.Module], sizes: Sequence[int]) -> tuple[LayerGroup, ...]:
     """Consecutive layers into modules of the given sizes (sgrad/models/partition.py chooses them)."""
     starts = [sum(sizes[:i]) for i in range(len(sizes))]
-    return tuple(Stage(tuple(layers[a:a + n])) for a, n in zip(starts, sizes))
+    return tuple(LayerGroup(tuple(layers[a:a + n])) for a, n in zip(starts, sizes))

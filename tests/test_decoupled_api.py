@@ -1,0 +1,101 @@
+"""sgrad as a library (sgrad/decoupled.py): a user's own Flax modules, decoupled in every mode, through the public
+API and through `model=custom` in the runner; and the README's example, run as written."""
+
+import re
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from conftest import ROOT, make_cfg, prototype_images
+from residual_model import make_modules
+from sgrad import RULES, decouple
+from sgrad.config import ConfigError
+from sgrad.run.build import build_decoupled, check
+
+
+def _readme_example() -> str:
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Your own Flax model"):]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+def test_readme_example_runs_and_learns():
+    code = _readme_example()
+    assert 15 <= len(code.strip().splitlines()) <= 25, "the README promises a 15-25 line example"
+    namespace = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    # The example trains on data it makes; chance is 10 %.
+    assert float(namespace["metrics"]["accuracy"]) > 0.6, namespace["metrics"]
+    assert "sg/cosine/1" in namespace["probe"]
+
+
+def _data(n=64):
+    x, y = prototype_images(n, 10, 6, seed=0)
+    return jnp.asarray(x, jnp.float32)[..., None] / 255.0, jnp.asarray(y, jnp.int32)
+
+
+@pytest.mark.parametrize("mode", sorted(RULES))
+def test_every_mode_trains_a_users_residual_stack(mode):
+    x, y = _data()
+    net = decouple(make_modules(10, width=16), mode, input_shape=(6, 6, 1), num_classes=10,
+                   optimizer=optax.adam(3e-3))
+    assert len(net.network.modules) == 4 and net.rule is RULES[mode]
+    start = net.init(jax.random.key(0), x, y)
+    step = jax.jit(net.train_step)
+    state, first = step(start, x, y)
+    for _ in range(30):
+        state, metrics = step(state, x, y)
+    assert float(metrics["loss"]) < float(first["loss"]), (mode, first["loss"], metrics["loss"])
+    # Every module moved, the lowest included (after its delay in ddg / fr).
+    for i, (a, b) in enumerate(zip(state.params["modules"], start.params["modules"])):
+        assert any(not np.allclose(u, v) for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b))), (mode, i)
+    logits = net.predict(state, x)
+    assert logits.shape == (64, 10) and bool(jnp.all(jnp.isfinite(logits)))
+
+
+def test_runner_builds_a_custom_model_through_hydra_and_through_the_public_api():
+    cfg = make_cfg("model=custom", "model._target_=residual_model.make_modules", "+model.args.width=24",
+                   "+model.args.blocks=3", "mode=dgl")
+    check(cfg)
+    net = build_decoupled(cfg, (6, 6, 1), 10, 100)
+    assert [type(m).__name__ for m in net.network.modules] == ["Stem", "ResidualBlock", "ResidualBlock",
+                                                                "ResidualBlock", "TakesTrain"]
+    assert len(net.network.interface_models) == 4 and net.rule is RULES["dgl"]
+
+
+@pytest.mark.parametrize("target, fragment", [
+    ("no_such_package.make", "model._target_=no_such_package.make could not be called"),
+    ("residual_model.not_modules", "model._target_=residual_model.not_modules returned dict"),
+])
+def test_a_custom_target_that_is_not_a_module_factory_is_one_line(target, fragment):
+    cfg = make_cfg("model=custom", f"model._target_={target}")
+    with pytest.raises(ConfigError, match=re.escape(fragment)) as err:
+        build_decoupled(cfg, (6, 6, 1), 10, 100)
+    assert "\n" not in str(err.value) and "flax.linen Modules" in str(err.value)
+
+
+def test_custom_needs_a_target():
+    with pytest.raises(ConfigError, match="model._target_=None is not allowed"):
+        check(make_cfg("model=custom"))
+
+
+def test_a_custom_model_trains_through_the_run_loop(idx_dir, tmp_path):
+    from sgrad.run import train_and_evaluate
+    cfg = make_cfg("model=custom", "model._target_=residual_model.make_modules", "dataset.name=idx",
+                   f"dataset.dir={idx_dir}", "dataset.download=false", "mode=cdni", "sg.hidden_layers=0",
+                   "trainer.steps=150", "trainer.eval_every=150")
+    summary = train_and_evaluate(cfg, tmp_path / "run")
+    assert summary["status"] == "completed" and summary["test/accuracy"] > 0.5, summary  # chance is 0.1
+    assert (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_a_custom_model_pipelines_in_every_decoupled_mode(idx_dir, tmp_path):
+    from conftest import run_on_cpu_devices
+    res = run_on_cpu_devices("pipeline_custom", 3, idx_dir, tmp_path)
+    pipelined = sorted(name for name, rule in RULES.items() if rule.stage is not None)
+    assert res.stdout.splitlines() == [f"{m} ok" for m in pipelined] + ["run ok"]
