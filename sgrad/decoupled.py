@@ -31,10 +31,11 @@ from sgrad.modes import ModeRule, rule_for
 ModelFor = Callable[[tuple[int, ...]], nn.Module]  # activation shape (no batch axis) -> model
 
 
-def paper_sg_model(shape: tuple[int, ...]) -> nn.Module:
-    """The paper's SG model (sec. 4.1): 2 x 1024 Linear -> BN -> ReLU for flat activations, two 128-channel 5x5
-    convs for feature maps; a zero-initialised output layer either way."""
-    return DenseSynthetic(2, 1024) if len(shape) == 1 else ConvSynthetic(2, 128, 5)
+def paper_sg_model(shape: tuple[int, ...], conditioned: bool = False) -> nn.Module:
+    """The paper's SG model (sec. 4.1), zero-initialised output layer: for DNI 2 x 1024 Linear -> BN -> ReLU on flat
+    activations, two 128-channel 5x5 convs on feature maps; for cDNI (the label as input) a linear map."""
+    hidden = 0 if conditioned else 2
+    return DenseSynthetic(hidden, 1024) if len(shape) == 1 else ConvSynthetic(hidden, 128, 5)
 
 
 def linear_aux_classifier(num_classes: int) -> ModelFor:
@@ -97,13 +98,13 @@ class Decoupled:
 
 def decouple(modules: Sequence[nn.Module], mode: str | ModeRule = "dni", *, input_shape: Sequence[int],
              num_classes: int, optimizer: optax.GradientTransformation | None = None,
-             interface_optimizer: optax.GradientTransformation | None = None, sg_model: ModelFor = paper_sg_model,
+             interface_optimizer: optax.GradientTransformation | None = None, sg_model: ModelFor | None = None,
              aux_model: ModelFor | None = None, input_model: ModelFor = paper_input_model,
              settings: UpdateRule = UpdateRule()) -> Decoupled:
     """Decouple `modules` (f_1..f_K: Flax modules called as f(h, train) or f(h); f_K returns the logits) in `mode`.
 
-    The model on interface i is `sg_model(shape of h_i)` in the SG modes and `aux_model(...)` (default: a linear
-    classifier) in dgl; the complete-unlocking modes add `input_model(shape of h_{i-1})` for module i > 1.
+    The model on interface i is `sg_model(shape of h_i)` in the SG modes (default: the paper's, `paper_sg_model`)
+    and `aux_model(...)` (default: a linear classifier) in dgl; the complete-unlocking modes add `input_model(shape of h_{i-1})` for module i > 1.
     Modules follow `optimizer` (default Adam 1e-4), interface and input models `interface_optimizer` (default:
     the same). `settings` holds sg.scale, BP(λ), SG warm-up and sporadic updates (sgrad.core.step.UpdateRule).
     """
@@ -112,6 +113,7 @@ def decouple(modules: Sequence[nn.Module], mode: str | ModeRule = "dni", *, inpu
     if len(modules) < 2:
         raise ValueError(f"decouple needs at least two modules (one interface), got {len(modules)}")
     shapes = activation_shapes(modules, input_shape)
+    sg_model = sg_model or (lambda shape: paper_sg_model(shape, rule.conditioned))
     aux_model = aux_model or linear_aux_classifier(num_classes)
     interface_for = {"sg": sg_model, "aux": aux_model, None: None}[rule.interface]
     interface = tuple(interface_for(s) for s in shapes[:-1]) if interface_for else ()

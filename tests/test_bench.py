@@ -3,11 +3,8 @@
 import sys
 from pathlib import Path
 
+import bench
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-
-import bench  # noqa: E402
 
 
 @pytest.mark.slow

@@ -43,6 +43,7 @@ def _cfg(idx_dir, *extra):
     return make_cfg("dataset.name=idx", f"dataset.dir={idx_dir}", "mode=dni", "log.grad_probe_every=30", *extra)
 
 
+@pytest.mark.slow
 def test_preempted_run_resumes_exactly_in_the_same_run_dir(idx_dir, tmp_path):
     args = ("trainer.steps=1000", "checkpoint.every=250", "trainer.eval_every=250")
     ref = train_and_evaluate(_cfg(idx_dir, *args), tmp_path / "ref")
@@ -68,6 +69,7 @@ def test_checkpoints_keep_the_newest_n(idx_dir, tmp_path):
     assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == [80, 100]
 
 
+@pytest.mark.slow
 def test_resume_from_another_run_dir(idx_dir, tmp_path):
     ref = train_and_evaluate(_cfg(idx_dir, "trainer.steps=80", "checkpoint.every=40"), tmp_path / "ref")
     train_and_evaluate(_cfg(idx_dir, "trainer.steps=40", "checkpoint.every=40"), tmp_path / "a")
@@ -79,6 +81,7 @@ def test_resume_from_another_run_dir(idx_dir, tmp_path):
         train_and_evaluate(_cfg(idx_dir, f"trainer.resume={tmp_path / 'nothing'}"), tmp_path / "c")
 
 
+@pytest.mark.slow
 def test_corrupt_latest_checkpoint_falls_back_with_a_warning(idx_dir, tmp_path, caplog):
     ref = train_and_evaluate(_cfg(idx_dir, "trainer.steps=100", "checkpoint.every=40"), tmp_path / "ref")
     run = tmp_path / "run"
@@ -96,6 +99,7 @@ def test_corrupt_latest_checkpoint_falls_back_with_a_warning(idx_dir, tmp_path, 
 DIVERGE = ("sg.optim.lr=1e12",)
 
 
+@pytest.mark.slow
 def test_divergence_names_the_last_good_checkpoint(idx_dir, tmp_path):
     good = tmp_path / "good"
     train_and_evaluate(_cfg(idx_dir, "trainer.steps=50", "checkpoint.every=50"), good)

@@ -11,7 +11,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from sgrad.cli import CONFIG_DIR
-from sgrad.config import ConfigError, register, validate
+from sgrad.config import ConfigError, register
+from sgrad.run.build import check
 from sgrad.run.build import build_network
 from sgrad.config.overrides import check_overrides
 from sgrad.run import train_and_evaluate
@@ -65,7 +66,7 @@ def test_defaults_are_the_paper_settings():
 @pytest.mark.parametrize("exp", EXPERIMENTS)
 def test_every_experiment_composes_and_builds(exp):
     cfg = _compose(f"+exp={exp}")
-    validate(cfg)
+    check(cfg)
     shape = (32, 32, 3) if cfg.dataset.name == "cifar10" else (28, 28, 1)
     net = build_network(cfg, shape, 10)
     modules = -(-cfg.model.layers // cfg.model.dni_every)
@@ -82,6 +83,7 @@ def test_smoke_runs_cover_every_mode_and_model():
     assert any(e.startswith("repeat_copy") for e in RECURRENT_RUNS)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("exp", SMOKE_RUNS)
 def test_every_distinct_experiment_smoke_runs_on_tiny_data(exp, idx_dir, tmp_path):
     cfg = _compose(f"+exp={exp}", "dataset=idx", f"dataset.dir={idx_dir}", "model.layers=3", *TINY)
@@ -92,14 +94,18 @@ def test_every_distinct_experiment_smoke_runs_on_tiny_data(exp, idx_dir, tmp_pat
 @pytest.mark.parametrize("exp", RECURRENT)
 def test_every_recurrent_experiment_composes(exp, tmp_path):
     cfg = _compose(f"+exp={exp}")
-    validate(cfg)
+    check(cfg)
     assert cfg.model.name == "lstm" and cfg.trainer.bptt >= 1
     assert cfg.sg.aux == exp.endswith("_aux") and (cfg.mode == "backprop") == exp.endswith("_backprop")
     assert (cfg.mode == "cdni") == exp.endswith("_cdni")
-    # The character corpus is not here (tests/test_recurrent.py writes one), so ptb_char_* only compose.
-    if exp in RECURRENT_RUNS:
-        summary = train_and_evaluate(_compose(f"+exp={exp}", *RECURRENT_TINY), tmp_path)
-        assert summary["status"] == "completed" and summary["step"] == 20
+
+
+# The character corpus is not here (tests/test_recurrent.py writes one), so ptb_char_* only compose.
+@pytest.mark.slow
+@pytest.mark.parametrize("exp", RECURRENT_RUNS)
+def test_every_recurrent_experiment_runs_on_tiny_settings(exp, tmp_path):
+    summary = train_and_evaluate(_compose(f"+exp={exp}", *RECURRENT_TINY), tmp_path)
+    assert summary["status"] == "completed" and summary["step"] == 20
 
 
 @pytest.mark.parametrize("args, fragment", [
@@ -139,7 +145,7 @@ def test_valid_overrides_pass_the_check():
 ])
 def test_bad_values_are_named(override, fragment):
     with pytest.raises(ConfigError, match=fragment.replace("[", r"\[").replace("]", r"\]")):
-        validate(_compose(override))
+        check(_compose(override))
 
 
 def _cli(*args, cwd):

@@ -178,6 +178,7 @@ def test_ddg_probe_reads_staleness_from_the_stash_and_matches_at_unchanged_weigh
     assert probe["ddg/cosine/1"] < 1.0 - 1e-4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["dgl", "ddg"])
 def test_a_run_stopped_and_resumed_equals_one_that_was_not(mode, idx_dir, tmp_path):
     """Checkpoints hold everything the mode carries (DDG: the stashes and the cotangents in flight)."""

@@ -83,6 +83,7 @@ def test_custom_needs_a_target():
         check(make_cfg("model=custom"))
 
 
+@pytest.mark.slow
 def test_a_custom_model_trains_through_the_run_loop(idx_dir, tmp_path):
     from sgrad.run import train_and_evaluate
     cfg = make_cfg("model=custom", "model._target_=residual_model.make_modules", "dataset.name=idx",

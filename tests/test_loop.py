@@ -63,6 +63,7 @@ def test_eval_every_null_means_once_per_epoch_for_every_task(idx_dir, tmp_path):
     assert eval_every(OmegaConf.merge(copy.cfg, {"trainer": {"eval_every": 5}}), copy) == 5
 
 
+@pytest.mark.slow
 def test_recurrent_run_preempted_resumes_with_no_duplicate_steps(tmp_path):
     ref = train_and_evaluate(_copy_cfg(), tmp_path / "ref")
     run = tmp_path / "run"
@@ -79,6 +80,7 @@ def test_recurrent_run_preempted_resumes_with_no_duplicate_steps(tmp_path):
     assert again["max_length_solved"] == ref["max_length_solved"]
 
 
+@pytest.mark.slow
 def test_two_clock_run_checkpoints_and_resumes(tmp_path):
     cfg = lambda steps: make_cfg("model.name=lstm", "dataset.name=two_timescale", "mode=dni", "model.hidden=8",
                                  "trainer.bptt=3", "dataset.bits=1", "trainer.batch_size=8", "trainer.log_every=10",
@@ -103,6 +105,7 @@ COPY_RUN = ["+exp=copy_dni", "model.hidden=16", "trainer.steps=40", "trainer.log
             "checkpoint.every=20", "log.grad_probe_every=20", "trainer.eval_every=20"]
 
 
+@pytest.mark.slow
 def test_cli_recurrent_run_says_where_it_writes_and_logs_each_evaluation(tmp_path):
     run = tmp_path / "run"
     res = _cli(*COPY_RUN, f"hydra.run.dir={run}")
@@ -113,6 +116,7 @@ def test_cli_recurrent_run_says_where_it_writes_and_logs_each_evaluation(tmp_pat
     assert "curriculum length" in (run / "sgrad.log").read_text()
 
 
+@pytest.mark.slow
 def test_cli_changed_rerun_leaves_the_earlier_run_byte_identical(tmp_path):
     run = tmp_path / "run"
     assert _cli(*COPY_RUN, f"hydra.run.dir={run}").returncode == 0

@@ -9,4 +9,4 @@ from conftest import run_on_cpu_devices
 def test_data_parallel_equals_single_device():
     # Four devices here; two processes with one device each in tests/test_multiprocess.py.
     res = run_on_cpu_devices("data_parallel_equality", 4, 4)
-    assert res.stdout.split() == ["backprop", "ok", "dni", "ok", "cdni", "ok"]
+    assert res.stdout.split() == ["backprop", "ok", "dni", "ok", "cdni", "ok", "one", "bucket", "ok"]

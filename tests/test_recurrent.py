@@ -182,6 +182,7 @@ def _write_ptb(folder, text_lines):
         (folder / f"ptb.char.{split}.txt").write_text("\n".join(" ".join(line.replace(" ", "_")) for line in lines))
 
 
+@pytest.mark.slow
 def test_char_corpus_and_a_short_run(tmp_path):
     rng = np.random.default_rng(0)
     words = ["the", "cat", "sat", "on", "mat", "a", "dog"]

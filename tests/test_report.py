@@ -78,7 +78,6 @@ def test_curves_png_and_csv_round_trip(sweep):
 
 
 def test_diagnostics_plot_has_a_panel_per_signal_the_runs_logged(tmp_path):
-    sys.path.insert(0, str(ROOT / "scripts"))
     import report
     run = lambda row, layers, diag: {"row": row, "layers": layers, "diagnostics": diag}
     runs = [run("dgl", 3, {"aux/accuracy/1": [(10, 0.5), (20, 0.7)], "aux/accuracy/2": [(10, 0.4), (20, 0.6)]}),

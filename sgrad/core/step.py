@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import struct
+from jax.flatten_util import ravel_pytree
 
 from sgrad.core import dni
 from sgrad.core.optim import Optimizers
@@ -66,6 +67,13 @@ def _global_norm(tree) -> jnp.ndarray:
     return optax.global_norm(tree) if jax.tree.leaves(tree) else jnp.zeros(())
 
 
+def bucket_mean(tree: PyTree, axis_name: str) -> PyTree:
+    """pmean of a whole pytree as one flat buffer: one collective per step instead of one per leaf, as DDP's
+    gradient buckets do (a collective's latency, not its bytes, dominates a small network's step)."""
+    flat, unravel = ravel_pytree(tree)
+    return unravel(jax.lax.pmean(flat, axis_name))
+
+
 def masked_update(tx: optax.GradientTransformation, grads, opt_state, params, active):
     """One optimizer step, kept only where `active` (a traced bool); otherwise params and state stay."""
     updates, new_state = tx.update(grads, opt_state, params)
@@ -95,7 +103,7 @@ def make_train_step(net: Network, tx: Optimizers, rule: UpdateRule = UpdateRule(
         grads, stats, carry, metrics = mode.grads(net, state, x, y, rule)
         metrics = dict(metrics)
         if axis_name is not None:
-            grads, stats, metrics = jax.lax.pmean((grads, stats, metrics), axis_name)
+            grads, stats, metrics = bucket_mean((grads, stats, metrics), axis_name)
         # Which modules (each with the SG model on its output) update this step.
         if rule.update_prob < 1.0:
             key = jax.random.fold_in(jax.random.key(rule.seed), state.step)

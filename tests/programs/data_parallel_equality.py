@@ -36,3 +36,17 @@ for mode in ("backprop", "dni", "cdni"):
     np.testing.assert_allclose(m1["loss"], m2["loss"], rtol=1e-5)
     assert not np.allclose(jax.tree.leaves(s1.params["modules"])[0], first)
     print(mode, "ok")
+
+# One collective per step: gradients, batch statistics and metrics travel as one flat buffer (bucket_mean), so
+# each all-reduce in the compiled chunk has a single operand (a per-leaf reduce has one per parameter).
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+mesh = jax.make_mesh((jax.device_count(),), (DATA_AXIS,))
+specs = (P(), P(), P(), P(None, DATA_AXIS), P())
+sharded = jax.jit(jax.shard_map(chunk_fn(step, mean, std), mesh=mesh, in_specs=specs, out_specs=(P(), P()),
+                                check_vma=False))
+args = [jax.device_put(a, NamedSharding(mesh, sp)) for a, sp in zip((fresh(), xs, ys, idx, np.int32(5)), specs)]
+reduces = [line for line in sharded.lower(*args).compile().as_text().splitlines() if " all-reduce(" in line]
+assert reduces and all(line.split("=")[1].strip().startswith("f32[") for line in reduces), reduces
+print("one bucket ok")
