@@ -2,7 +2,6 @@
 API and through `model=custom` in the runner; and the README's example, run as written."""
 
 import re
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -76,6 +75,23 @@ def test_a_custom_target_that_is_not_a_module_factory_is_one_line(target, fragme
     with pytest.raises(ConfigError, match=re.escape(fragment)) as err:
         build_decoupled(cfg, (6, 6, 1), 10, 100)
     assert "\n" not in str(err.value) and "flax.linen Modules" in str(err.value)
+
+
+def test_a_custom_target_that_cannot_be_imported_is_refused_at_start_up():
+    with pytest.raises(ConfigError, match=re.escape("model._target_=no_such_package.make could not be imported "
+                                                    "(ModuleNotFoundError")):
+        check(make_cfg("model=custom", "model._target_=no_such_package.make"))
+
+
+@pytest.mark.slow
+def test_cli_custom_target_error_is_one_line_and_exit_2(tmp_path):
+    import subprocess
+    import sys
+    res = subprocess.run([sys.executable, "-m", "sgrad.cli", "model=custom", "model._target_=no_such_package.make"],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert res.returncode == 2 and res.stderr.strip().count("\n") == 0, res.stderr
+    assert "model._target_=no_such_package.make could not be imported" in res.stderr
+    assert not (tmp_path / "outputs").exists()
 
 
 def test_custom_needs_a_target():

@@ -3,7 +3,6 @@ out independently here: module k replays its input of K-k steps ago at its *curr
 the cotangent that module k+1 sent back last step."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest

@@ -85,7 +85,7 @@ def custom_modules(model_cfg, num_classes: int) -> list[nn.Module]:
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
     target = model_cfg._target_
-    expected = "a function (num_classes, **model.args) -> a list of two or more flax.linen Modules"
+    expected = CUSTOM_EXPECTED
     try:
         made = instantiate({"_target_": target, **dict(model_cfg.args)}, num_classes=num_classes)
     except InstantiationException as e:
@@ -186,3 +186,19 @@ def check(cfg: Any) -> None:
                    "gradient from the module above)")
     for key, value, allowed in rule.refusals(update_settings(cfg)):
         require(False, key, value, allowed)
+    if str(cfg.model.name) == "custom":
+        _locate_target(cfg.model._target_)
+
+
+CUSTOM_EXPECTED = "a function (num_classes, **model.args) -> a list of two or more flax.linen Modules"
+
+
+def _locate_target(target: str):
+    """The user's function, imported (not called) so that a wrong path fails before any data is read."""
+    import importlib
+    module, _, name = str(target).rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise ConfigError(f"model._target_={target} could not be imported ({type(e).__name__}: {e}); expected "
+                          f"{CUSTOM_EXPECTED}") from None
