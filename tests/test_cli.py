@@ -120,6 +120,8 @@ def test_every_recurrent_experiment_runs_on_tiny_settings(exp, tmp_path):
     (["-m", "mode=dni,bogus"], "mode=bogus is not a known choice"),
     (["sg.optim.lrr=1"], "unknown config key 'sg.optim.lrr': keys under sg.optim are: name, lr"),
     (["hydra.run.dir=out/a=b"], "cannot parse the argument 'hydra.run.dir=out/a=b'"),
+    (["exp=mnist_dni"], "exp=mnist_dni: exp presets are added to the config, not chosen: write +exp=mnist_dni"),
+    (["--cfg", "job", "-m", "mode=dni,cdni"], "--cfg and -m cannot be combined"),
 ])
 def test_typos_give_one_line_naming_key_and_allowed_values(args, fragment):
     with pytest.raises(ConfigError) as err:

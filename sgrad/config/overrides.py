@@ -83,6 +83,10 @@ def _check_plugin(key: str, value: str) -> None:
 def check_overrides(argv: list[str], config_dir: str | Path) -> None:
     """Raise ConfigError for the first override that names an unknown key, group choice or bad value."""
     config_dir = Path(config_dir)
+    modes = [a for a in argv if a in ("-m", "--multirun", "--run") or a.startswith(("--cfg", "--info", "-c"))]
+    if len({"multirun" if a in ("-m", "--multirun") else a.split("=")[0] for a in modes}) > 1:
+        raise ConfigError(f"{' and '.join(modes)} cannot be combined: print a sweep's config with --cfg job alone "
+                          "(it shows the first job), or run the sweep with -m alone")
     args = [a for a in argv if "=" in a and not a.startswith("-")]
     if not args:
         return
@@ -103,6 +107,9 @@ def check_overrides(argv: list[str], config_dir: str | Path) -> None:
                 _check_plugin(key, str(v))
         if key.startswith("hydra") or o.package:
             continue
+        if key in ("exp", "hparams_search", "debug") and not o.is_add():
+            raise ConfigError(f"{o.input_line}: {key} presets are added to the config, not chosen: write "
+                              f"+{o.input_line}")
         if key in GROUPS and not o.is_add() or key in ("exp", "hparams_search", "debug"):
             _check_group(o, config_dir)
         elif isinstance(o.value(), str) and o.value().startswith("${"):
