@@ -228,3 +228,15 @@ def test_tensorboard_opens_on_loss_error_and_sg_quality_not_bookkeeping(idx_dir,
     # TensorBoard's Time Series dashboard orders card groups by name and expands the first two.
     groups = sorted({t.split("/", 1)[0] for t in tags})
     assert groups[:2] == ["sg", "test"] and groups[-1] == "watch"
+
+
+@pytest.mark.slow
+def test_wall_time_counts_every_segment_of_a_resumed_and_rerun_run(tmp_path):
+    train_and_evaluate(_copy_cfg("trainer.steps=20"), tmp_path)
+    first = json.loads((tmp_path / "summary.json").read_text())
+    train_and_evaluate(_copy_cfg(), tmp_path)  # resumes from step 20 to 40
+    train_and_evaluate(_copy_cfg(), tmp_path)  # finished: a rerun does nothing but keeps the total
+    last = json.loads((tmp_path / "summary.json").read_text())
+    assert len(last["wall_segments"]) == 3 and last["wall_segments"][0] == pytest.approx(first["wall_seconds"])
+    assert last["wall_seconds"] == pytest.approx(sum(last["wall_segments"]))
+    assert last["wall_seconds"] > last["wall_segments"][-1] + first["wall_seconds"] * 0.99

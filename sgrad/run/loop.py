@@ -25,7 +25,7 @@ from sgrad.config import flat_config
 from sgrad.run.rundir import check_run_dir, record_config, resume_command, sweep_name, swept_settings
 from sgrad.run.signals import StopRequest
 from sgrad.run.task import Task
-from sgrad.run.record import DivergenceError, Preempted, run_record
+from sgrad.run.record import DivergenceError, Preempted, earlier_segments, run_record
 
 log = logging.getLogger("sgrad")
 
@@ -102,10 +102,12 @@ def run(cfg: Any, workdir: str | Path, task: Task) -> dict:
     swept = swept_settings()
     # TensorBoard names a run by its folder: in a sweep, by what the sweep varies.
     run_name = sweep_name(swept) or None
+    earlier: list[float] = []
     if lead:
         record_config(cfg, workdir)
         # Whatever was logged after the restored step is about to be recomputed.
         rewind(workdir, step, run_name)
+        earlier = earlier_segments(workdir / "summary.json")
         (workdir / "summary.json").unlink(missing_ok=True)
     last = _last_logged(workdir) if lead else {}
     writer = MetricWriter(workdir, cfg.log.tensorboard, enabled=lead, run_name=run_name)
@@ -152,7 +154,7 @@ def run(cfg: Any, workdir: str | Path, task: Task) -> dict:
         return out
 
     closing = [bar, writer, checkpoints]
-    with run_record(workdir, fields, closing, enabled=lead) as summary, StopRequest() as stop_request:
+    with run_record(workdir, fields, closing, enabled=lead, earlier=earlier) as summary, StopRequest() as stop_request:
         while step < total:
             # Chunk ends lie on a fixed grid of steps, so a resumed run logs exactly the same points.
             stop = min([total] + [(step // e + 1) * e for e in

@@ -26,12 +26,13 @@ class Preempted(RuntimeError):
 
 
 @contextlib.contextmanager
-def run_record(workdir: Path, fields: Callable[[], dict], closing: Sequence = (), enabled: bool = True
-               ) -> Iterator[dict]:
+def run_record(workdir: Path, fields: Callable[[], dict], closing: Sequence = (), enabled: bool = True,
+               earlier: Sequence[float] = ()) -> Iterator[dict]:
     """Run the block; then close `closing` and write summary.json (status, fields(), provenance), even on error.
 
     Status: completed, diverged (DivergenceError), preempted (Preempted) or failed.
     The yielded dict becomes the summary. `enabled=False` (processes after the first) writes no file.
+    `earlier`: the wall seconds of this run dir's earlier segments (earlier_segments), counted in the total.
     """
     summary: dict = {}
     status, start = "failed", time.perf_counter()
@@ -47,6 +48,18 @@ def run_record(workdir: Path, fields: Callable[[], dict], closing: Sequence = ()
     finally:
         for c in closing:
             c.close()
-        summary.update({"status": status, **fields(), "wall_seconds": time.perf_counter() - start, **provenance()})
+        segments = [*earlier, round(time.perf_counter() - start, 3)]
+        # A resumed or rerun run counts every segment it took: wall_seconds is the total, not the last part.
+        summary.update({"status": status, **fields(), "wall_seconds": sum(segments), "wall_segments": segments,
+                        **provenance()})
         if enabled:
             (Path(workdir) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def earlier_segments(path: Path) -> list[float]:
+    """The wall seconds of the segments an earlier start in this run dir recorded (none for a fresh dir)."""
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    return list(old.get("wall_segments", [old["wall_seconds"]] if "wall_seconds" in old else []))
