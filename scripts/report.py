@@ -177,7 +177,9 @@ def plot_diagnostics(runs: list[dict], path: Path) -> bool:
                         series[(r["row"], int(key.rsplit("/", 1)[1]))][step].append(value)
         for j, ((row, i), by_step) in enumerate(sorted(series.items())):
             steps = sorted(by_step)
+            # Markers where points are few: a series of one point (a short run) is otherwise invisible.
             ax.plot(steps, [statistics.mean(by_step[s]) for s in steps], label=f"{row}, module {i}",
+                    marker="o" if len(steps) <= 20 else None, markersize=3,
                     color=f"C{sorted({k[0] for k in series}).index(row)}", alpha=1.0 - 0.6 * (i - 1) / max(depth, 2))
         ax.set_title(f"{DIAGNOSTICS[family]}, {depth} layers", fontsize=9)
         ax.set_xlabel("step")
