@@ -240,3 +240,25 @@ def test_wall_time_counts_every_segment_of_a_resumed_and_rerun_run(tmp_path):
     assert len(last["wall_segments"]) == 3 and last["wall_segments"][0] == pytest.approx(first["wall_seconds"])
     assert last["wall_seconds"] == pytest.approx(sum(last["wall_segments"]))
     assert last["wall_seconds"] > last["wall_segments"][-1] + first["wall_seconds"] * 0.99
+
+
+def test_resume_command_of_a_sweep_job_resumes_the_whole_sweep(monkeypatch, tmp_path):
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import open_dict
+
+    from sgrad.config.compose import compose_config
+    from sgrad.run.rundir import resume_command
+    cfg = compose_config("+exp=decoupled_fashion_mnist_fcn", "trainer.steps=50", hydra=True)
+    with open_dict(cfg):
+        cfg.hydra.mode = RunMode.MULTIRUN
+        cfg.hydra.sweep.dir = str(tmp_path / "sweep")
+    monkeypatch.setattr(HydraConfig.instance(), "cfg", None)
+    HydraConfig.instance().set_config(cfg)
+    monkeypatch.setattr(sys, "argv", ["sgrad-train", "-m", "+exp=decoupled_fashion_mnist_fcn", "trainer.steps=50"])
+    try:
+        command = resume_command(tmp_path / "sweep" / "3")
+    finally:
+        HydraConfig.instance().cfg = None
+    assert command == (f"sgrad-train -m +exp=decoupled_fashion_mnist_fcn trainer.steps=50 "
+                       f"hydra.sweep.dir={tmp_path / 'sweep'}")

@@ -98,10 +98,17 @@ def sweep_name(swept: dict[str, str]) -> str:
 
 
 def resume_command(workdir: str | Path) -> str:
-    """The command that continues this run: this job's overrides, with the run dir pinned."""
+    """The command that continues this run: this job's overrides, with the run dir pinned. In a multirun, the
+    command that continues the whole sweep: the same sweep, with its sweep dir pinned (finished jobs are found
+    finished, the interrupted one resumes from its checkpoint, the rest run)."""
     try:
         from hydra.core.hydra_config import HydraConfig
-        overrides = list(HydraConfig.get().overrides.task)
+        from hydra.types import RunMode
+        hydra_cfg = HydraConfig.get()
+        overrides = list(hydra_cfg.overrides.task)
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            sweep = [a for a in sys.argv[1:] if a not in ("-m", "--multirun") and not a.startswith("hydra.sweep.dir=")]
+            return shlex.join(["sgrad-train", "-m", *sweep, f"hydra.sweep.dir={Path(hydra_cfg.sweep.dir).absolute()}"])
     except ValueError:  # not under Hydra (a notebook or a test calling the loop)
         overrides = [a for a in sys.argv[1:] if "=" in a and not a.startswith("-")]
     overrides = [o for o in overrides if not o.startswith("hydra.run.dir=")]
