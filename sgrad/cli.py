@@ -112,8 +112,18 @@ def _run(cfg: DictConfig) -> float:
     return float(summary["objective"])
 
 
+def typed_length_wins(argv: list[str]) -> list[str]:
+    """trainer.steps and trainer.epochs both say how long to train, and epochs wins when both are set: so a
+    trainer.steps the user types clears a preset's trainer.epochs (what is typed wins); typing both is refused."""
+    typed = {a.split("=", 1)[0].lstrip("+~") for a in argv if "=" in a and not a.startswith("-")}
+    if {"trainer.steps", "trainer.epochs"} <= typed:
+        raise ConfigError("trainer.steps and trainer.epochs both set how long to train: give one of them")
+    return argv + ["trainer.epochs=null"] if "trainer.steps" in typed else argv
+
+
 def main() -> None:
     try:
+        sys.argv[1:] = typed_length_wins(sys.argv[1:])
         check_overrides(sys.argv[1:], CONFIG_DIR)
         preflight(sys.argv[1:])
     except ConfigError as e:

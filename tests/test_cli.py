@@ -237,3 +237,15 @@ def test_report_without_matplotlib_says_which_install_brings_it(tmp_path):
                          text=True, cwd=Path(CONFIG_DIR).parent, env=env, timeout=120)
     assert res.returncode != 0 and "pip install -e '.[report]'" in res.stderr
     assert not (tmp_path / "nowhere").exists()
+
+
+def test_typed_training_length_beats_a_presets_epochs():
+    from sgrad.cli import typed_length_wins
+    argv = typed_length_wins(["-m", "+exp=decoupled_fashion_mnist_fcn", "trainer.steps=50"])
+    cfg = _compose(*[a for a in argv if a != "-m"])
+    assert cfg.trainer.steps == 50 and cfg.trainer.epochs is None
+    # Without a typed length the preset's epochs stand; typing both is refused in one line.
+    assert _compose("+exp=decoupled_fashion_mnist_fcn").trainer.epochs == 5
+    assert typed_length_wins(["+exp=decoupled_fashion_mnist_fcn"]) == ["+exp=decoupled_fashion_mnist_fcn"]
+    with pytest.raises(ConfigError, match="give one of them"):
+        typed_length_wins(["trainer.steps=5", "trainer.epochs=1"])
