@@ -71,16 +71,40 @@ def _label_variants(runs: list[dict]) -> None:
         r["row"] = r["mode"] + (f" ({extra})" if extra else "")
 
 
-def _mean_std(values: list[float]) -> str:
+def _mean_std(values: list[float], seeds: int = 1) -> str:
+    """Mean ± std in %; a cell with fewer runs than the sweep has seeds says how many it has."""
     if not values:
         return "–"
     pct = [100 * v for v in values]
+    fewer = f" (n={len(pct)})" if len(pct) < seeds else ""
     if len(pct) == 1:
-        return f"{pct[0]:.2f}"
-    return f"{statistics.mean(pct):.2f} ± {statistics.stdev(pct):.2f}"
+        return f"{pct[0]:.2f}{fewer}"
+    return f"{statistics.mean(pct):.2f} ± {statistics.stdev(pct):.2f}{fewer}"
 
 
-def table(runs: list[dict], paper: dict | None = None) -> str:
+def missing_jobs(root: Path) -> list[str]:
+    """The jobs a basic-sweeper multirun asked for that left no summary.json (interrupted or never started), as
+    "N (overrides)"; empty when the sweep is complete or its jobs cannot be listed (another sweeper)."""
+    multirun = root / "multirun.yaml"
+    if not multirun.exists():
+        return []
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    hydra_cfg = OmegaConf.load(multirun).hydra
+    if "basic_sweeper" not in str(hydra_cfg.sweeper.get("_target_", "")):
+        return []
+    # As the basic sweeper does: its params first, the command line's overrides after them (they win).
+    params = {str(k): str(v) for k, v in (hydra_cfg.sweeper.get("params") or {}).items()}
+    task = list(hydra_cfg.overrides.task)
+    typed = {o.split("=", 1)[0] for o in task}
+    overrides = [f"{k}={v}" for k, v in params.items() if k not in typed] + task
+    jobs = [job for batch in BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(overrides), None)
+            for job in batch]
+    return [f"{i} ({' '.join(o for o in job if o.split('=')[0] in PLACED or ',' in str(params.get(o.split('=')[0], '')))})"
+            for i, job in enumerate(jobs) if not (root / str(i) / "summary.json").exists()]
+
+
+def table(runs: list[dict], paper: dict | None = None, missing: list[str] = ()) -> str:
     """Markdown: test error (%) by mode (rows) and depth (columns), mean ± std over seeds."""
     depths = sorted({r["layers"] for r in runs})
     order = {m: i for i, m in enumerate(MODES)}
@@ -92,7 +116,7 @@ def table(runs: list[dict], paper: dict | None = None) -> str:
     seeds = sorted({r["seed"] for r in runs})
     head = "| test error (%) | " + " | ".join(f"{d} layers" for d in depths) + " |"
     rule = "|---|" + "---|" * len(depths)
-    rows = [f"| {m} | " + " | ".join(_mean_std(cells[(m, d)]) for d in depths) + " |" for m in modes]
+    rows = [f"| {m} | " + " | ".join(_mean_std(cells[(m, d)], len(seeds)) for d in depths) + " |" for m in modes]
     if paper:
         rows += [f"| {m} (paper) | " + " | ".join(str(paper[m].get(d, "–")) for d in depths) + " |"
                  for m in modes if m in paper]
@@ -117,6 +141,8 @@ def table(runs: list[dict], paper: dict | None = None) -> str:
     failed = [r["run"] for r in runs if r.get("status") != "completed"]
     if failed:
         note += f" Not completed (excluded): {', '.join(failed)}."
+    if missing:
+        note += f"\nMissing from the sweep (no summary.json: not run yet or interrupted): {', '.join(missing)}."
     return "\n".join([head, rule, *rows]) + "\n" + note + "\n"
 
 
@@ -232,7 +258,7 @@ def main() -> None:
         raise SystemExit(f"report: no summary.json under {args.root}")
     out = args.out or args.root / "report"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "table.md").write_text(table(runs, paper))
+    (out / "table.md").write_text(table(runs, paper, missing_jobs(args.root)))
     write_csv(runs, out / "runs.csv")
     plot_curves(runs, out / "curves.png")
     written = ["table.md", "runs.csv", "curves.png"]
