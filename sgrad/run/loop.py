@@ -137,6 +137,7 @@ def run(cfg: Any, workdir: str | Path, task: Task) -> dict:
         # The bar moves when a chunk's metrics arrive, so the loss it shows is that of the step it shows:
         # the postfix is set first, and update() draws both.
         bar.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in list(out.items())[:2]}, refresh=False)
+        bar.set_description_str(task.name, refresh=False)
         bar.update(stop - start)
         record(stop, out)
 
@@ -154,6 +155,10 @@ def run(cfg: Any, workdir: str | Path, task: Task) -> dict:
         return out
 
     closing = [bar, writer, checkpoints]
+    if step < total:
+        # The first chunk compiles before it runs: say so, instead of a bar that sits at 0 %.
+        log.info("compiling the training step (the first chunk starts when it is done)")
+        bar.set_description_str(f"{task.name} (compiling)", refresh=True)
     with run_record(workdir, fields, closing, enabled=lead, earlier=earlier) as summary, StopRequest() as stop_request:
         while step < total:
             # Chunk ends lie on a fixed grid of steps, so a resumed run logs exactly the same points.
@@ -185,4 +190,7 @@ def run(cfg: Any, workdir: str | Path, task: Task) -> dict:
                 t_mark = time.perf_counter()
             if stopping:
                 raise Preempted(stopping, step, resume_command(workdir))
+    final = ", ".join(f"{k} {summary[k]:.4g}" for k in task.final_metrics if isinstance(summary.get(k), float))
+    log.info("done at step %d: %s; wrote %s (metrics.jsonl, tb/, checkpoints/, summary.json)", step,
+             final or "no final metrics", workdir.absolute())
     return summary
