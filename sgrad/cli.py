@@ -25,6 +25,10 @@ log = logging.getLogger("sgrad")
 register()
 
 
+# An existing run dir as it was before this start (preflight), put back if the start fails before training.
+_START = None
+
+
 def preflight(argv: list[str]) -> None:
     """Compose and validate a single run's config, and check its run dir, before Hydra touches the disk."""
     if any(a in ("-m", "--multirun") or a.startswith(("--cfg", "--help", "-h", "--info", "--hydra-help",
@@ -40,6 +44,10 @@ def preflight(argv: list[str]) -> None:
     check_writable(run_dir or "outputs")  # Hydra's default run dirs live under ./outputs
     if run_dir:
         check_run_dir(cfg, run_dir)
+        if Path(run_dir).is_dir():
+            global _START
+            from sgrad.run.rundir import StartRecord
+            _START = StartRecord(run_dir)
 
 
 def _shared_workdir(workdir: Path) -> Path:
@@ -101,6 +109,8 @@ def _run(cfg: DictConfig) -> float:
         print(f"sgrad-train: {e}", file=sys.stderr)
         if hydra_cfg.mode != RunMode.MULTIRUN:
             discard_stub(workdir)  # refused before anything ran: leave no empty run dir behind
+            if _START is not None and isinstance(e, (ConfigError, DatasetError)):
+                _START.restore()  # a rerun that could not start leaves the run it found byte for byte
         if hydra_cfg.mode == RunMode.MULTIRUN:
             # Let the sweep go on; sgrad.run.callbacks.FailedJobs reports this job at the end.
             return float("nan")

@@ -96,9 +96,9 @@ def test_two_clock_run_checkpoints_and_resumes(tmp_path):
 
 # --- the command line --------------------------------------------------------------------------
 
-def _cli(*args, timeout=300):
+def _cli(*args, timeout=300, cwd=ROOT):
     return subprocess.run([sys.executable, "-m", "sgrad.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT)
+                          timeout=timeout, cwd=cwd)
 
 
 COPY_RUN = ["+exp=copy_dni", "model.hidden=16", "trainer.steps=40", "trainer.log_every=10", "trainer.progress=false",
@@ -130,6 +130,18 @@ def test_cli_changed_rerun_leaves_the_earlier_run_byte_identical(tmp_path):
     res = _cli(*COPY_RUN, "trainer.steps=60", f"hydra.run.dir={run}")
     assert res.returncode == 0, res.stderr[-2000:]
     assert [r["step"] for r in read_jsonl(run / "metrics.jsonl") if "train/loss" in r] == [10, 20, 30, 40, 50, 60]
+
+
+@pytest.mark.slow
+def test_cli_rerun_that_fails_to_start_leaves_the_run_byte_identical(idx_dir, tmp_path):
+    run = tmp_path / "run"
+    tiny = ["+debug=tiny", "dataset=idx", "trainer.steps=30", f"hydra.run.dir={run}"]
+    assert _cli(*tiny, f"dataset.dir={idx_dir}").returncode == 0
+    before = _tree_digest(run)
+    # dataset.dir may change between starts (the data moved), so this rerun is accepted, then cannot load.
+    res = _cli(*tiny, f"dataset.dir={tmp_path / 'nowhere'}")
+    assert res.returncode == 2 and "files not found" in res.stderr, res.stderr[-2000:]
+    assert _tree_digest(run) == before
 
 
 def test_cli_refused_config_creates_no_run_dir(tmp_path):
@@ -196,6 +208,9 @@ def test_cli_error_inside_the_run_is_printed_once_and_leaves_no_stub(tmp_path):
     said = [l for l in (res.stdout + res.stderr).splitlines() if "nowhere" in l]
     assert len(said) == 1 and said[0].startswith("sgrad-train: "), res.stdout + res.stderr
     assert not (tmp_path / "run").exists()
+    # With Hydra's own run dir (outputs/<date>/<time>), the date folder made for it goes too.
+    res = _cli("dataset=idx", f"dataset.dir={tmp_path / 'nowhere'}", cwd=tmp_path)
+    assert res.returncode == 2 and not (tmp_path / "outputs").exists()
 
 
 def test_progress_bar_shows_the_loss_of_the_step_it_shows(idx_dir, tmp_path, monkeypatch):

@@ -128,3 +128,39 @@ def discard_stub(workdir: str | Path) -> None:
     if is_stub(workdir):
         import shutil
         shutil.rmtree(workdir)
+        # Hydra's outputs/<date>/ made for it alone goes too (never a folder outside the working dir).
+        cwd = Path.cwd().resolve()
+        for parent in Path(workdir).resolve().parents:
+            if parent == cwd or not parent.is_relative_to(cwd) or any(parent.iterdir()):
+                break
+            parent.rmdir()
+
+
+class StartRecord:
+    """What a start writes into an existing run dir before training (Hydra's .hydra/ files, the log), kept so that
+    a start that fails or is refused can put the run dir back as it was, byte for byte."""
+
+    def __init__(self, workdir: str | Path):
+        self.root = Path(workdir)
+        files = [p for p in self.root.rglob("*") if p.is_file()] if self.root.is_dir() else []
+        self.existed = {p for p in files}
+        self.saved = {p: p.read_bytes() for p in files if ".hydra" in p.relative_to(self.root).parts
+                      or p.suffix == ".log"}
+
+    def restore(self) -> None:
+        """Close the log files the start opened in the run dir, drop what it added, rewrite what it changed."""
+        import logging
+        for logger in (logging.getLogger(), logging.getLogger("sgrad")):
+            for handler in list(logger.handlers):
+                name = getattr(handler, "baseFilename", None)
+                if name and Path(name).resolve().is_relative_to(self.root.resolve()):
+                    handler.close()
+                    logger.removeHandler(handler)
+        for p in sorted(self.root.rglob("*"), reverse=True):
+            if p.is_file() and p not in self.existed:
+                p.unlink()
+            elif p.is_dir() and not any(p.iterdir()) and not any(q.is_relative_to(p) for q in self.existed):
+                p.rmdir()
+        for p, data in self.saved.items():
+            if not p.exists() or p.read_bytes() != data:
+                p.write_bytes(data)
