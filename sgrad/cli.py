@@ -82,7 +82,14 @@ def _run(cfg: DictConfig) -> float:
     if cfg.distributed:
         import jax
         # Must precede any other JAX call; SLURM / Open MPI / TPU settings are read from the environment.
-        jax.distributed.initialize()
+        try:
+            jax.distributed.initialize()
+        except (ValueError, RuntimeError) as e:
+            print(f"sgrad-train: distributed=true found no cluster to join ({str(e).splitlines()[0]}): run it "
+                  "where JAX detects one (SLURM, e.g. hydra/launcher=submitit_slurm; Open MPI's mpirun; "
+                  "Kubernetes; Cloud TPU), or leave distributed=false for one process", file=sys.stderr)
+            discard_stub(workdir)
+            sys.exit(2)
         workdir = _shared_workdir(workdir)
         if jax.process_index() != 0:
             # One voice per run: only process 0 writes the log (the other processes' records would repeat it).
