@@ -132,7 +132,7 @@ def test_typos_give_one_line_naming_key_and_allowed_values(args, fragment):
 
 def test_valid_overrides_pass_the_check():
     check_overrides(["+exp=mnist_dni", "model.layers=6", "mode=cdni", "dataset.dir=/x", "trainer.epochs=null",
-                     "-m", "seed=0,1,2", "hydra/launcher=basic", "hydra.run.dir=/tmp/x", "--cfg", "job"],
+                     "-m", "seed=0,1,2", "hydra/launcher=basic", "hydra.run.dir=/tmp/x"],
                     CONFIG_DIR)
 
 
