@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The decoupling methods side by side (backprop, DNI, cDNI, DGL, DDG), as run for results/decoupled/.
+# The decoupling methods side by side (backprop, DNI, cDNI, DGL, DDG; FR in the FCN preset), as run for
+# results/decoupled/.
 # Each sweep writes its run dirs; scripts/report.py turns them into table.md, runs.csv, curves.png,
 # diagnostics.png and provenance.md.
 set -euo pipefail
-sgrad-train -m +exp=decoupled_fashion_mnist_fcn trainer.progress=false hydra.sweep.dir=/tmp/dec/fcn
+sgrad-train -m +exp=decoupled_fashion_mnist_fcn trainer.progress=false hydra.sweep.dir=/tmp/dec/fcn   # 72 runs, 34 min
 python scripts/report.py /tmp/dec/fcn --out results/decoupled/fcn
 sgrad-train -m +exp=decoupled_fashion_mnist_cnn trainer.progress=false hydra.sweep.dir=/tmp/dec/cnn
 python scripts/report.py /tmp/dec/cnn --out results/decoupled/cnn
