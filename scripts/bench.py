@@ -140,12 +140,36 @@ def bench_parallel(cfg, parallel: str, devices: int, chunk: int, chunks: int) ->
     """Examples/s of `sgrad-train parallel=...` on the first `devices` devices (ticks count as steps)."""
     cfg = OmegaConf.merge(cfg, {"trainer": {"log_every": chunk}})
     net, tx, state, shape, xs, ys, idx, (mean, std) = setup(cfg)
+    from jax.flatten_util import ravel_pytree
+    bucket = ravel_pytree((state.params, state.stats))[0].size  # before the runner donates the state
     run, state, _ = make_runner(parallel, net, tx, state, update_settings(cfg), shape,
                                 cfg.trainer.batch_size, mean, std, jax.devices()[:devices])
     elapsed = _time(run, state, xs, ys, idx, chunks)
-    return {"mode": _label(cfg), "parallel": parallel, "devices": devices, "modules": len(net.modules),
-            "split": "+".join(str(len(m.layers)) for m in net.modules),
-            "examples_per_sec": chunk * chunks * cfg.trainer.batch_size / elapsed}
+    row = {"mode": _label(cfg), "parallel": parallel, "devices": devices, "modules": len(net.modules),
+           "split": "+".join(str(len(m.layers)) for m in net.modules),
+           "examples_per_sec": chunk * chunks * cfg.trainer.batch_size / elapsed}
+    if parallel == "data" and devices > 1:
+        # The step's one collective (sgrad.core.step.bucket_mean), timed alone at its size: what the data
+        # parallel step pays on top of half the compute, the bound the link sets.
+        row["allreduce_sec"] = allreduce_seconds(bucket, jax.devices()[:devices])
+        row["bucket_floats"] = int(bucket)
+    return row
+
+
+def allreduce_seconds(size: int, devices, repeats: int = 20) -> float:
+    """Median seconds of one pmean of f32[size] over `devices` (one shard_map program, as in the step)."""
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+    mesh = jax.make_mesh((len(devices),), ("d",), devices=devices)
+    reduce = jax.jit(jax.shard_map(lambda a: jax.lax.pmean(a, "d"), mesh=mesh, in_specs=P("d"), out_specs=P("d")))
+    a = jax.device_put(jnp.ones((len(devices) * size,), jnp.float32), NamedSharding(mesh, P("d")))
+    jax.block_until_ready(reduce(a))
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        jax.block_until_ready(reduce(a))
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
 
 
 def device_rows(n: int, modes: list[str], layers: int, batch: int, chunk: int, chunks: int,
@@ -192,12 +216,21 @@ def _write_device_table(args, title: str, how: str, grouping: str, rows: list[di
              f"stash holds whole minibatches). {grouping} Pipeline examples/s count "
              f"minibatches fed per tick. Median chunk of {args.chunks} chunks of {args.chunk} steps after a "
              "warm-up chunk.",
-             "", "| mode | devices | layers per module | parallel | examples/s | × one device |", "|---|---|---|---|---|---|"]
+             "Data rows: `all-reduce` is the step's one collective (its gradients, batch statistics and metrics in "
+             "one flat bucket) timed alone at its size in the same processes, and `bound` the speed-up a data "
+             "parallel step could reach if it paid only that on top of 1/N of the one-device step: "
+             "T1 / (T1/N + all-reduce).",
+             "", "| mode | devices | layers per module | parallel | examples/s | × one device | all-reduce (ms) | bound × |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         base = next(b["examples_per_sec"] for b in rows if b["parallel"] == "none" and b["mode"] == r["mode"]
                     and b["process_devices"] == r["process_devices"])
+        extra = "| | |"
+        if "allreduce_sec" in r:
+            t1 = int(args.batch) / base
+            extra = f"| {r['allreduce_sec'] * 1e3:.2f} | {t1 / (t1 / r['devices'] + r['allreduce_sec']):.2f} |"
         lines.append(f"| {r['mode']} | {r['devices']} | {r['split']} | {r['parallel']} | "
-                     f"{r['examples_per_sec']:.0f} | {r['examples_per_sec'] / base:.2f} |")
+                     f"{r['examples_per_sec']:.0f} | {r['examples_per_sec'] / base:.2f} {extra}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}")
