@@ -132,10 +132,14 @@ def _run(cfg: DictConfig) -> float:
 def typed_length_wins(argv: list[str]) -> list[str]:
     """trainer.steps and trainer.epochs both say how long to train, and epochs wins when both are set: so a
     trainer.steps the user types clears a preset's trainer.epochs (what is typed wins); typing both is refused."""
-    typed = {a.split("=", 1)[0].lstrip("+~") for a in argv if "=" in a and not a.startswith("-")}
-    if {"trainer.steps", "trainer.epochs"} <= typed:
+    typed = dict(a.lstrip("+~").split("=", 1) for a in argv if "=" in a and not a.startswith("-"))
+    if "trainer.steps" not in typed:
+        return argv
+    if "trainer.epochs" in typed:
+        if typed["trainer.epochs"].strip().lower() in ("null", "none"):
+            return argv
         raise ConfigError("trainer.steps and trainer.epochs both set how long to train: give one of them")
-    return argv + ["trainer.epochs=null"] if "trainer.steps" in typed else argv
+    return argv + ["trainer.epochs=null"]
 
 
 def main() -> None:

@@ -176,7 +176,7 @@ def test_cli_errors_exit_nonzero_with_one_line(tmp_path):
     assert res.returncode == 2
     assert res.stderr.strip().splitlines() == [
         "sgrad-train: unknown config key 'model.widht': keys under model are: "
-        "name, layers, width, batch_norm, dni_every, partition, modules, channels, kernel, pool, hidden"]
+        "name, layers, width, batch_norm, dni_every, partition, modules, channels, kernel, pool, hidden, _target_, args"]
     res = _cli("dataset=idx", f"dataset.dir={tmp_path / 'none'}", f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path)
     assert res.returncode == 2
     assert "files not found in" in res.stderr and str(tmp_path / "none") in res.stderr
@@ -249,3 +249,4 @@ def test_typed_training_length_beats_a_presets_epochs():
     assert typed_length_wins(["+exp=decoupled_fashion_mnist_fcn"]) == ["+exp=decoupled_fashion_mnist_fcn"]
     with pytest.raises(ConfigError, match="give one of them"):
         typed_length_wins(["trainer.steps=5", "trainer.epochs=1"])
+    assert typed_length_wins(["trainer.steps=5", "trainer.epochs=null"]) == ["trainer.steps=5", "trainer.epochs=null"]

@@ -191,6 +191,6 @@ def run(cfg: Any, workdir: str | Path, task: Task) -> dict:
             if stopping:
                 raise Preempted(stopping, step, resume_command(workdir))
     final = ", ".join(f"{k} {summary[k]:.4g}" for k in task.final_metrics if isinstance(summary.get(k), float))
-    log.info("done at step %d: %s; wrote %s (metrics.jsonl, tb/, checkpoints/, summary.json)", step,
+    log.info("done (%d steps): %s; wrote %s (metrics.jsonl, tb/, checkpoints/, summary.json)", step,
              final or "no final metrics", workdir.absolute())
     return summary
