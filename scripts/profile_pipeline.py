@@ -102,10 +102,10 @@ def components(mode: str, layers: int, batch: int) -> dict:
         if not last and rule.interface:
             model = net.interface_models[i]
             row["optimizer"] += _median_seconds(jax.jit(lambda g, o, p: tx.sg.update(g, o, p)),
-                                                jax.tree.map(jnp.ones_like, tree["sg"]), tree["sg_opt"], tree["sg"])
+                                                jax.tree.map(jnp.ones_like, tree["interface"]), tree["interface_opt"], tree["interface"])
             if rule.interface == "aux":
                 head = jax.jit(lambda q, s, h: greedy.head_step(model, q, s, h, y))
-                row["interface"] = _median_seconds(head, tree["sg"], tree["sg_stats"], h_out)
+                row["interface"] = _median_seconds(head, tree["interface"], tree["interface_stats"], h_out)
             else:
                 label = jax.nn.one_hot(y, net.num_classes) if net.conditioned else None
 
@@ -113,7 +113,7 @@ def components(mode: str, layers: int, batch: int) -> dict:
                     pred, _ = apply(model, q, s, (h, label), True)  # ĝ for the module
                     out, vjp = jax.vjp(lambda q: apply(model, q, s, (h, label), True)[0], q)
                     return pred, dni.regression_grads([out], [vjp], [h])  # M's regression on an older h
-                row["interface"] = _median_seconds(jax.jit(sg_work), tree["sg"], tree["sg_stats"], h_out)
+                row["interface"] = _median_seconds(jax.jit(sg_work), tree["interface"], tree["interface_stats"], h_out)
         if rule.schedule == "locked" and not last:
             vjp_old = jax.jit(lambda st, s, p: delayed.delayed_vjp(f, s, st, 0, p))
             row["interface"] = _median_seconds(vjp_old, tree["carry"], tree["module_stats"], tree["module"])

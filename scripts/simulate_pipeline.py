@@ -79,8 +79,9 @@ def module_costs(mode: str, layers: int, modules: int | None, batch: int, micro:
     for i in range(pipe.k):
         tree = {"module": params["modules"][i], "module_stats": stats["modules"][i],
                 "module_opt": state.opt_state["modules"][i],
-                **({"sg": params["sg"][i], "sg_stats": stats["sg"][i], "sg_opt": state.opt_state["sg"][i]}
-                   if i < pipe.k - 1 else {"sg": (), "sg_stats": (), "sg_opt": ()})}
+                **({"interface": params["interface"][i], "interface_stats": stats["interface"][i],
+                    "interface_opt": state.opt_state["interface"][i]}
+                   if i < pipe.k - 1 else {"interface": (), "interface_stats": (), "interface_opt": ()})}
         h = jnp.zeros((batch, *pipe.out_shapes[i]))
         ticks.append(_seconds(jax.jit(lambda t, hi, h=h, i=i: pipe.rule.stage(pipe, i, t, Tick(hi, y, ok, h, y, h, ok))[0]),
                               tree, inputs[-1]))

@@ -61,10 +61,10 @@ def test_dgl_nothing_above_a_module_changes_its_update(model):
         above = dict(params)
         above["modules"] = params["modules"][:i + 1] + tuple(_perturb(p, jax.random.key(i)) for p in
                                                              params["modules"][i + 1:])
-        above["sg"] = params["sg"][:i + 1] + tuple(_perturb(q, jax.random.key(9 + i)) for q in params["sg"][i + 1:])
+        above["interface"] = params["interface"][:i + 1] + tuple(_perturb(q, jax.random.key(9 + i)) for q in params["interface"][i + 1:])
         grads, _, _ = greedy.dgl_grads(net, above, stats, x, y)
         _close(grads["modules"][:i + 1], base["modules"][:i + 1])
-        _close(grads["sg"][:i + 1], base["sg"][:i + 1])
+        _close(grads["interface"][:i + 1], base["interface"][:i + 1])
         # ... while the perturbation reaches the modules it touched.
         assert _differs(grads["modules"][i + 1:], base["modules"][i + 1:])
 
@@ -78,11 +78,11 @@ def test_dgl_top_module_update_is_backprops_and_modules_follow_their_own_head():
     # Module 1 with its head is plain backprop of the head's loss through module 1 alone.
     def local(p, q):
         h, _ = apply(net.modules[0], p, stats["modules"][0], (x,), True)
-        logits, _ = apply(net.interface_models[0], q, stats["sg"][0], (h, None), True)
+        logits, _ = apply(net.interface_models[0], q, stats["interface"][0], (h, None), True)
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-    loss, (g_module, g_head) = jax.value_and_grad(local, argnums=(0, 1))(params["modules"][0], params["sg"][0])
+    loss, (g_module, g_head) = jax.value_and_grad(local, argnums=(0, 1))(params["modules"][0], params["interface"][0])
     _close(grads["modules"][0], g_module)
-    _close(grads["sg"][0], g_head)
+    _close(grads["interface"][0], g_head)
     np.testing.assert_allclose(metrics["aux/loss/1"], loss, rtol=1e-5)
 
 

@@ -27,10 +27,10 @@ def _setup(mode="dni", *extra, seed=0, randomize_sg=False, model="fcn"):
     params, stats = init_variables(net, kp, x)
     if randomize_sg:
         # Replace every SG parameter (zero output layers included) so synthetic gradients are non-trivial.
-        leaves, tree = jax.tree.flatten(params["sg"])
+        leaves, tree = jax.tree.flatten(params["interface"])
         keys = jax.random.split(ks, len(leaves))
         leaves = [0.3 * jax.random.normal(k, l.shape) for k, l in zip(keys, leaves)]
-        params = {**params, "sg": jax.tree.unflatten(tree, leaves)}
+        params = {**params, "interface": jax.tree.unflatten(tree, leaves)}
     return cfg, net, params, stats, x, y
 
 
@@ -78,7 +78,7 @@ def test_backprop_mode_is_the_full_chain_gradient():
     grads, _, metrics = dni.backprop_grads(net, params, stats, x, y)
     expected = jax.grad(lambda p: _full_loss(net, p, stats, x, y))(params["modules"])
     _allclose(grads["modules"], expected)
-    assert grads["sg"] == ()
+    assert grads["interface"] == ()
     np.testing.assert_allclose(metrics["loss"], _full_loss(net, params["modules"], stats, x, y), rtol=1e-6)
 
 
@@ -87,7 +87,7 @@ def test_sg_target_is_the_vjp_of_the_module_above_at_its_own_synthetic_gradient(
     _, net, params, stats, x, y = _setup(mode=mode, randomize_sg=True)
     fwd = dni.forward(net.modules, params["modules"], stats["modules"], x)
     _, top = dni.loss_and_top_gradient(fwd.activations[-1], y)
-    pred = dni.predict_synthetic(net, params["sg"], stats["sg"], fwd.activations, y)
+    pred = dni.predict_synthetic(net, params["interface"], stats["interface"], fwd.activations, y)
     _, targets = dni.decoupled_module_grads(fwd, pred.gradients, top)
     k = len(net.modules)
     hs = fwd.activations
@@ -105,15 +105,15 @@ def test_sg_models_regress_their_targets():
     grads, _, metrics = dni.dni_grads(net, params, stats, x, y)
     fwd = dni.forward(net.modules, params["modules"], stats["modules"], x)
     _, top = dni.loss_and_top_gradient(fwd.activations[-1], y)
-    pred = dni.predict_synthetic(net, params["sg"], stats["sg"], fwd.activations, y)
+    pred = dni.predict_synthetic(net, params["interface"], stats["interface"], fwd.activations, y)
     _, targets = dni.decoupled_module_grads(fwd, pred.gradients, top)
-    for i, (model, q, s) in enumerate(zip(net.interface_models, params["sg"], stats["sg"])):
+    for i, (model, q, s) in enumerate(zip(net.interface_models, params["interface"], stats["interface"])):
         h = fwd.activations[i]
 
         def loss(q):
             g = apply(model, q, s, (h, None), True)[0]
             return jnp.sum((g - targets[i]) ** 2) / B
-        _allclose(grads["sg"][i], jax.grad(loss)(q))
+        _allclose(grads["interface"][i], jax.grad(loss)(q))
         np.testing.assert_allclose(metrics[f"sg/loss/{i + 1}"], loss(q), rtol=1e-5)
 
 
@@ -131,16 +131,16 @@ def test_zero_initialised_sg_gives_zero_first_updates_below_it():
     assert changed(params["modules"][-1], new.params["modules"][-1])  # the top module sees the true gradient
     # Bootstrapping: only the top SG model has a non-zero target at step one (the true gradient's VJP);
     # the targets of the SG models below are VJPs of still-zero synthetic gradients.
-    assert changed(params["sg"][-1], new.params["sg"][-1])
-    assert not any(changed(a, b) for a, b in zip(params["sg"][:-1], new.params["sg"][:-1]))
+    assert changed(params["interface"][-1], new.params["interface"][-1])
+    assert not any(changed(a, b) for a, b in zip(params["interface"][:-1], new.params["interface"][:-1]))
 
 
 def test_cdni_uses_the_label_and_dni_does_not():
     for mode, should_depend in (("cdni", True), ("dni", False)):
         _, net, params, stats, x, y = _setup(mode=mode, randomize_sg=True)
         fwd = dni.forward(net.modules, params["modules"], stats["modules"], x)
-        a = dni.predict_synthetic(net, params["sg"], stats["sg"], fwd.activations, y).gradients
-        b = dni.predict_synthetic(net, params["sg"], stats["sg"], fwd.activations, (y + 1) % CLASSES).gradients
+        a = dni.predict_synthetic(net, params["interface"], stats["interface"], fwd.activations, y).gradients
+        b = dni.predict_synthetic(net, params["interface"], stats["interface"], fwd.activations, (y + 1) % CLASSES).gradients
         differs = any(not np.allclose(u, v) for u, v in zip(a, b))
         assert differs == should_depend, mode
 
@@ -148,8 +148,8 @@ def test_cdni_uses_the_label_and_dni_does_not():
 def test_cdni_conv_sg_uses_the_label():
     _, net, params, stats, x, y = _setup(mode="cdni", model="cnn", randomize_sg=True)
     fwd = dni.forward(net.modules, params["modules"], stats["modules"], x)
-    a = dni.predict_synthetic(net, params["sg"], stats["sg"], fwd.activations, y).gradients
-    b = dni.predict_synthetic(net, params["sg"], stats["sg"], fwd.activations, (y + 1) % CLASSES).gradients
+    a = dni.predict_synthetic(net, params["interface"], stats["interface"], fwd.activations, y).gradients
+    b = dni.predict_synthetic(net, params["interface"], stats["interface"], fwd.activations, (y + 1) % CLASSES).gradients
     assert all(u.ndim == 4 for u in a)
     assert not np.allclose(a[0], b[0])
 
@@ -167,8 +167,8 @@ def test_no_gradient_leaks_across_an_interface():
     bp2, _, _ = dni.backprop_grads(net, altered, stats, x, (y + 2) % CLASSES)
     assert not np.allclose(jax.tree.leaves(bp["modules"][0])[0], jax.tree.leaves(bp2["modules"][0])[0])
     # Every non-top module's update is fixed by its own SG model: changing M_2 leaves module 1 alone.
-    sg2 = (params["sg"][0], jax.tree.map(lambda p: p * 2.0, params["sg"][1]), *params["sg"][2:])
-    third, _, _ = dni.dni_grads(net, {**params, "sg": sg2}, stats, x, y)
+    sg2 = (params["interface"][0], jax.tree.map(lambda p: p * 2.0, params["interface"][1]), *params["interface"][2:])
+    third, _, _ = dni.dni_grads(net, {**params, "interface": sg2}, stats, x, y)
     _allclose(third["modules"][0], base["modules"][0], rtol=0, atol=0)
     assert not np.allclose(jax.tree.leaves(third["modules"][1])[0], jax.tree.leaves(base["modules"][1])[0])
 
@@ -177,7 +177,7 @@ def test_sg_scale_scales_the_update_but_not_the_target():
     _, net, params, stats, x, y = _setup(randomize_sg=True)
     fwd = dni.forward(net.modules, params["modules"], stats["modules"], x)
     _, top = dni.loss_and_top_gradient(fwd.activations[-1], y)
-    pred = dni.predict_synthetic(net, params["sg"], stats["sg"], fwd.activations, y)
+    pred = dni.predict_synthetic(net, params["interface"], stats["interface"], fwd.activations, y)
     g1, t1 = dni.decoupled_module_grads(fwd, pred.gradients, top, 1.0)
     g3, t3 = dni.decoupled_module_grads(fwd, pred.gradients, top, 0.25)
     _allclose(t1, t3)
@@ -197,7 +197,7 @@ def test_probe_compares_synthetic_with_true_gradients():
     out = dni.probe_synthetic_gradients(net, params, stats, x, y)
     true = _true_interface_grads(net, params, stats, x, y)
     fwd = dni.forward(net.modules, params["modules"], stats["modules"], x)
-    pred = dni.predict_synthetic(net, params["sg"], stats["sg"], fwd.activations, y).gradients
+    pred = dni.predict_synthetic(net, params["interface"], stats["interface"], fwd.activations, y).gradients
     for i, (g_hat, g) in enumerate(zip(pred, true), start=1):
         a, b = np.ravel(g_hat), np.ravel(g)
         cos = a @ b / np.linalg.norm(a) / np.linalg.norm(b)

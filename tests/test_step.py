@@ -23,11 +23,11 @@ def _setup(mode="dni", *extra, randomize_sg=True):
     x = jax.random.normal(kx, (B, 6, 6, 1))
     y = jax.random.randint(ky, (B,), 0, CLASSES)
     params, stats = init_variables(net, kp, x)
-    if randomize_sg and params["sg"]:
-        leaves, tree = jax.tree.flatten(params["sg"])
+    if randomize_sg and params["interface"]:
+        leaves, tree = jax.tree.flatten(params["interface"])
         keys = jax.random.split(ks, len(leaves))
         params = {**params,
-                  "sg": jax.tree.unflatten(tree, [0.3 * jax.random.normal(k, l.shape) for k, l in zip(keys, leaves)])}
+                  "interface": jax.tree.unflatten(tree, [0.3 * jax.random.normal(k, l.shape) for k, l in zip(keys, leaves)])}
     tx = build_train_optimizer(cfg, 100)
     return cfg, net, tx, create_state(params, stats, tx), x, y
 
@@ -46,7 +46,7 @@ def test_lambda_one_is_the_backprop_update_and_lambda_zero_the_dni_update():
     p, s = state.params, state.stats
     fwd = dni.forward(net.modules, p["modules"], s["modules"], x)
     _, top = dni.loss_and_top_gradient(fwd.activations[-1], y)
-    pred = dni.predict_synthetic(net, p["sg"], s["sg"], fwd.activations, y)
+    pred = dni.predict_synthetic(net, p["interface"], s["interface"], fwd.activations, y)
     bp, true_grads = dni.backprop_chain(fwd, top)
     g1, t1 = dni.decoupled_module_grads(fwd, pred.gradients, top, lam=jnp.float32(1.0))
     _close(g1, bp)
@@ -85,15 +85,15 @@ def test_warmup_trains_sg_models_on_true_gradients_and_leaves_modules_alone():
     for _ in range(3):
         s, _ = step(s, x, y)
     _close(s.params["modules"], state.params["modules"], rtol=0, atol=0)
-    assert all(_changed(a, b) for a, b in zip(s.params["sg"], state.params["sg"]))
+    assert all(_changed(a, b) for a, b in zip(s.params["interface"], state.params["interface"]))
     # During warm-up the SG gradients are those of regressing the true gradient.
     fwd = dni.forward(net.modules, state.params["modules"], state.stats["modules"], x)
     _, top = dni.loss_and_top_gradient(fwd.activations[-1], y)
     _, true_grads = dni.backprop_chain(fwd, top)
-    pred = dni.predict_synthetic(net, state.params["sg"], state.stats["sg"], fwd.activations, y)
+    pred = dni.predict_synthetic(net, state.params["interface"], state.stats["interface"], fwd.activations, y)
     expected, _ = dni.sg_regression(pred, true_grads)
     grads, _, _ = dni.dni_grads(net, state.params, state.stats, x, y, 1.0, rule.lam_at(jnp.int32(0)))
-    _close(grads["sg"], expected)
+    _close(grads["interface"], expected)
     s, _ = step(s, x, y)  # after warm-up the modules move
     assert _changed(s.params["modules"][0], state.params["modules"][0])
 

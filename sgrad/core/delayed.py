@@ -123,7 +123,7 @@ def delayed_grads(net: dni.Network, params: PyTree, stats: PyTree, stashes: tupl
         new[j] = new[j]._replace(cotangent=sent)
         sent = below
     metrics = {"loss": loss, "accuracy": dni.accuracy(fwd.activations[-1], labels)}
-    return {"modules": tuple(grads), "sg": (), "si": ()}, {"modules": fwd.stats, "sg": (), "si": ()}, tuple(new), \
+    return {"modules": tuple(grads), "interface": (), "si": ()}, {"modules": fwd.stats, "interface": (), "si": ()}, tuple(new), \
         metrics
 
 

@@ -204,8 +204,8 @@ def backprop_grads(net: Network, params: PyTree, stats: PyTree, x: jnp.ndarray, 
     fwd = forward(net.modules, params["modules"], stats["modules"], x)
     loss, top = loss_and_top_gradient(fwd.activations[-1], labels)
     module_grads, _ = backprop_chain(fwd, top)
-    grads = {"modules": module_grads, "sg": (), "si": ()}
-    new_stats = {"modules": fwd.stats, "sg": (), "si": ()}
+    grads = {"modules": module_grads, "interface": (), "si": ()}
+    new_stats = {"modules": fwd.stats, "interface": (), "si": ()}
     return grads, new_stats, {"loss": loss, "accuracy": accuracy(fwd.activations[-1], labels)}
 
 
@@ -221,12 +221,12 @@ def dni_grads(net: Network, params: PyTree, stats: PyTree, x: jnp.ndarray, label
     inputs = (x, *si.values) if si else None
     fwd = forward(net.modules, params["modules"], stats["modules"], x, inputs)
     loss, top = loss_and_top_gradient(fwd.activations[-1], labels)
-    pred = predict_synthetic(net, params["sg"], stats["sg"], fwd.activations, labels)
+    pred = predict_synthetic(net, params["interface"], stats["interface"], fwd.activations, labels)
     module_grads, targets = decoupled_module_grads(fwd, pred.gradients, top, sg_scale, lam)
     sg_grads, sg_losses = sg_regression(pred, targets)
     si_grads, si_losses = regression_grads(si.values, si.vjps, fwd.activations[:-1]) if si else ((), ())
-    grads = {"modules": module_grads, "sg": sg_grads, "si": si_grads}
-    new_stats = {"modules": fwd.stats, "sg": pred.stats, "si": si.stats if si else ()}
+    grads = {"modules": module_grads, "interface": sg_grads, "si": si_grads}
+    new_stats = {"modules": fwd.stats, "interface": pred.stats, "si": si.stats if si else ()}
     metrics = {"loss": loss, "accuracy": accuracy(fwd.activations[-1], labels)}
     for i, si_loss in enumerate(si_losses, start=2):
         metrics[f"si/loss/{i}"] = si_loss
@@ -242,7 +242,7 @@ def probe_synthetic_gradients(net: Network, params: PyTree, stats: PyTree, x: jn
     fwd = forward(net.modules, params["modules"], stats["modules"], x)
     _, top = loss_and_top_gradient(fwd.activations[-1], labels)
     _, true_grads = backprop_chain(fwd, top)
-    pred = predict_synthetic(net, params["sg"], stats["sg"], fwd.activations, labels)
+    pred = predict_synthetic(net, params["interface"], stats["interface"], fwd.activations, labels)
     out = {}
     for i, (g_hat, g) in enumerate(zip(pred.gradients, true_grads), start=1):
         out[f"sg/cosine/{i}"], out[f"sg/norm_ratio/{i}"] = agreement(g_hat, g)

@@ -47,12 +47,12 @@ def dgl_grads(net: dni.Network, params: PyTree, stats: PyTree, x: jnp.ndarray, l
     fwd = dni.forward(net.modules, params["modules"], stats["modules"], x)
     loss, top = dni.loss_and_top_gradient(fwd.activations[-1], labels)
     heads = [head_step(m, q, s, h, labels)
-             for m, q, s, h in zip(net.interface_models, params["sg"], stats["sg"], fwd.activations[:-1])]
+             for m, q, s, h in zip(net.interface_models, params["interface"], stats["interface"], fwd.activations[:-1])]
     batch = x.shape[0]
     cotangents = [hs.cotangent for hs in heads] + [top]
     module_grads = tuple(jax.tree.map(lambda g: g / batch, vjp(cot)[0]) for vjp, cot in zip(fwd.vjps, cotangents))
-    grads = {"modules": module_grads, "sg": tuple(hs.params_grad for hs in heads), "si": ()}
-    new_stats = {"modules": fwd.stats, "sg": tuple(hs.stats for hs in heads), "si": ()}
+    grads = {"modules": module_grads, "interface": tuple(hs.params_grad for hs in heads), "si": ()}
+    new_stats = {"modules": fwd.stats, "interface": tuple(hs.stats for hs in heads), "si": ()}
     metrics = {"loss": loss, "accuracy": dni.accuracy(fwd.activations[-1], labels)}
     for i, hs in enumerate(heads, start=1):
         metrics[f"aux/loss/{i}"] = hs.loss

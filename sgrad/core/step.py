@@ -21,7 +21,7 @@ PyTree = Any
 @struct.dataclass
 class TrainState:
     step: jnp.ndarray
-    params: PyTree        # {"modules": (...), "sg": (...), "si": (...)}
+    params: PyTree        # {"modules": (...), "interface": (...), "si": (...)}
     stats: PyTree         # batch-norm statistics, same layout
     opt_state: PyTree
     carry: PyTree = ()    # what the mode carries between steps (ddg, fr: each module's stash)
@@ -31,7 +31,7 @@ def create_state(params: PyTree, stats: PyTree, tx: Optimizers) -> TrainState:
     """Each module and SG model gets its own optimizer state, so each can skip steps on its own."""
     # Synthetic input models follow the SG models' optimizer.
     opt_state = {"modules": tuple(tx.modules.init(p) for p in params["modules"]),
-                 "sg": tuple(tx.sg.init(q) for q in params["sg"]),
+                 "interface": tuple(tx.sg.init(q) for q in params["interface"]),
                  "si": tuple(tx.sg.init(q) for q in params["si"])}
     return TrainState(jnp.zeros((), jnp.int32), params, stats, opt_state)
 
@@ -111,9 +111,9 @@ def make_train_step(net: Network, tx: Optimizers, rule: UpdateRule = UpdateRule(
         else:
             active = [True] * k
         module_active = mode.module_active(net, state.step, rule, active)
-        new_params, new_opt, updates = {"modules": [], "sg": [], "si": []}, {"modules": [], "sg": [], "si": []}, []
+        new_params, new_opt, updates = {"modules": [], "interface": [], "si": []}, {"modules": [], "interface": [], "si": []}, []
         # Input model i serves module i + 1 and updates with it.
-        for group, acts, opt in (("modules", module_active, tx.modules), ("sg", active, tx.sg),
+        for group, acts, opt in (("modules", module_active, tx.modules), ("interface", active, tx.sg),
                                  ("si", active[1:], tx.sg)):
             for i, (g, s, p) in enumerate(zip(grads[group], state.opt_state[group], state.params[group])):
                 p2, s2, u = masked_update(opt, g, s, p, acts[i])
@@ -125,7 +125,7 @@ def make_train_step(net: Network, tx: Optimizers, rule: UpdateRule = UpdateRule(
         opt_state = {g: tuple(v) for g, v in new_opt.items()}
         if diagnostics:
             metrics["watch/norm/grad_modules"] = _global_norm(grads["modules"])
-            metrics["watch/norm/grad_sg"] = _global_norm(grads["sg"])
+            metrics["watch/norm/grad_sg"] = _global_norm(grads["interface"])
             metrics["watch/norm/update_modules"] = _global_norm(updates)
             metrics["watch/norm/params_modules"] = _global_norm(params["modules"])
         return TrainState(state.step + 1, params, stats, opt_state, carry), metrics

@@ -65,13 +65,13 @@ def stage_tree(state: TrainState, i: int, last: bool) -> dict:
     """Stage i's share of the state: module i, its interface model (none for the last), input model I_i (none for
     the first), and what the mode carries for module i."""
     def pick(tree, group):
-        if group == "sg":
-            return () if last or not tree["sg"] else tree["sg"][i]
+        if group == "interface":
+            return () if last or not tree["interface"] else tree["interface"][i]
         if group == "si":
             return tree["si"][i - 1] if i > 0 and tree["si"] else ()
         return tree["modules"][i]
     stage = {f"{name}{suffix}": pick(tree, group)
-             for name, group in (("module", "modules"), ("sg", "sg"), ("si", "si"))
+             for name, group in (("module", "modules"), ("interface", "interface"), ("si", "si"))
              for suffix, tree in (("", state.params), ("_stats", state.stats), ("_opt", state.opt_state))}
     stage["carry"] = state.carry[i] if state.carry and not last else ()
     return stage
@@ -83,7 +83,7 @@ def gather(trees: Sequence[dict], step) -> TrainState:
     parts = []
     for suffix in ("", "_stats", "_opt"):
         parts.append({"modules": group("module" + suffix, trees),
-                      "sg": group("sg" + suffix, trees[:-1]) if trees[0]["sg"] != () else (),
+                      "interface": group("interface" + suffix, trees[:-1]) if trees[0]["interface"] != () else (),
                       "si": group("si" + suffix, trees[1:]) if trees[1]["si"] != () else ()})
     carry = group("carry", trees[:-1]) if trees[0]["carry"] != () else ()
     return TrainState(step, *parts, carry)

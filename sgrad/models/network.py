@@ -48,9 +48,9 @@ def _split(variables) -> tuple[PyTree, PyTree]:
 
 
 def init_variables(net: Network, key: jax.Array, x: jnp.ndarray) -> tuple[dict, dict]:
-    """Params and batch stats as {"modules": (per module), "sg": (per interface), "si": (input models)}.
+    """Params and batch stats as {"modules": (per module), "interface": (per interface), "si": (input models)}.
 
-    The "sg" slot holds whatever sits on the interfaces: SG models, or DGL's auxiliary classifiers.
+    The "interface" slot holds whatever sits on the interfaces: SG models, or DGL's auxiliary classifiers.
     """
     keys = jax.random.split(key, 2 * len(net.modules))
     params, stats, acts = [], [], []
@@ -66,8 +66,8 @@ def init_variables(net: Network, key: jax.Array, x: jnp.ndarray) -> tuple[dict, 
                  for m, h, k in zip(net.interface_models, acts, keys[len(net.modules):])]
     inputs = [_split(m.init(k, x, False))
               for m, k in zip(net.input_models, jax.random.split(keys[-1], max(len(net.input_models), 1)))]
-    return ({"modules": tuple(params), "sg": tuple(p for p, _ in interface), "si": tuple(p for p, _ in inputs)},
-            {"modules": tuple(stats), "sg": tuple(s for _, s in interface), "si": tuple(s for _, s in inputs)})
+    return ({"modules": tuple(params), "interface": tuple(p for p, _ in interface), "si": tuple(p for p, _ in inputs)},
+            {"modules": tuple(stats), "interface": tuple(s for _, s in interface), "si": tuple(s for _, s in inputs)})
 
 
 def activation_shapes(modules: Sequence[nn.Module], input_shape: Sequence[int]) -> tuple[tuple[int, ...], ...]:

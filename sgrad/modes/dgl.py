@@ -27,9 +27,9 @@ def stage(pipe, i: int, tree: dict, t):
     if last:
         cot = task_loss(pipe, h, t.y_in, t.ok_in, metrics)
     else:
-        hs = greedy.head_step(net.interface_models[i], tree["sg"], tree["sg_stats"], h, t.y_in)
-        new["sg"], new["sg_opt"], _ = masked_update(pipe.tx.sg, hs.params_grad, tree["sg_opt"], tree["sg"], t.ok_in)
-        new["sg_stats"] = keep_if(t.ok_in, hs.stats, tree["sg_stats"])
+        hs = greedy.head_step(net.interface_models[i], tree["interface"], tree["interface_stats"], h, t.y_in)
+        new["interface"], new["interface_opt"], _ = masked_update(pipe.tx.sg, hs.params_grad, tree["interface_opt"], tree["interface"], t.ok_in)
+        new["interface_stats"] = keep_if(t.ok_in, hs.stats, tree["interface_stats"])
         cot = hs.cotangent
         metrics[SLOT["aux_loss"]] = jnp.where(t.ok_in, hs.loss, 0.0)
         metrics[SLOT["aux_accuracy"]] = jnp.where(t.ok_in, hs.accuracy, 0.0)

@@ -49,11 +49,11 @@ def stage(pipe, i: int, tree: dict, t):
 
         def sg_out(q):
             # Only the output is used: the running BN statistics were updated when ĝ was predicted.
-            return apply(model, q, tree["sg_stats"], (t.past_h, onehot(t.past_y)), True)[0]
+            return apply(model, q, tree["interface_stats"], (t.past_h, onehot(t.past_y)), True)[0]
 
-        pred, vjp = jax.vjp(sg_out, tree["sg"])
+        pred, vjp = jax.vjp(sg_out, tree["interface"])
         (g_sg,), (sg_loss,) = dni.regression_grads([pred], [vjp], [t.target])
-        new["sg"], new["sg_opt"], _ = masked_update(pipe.tx.sg, g_sg, tree["sg_opt"], tree["sg"], t.target_ok)
+        new["interface"], new["interface_opt"], _ = masked_update(pipe.tx.sg, g_sg, tree["interface_opt"], tree["interface"], t.target_ok)
         metrics[SLOT["sg_loss"]] = jnp.where(t.target_ok, sg_loss, 0.0)
         metrics[SLOT["sg_valid"]] = t.target_ok.astype(jnp.float32)
     h_in = t.h_in
@@ -72,8 +72,8 @@ def stage(pipe, i: int, tree: dict, t):
     if last:
         cot, factor = task_loss(pipe, h, t.y_in, t.ok_in, metrics), 1.0 / pipe.batch
     else:
-        cot, sg_stats = apply(model, tree["sg"], tree["sg_stats"], (h, onehot(t.y_in)), True)
-        new["sg_stats"] = keep_if(t.ok_in, sg_stats, tree["sg_stats"])
+        cot, sg_stats = apply(model, tree["interface"], tree["interface_stats"], (h, onehot(t.y_in)), True)
+        new["interface_stats"] = keep_if(t.ok_in, sg_stats, tree["interface_stats"])
         # The VJP is linear in the cotangent: scaling the update leaves the SG target (d_in) unscaled.
         factor = pipe.sg_scale / pipe.batch
         metrics[SLOT["sg_norm"]] = jnp.where(t.ok_in, jnp.sqrt(jnp.sum(cot ** 2) / pipe.batch), 0.0)

@@ -46,7 +46,7 @@ def max_diff(a, b):
 
 
 def moved(a, b):
-    return all(max_diff(x, y) > 0 for x, y in zip(list(a["modules"]) + list(a["sg"]), list(b["modules"]) + list(b["sg"])))
+    return all(max_diff(x, y) > 0 for x, y in zip(list(a["modules"]) + list(a["interface"]), list(b["modules"]) + list(b["interface"])))
 
 
 # Conv stages at two devices only (CI time); more devices add middle stages, which the FCN cases cover.

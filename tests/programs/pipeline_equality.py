@@ -36,7 +36,7 @@ def max_diff(a, b):
 
 def moved(a, b):
     # Every module, SG model and synthetic input model changed somewhere.
-    models = lambda p: list(p["modules"]) + list(p["sg"]) + list(p["si"])
+    models = lambda p: list(p["modules"]) + list(p["interface"]) + list(p["si"])
     return all(max_diff(x, y) > 0 for x, y in zip(models(a), models(b)))
 
 # 1. Pipelined (shard_map, ppermute, padded flat buffers) == the same schedule in plain Python.
