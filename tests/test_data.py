@@ -217,3 +217,7 @@ def test_any_text_folder_splits_by_fraction_and_skips_binary_files(tmp_path):
     (tmp_path / "tiny.txt").write_text("ab")
     with pytest.raises(DatasetError, match="too few to split"):
         load_text_corpus(str(tmp_path / "tiny.txt"))
+    # A binary file given as the text says so, and which byte is not UTF-8.
+    (tmp_path / "model.bin").write_bytes(b"PK\x03\x04\xff\xfe" * 100)
+    with pytest.raises(DatasetError, match=r"model.bin is not UTF-8 text \(byte 4 is not"):
+        load_text_corpus(str(tmp_path / "model.bin"))

@@ -119,15 +119,20 @@ def load_text_corpus(path: str | None, valid_fraction: float = 0.05, test_fracti
         raise DatasetError(f"dataset.dir={path}: no such file or folder (dataset=text reads any UTF-8 text file "
                            "or folder, e.g. Debian's fortunes: apt-get install fortunes; dataset.dir="
                            "/usr/share/games/fortunes)")
-    parts = []
+    parts, skipped = [], []
     for f in _text_files(root):
         data = f.read_bytes()
-        if b"\0" in data:
-            continue
         try:
+            if b"\0" in data:
+                raise UnicodeDecodeError("utf-8", data, data.index(b"\0"), data.index(b"\0") + 1, "NUL byte")
             parts.append(data.decode("utf-8"))
-        except UnicodeDecodeError:
-            continue
+        except UnicodeDecodeError as e:
+            skipped.append((f, e.start))
+    if not parts and skipped:
+        f, at = skipped[0]
+        raise DatasetError(f"dataset.dir={path}: {f} is not UTF-8 text (byte {at} is not: a binary or other-encoded "
+                           f"file{f' and {len(skipped) - 1} more like it' if len(skipped) > 1 else ''}); dataset=text "
+                           "reads UTF-8 text files")
     text = "".join(parts)
     n = len(text)
     n_test, n_valid = int(n * test_fraction), int(n * valid_fraction)
