@@ -56,6 +56,24 @@ def make_cfg(*overrides: str):
     return copy.deepcopy(_composed(tuple(overrides)))
 
 
+def sgd_states(net, params, stats, batches, lr: float) -> list:
+    """The train step of `net`'s mode run over `batches` with plain SGD (modules and interface models): the state
+    before every step and after the last, starting from what the mode carries for the first batch."""
+    import jax
+    import optax
+
+    from sgrad.core.optim import Optimizers
+    from sgrad.core.step import init_state, make_train_step
+    tx = Optimizers(optax.sgd(lr), optax.sgd(lr))
+    state = init_state(net, params, stats, tx, *batches[0])
+    step = jax.jit(make_train_step(net, tx))
+    states = [state]
+    for xb, yb in batches:
+        state, _ = step(state, xb, yb)
+        states.append(state)
+    return states
+
+
 def prototype_images(n: int, classes: int, side: int, seed: int, noise: float = 60.0):
     """Images drawn around one random prototype per class: learnable, far from trivially separable."""
     rng = np.random.default_rng(seed)

@@ -140,8 +140,9 @@ def bench_parallel(cfg, parallel: str, devices: int, chunk: int, chunks: int) ->
     """Examples/s of `sgrad-train parallel=...` on the first `devices` devices (ticks count as steps)."""
     cfg = OmegaConf.merge(cfg, {"trainer": {"log_every": chunk}})
     net, tx, state, shape, xs, ys, idx, (mean, std) = setup(cfg)
-    from jax.flatten_util import ravel_pytree
-    bucket = ravel_pytree((state.params, state.stats))[0].size  # before the runner donates the state
+    if parallel == "data":
+        from jax.flatten_util import ravel_pytree
+        bucket = ravel_pytree((state.params, state.stats))[0].size  # before the runner donates the state
     run, state, _ = make_runner(parallel, net, tx, state, update_settings(cfg), shape,
                                 cfg.trainer.batch_size, mean, std, jax.devices()[:devices])
     elapsed = _time(run, state, xs, ys, idx, chunks)

@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import make_cfg
+from conftest import make_cfg, sgd_states
 from sgrad.core import delayed, dni, greedy
 from sgrad.core.optim import Optimizers
 from sgrad.core.step import create_state, make_train_step
@@ -114,15 +114,7 @@ def test_aux_head_pools_conv_activations_to_a_grid():
 
 def _ddg_run(net, params, stats, batches, lr=0.05):
     """Run the DDG step with plain SGD; the states before every step."""
-    tx = Optimizers(optax.sgd(lr), optax.sgd(lr))
-    state = create_state(params, stats, tx)
-    state = state.replace(carry=delayed.init_stashes(net, params, stats, *batches[0]))
-    step = jax.jit(make_train_step(net, tx))
-    states = [state]
-    for xb, yb in batches:
-        state, _ = step(state, xb, yb)
-        states.append(state)
-    return states
+    return sgd_states(net, params, stats, batches, lr)
 
 
 @pytest.mark.parametrize("model", ["fcn", "cnn"])

@@ -4,13 +4,10 @@ the cotangent that module k+1 sent back last step."""
 
 import jax
 import numpy as np
-import optax
 import pytest
 
-from conftest import make_cfg
+from conftest import make_cfg, sgd_states
 from sgrad.core import dni
-from sgrad.core.optim import Optimizers
-from sgrad.core.step import init_state, make_train_step
 from sgrad.models import LayerGroup
 from sgrad.models.network import Network, apply, init_variables
 from sgrad.modes import RULES
@@ -34,14 +31,7 @@ def _batches(n, seed=1):
 
 
 def _run(net, params, stats, batches, lr=LR):
-    tx = Optimizers(optax.sgd(lr), optax.sgd(lr))
-    state = init_state(net, params, stats, tx, *batches[0])
-    step = jax.jit(make_train_step(net, tx))
-    states = [state]
-    for xb, yb in batches:
-        state, _ = step(state, xb, yb)
-        states.append(state)
-    return states
+    return sgd_states(net, params, stats, batches, lr)
 
 
 def _reference(net, params, stats, batches, lr=LR):

@@ -1,8 +1,8 @@
 #!/bin/bash
 # $1 = task (copy / repeat_copy)
-cd /tmp/wt_rnn
+# Run from the repository root, at the commit named in the results' table.
 for T in 2 3 4 5 8; do
   steps=$((48000 / T))
   python -m sgrad.cli -m +exp=${1}_backprop,${1}_dni,${1}_dni_aux trainer.bptt=$T trainer.steps=$steps \
-    trainer.progress=false hydra.sweep.dir=/tmp/rnn_results/$1/T$T
+    trainer.progress=false hydra.sweep.dir=multirun/rnn/$1/T$T
 done

@@ -85,16 +85,15 @@ def custom_modules(model_cfg, num_classes: int) -> list[nn.Module]:
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
     target = model_cfg._target_
-    expected = CUSTOM_EXPECTED
     try:
         made = instantiate({"_target_": target, **dict(model_cfg.args)}, num_classes=num_classes)
     except InstantiationException as e:
         first = str(e).strip().splitlines()[0]
-        raise ConfigError(f"model._target_={target} could not be called ({first}); expected {expected}") from None
+        raise ConfigError(f"model._target_={target} could not be called ({first}); expected {CUSTOM_EXPECTED}") from None
     modules = list(made) if isinstance(made, (list, tuple)) else None
     if not modules or len(modules) < 2 or not all(isinstance(m, nn.Module) for m in modules):
         raise ConfigError(f"model._target_={target} returned {type(made).__name__}"
-                          f"{'' if modules is None else f' of {len(modules)}'}; expected {expected}")
+                          f"{'' if modules is None else f' of {len(modules)}'}; expected {CUSTOM_EXPECTED}")
     return modules
 
 
@@ -106,15 +105,15 @@ def module_sizes(cfg, layers, input_shape: tuple[int, ...], num_classes: int) ->
     batch = cfg.trainer.batch_size
     costs, outs = layer_costs(layers, jax.ShapeDtypeStruct((batch, *input_shape), jnp.float32))
     label = jax.ShapeDtypeStruct((batch, num_classes), jnp.float32) if rule.conditioned else None
-    interface = [interface_cost(_interface_model(cfg, rule, h.shape[1:], num_classes), h, label, rule.synthetic)
-                 for h in outs]
+    make = interface_models(cfg, num_classes).get(rule.interface)
+    interface = [interface_cost(make(h.shape[1:]) if make else None, h, label, rule.synthetic) for h in outs]
     return balanced_sizes(costs, interface, cfg.model.modules)
 
 
-def _interface_model(cfg, rule: ModeRule, shape, num_classes: int) -> nn.Module | None:
-    makers = {"sg": lambda s: build_sg_model(cfg.sg, len(s) + 1),
-              "aux": lambda s: build_aux_classifier(cfg.aux, num_classes)}
-    return makers[rule.interface](shape) if rule.interface else None
+def interface_models(cfg, num_classes: int) -> dict:
+    """The config's model for each kind of interface (a rule's `interface`), as factories of an activation shape."""
+    return {"sg": lambda shape: build_sg_model(cfg.sg, len(shape) + 1),
+            "aux": lambda shape: build_aux_classifier(cfg.aux, num_classes)}
 
 
 def build_decoupled(cfg, input_shape: tuple[int, ...], num_classes: int, total_steps: int) -> Decoupled:
@@ -126,10 +125,9 @@ def build_decoupled(cfg, input_shape: tuple[int, ...], num_classes: int, total_s
         layers = build_layers(cfg.model, num_classes)
         modules = group_layers(layers, module_sizes(cfg, layers, input_shape, num_classes))
     tx = build_train_optimizer(cfg, total_steps)
+    makers = interface_models(cfg, num_classes)
     return decouple(modules, rule, input_shape=input_shape, num_classes=num_classes, optimizer=tx.modules,
-                    interface_optimizer=tx.sg,
-                    sg_model=lambda s: _interface_model(cfg, rule, s, num_classes),
-                    aux_model=lambda s: _interface_model(cfg, rule, s, num_classes),
+                    interface_optimizer=tx.sg, sg_model=makers["sg"], aux_model=makers["aux"],
                     input_model=lambda s: build_input_model(cfg.si, s), settings=update_settings(cfg))
 
 
