@@ -57,13 +57,15 @@ def matmul_peak(n: int = 2048, repeats: int = 20) -> float:
     return 2 * n ** 3 * repeats / best
 
 
-def paper_cfg(model: str, layers: int, mode: str, batch: int):
+def paper_cfg(model: str, layers: int, mode: str, batch: int, width: int | None = None):
     """The paper's settings for one row of the table, composed from configs/mode/*.yaml as `sgrad-train` does;
-    `dni_linear` is DNI with a linear SG model (a decoupled step that should cost little more than backprop)."""
+    `dni_linear` is DNI with a linear SG model (a decoupled step that should cost little more than backprop).
+    `width`: the FCN's hidden width (the paper's 256 by default)."""
     linear = ["sg.hidden_layers=0"] if mode == "dni_linear" else []
+    wide = [f"model.width={width}"] if width else []
     return compose_config(f"mode={mode.removesuffix('_linear')}", f"model.name={model}", f"model.layers={layers}",
                           f"trainer.batch_size={batch}", "optim.schedule=constant", "sg.optim.schedule=constant",
-                          *linear)
+                          *linear, *wide)
 
 
 def exp_cfg(exp: str, mode: str):
@@ -136,17 +138,19 @@ def peak_steps(row: dict, peak: float) -> float:
     return peak / (row["flops_per_sec"] / row["steps_per_sec"])
 
 
-def bench_parallel(cfg, parallel: str, devices: int, chunk: int, chunks: int) -> dict:
-    """Examples/s of `sgrad-train parallel=...` on the first `devices` devices (ticks count as steps)."""
+def bench_parallel(cfg, parallel: str, devices: int, chunk: int, chunks: int, replicas: int = 1) -> dict:
+    """Examples/s of `sgrad-train parallel=... [replicas=R]` on the first `devices` devices (ticks count as
+    steps)."""
     cfg = OmegaConf.merge(cfg, {"trainer": {"log_every": chunk}})
     net, tx, state, shape, xs, ys, idx, (mean, std) = setup(cfg)
     if parallel == "data":
         from jax.flatten_util import ravel_pytree
         bucket = ravel_pytree((state.params, state.stats))[0].size  # before the runner donates the state
     run, state, _ = make_runner(parallel, net, tx, state, update_settings(cfg), shape,
-                                cfg.trainer.batch_size, mean, std, jax.devices()[:devices])
+                                cfg.trainer.batch_size, mean, std, jax.devices()[:devices], replicas)
     elapsed = _time(run, state, xs, ys, idx, chunks)
     row = {"mode": _label(cfg), "parallel": parallel, "devices": devices, "modules": len(net.modules),
+           "replicas": replicas, "width": int(cfg.model.width),
            "split": "+".join(str(len(m.layers)) for m in net.modules),
            "examples_per_sec": chunk * chunks * cfg.trainer.batch_size / elapsed}
     if parallel == "data" and devices > 1:
@@ -174,20 +178,25 @@ def allreduce_seconds(size: int, devices, repeats: int = 20) -> float:
 
 
 def device_rows(n: int, modes: list[str], layers: int, batch: int, chunk: int, chunks: int,
-                kinds: tuple[str, ...] = ("none", "data", "pipeline")) -> list[dict]:
-    """The network split into n modules: `none` on one device, `data` and `pipeline` on n (those of `kinds`)."""
+                kinds: tuple[str, ...] = ("none", "data", "pipeline"), width: int | None = None,
+                replicas: int = 1) -> list[dict]:
+    """The network split into n modules: `none` on one device, `data` and `pipeline` on n (those of `kinds`).
+    With replicas R > 1 also n/R modules: `none` on one device and a pipeline of them x R copies on n."""
     rows = []
     for mode in modes:
-        cfg = paper_cfg("fcn", layers, mode, batch)
-        if n > 1:  # n modules of balanced estimated cost (sgrad/models/partition.py), on one device or n
-            cfg.model.partition, cfg.model.modules = "balanced", n
         accepts = RULES[mode].parallel  # e.g. ddg's stash holds whole minibatches: no data parallelism
-        plans = [("none", 1)] + [(p, n) for p in ("data", "pipeline") if n > 1 and p in accepts]
-        for parallel, d in plans:
+        plans = [(n, "none", 1, 1)] + [(n, p, n, 1) for p in ("data", "pipeline") if n > 1 and p in accepts]
+        if replicas > 1 and n % replicas == 0 and n // replicas >= 2 and "pipeline" in accepts \
+                and RULES[mode].schedule == "unlocked":
+            plans += [(n // replicas, "none", 1, 1), (n // replicas, "pipeline", n, replicas)]
+        for modules, parallel, d, r in plans:
             if parallel not in kinds:
                 continue
-            r = bench_parallel(cfg, parallel, d, chunk, chunks)
-            rows.append({**r, "process_devices": n})
+            cfg = paper_cfg("fcn", layers, mode, batch, width)
+            if modules > 1:  # modules of balanced estimated cost (sgrad/models/partition.py), on one device or n
+                cfg.model.partition, cfg.model.modules = "balanced", modules
+            row = bench_parallel(cfg, parallel, d, chunk, chunks, r)
+            rows.append({**row, "process_devices": n})
             if jax.process_index() == 0:
                 print(json.dumps(rows[-1]), flush=True)
     return rows
@@ -197,12 +206,13 @@ def process_worker(args) -> None:
     """One of `--processes` pinned processes: a single CPU device each, collectives over gloo."""
     k, modes = args.processes, args.modes.split(",")
     rest = (args.layers, int(args.batch), args.chunk, args.chunks)
+    knobs = {"width": args.width, "replicas": args.replicas}
     if k == 1:  # the baseline: the same K-module network on one core
-        device_rows(args.group, modes, *rest, kinds=("none",))
+        device_rows(args.group, modes, *rest, kinds=("none",), **knobs)
         return
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(f"localhost:{args.port}", num_processes=k, process_id=args.process_worker)
-    device_rows(k, modes, *rest, kinds=("data", "pipeline"))
+    device_rows(k, modes, *rest, kinds=("data", "pipeline"), **knobs)
 
 
 def _write_device_table(args, title: str, how: str, grouping: str, rows: list[dict]) -> None:
@@ -211,11 +221,12 @@ def _write_device_table(args, title: str, how: str, grouping: str, rows: list[di
     lines = [f"# {title}", "",
              f"Machine: {m['cpu']} ({m['cpu_count']} CPUs), platform {m['platform']}, jax {m['jax']}; {how}",
              f"Commit: {git_commit()}.", f"Command: `python scripts/bench.py {' '.join(sys.argv[1:])}`.",
-             "", f"FCN, {args.layers} layers of width 256 with batch norm, batch {args.batch}, Adam; DNI SG = "
+             "", f"FCN, {args.layers} layers of width {args.width or 256} with batch norm, batch {args.batch}, Adam; DNI SG = "
              f"2×1024 hidden layers, cDNI SG = linear on [h, one-hot y], dni_linear = DNI with a linear SG, DGL = a "
              f"linear auxiliary classifier per interface, DDG = delayed true gradients (no data-parallel row: its "
              f"stash holds whole minibatches). {grouping} Pipeline examples/s count "
-             f"minibatches fed per tick. Median chunk of {args.chunks} chunks of {args.chunk} steps after a "
+             f"minibatches fed per tick; `pipeline × R replicas` is K/R modules, each on R devices that split the "
+             f"batch (`parallel=pipeline replicas=R`), next to `none` with the same K/R modules. Median chunk of {args.chunks} chunks of {args.chunk} steps after a "
              "warm-up chunk.",
              "Data rows: `all-reduce` is the step's one collective (its gradients, batch statistics and metrics in "
              "one flat bucket) timed alone at its size in the same processes, and `bound` the speed-up a data "
@@ -225,16 +236,22 @@ def _write_device_table(args, title: str, how: str, grouping: str, rows: list[di
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         base = next(b["examples_per_sec"] for b in rows if b["parallel"] == "none" and b["mode"] == r["mode"]
-                    and b["process_devices"] == r["process_devices"])
+                    and b["process_devices"] == r["process_devices"] and b["split"] == r["split"])
         extra = "| | |"
         if "allreduce_sec" in r:
             t1 = int(args.batch) / base
             extra = f"| {r['allreduce_sec'] * 1e3:.2f} | {t1 / (t1 / r['devices'] + r['allreduce_sec']):.2f} |"
-        lines.append(f"| {r['mode']} | {r['devices']} | {r['split']} | {r['parallel']} | "
+        parallel = r["parallel"] + (f" × {r['replicas']} replicas" if r.get("replicas", 1) > 1 else "")
+        lines.append(f"| {r['mode']} | {r['devices']} | {r['split']} | {parallel} | "
                      f"{r['examples_per_sec']:.0f} | {r['examples_per_sec'] / base:.2f} {extra}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}")
+
+
+def _knobs(args) -> list[str]:
+    """The network knobs a worker process is given on its command line."""
+    return [*(["--width", str(args.width)] if args.width else []), "--replicas", str(args.replicas)]
 
 
 def processes_main(args) -> None:
@@ -245,7 +262,7 @@ def processes_main(args) -> None:
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     env.pop("XLA_FLAGS", None)
     common = ["--modes", args.modes, "--layers", str(args.layers), "--batch", args.batch,
-              "--chunk", str(args.chunk), "--chunks", str(args.chunks), "--group", str(k)]
+              "--chunk", str(args.chunk), "--chunks", str(args.chunks), "--group", str(k), *_knobs(args)]
     rows = []
     for n in (1, k):
         port = str(20000 + os.getpid() % 20000)
@@ -275,7 +292,8 @@ def devices_main(args) -> None:
         env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}",
                "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu")}
         cmd = [sys.executable, __file__, "--device-worker", str(n), "--modes", args.modes, "--layers",
-               str(args.layers), "--batch", args.batch, "--chunk", str(args.chunk), "--chunks", str(args.chunks)]
+               str(args.layers), "--batch", args.batch, "--chunk", str(args.chunk), "--chunks", str(args.chunks),
+               *_knobs(args)]
         res = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if res.returncode:
             sys.exit(f"{n}-device worker failed:\n{res.stderr[-3000:]}")
@@ -304,7 +322,10 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="default results/bench/single_device.md "
                     "(devices.md with --devices)")
     ap.add_argument("--devices", help="comma list of device counts: measure parallel=none/data/pipeline")
-    ap.add_argument("--layers", type=int, default=4, help="FCN depth for --devices")
+    ap.add_argument("--layers", type=int, default=4, help="FCN depth for --devices / --processes")
+    ap.add_argument("--width", type=int, help="FCN hidden width for --devices / --processes (default 256)")
+    ap.add_argument("--replicas", type=int, default=1, help="with --devices / --processes N: also a pipeline of "
+                    "N/R modules x R copies over the batch (parallel=pipeline replicas=R)")
     ap.add_argument("--processes", type=int, help="K pinned single-device processes (jax.distributed, gloo)")
     ap.add_argument("--device-worker", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--process-worker", type=int, help=argparse.SUPPRESS)
@@ -313,7 +334,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.device_worker:
         device_rows(args.device_worker, args.modes.split(","), args.layers, int(args.batch), args.chunk,
-                    args.chunks)
+                    args.chunks, width=args.width, replicas=args.replicas)
         return
     if args.process_worker is not None:
         process_worker(args)

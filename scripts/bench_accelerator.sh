@@ -1,10 +1,28 @@
 #!/usr/bin/env bash
-# Single-device throughput of every mode on this machine's accelerator, next to its measured matmul peak:
-# FCN 4 and 6 layers and the paper's 3-layer CNN (128 channels), batch 256 and 1024. Sized to finish in under
-# 8 minutes on one GPU; extra arguments go to scripts/bench.py and override these (the tests run it on CPU
-# with tiny settings). Writes results/bench/accelerator_<device kind>.md unless --out is given.
+# Everything the first machine with accelerators should measure, in one command and under 10 minutes on GPUs:
+#  1. single-device throughput of every mode next to the measured matmul peak (FCN 4 and 6 layers and the
+#     paper's 3-layer CNN at 128 channels, batch 256 and 1024) -> results/bench/accelerator_<kind>.md;
+#  2. with two or more devices, parallel=data and parallel=pipeline over all of them (FCN 8x256, batch 1024),
+#     and with four or more an even count also a pipeline x 2 replicas -> results/bench/accelerator_<kind>_devices.md.
+# SGRAD_BENCH_OUT=DIR writes elsewhere; SGRAD_BENCH_QUICK=1 runs tiny sizes (how the tests run it on CPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-kind=$(python -c "import jax; print(jax.devices()[0].device_kind.replace(' ', '_'))")
-python scripts/bench.py --models fcn4,fcn6,cnn3 --modes backprop,dni,cdni,dni_linear,dgl,ddg --batch 256,1024 \
-    --chunk 50 --chunks 4 --out "results/bench/accelerator_${kind}.md" "$@"
+out=${SGRAD_BENCH_OUT:-results/bench}
+read -r platform count kind < <(python -c "import jax; d = jax.devices(); \
+print(jax.default_backend(), len(d), d[0].device_kind.replace(' ', '_'))")
+if [[ ${SGRAD_BENCH_QUICK:-0} == 1 ]]; then
+    single=(--models fcn3 --batch 16 --chunk 2 --chunks 1)
+    multi=(--layers 4 --batch 32 --chunk 2 --chunks 1)
+else
+    single=(--models fcn4,fcn6,cnn3 --batch 256,1024 --chunk 50 --chunks 4)
+    multi=(--layers 8 --batch 1024 --chunk 50 --chunks 4)
+fi
+echo "$count $platform device(s) of kind $kind"
+python scripts/bench.py "${single[@]}" --modes backprop,dni,cdni,dni_linear,dgl,ddg \
+    --out "$out/accelerator_${kind}.md"
+if (( count >= 2 )); then
+    replicas=1
+    if (( count >= 4 && count % 2 == 0 )); then replicas=2; fi
+    JAX_PLATFORMS=$platform python scripts/bench.py --devices "$count" --replicas "$replicas" "${multi[@]}" \
+        --modes backprop,dni,cdni,dgl,ddg --out "$out/accelerator_${kind}_devices.md"
+fi

@@ -20,11 +20,14 @@ def test_bench_measures_the_peer_preset_in_every_mode():
 @pytest.mark.slow
 def test_device_sweep_measures_every_parallel_mode(tmp_path):
     from conftest import run_on_cpu_devices
-    out = run_on_cpu_devices("bench_device_rows", 2).stdout.strip().splitlines()[-1]
-    assert out == str([("backprop", "none", 1, 2), ("backprop", "data", 2, 2), ("cdni", "none", 1, 2),
-                       ("cdni", "data", 2, 2), ("cdni", "pipeline", 2, 2), ("dgl", "none", 1, 2),
-                       ("dgl", "data", 2, 2), ("dgl", "pipeline", 2, 2), ("ddg", "none", 1, 2),
-                       ("ddg", "pipeline", 2, 2)])
+    # 4 devices: 4 modules (none, data, pipeline) and 2 modules x 2 replicas (none, pipeline) where it applies.
+    out = run_on_cpu_devices("bench_device_rows", 4, 4, 2).stdout.strip().splitlines()[-1]
+    assert out == str([("backprop", "none", 1, 4, 1), ("backprop", "data", 4, 4, 1),
+                       ("cdni", "none", 1, 4, 1), ("cdni", "data", 4, 4, 1), ("cdni", "pipeline", 4, 4, 1),
+                       ("cdni", "none", 1, 2, 1), ("cdni", "pipeline", 4, 2, 2),
+                       ("dgl", "none", 1, 4, 1), ("dgl", "data", 4, 4, 1), ("dgl", "pipeline", 4, 4, 1),
+                       ("dgl", "none", 1, 2, 1), ("dgl", "pipeline", 4, 2, 2),
+                       ("ddg", "none", 1, 4, 1), ("ddg", "pipeline", 4, 4, 1)])
 
 
 def test_pipeline_cost_model_formulas():
@@ -62,17 +65,24 @@ def test_peak_steps_is_the_peak_over_the_flops_of_one_step():
 
 
 @pytest.mark.slow
-def test_accelerator_script_runs_every_mode(tmp_path):
+def test_accelerator_script_runs_every_mode_and_every_parallel_layout(tmp_path):
+    import os
     import subprocess
-    out = tmp_path / "acc.md"
-    res = subprocess.run(["bash", str(Path(__file__).resolve().parent.parent / "scripts" / "bench_accelerator.sh"),
-                          "--models", "fcn3", "--batch", "16", "--chunk", "2", "--chunks", "1", "--out", str(out)],
-                         capture_output=True, text=True, timeout=900)
+    # Two CPU devices stand in for two GPUs: the script measures what the machine shows it.
+    env = {**os.environ, "SGRAD_BENCH_QUICK": "1", "SGRAD_BENCH_OUT": str(tmp_path), "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    res = subprocess.run(["bash", str(Path(__file__).resolve().parent.parent / "scripts" / "bench_accelerator.sh")],
+                         capture_output=True, text=True, timeout=900, env=env)
     assert res.returncode == 0, res.stderr[-2000:]
-    table = out.read_text()
+    table = (tmp_path / "accelerator_cpu.md").read_text()
     for mode in ("backprop", "dni", "cdni", "dni_linear", "dgl", "ddg"):
         assert f"| fcn3 | 16 | {mode} |" in table
     assert "peak" in table
+    devices = (tmp_path / "accelerator_cpu_devices.md").read_text()
+    for mode, parallel in (("backprop", "data"), ("cdni", "data"), ("cdni", "pipeline"), ("dni", "pipeline"),
+                           ("dgl", "pipeline"), ("ddg", "pipeline")):
+        assert f"| {mode} | 2 | 1+3 | {parallel} |" in devices or f"| {mode} | 2 | 2+2 | {parallel} |" in devices, \
+            (mode, parallel, devices)
 
 
 @pytest.mark.slow

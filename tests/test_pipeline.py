@@ -35,6 +35,25 @@ def test_pipeline_run_learns_and_resumes(idx_dir, tmp_path):
     assert second["same"] and second["steps"][-1] == 200, second
 
 
+@pytest.mark.slow
+def test_pipeline_with_replicas_equals_the_whole_batch_schedule_and_learns(idx_dir, tmp_path):
+    # 2 modules x 2 copies on 4 devices: each copy on half the batch, gradients averaged.
+    res = run_on_cpu_devices("pipeline_replicas", 4, 2, 2, idx_dir, tmp_path)
+    lines = res.stdout.splitlines()
+    assert lines[:2] == ["cdni ok", "dgl ok"]
+    run = json.loads(lines[2])
+    assert run["status"] == "completed" and run["accuracy"] > 0.5, run  # chance is 0.1
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["replicas=2"], "replicas=2 .*1 unless parallel=pipeline"),
+    (["parallel=pipeline", "replicas=3", "trainer.batch_size=16"], "replicas=3 .*divisor of trainer.batch_size=16"),
+    (["parallel=pipeline", "replicas=2", "mode=ddg"], "replicas=2 .*1 for mode=ddg")])
+def test_replicas_are_checked(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        check(make_cfg(*overrides))
+
+
 @pytest.mark.parametrize("override, key", [("mode=backprop", "mode"), ("trainer.update_prob=0.5", "trainer.update_prob"),
                                            ("sg.lambda_=0.5", "sg.lambda_"), ("sg.warmup_steps=10", "sg.warmup_steps")])
 def test_pipeline_rejects_what_would_lock_it(override, key):

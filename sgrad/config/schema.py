@@ -181,6 +181,7 @@ class TrainConfig:
     mode: str = "dni"  # a file of configs/mode/ and a rule of sgrad/modes/ (checked by sgrad.run.build.check)
     seed: int = 0
     parallel: Parallel = Parallel.none
+    replicas: int = 1  # parallel=pipeline: copies of the pipeline, each on 1/replicas of the batch (K x replicas devices)
     distributed: bool = False
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -277,6 +278,11 @@ def validate(cfg: Any) -> None:
     require(cfg.sg.warmup_steps >= 0, "sg.warmup_steps", cfg.sg.warmup_steps, "an integer >= 0")
     require(cfg.checkpoint.every >= 0, "checkpoint.every", cfg.checkpoint.every,
            "an integer >= 0 (0 = only at the end and on preemption)")
+    require(cfg.replicas >= 1, "replicas", cfg.replicas, "an integer >= 1")
+    require(cfg.replicas == 1 or str(cfg.parallel) == "pipeline", "replicas", cfg.replicas,
+            "1 unless parallel=pipeline (parallel=data already uses every device)")
+    require(cfg.trainer.batch_size % cfg.replicas == 0, "replicas", cfg.replicas,
+            f"a divisor of trainer.batch_size={cfg.trainer.batch_size}")
     require(cfg.checkpoint.keep >= 1, "checkpoint.keep", cfg.checkpoint.keep, "an integer >= 1")
     sequence_tasks = ("copy", "repeat_copy", "ptb_char", "text", "two_timescale")
     if str(cfg.model.name) == "lstm" or str(cfg.dataset.name) in sequence_tasks:

@@ -42,11 +42,12 @@ class Pipeline:
     net: Network
     tx: Optimizers
     sg_scale: float
-    batch: int
+    batch: int                                # examples per device per tick (the batch / replicas)
     out_shapes: tuple[tuple[int, ...], ...]   # module i's activation, without the batch axis
     sizes: tuple[int, ...]                    # flat state length of each stage
     unravel: tuple[Callable, ...]
     width: int                                # A: the widest activation sent between devices
+    replicas: int = 1                         # copies of the pipeline, each on 1/replicas of the batch
 
     @property
     def k(self) -> int:
@@ -90,18 +91,26 @@ def gather(trees: Sequence[dict], step) -> TrainState:
 
 
 def build_pipeline(net: Network, tx: Optimizers, state: TrainState, input_shape: Sequence[int],
-                   batch: int, sg_scale: float = 1.0) -> tuple[Pipeline, PipelineState]:
-    """The layout of a decoupled network over len(net.modules) devices and its initial state."""
+                   batch: int, sg_scale: float = 1.0, replicas: int = 1) -> tuple[Pipeline, PipelineState]:
+    """The layout of a decoupled network over len(net.modules) x `replicas` devices and its initial state.
+
+    With replicas > 1 every module has that many devices, each running it on its share of the batch; the
+    messages are split along the batch, the stage state is the same on all of them (their gradients and batch
+    statistics are averaged).
+    """
     if net.rule.stage is None:
         pipelined = ", ".join(n for n, r in RULES.items() if r.stage is not None)
         raise ValueError(f"parallel=pipeline needs a decoupled mode ({pipelined}): {net.rule.name} is "
                          "update-locked")
+    if batch % replicas:
+        raise ValueError(f"replicas={replicas}: trainer.batch_size={batch} must be divisible by it")
     k = len(net.modules)
     trees = [stage_tree(state, i, i == k - 1) for i in range(k)]
     flats, unravels = zip(*(ravel_pytree(t) for t in trees))
     out_shapes = activation_shapes(net.modules, input_shape)
     width = max(int(np.prod(s)) for s in out_shapes[:-1])
-    pipe = Pipeline(net, tx, sg_scale, batch, out_shapes, tuple(int(f.size) for f in flats), tuple(unravels), width)
+    pipe = Pipeline(net, tx, sg_scale, batch // replicas, out_shapes, tuple(int(f.size) for f in flats),
+                    tuple(unravels), width, replicas)
     stage = jnp.stack([jnp.pad(f, (0, max(pipe.sizes) - f.size)) for f in flats])
     msg = jnp.zeros((k, batch, width + 2), jnp.float32)
     no_label = msg.at[..., -2].set(-1.0)

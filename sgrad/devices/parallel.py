@@ -14,11 +14,8 @@ from jax.sharding import PartitionSpec as P
 from sgrad.devices.chunk import chunk_fn, make_chunk_runner, preprocess
 from sgrad.models.cnn import ConvBlock
 from sgrad.devices.layout import build_pipeline, to_train_state
-from sgrad.devices.pipeline import make_pipeline_runner
+from sgrad.devices.pipeline import DATA_AXIS, make_pipeline_runner
 from sgrad.core.step import TrainState, UpdateRule, make_train_step
-
-DATA_AXIS = "data"
-
 
 def make_data_parallel_runner(chunk: Callable, devices: Sequence[jax.Device]) -> Callable:
     """jit(shard_map(chunk)): state and data replicated, each step's batch indices split over devices."""
@@ -37,11 +34,14 @@ def make_data_parallel_runner(chunk: Callable, devices: Sequence[jax.Device]) ->
 
 def make_runner(parallel: str, net, tx, state: TrainState, rule: UpdateRule,
                 input_shape: Sequence[int], batch: int, mean, std,
-                devices: Sequence[jax.Device] | None = None) -> tuple[Callable, Any, Callable]:
-    """(run_chunk, state in the runner's layout, view: that layout -> a plain TrainState for eval and probes)."""
+                devices: Sequence[jax.Device] | None = None, replicas: int = 1) -> tuple[Callable, Any, Callable]:
+    """(run_chunk, state in the runner's layout, view: that layout -> a plain TrainState for eval and probes).
+
+    `replicas`: with parallel=pipeline, copies of the pipeline over the batch (sgrad/devices/pipeline.py).
+    """
     devices = list(devices or jax.devices())
     if parallel == "pipeline":
-        pipe, pstate = build_pipeline(net, tx, state, input_shape, batch, rule.sg_scale)
+        pipe, pstate = build_pipeline(net, tx, state, input_shape, batch, rule.sg_scale, replicas)
         run = make_pipeline_runner(pipe, partial(preprocess, mean=mean, std=std), devices)
         return run, pstate, partial(to_train_state, pipe)
     if parallel == "data":

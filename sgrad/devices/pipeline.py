@@ -11,22 +11,30 @@ the stage's code, the mode's rule supplies it: sgrad/modes/):
 - locked (ddg, fr): the forward pass is locked (within a tick device i runs when device i-1's activation for
   minibatch t has arrived); every device's backward and update run in parallel and one cotangent per device
   goes back, to be used next tick. So the pipeline computes exactly the single-device step.
+
+With `replicas` D > 1 the mesh is K x D (PIPE_AXIS x DATA_AXIS): replica d of every stage runs on its 1/D of
+each minibatch and talks only to replica d of its neighbours; the stage's gradients, batch statistics and
+metrics are averaged over DATA_AXIS, so all D copies of a stage keep the same state.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from functools import partial
 from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from sgrad.core.optim import Optimizers
 from sgrad.devices.layout import Pipeline, PipelineState, pad, repack, unpad
 from sgrad.modes.stage import SLOTS, LockedTick, Tick
 
 PIPE_AXIS = "pipe"
+DATA_AXIS = "data"
 
 
 def device_tick(pipe: Pipeline, i: int, preprocess: Callable, flat, fwd, bwd, past, xs, ys, idx_B, feed):
@@ -53,6 +61,9 @@ def device_tick(pipe: Pipeline, i: int, preprocess: Callable, flat, fwd, bwd, pa
         tick = tick._replace(past_x=preprocess(xs[fwd[:, -1].astype(jnp.int32)]),
                              si_target=unpad(fwd[:, :-2], pipe.out_shapes[i - 1]), si_target_ok=arrived[0] >= 0)
     tree, h, d_in, metrics = rule.stage(pipe, i, tree, tick)
+    if pipe.replicas > 1:
+        tree = {key: jax.lax.pmean(value, DATA_AXIS) if key.endswith("_stats") else value
+                for key, value in tree.items()}
     flat = repack(flat, tree)
     columns = lambda a, b: jnp.stack([jnp.broadcast_to(a, (pipe.batch,)), jnp.broadcast_to(b, (pipe.batch,))],
                                      axis=1).astype(jnp.float32)
@@ -77,7 +88,16 @@ def _exchange(pipe: Pipeline, out, back, forward_perm, backward_perm):
 
 
 def _metrics(pipe: Pipeline, sums):
+    if pipe.replicas > 1:
+        sums = jax.lax.pmean(sums, DATA_AXIS)
     return pipe.rule.stage_metrics(jax.lax.all_gather(sums, PIPE_AXIS), pipe.k)
+
+
+def _mean_over_replicas(tx: optax.GradientTransformation) -> optax.GradientTransformation:
+    """`tx` stepping along the gradient averaged over DATA_AXIS. The same state as `tx` (not an optax.chain),
+    so the stage's flat layout does not change."""
+    return optax.GradientTransformation(
+        tx.init, lambda grads, state, params=None: tx.update(jax.lax.pmean(grads, DATA_AXIS), state, params))
 
 
 def unlocked_chunk_fn(pipe: Pipeline, preprocess: Callable, feed_every: int = 1):
@@ -169,14 +189,23 @@ def locked_chunk_fn(pipe: Pipeline, preprocess: Callable):
 
 def make_pipeline_runner(pipe: Pipeline, preprocess: Callable, devices: Sequence[jax.Device],
                          feed_every: int = 1) -> Callable:
-    """jit(shard_map(chunk)) over the first K devices, stage i on device i; state buffers donated."""
-    if len(devices) < pipe.k:
-        raise ValueError(f"parallel=pipeline places one module per device: the network has {pipe.k} modules but "
-                         f"only {len(devices)} devices are visible (on CPU set XLA_FLAGS="
-                         f"--xla_force_host_platform_device_count={pipe.k}, or group layers with model.dni_every)")
-    mesh = jax.make_mesh((pipe.k,), (PIPE_AXIS,), devices=devices[:pipe.k])
-    state_spec = PipelineState(P(), P(PIPE_AXIS), P(PIPE_AXIS), P(PIPE_AXIS), P(PIPE_AXIS))
-    specs = (state_spec, P(), P(), P(), P())
+    """jit(shard_map(chunk)) over the first K x replicas devices (stage i on devices i*D .. i*D+D-1); state
+    buffers donated."""
+    need = pipe.k * pipe.replicas
+    if len(devices) < need:
+        times = f" x replicas={pipe.replicas}" if pipe.replicas > 1 else ""
+        raise ValueError(f"parallel=pipeline places one module per device: the network has {pipe.k} modules{times} "
+                         f"but only {len(devices)} devices are visible (on CPU set XLA_FLAGS="
+                         f"--xla_force_host_platform_device_count={need}, or group layers with model.dni_every)")
+    if pipe.replicas > 1:
+        if pipe.rule.schedule == "locked":
+            raise ValueError(f"replicas={pipe.replicas}: mode={pipe.rule.name}'s stash holds whole minibatches, "
+                             "so its pipeline cannot be replicated over the batch (replicas=1)")
+        pipe = dataclasses.replace(pipe, tx=Optimizers(*map(_mean_over_replicas, pipe.tx)))
+    mesh = jax.make_mesh((pipe.k, pipe.replicas), (PIPE_AXIS, DATA_AXIS), devices=devices[:need])
+    message = P(PIPE_AXIS, DATA_AXIS)
+    state_spec = PipelineState(P(), P(PIPE_AXIS), message, message, P(PIPE_AXIS, None, DATA_AXIS))
+    specs = (state_spec, P(), P(), P(None, DATA_AXIS), P())
     chunk = (locked_chunk_fn(pipe, preprocess) if pipe.rule.schedule == "locked" else
              unlocked_chunk_fn(pipe, preprocess, feed_every))
     sharded = jax.jit(jax.shard_map(chunk, mesh=mesh, in_specs=specs,

@@ -176,6 +176,8 @@ def check(cfg: Any) -> None:
            "data": " (its carry holds whole minibatches, which data parallelism would split)"}.get(parallel, "")
     require(parallel in rule.parallel, "parallel", parallel, f"one of {', '.join(rule.parallel)} for mode={name}{why}")
     if parallel == "pipeline":
+        require(cfg.replicas == 1 or rule.schedule != "locked", "replicas", cfg.replicas,
+                f"1 for mode={name} (its stash holds whole minibatches, which replicas would split)")
         # Each device updates from what it has at once; anything that waits for the true gradient would lock it.
         require(cfg.trainer.update_prob == 1.0, "trainer.update_prob", cfg.trainer.update_prob,
                "1.0 with parallel=pipeline")

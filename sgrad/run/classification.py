@@ -102,7 +102,8 @@ class ClassificationTask:
         state = self.decoupled.init(jax.random.key(self.cfg.seed), x, self._train[1][:tcfg.batch_size])
         d = self.decoupled
         self._run_chunk, state, self._view = make_runner(str(self.cfg.parallel), d.network, d.tx, state, d.settings,
-                                                         self.data.input_shape, tcfg.batch_size, self._mean, self._std)
+                                                         self.data.input_shape, tcfg.batch_size, self._mean, self._std,
+                                                         replicas=self.cfg.replicas)
         # A host-stepped (conv on CPU) chunk has finished when run_chunk returns.
         self.synchronous = getattr(self._run_chunk, "synchronous", False)
         return state
