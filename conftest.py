@@ -15,6 +15,9 @@ from pathlib import Path
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # One compilation cache for the whole session, the processes the tests start included: each fresh process
 # would otherwise recompile the same small programs (most of a short run's time on CPU).
+if "SGRAD_CACHE" not in os.environ:  # model.partition=profiled keeps its splits there: not in the user's home
+    os.environ["SGRAD_CACHE"] = tempfile.mkdtemp(prefix="sgrad-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["SGRAD_CACHE"], ignore_errors=True)
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="sgrad-test-jax-cache-")
     os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"

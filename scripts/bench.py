@@ -193,8 +193,8 @@ def device_rows(n: int, modes: list[str], layers: int, batch: int, chunk: int, c
             if parallel not in kinds:
                 continue
             cfg = paper_cfg("fcn", layers, mode, batch, width)
-            if modules > 1:  # modules of balanced estimated cost (sgrad/models/partition.py), on one device or n
-                cfg.model.partition, cfg.model.modules = "balanced", modules
+            if modules > 1:  # modules of balanced measured cost (sgrad/models/partition.py), on one device or n
+                cfg.model.partition, cfg.model.modules = "profiled", modules
             row = bench_parallel(cfg, parallel, d, chunk, chunks, r)
             rows.append({**row, "process_devices": n})
             if jax.process_index() == 0:
@@ -281,7 +281,7 @@ def processes_main(args) -> None:
         "every device is its own process pinned to one core (`taskset`), joined by `jax.distributed.initialize` "
         "over localhost with gloo CPU collectives, so devices do not share cores; `none` is one such process "
         "with the same network.",
-        f"The layers are grouped into {k} modules of balanced estimated cost (`model.partition=balanced "
+        f"The layers are grouped into {k} modules of balanced cost measured on one core (`model.partition=profiled "
         f"model.modules={k}`).", rows)
 
 
@@ -306,7 +306,7 @@ def devices_main(args) -> None:
         "kernels on one shared intra-op thread pool sized to the machine (the old "
         "`--xla_cpu_multi_thread_eigen=false` no longer limits it), so one device already uses all cores and N "
         "devices share them.",
-        "With N devices the layers are grouped into N modules of balanced estimated cost (`model.partition=balanced`), "
+        "With N devices the layers are grouped into N modules of balanced measured cost (`model.partition=profiled`), "
         "and `none` runs that same "
         "network on one of the devices.", rows)
 

@@ -5,7 +5,7 @@ transfers and waiting, next to the same work on one device.
                                        [--out results/bench/pipeline_profile.md]
 
 The network is `bench.py --processes 2`'s: the paper's FCN with batch norm, two modules of balanced
-estimated cost (`model.partition=balanced`). Three kinds of measurement, each in processes pinned to one core:
+measured cost (`model.partition=profiled`). Three kinds of measurement, each in processes pinned to one core:
 
 - components: one process, each piece of a device's tick jitted on its own (median of repeats): the module's
   forward and VJP; the interface model (SG prediction and regression for dni/cdni, the auxiliary classifier
@@ -59,7 +59,7 @@ def _setup(mode: str, layers: int, batch: int, modules: int = 2):
     import bench
     from sgrad.devices.layout import build_pipeline
     cfg = bench.paper_cfg("fcn", layers, mode, batch)
-    cfg.model.partition, cfg.model.modules = "balanced", modules
+    cfg.model.partition, cfg.model.modules = "profiled", modules
     cfg.trainer.log_every = 20
     net, tx, state, shape, xs, ys, idx, (mean, std) = bench.setup(cfg)
     pipe, pstate = build_pipeline(net, tx, state, shape, batch)
@@ -232,7 +232,7 @@ def write_report(args, parts: dict, dist: dict, width: int) -> None:
              f"Machine: {m['cpu']} ({m['cpu_count']} CPUs), jax {m['jax']}. Commit: {git_commit()}.",
              f"Command: `python scripts/profile_pipeline.py {' '.join(sys.argv[1:])}`.".replace("  ", " "), "",
              f"FCN, {args.layers} layers of width 256 with batch norm, batch {args.batch}, Adam, two modules of "
-             "balanced estimated cost. Milliseconds. Components: one process pinned to one core, each piece jitted "
+             "balanced measured cost. Milliseconds. Components: one process pinned to one core, each piece jitted "
              "alone, median of 20 calls. Collectives: two pinned processes (jax.distributed, gloo), one ppermute "
              f"of a tick's message ([{args.batch}, {width + 2}] float32) inside a compiled loop: "
              f"**{ms(dist['one_way'])} ms one way, {ms(dist['swap'])} ms as a swap** (both directions in one "

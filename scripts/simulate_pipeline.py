@@ -64,7 +64,7 @@ def _seconds(fn, *args, repeats: int = 30) -> float:
 def module_costs(mode: str, layers: int, modules: int | None, batch: int, micro: list[int]) -> dict:
     """Measured seconds per module: backprop W_i (at batch and at each micro-batch), DNI stage tick T_i.
     `modules`: that many modules of balanced cost, as bench.py splits its networks; None: one layer each."""
-    split = ["model.partition=balanced", f"model.modules={modules}"] if modules else []
+    split = ["model.partition=profiled", f"model.modules={modules}"] if modules else []
     cfg = compose_config(f"mode={mode}", "model.name=fcn", f"model.layers={layers}", *split,
                          f"trainer.batch_size={batch}", "optim.schedule=constant", "sg.optim.schedule=constant")
     net = build_network(cfg, (28, 28, 1), 10)

@@ -96,6 +96,29 @@ def test_balanced_partition_builds_the_networks_it_estimates():
     assert [len(m.layers) for m in even.modules] == [2, 2]
 
 
+def test_profiled_partition_measures_once_and_every_later_run_builds_the_same_split(tmp_path, monkeypatch):
+    from sgrad.run.build import build_network
+    from sgrad.run.partition_cache import cache_dir, profiled_sizes
+    monkeypatch.setenv("SGRAD_CACHE", str(tmp_path))
+    # Measured on this machine: the 784-input layer of a wide FCN costs as much as two hidden layers or more.
+    cfg = make_cfg("model.partition=profiled", "model.modules=2", "model.layers=4", "model.width=256",
+                   "trainer.batch_size=256", "mode=dgl")
+    first = build_network(cfg, (28, 28, 1), 10)
+    assert [len(m.layers) for m in first.modules] == [1, 3]
+    (cached,) = cache_dir().glob("*.json")
+    assert json.loads(cached.read_text())["sizes"] == [1, 3]
+    # Later runs read the split instead of timing again, even if timing would now say otherwise.
+    cached.write_text(json.dumps({"sizes": [2, 2]}))
+    assert [len(m.layers) for m in build_network(cfg, (28, 28, 1), 10).modules] == [2, 2]
+    calls = []
+    measure = lambda: calls.append(1) or (3, 1)
+    assert profiled_sizes("a network", 2, measure) == (3, 1) and profiled_sizes("a network", 2, measure) == (3, 1)
+    assert len(calls) == 1
+    for path in cache_dir().glob("*.json"):
+        path.write_text("{not json")  # unreadable: measured again, not an error
+    assert profiled_sizes("a network", 2, measure) == (3, 1) and len(calls) == 2
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["model.partition=balanced"], "model.modules=None is not allowed.*with model.partition=balanced"),
     (["model.partition=balanced", "model.modules=9"], r"model.modules=9 .*\[2, model.layers=4\]"),

@@ -43,6 +43,7 @@ class ModelName(enum.StrEnum):
 class Partition(enum.StrEnum):
     even = "even"
     balanced = "balanced"
+    profiled = "profiled"
 
 
 class OptimName(enum.StrEnum):
@@ -255,7 +256,7 @@ def validate(cfg: Any) -> None:
                "set model.partition=balanced to choose how many")
     else:
         require(cfg.model.modules is not None and 2 <= cfg.model.modules <= cfg.model.layers, "model.modules",
-               cfg.model.modules, f"an integer in [2, model.layers={cfg.model.layers}] with model.partition=balanced")
+               cfg.model.modules, f"an integer in [2, model.layers={cfg.model.layers}] with model.partition={cfg.model.partition}")
     require(cfg.sg.hidden_layers >= 0, "sg.hidden_layers", cfg.sg.hidden_layers, "an integer >= 0 (0 = linear)")
     require(cfg.sg.width >= 1, "sg.width", cfg.sg.width, "an integer >= 1")
     require(cfg.trainer.steps >= 1, "trainer.steps", cfg.trainer.steps, "an integer >= 1")

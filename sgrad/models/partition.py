@@ -1,15 +1,18 @@
-"""Where the module boundaries go: every `model.dni_every` layers, or balanced by estimated cost.
+"""Where the module boundaries go: every `model.dni_every` layers, or balanced by estimated or measured cost.
 
 A pipeline runs at the pace of its slowest stage, so `model.partition=balanced` cuts the layers into
 `model.modules` contiguous modules whose largest cost is smallest, the way pipeline systems such as GPipe and
-PipeDream balance stages. A module's cost is XLA's FLOP estimate of one training step of its layers (forward
-and VJP) plus, below the top, the interface model on its output (SG model or auxiliary classifier: its
-prediction, and for an SG model its regression too), at the run's batch size.
+PipeDream balance stages. A module's cost is one training step of its layers (forward and VJP) plus, below the
+top, the interface model on its output (SG model or auxiliary classifier: its prediction, and for an SG model
+its regression too), at the run's batch size. `balanced` estimates it from XLA's FLOP count (the same on every
+machine); `profiled` times it on the device, as PipeDream's profiler does: FLOPs miss what memory-bound ops
+(batch norm, activations, optimizer updates) cost, which on CPU moved the best split of an 8-layer FCN.
 """
 
 from __future__ import annotations
 
 import itertools
+import time
 from typing import Callable, Sequence
 
 import flax.linen as nn
@@ -17,37 +20,70 @@ import jax
 import jax.numpy as jnp
 
 
-def _flops(fn: Callable, *args) -> float:
+def flops(fn: Callable, *args) -> float:
+    """XLA's FLOP count of fn(*args) (args may be shapes)."""
     cost = jax.jit(fn).lower(*args).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     return float(cost.get("flops", 0.0)) if cost else 0.0
 
 
-def layer_costs(layers: Sequence[nn.Module], x: jax.ShapeDtypeStruct) -> tuple[list[float], list[jax.ShapeDtypeStruct]]:
-    """Estimated FLOPs of one training step of each layer (forward + VJP), and each layer's output shape."""
-    costs, outs, h = [], [], x
-    for layer in layers:
+def seconds(fn: Callable, *args, repeats: int = 5) -> float:
+    """Measured seconds of fn(*args) on the default device: the median of `repeats` calls after one that compiles
+    (args may be shapes: zeros of them are used)."""
+    args = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype) if isinstance(a, jax.ShapeDtypeStruct) else a, args)
+    compiled = jax.jit(fn)
+    jax.block_until_ready(compiled(*args))
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        jax.block_until_ready(compiled(*args))
+        times.append(time.perf_counter() - t)
+    return sorted(times)[len(times) // 2]
+
+
+def layer_costs(layers: Sequence[nn.Module], x: jax.ShapeDtypeStruct, cost: Callable = flops
+                ) -> tuple[list[float], list[jax.ShapeDtypeStruct]]:
+    """The cost (`flops` or `seconds`) of one training step of each layer (forward + VJP), and each layer's
+    output shape. Layers alike (same definition, same input) are costed once, so that measurement noise cannot
+    tell them apart."""
+    costs, outs, h, seen = [], [], x, {}
+    for j, layer in enumerate(layers):
         variables = jax.eval_shape(lambda h, layer=layer: layer.init(jax.random.key(0), h, False), h)
 
-        def step(v, h, layer=layer):
-            out, vjp = jax.vjp(lambda p, h: layer.apply({**v, "params": p}, h, True, mutable=["batch_stats"])[0],
-                               v["params"], h)
+        def step(v, h, layer=layer, first=j == 0):
+            apply = lambda p, h: layer.apply({**v, "params": p}, h, True, mutable=["batch_stats"])[0]
+            if first:  # nothing uses the gradient w.r.t. the data (a third of a wide input layer's VJP)
+                out, vjp = jax.vjp(lambda p: apply(p, h), v["params"])
+            else:
+                out, vjp = jax.vjp(apply, v["params"], h)
             return vjp(jnp.ones_like(out))
-        costs.append(_flops(step, variables, h))
+        key = (repr(layer), h.shape, j == 0)
+        if key not in seen:
+            seen[key] = cost(step, variables, h)
+        costs.append(seen[key])
         h = jax.eval_shape(lambda v, h, layer=layer: layer.apply(v, h, False), variables, h)
         outs.append(h)
     return costs, outs
 
 
-def interface_cost(model: nn.Module | None, h: jax.ShapeDtypeStruct, label, trains_by_regression: bool) -> float:
-    """FLOPs of the interface model on activation h: its prediction, plus (SG models) its regression step."""
+def interface_cost(model: nn.Module | None, h: jax.ShapeDtypeStruct, label, trains_by_regression: bool,
+                   cost: Callable = flops) -> float:
+    """The cost of the interface model's work on activation h in one step: its prediction, plus (SG models) its
+    regression step."""
     if model is None:
         return 0.0
     variables = jax.eval_shape(lambda h, y: model.init(jax.random.key(0), h, y, False), h, label)
-    predict = _flops(lambda v, h, y: model.apply(v, h, y, True, mutable=["batch_stats"])[0], variables, h, label)
-    if not trains_by_regression:
-        return 3.0 * predict  # one forward and its VJP (w.r.t. params and h) for the auxiliary loss
-    return predict + 3.0 * predict  # ĝ for the module, then forward + VJP of the regression
+    apply = lambda p, v, h, y: model.apply({**v, "params": p}, h, y, True, mutable=["batch_stats"])[0]
+
+    def work(v, h, y):
+        out, vjp = jax.vjp(lambda p, h: apply(p, v, h, y), v["params"], h)
+        if not trains_by_regression:  # one forward and its VJP (w.r.t. params and h) for the auxiliary loss
+            return vjp(jnp.ones_like(out))
+        # ĝ for the module, then the regression: forward again (other data in a pipeline) and the VJP w.r.t.
+        # the parameters only.
+        again, vjp_params = jax.vjp(lambda p: apply(p, v, h, y), v["params"])
+        return out, vjp_params(again)
+    return cost(work, variables, h, label)
 
 
 def balanced_sizes(costs: Sequence[float], interface: Sequence[float], modules: int) -> tuple[int, ...]:

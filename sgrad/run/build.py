@@ -21,10 +21,11 @@ from sgrad.decoupled import Decoupled, decouple
 from sgrad.models import build_layers, group_layers
 from sgrad.models.auxiliary import build_aux_classifier
 from sgrad.models.lstm import LSTMCore
-from sgrad.models.partition import balanced_sizes, even_sizes, interface_cost, layer_costs
+from sgrad.models.partition import balanced_sizes, even_sizes, flops, interface_cost, layer_costs, seconds
 from sgrad.models.synthetic import DenseSynthetic, build_sg_model
 from sgrad.models.synthetic_input import build_input_model
 from sgrad.modes import RULES, ModeRule, rule_for
+from sgrad.run.partition_cache import profiled_sizes
 
 
 def mode_rule(cfg) -> ModeRule:
@@ -98,16 +99,28 @@ def custom_modules(model_cfg, num_classes: int) -> list[nn.Module]:
 
 
 def module_sizes(cfg, layers, input_shape: tuple[int, ...], num_classes: int) -> tuple[int, ...]:
-    """Layers per module: every `model.dni_every`, or `model.modules` balanced by estimated cost."""
+    """Layers per module: every `model.dni_every`, or `model.modules` balanced by estimated (`balanced`) or
+    measured (`profiled`) cost (sgrad/models/partition.py)."""
     if str(cfg.model.partition) == "even":
         return even_sizes(len(layers), cfg.model.dni_every)
     rule = mode_rule(cfg)
     batch = cfg.trainer.batch_size
-    costs, outs = layer_costs(layers, jax.ShapeDtypeStruct((batch, *input_shape), jnp.float32))
     label = jax.ShapeDtypeStruct((batch, num_classes), jnp.float32) if rule.conditioned else None
     make = interface_models(cfg, num_classes).get(rule.interface)
-    interface = [interface_cost(make(h.shape[1:]) if make else None, h, label, rule.synthetic) for h in outs]
-    return balanced_sizes(costs, interface, cfg.model.modules)
+
+    def choose(cost):
+        costs, outs = layer_costs(layers, jax.ShapeDtypeStruct((batch, *input_shape), jnp.float32), cost)
+        costed = {}  # interfaces alike are costed once, as layers are
+        for h in outs:
+            if h.shape not in costed:
+                costed[h.shape] = interface_cost(make(h.shape[1:]) if make else None, h, label, rule.synthetic, cost)
+        interface = [costed[h.shape] for h in outs]
+        return balanced_sizes(costs, interface, cfg.model.modules)
+    if str(cfg.model.partition) == "balanced":
+        return choose(flops)
+    key = (tuple(map(repr, layers)), batch, tuple(input_shape), rule.name, str(cfg.sg), str(cfg.aux),
+           cfg.model.modules)
+    return profiled_sizes(key, cfg.model.modules, lambda: choose(seconds))
 
 
 def interface_models(cfg, num_classes: int) -> dict:
