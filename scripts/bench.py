@@ -32,7 +32,7 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from sgrad.config.compose import compose_config
-from sgrad.models.network import init_variables
+from sgrad.models.network import activation_shapes, init_variables
 from sgrad.run.build import build_network, build_train_optimizer, update_settings
 from sgrad.run.provenance import git_commit, machine
 from sgrad.core.step import init_state, make_train_step
@@ -158,15 +158,46 @@ def bench_parallel(cfg, parallel: str, devices: int, chunk: int, chunks: int, re
         # parallel step pays on top of half the compute, the bound the link sets.
         row["allreduce_sec"] = allreduce_seconds(bucket, jax.devices()[:devices])
         row["bucket_floats"] = int(bucket)
+    if parallel == "pipeline" and devices > 1 and net.rule.schedule == "unlocked":
+        # One message of a tick ([B, A+2], sgrad/devices/layout.py) timed alone; a tick sends one each way
+        # (forward only when nothing goes back).
+        width = max(int(np.prod(s)) for s in activation_shapes(net.modules, shape)[:-1])
+        size = cfg.trainer.batch_size // replicas * (width + 2)
+        row["message_sec"] = allreduce_seconds(size, jax.devices()[:devices], permute=True)
+        row["messages"] = 2 if net.rule.sends_back else 1
+    if parallel == "none" and len(net.modules) > 1:
+        row["module_sec"] = module_seconds(net, shape, cfg.trainer.batch_size)
     return row
 
 
-def allreduce_seconds(size: int, devices, repeats: int = 20) -> float:
-    """Median seconds of one pmean of f32[size] over `devices` (one shard_map program, as in the step)."""
+def module_seconds(net, shape, batch: int) -> list[float]:
+    """Each module's training step (its layers, and the interface model on its output) timed alone on this
+    device, as model.partition=profiled times them: the cost model's share of the step for each device."""
+    from sgrad.models.partition import interface_cost, layer_costs, seconds
+    layers = [layer for m in net.modules for layer in m.layers]
+    costs, outs = layer_costs(layers, jax.ShapeDtypeStruct((batch, *shape), jnp.float32), seconds)
+    label = jax.ShapeDtypeStruct((batch, net.num_classes), jnp.float32) if net.conditioned else None
+    out, end = [], 0
+    for i, m in enumerate(net.modules):
+        end += len(m.layers)
+        model = net.interface_models[i] if i < len(net.modules) - 1 and net.interface_models else None
+        out.append(sum(costs[end - len(m.layers):end])
+                   + interface_cost(model, outs[end - 1], label, net.rule.synthetic, seconds))
+    return out
+
+
+def allreduce_seconds(size: int, devices, repeats: int = 5, permute: bool = False, loop: int = 10) -> float:
+    """Seconds of one pmean (or with `permute`, one ring ppermute) of f32[size] over `devices`, paid as a
+    compiled loop pays it: `loop` collectives in one shard_map program (median of `repeats`), so a call's
+    dispatch is not counted."""
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
     mesh = jax.make_mesh((len(devices),), ("d",), devices=devices)
-    reduce = jax.jit(jax.shard_map(lambda a: jax.lax.pmean(a, "d"), mesh=mesh, in_specs=P("d"), out_specs=P("d")))
+    n = len(devices)
+    collective = ((lambda a: jax.lax.ppermute(a, "d", [(j, (j + 1) % n) for j in range(n)])) if permute else
+                  (lambda a: jax.lax.pmean(a, "d")))
+    many = lambda a: jax.lax.fori_loop(0, loop, lambda _, a: collective(a), a)
+    reduce = jax.jit(jax.shard_map(many, mesh=mesh, in_specs=P("d"), out_specs=P("d"), check_vma=False))
     a = jax.device_put(jnp.ones((len(devices) * size,), jnp.float32), NamedSharding(mesh, P("d")))
     jax.block_until_ready(reduce(a))
     times = []
@@ -174,7 +205,7 @@ def allreduce_seconds(size: int, devices, repeats: int = 20) -> float:
         t = time.perf_counter()
         jax.block_until_ready(reduce(a))
         times.append(time.perf_counter() - t)
-    return float(np.median(times))
+    return float(np.median(times)) / loop
 
 
 def device_rows(n: int, modes: list[str], layers: int, batch: int, chunk: int, chunks: int,
@@ -229,7 +260,8 @@ def _write_device_table(args, title: str, how: str, grouping: str, rows: list[di
              f"batch (`parallel=pipeline replicas=R`), next to `none` with the same K/R modules. Median chunk of {args.chunks} chunks of {args.chunk} steps after a "
              "warm-up chunk.",
              "Data rows: `all-reduce` is the step's one collective (its gradients, batch statistics and metrics in "
-             "one flat bucket) timed alone at its size in the same processes, and `bound` the speed-up a data "
+             "one flat bucket) timed alone at its size in the same processes (ten in one compiled loop, per "
+             "collective), and `bound` the speed-up a data "
              "parallel step could reach if it paid only that on top of 1/N of the one-device step: "
              "T1 / (T1/N + all-reduce).",
              "", "| mode | devices | layers per module | parallel | examples/s | × one device | all-reduce (ms) | bound × |",

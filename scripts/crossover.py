@@ -1,0 +1,133 @@
+"""When spreading over two devices pays: measured speed-ups of data and pipeline parallelism against the work per
+step, next to a cost model that predicts them from quantities measured in the same run.
+
+    python scripts/crossover.py [--widths 256,1024,2048] [--batches 64,256,1024] [--layers 4]
+                                [--out results/bench/crossover]
+
+Each point runs `scripts/bench.py --processes 2` (two processes pinned to one core each, jax.distributed +
+gloo) on the paper's FCN at that width and batch: `none` (one such process), `data` (backprop, cDNI) and
+`pipeline` (cDNI, DGL), and in the same processes times the collectives alone and each module's step alone.
+The model (the same formulas as scripts/simulate_pipeline.py's DNI pipeline, on these measurements):
+
+  data      T1 / N + all-reduce(gradients and statistics)          T1: the one-process step
+  pipeline  T1 * max_i c_i / sum_i c_i + messages * ppermute(B x A)  c_i: module i's step timed alone
+
+Writes <out>.md (every point, measured and predicted) and <out>.png (speed-up against T1, with the model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROWS = (("backprop", "data"), ("cdni", "data"), ("cdni", "pipeline"), ("dgl", "pipeline"))
+
+
+def predicted(base: dict, row: dict, batch: int) -> float | None:
+    """The model's speed-up for a measured two-process row, from its own run's measurements."""
+    t1 = batch / base["examples_per_sec"]
+    if row["parallel"] == "data":
+        return t1 / (t1 / row["devices"] + row["allreduce_sec"])
+    if "message_sec" not in row or "module_sec" not in base:
+        return None
+    share = max(base["module_sec"]) / sum(base["module_sec"])
+    return t1 / (t1 * share + row["messages"] * row["message_sec"])
+
+
+def chunk_for(width: int, batch: int, layers: int) -> int:
+    """Steps per timed chunk: about half a second of work at ~40 GFLOP/s per core, 3 to 50 steps."""
+    flops = 6 * batch * (784 * width + (layers - 2) * width * width + 10 * width)
+    return int(min(50, max(3, 0.5 / (flops / 40e9))))
+
+
+def measure(width: int, batch: int, layers: int) -> list[dict]:
+    cmd = [sys.executable, str(Path(__file__).with_name("bench.py")), "--processes", "2", "--layers", str(layers),
+           "--width", str(width), "--batch", str(batch), "--modes", "backprop,cdni,dgl",
+           "--chunk", str(chunk_for(width, batch, layers)), "--chunks", "3", "--out", "/dev/null"]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode:
+        sys.exit(f"bench.py failed at width {width}, batch {batch}:\n{res.stderr[-3000:]}")
+    rows = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+    points = []
+    for mode, parallel in ROWS:
+        base = next(r for r in rows if r["mode"] == mode and r["parallel"] == "none")
+        row = next(r for r in rows if r["mode"] == mode and r["parallel"] == parallel)
+        points.append({"width": width, "batch": batch, "mode": mode, "parallel": parallel, "split": row["split"],
+                       "t1_ms": 1e3 * batch / base["examples_per_sec"],
+                       "measured": row["examples_per_sec"] / base["examples_per_sec"],
+                       "predicted": predicted(base, row, batch),
+                       "collective_ms": 1e3 * row.get("allreduce_sec", row.get("message_sec", float("nan")))})
+    return points
+
+
+def write(points: list[dict], out: Path, argv: list[str]) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sgrad.run.provenance import git_commit, machine
+
+    m = machine()
+    errors = [abs(p["predicted"] / p["measured"] - 1) for p in points if p["predicted"]]
+    lines = ["# When two devices pay: measured speed-up against the work per step, and the cost model", "",
+             f"Machine: {m['cpu']} ({m['cpu_count']} CPUs), jax {m['jax']}: two processes pinned to one core "
+             "each, jax.distributed over localhost with gloo collectives.",
+             f"Commit: {git_commit()}.", f"Command: `python scripts/crossover.py {' '.join(argv)}`.", "",
+             "Paper FCN (batch norm, Adam), split into 2 modules by measured cost (`model.partition=profiled`). "
+             "T1: one process's step. Model: data = T1/2 + all-reduce; pipeline = T1 × (slowest module's share "
+             "of the modules' summed step times) + messages × one message's ppermute; every input measured in the "
+             "same run (`scripts/crossover.py`).",
+             f"Model error over the {len(errors)} points: median {100 * sorted(errors)[len(errors) // 2]:.0f} %, "
+             f"largest {100 * max(errors):.0f} %.", "",
+             "| width | batch | mode | parallel | layers per module | T1 (ms) | collective (ms) | measured × | "
+             "model × | model error |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for p in points:
+        err = f"{100 * (p['predicted'] / p['measured'] - 1):+.0f} %" if p["predicted"] else ""
+        model = f"{p['predicted']:.2f}" if p["predicted"] else ""
+        lines.append(f"| {p['width']} | {p['batch']} | {p['mode']} | {p['parallel']} | {p['split']} | "
+                     f"{p['t1_ms']:.1f} | {p['collective_ms']:.2f} | {p['measured']:.2f} | {model} | {err} |")
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    colors = {("backprop", "data"): "C0", ("cdni", "data"): "C1", ("cdni", "pipeline"): "C2",
+              ("dgl", "pipeline"): "C3"}
+    for key, color in colors.items():
+        pts = sorted((p for p in points if (p["mode"], p["parallel"]) == key), key=lambda p: p["t1_ms"])
+        ax.plot([p["t1_ms"] for p in pts], [p["measured"] for p in pts], "o", color=color,
+                label=f"{key[0]} {key[1]}: measured")
+        model = [p for p in pts if p["predicted"]]
+        ax.plot([p["t1_ms"] for p in model], [p["predicted"] for p in model], "--", color=color, marker="x",
+                label=f"{key[0]} {key[1]}: model")
+    ax.axhline(1.0, color="grey", lw=0.8)
+    ax.axhline(2.0, color="grey", lw=0.8, ls=":")
+    ax.set_xscale("log")
+    ax.set_xlabel("work per step: one process's step time T1 (ms, log scale)")
+    ax.set_ylabel("speed-up over one process")
+    ax.set_title("Two pinned processes (gloo): when data and pipeline parallelism pay")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out.with_suffix(".png"), dpi=120)
+    print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.png')}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--widths", default="256,1024,2048")
+    ap.add_argument("--batches", default="64,256,1024")
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--out", type=Path, default=Path("results/bench/crossover"))
+    args = ap.parse_args()
+    points = []
+    for width in map(int, args.widths.split(",")):
+        for batch in map(int, args.batches.split(",")):
+            points += measure(width, batch, args.layers)
+            for p in points[-len(ROWS):]:
+                print(json.dumps(p), flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    write(points, args.out, sys.argv[1:])
+
+
+if __name__ == "__main__":
+    main()
