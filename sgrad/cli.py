@@ -8,6 +8,8 @@ settings. Each is one line on stderr and exit status 2.
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -82,12 +84,17 @@ def _run(cfg: DictConfig) -> float:
     if cfg.distributed:
         import jax
         # Must precede any other JAX call; SLURM / Open MPI / TPU settings are read from the environment.
+        # JAX reads the coordinator from JAX_COORDINATOR_ADDRESS but not the process count and index: a launcher
+        # without a cluster (scripts/launch_local.py) gives them as JAX_NUM_PROCESSES / JAX_PROCESS_ID.
+        given = {key: int(os.environ[var]) for key, var in (("num_processes", "JAX_NUM_PROCESSES"),
+                                                            ("process_id", "JAX_PROCESS_ID")) if var in os.environ}
         try:
-            jax.distributed.initialize()
+            jax.distributed.initialize(**given)
         except (ValueError, RuntimeError) as e:
             print(f"sgrad-train: distributed=true found no cluster to join ({str(e).splitlines()[0]}): run it "
                   "where JAX detects one (SLURM, e.g. hydra/launcher=submitit_slurm; Open MPI's mpirun; "
-                  "Kubernetes; Cloud TPU), or leave distributed=false for one process", file=sys.stderr)
+                  "Kubernetes; Cloud TPU), on this machine with scripts/launch_local.py N, or leave "
+                  "distributed=false for one process", file=sys.stderr)
             discard_stub(workdir)
             sys.exit(2)
         workdir = _shared_workdir(workdir)
@@ -106,8 +113,20 @@ def _run(cfg: DictConfig) -> float:
             return True
         # The basic launcher runs every job in this process: each job's tag goes when the job ends.
         logging.getLogger("sgrad").addFilter(prefix)
+    # Until the loop takes the signals over (sgrad.run.signals), SIGTERM interrupts start-up as Ctrl-C does.
+    previous_term = signal.signal(signal.SIGTERM, _interrupt)
     try:
         summary = train_and_evaluate(cfg, workdir)
+    except KeyboardInterrupt:
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            raise  # the sweep's own handler says how to resume the whole sweep
+        # Interrupted while loading data or building the network: nothing was trained, nothing is kept.
+        discard_stub(workdir)
+        if _START is not None:
+            _START.restore()
+        print(f"sgrad-train: interrupted during start-up, before any step was trained; "
+              f"{'the run dir is as it was' if _START is not None else 'no run dir was left'}", file=sys.stderr)
+        sys.exit(130)
     except Preempted as e:
         print(f"sgrad-train: {e}", file=sys.stderr)
         sys.exit(128 + e.signum)
@@ -119,14 +138,21 @@ def _run(cfg: DictConfig) -> float:
             if _START is not None and isinstance(e, (ConfigError, DatasetError)):
                 _START.restore()  # a rerun that could not start leaves the run it found byte for byte
         if hydra_cfg.mode == RunMode.MULTIRUN:
-            # Let the sweep go on; sgrad.run.callbacks.FailedJobs reports this job at the end.
+            # Let the sweep go on; sgrad.run.callbacks.FailedJobs reports this job, and why, at the end.
+            from sgrad.run.callbacks import record_failure
+            record_failure(workdir, e)
             return float("nan")
         sys.exit(3 if isinstance(e, DivergenceError) else 2)
     finally:
+        signal.signal(signal.SIGTERM, previous_term)
         for f in list(logging.getLogger("sgrad").filters):
             logging.getLogger("sgrad").removeFilter(f)
     # The return value lets Hydra sweepers (e.g. optuna) optimise the task's objective.
     return float(summary["objective"])
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def typed_length_wins(argv: list[str]) -> list[str]:

@@ -217,3 +217,14 @@ def test_resuming_from_another_run_logs_no_orbax_option_warnings(idx_dir, tmp_pa
         train_and_evaluate(_cfg(idx_dir, "trainer.steps=80", "checkpoint.every=40", f"trainer.resume={tmp_path / 'a'}"),
                            tmp_path / "b")
     assert not [r for r in caplog.records if "read_only" in r.getMessage() or "read only" in r.getMessage()]
+
+
+def test_multirun_says_why_a_job_could_not_run(tmp_path):
+    sweep = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "sgrad.cli", "-m", "+debug=tiny", "trainer.batch_size=-5,-6",
+           f"hydra.sweep.dir={sweep}"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 1, res.stderr[-2000:]
+    lines = (sweep / "failed_jobs.txt").read_text().splitlines()
+    assert lines[0].startswith("0: failed: trainer.batch_size=-5 is not allowed") and "trainer.batch_size=-6" in lines[1]
+    assert "no summary" not in res.stderr and "0: failed: trainer.batch_size=-5" in res.stderr

@@ -165,7 +165,8 @@ def test_real_subprocess_run_writes_the_run_dir(idx_dir, tmp_path):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["mode"] == "cdni" and summary["step"] == 20
     assert (run_dir / "metrics.jsonl").stat().st_size > 0
-    assert list((run_dir / "tb").glob("events.out.tfevents.*"))
+    # TensorBoard names the run by experiment and mode (the folder holding its event files).
+    assert list((run_dir / "tb" / "exp=mnist_cdni,mode=cdni").glob("events.out.tfevents.*"))
     resolved = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
     assert resolved.mode == "cdni" and resolved.model.layers == 3
 
@@ -213,6 +214,7 @@ def test_optuna_search_runs_trials(idx_dir, tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     assert len(list(sweep.glob("*/summary.json"))) == 2
     assert "best_value" in (sweep / "optimization_results.yaml").read_text()
+    assert "setup plugin" not in res.stdout + res.stderr  # alembic's start-up chatter stays out of the sweep's log
 
 
 def test_a_launcher_plugin_that_is_not_installed_says_which_install_brings_it(monkeypatch):

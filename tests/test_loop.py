@@ -173,9 +173,22 @@ def test_cli_unwritable_run_dir_is_one_line_and_exit_2():
     assert len(lines) == 1 and lines[0].startswith("sgrad-train: cannot write the run dir /proc/sgrad-run"), lines
 
 
-def test_cli_help_says_presets_are_added_with_a_plus():
+def test_a_custom_models_keyword_arguments_pass_the_command_line_check():
+    from sgrad.config.compose import CONFIG_DIR
+    from sgrad.config.overrides import check_overrides
+    # The README's command: model.args is the user's function's keywords, whatever they are called.
+    check_overrides(["model=custom", "model._target_=my_package.models.make_modules", "+model.args.width=64",
+                     "+model.args.blocks=3"], CONFIG_DIR)
+    with pytest.raises(ConfigError, match="unknown config key 'model.widht'"):
+        check_overrides(["model.widht=64"], CONFIG_DIR)
+
+
+def test_cli_help_says_presets_are_added_with_a_plus_and_names_every_mode():
+    from sgrad.modes import RULES
     res = _cli("--help")
     assert res.returncode == 0 and "+exp=NAME" in res.stdout
+    header = res.stdout.split("Examples:")[0]
+    assert all(f"\n  {name} " in header for name in RULES), header
 
 
 @pytest.mark.slow
@@ -277,3 +290,71 @@ def test_resume_command_of_a_sweep_job_resumes_the_whole_sweep(monkeypatch, tmp_
         HydraConfig.instance().cfg = None
     assert command == (f"sgrad-train -m +exp=decoupled_fashion_mnist_fcn trainer.steps=50 "
                        f"hydra.sweep.dir={tmp_path / 'sweep'}")
+
+
+def _tiny_cli(idx_dir, run, *extra) -> list[str]:
+    return [sys.executable, "-m", "sgrad.cli", "+debug=tiny", "dataset=idx", f"dataset.dir={idx_dir}",
+            "dataset.download=false", "trainer.progress=false", f"hydra.run.dir={run}", *extra]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_interrupt_during_start_up_is_one_line_and_leaves_no_run_dir(idx_dir, tmp_path, sig):
+    import signal
+
+    from conftest import program_env
+    run, marker = tmp_path / "run", tmp_path / "building"
+    proc = subprocess.Popen(_tiny_cli(idx_dir, run, "model=custom", "model._target_=slow_start_model.make_modules",
+                                      f"+model.args.marker={marker}"),
+                            env=program_env(), cwd=tmp_path, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not marker.exists():  # the network is being built: start-up, nothing trained yet
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-2000:]
+        time.sleep(0.1)
+    proc.send_signal(getattr(signal, sig))
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and "interrupted during start-up" in err, err[-2000:]
+    assert not run.exists() and not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.slow
+def test_a_stop_signal_is_acknowledged_at_once_with_the_step_the_run_then_stops_at(idx_dir, tmp_path):
+    import queue
+    import signal
+    import threading
+
+    run = tmp_path / "run"
+    # Chunks of 1500 steps: seconds each, so the signal lands mid-chunk.
+    proc = subprocess.Popen(_tiny_cli(idx_dir, run, "trainer.steps=1000000", "trainer.log_every=1500",
+                                      "checkpoint.every=1000000", "trainer.eval_every=1000000",
+                                      "log.grad_probe_every=0"),
+                            cwd=ROOT, text=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr], daemon=True).start()
+    deadline = time.time() + 180
+    while not (run / "metrics.jsonl").exists() or "train/loss" not in (run / "metrics.jsonl").read_text():
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    said = ""
+    while "will stop at step" not in said:
+        said = lines.get(timeout=60)
+    running_when_said = proc.poll() is None
+    announced = int(said.split("will stop at step ")[1].split()[0])
+    assert "in about" in said and "a second SIGTERM exits at once" in said, said
+    proc.wait(timeout=120)
+    assert running_when_said  # acknowledged before the chunk ended, not when the run stopped
+    assert proc.returncode == 143
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "preempted" and summary["step"] == announced and announced % 1500 == 0
+    assert (run / "checkpoints" / str(announced)).is_dir()
+
+
+def test_hparams_show_the_settings_of_the_runs_kind_of_model_and_what_the_sweep_varies():
+    from sgrad.run.loop import hparams_of
+    fcn = hparams_of(make_cfg("model.name=fcn"), ["sg.width"])
+    assert {"model.width", "model.layers", "sg.width", "mode"} <= set(fcn) and "model.hidden" not in fcn
+    lstm = hparams_of(make_cfg("+exp=copy_dni"), [])
+    assert {"model.hidden", "trainer.bptt"} <= set(lstm) and "model.width" not in lstm

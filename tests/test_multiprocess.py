@@ -84,7 +84,7 @@ def test_two_cli_processes_write_one_run(tmp_path, idx_dir):
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == len(set(lines))
     assert [json.loads(l)["step"] for l in lines if "train/loss" in l] == [10, 20, 30, 40]
-    assert len(list((run / "tb").glob("events.out.tfevents.*"))) == 1
+    assert len(list((run / "tb").rglob("events.out.tfevents.*"))) == 1
     log = (run / "sgrad.log").read_text()
     assert log.count("step 40") == 1, log
     assert json.loads((run / "summary.json").read_text())["status"] == "completed"
@@ -107,3 +107,21 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path, idx_dir):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "preempted"
     assert (run / "checkpoints" / str(summary["step"]) / "commit_success.txt").is_file()
+
+
+@pytest.mark.slow
+def test_the_readme_recipe_runs_one_run_as_two_processes_on_this_machine(idx_dir, tmp_path):
+    run = tmp_path / "run"
+    env = {**os.environ}
+    env.pop("XLA_FLAGS", None)
+    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "launch_local.py"), "2", "+debug=tiny",
+                          "dataset=idx", f"dataset.dir={idx_dir}", "parallel=data", "trainer.steps=20",
+                          "trainer.log_every=10", "trainer.progress=false", f"hydra.run.dir={run}"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["step"] == 20
+    # One writer: each logged step once, though two processes trained.
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines if "train/loss" in line] == [10, 20]
+    assert "connected to 1 peer" in res.stdout + res.stderr

@@ -43,6 +43,8 @@ def _check_key(o: Override, schema: Any) -> None:
     parts = o.key_or_group.split(".")
     node = schema
     for depth, part in enumerate(parts):
+        if depth and OmegaConf.is_dict(node) and node._metadata.object_type in (None, dict):
+            return  # a free-form mapping (model.args: the user's function's keyword arguments) takes any key
         if not OmegaConf.is_dict(node) or part not in node:
             where = ".".join(parts[:depth]) or "the top level"
             keys = ", ".join(k for k in node.keys() if k != "defaults") if OmegaConf.is_dict(node) else ""

@@ -13,6 +13,25 @@ from hydra.experimental.callback import Callback
 log = logging.getLogger("sgrad")
 
 
+FAILURE = "failed.txt"
+
+
+def record_failure(workdir: Path, error: BaseException) -> None:
+    """A job that could not run says why in its own dir (<job>/failed.txt), for FailedJobs and for the user."""
+    Path(workdir).mkdir(parents=True, exist_ok=True)
+    (Path(workdir) / FAILURE).write_text(f"{error}\n")
+
+
+def job_status(job: Path) -> str:
+    """`completed`, another status from summary.json (preempted, diverged, ...), or why the job never ran."""
+    summary = job / "summary.json"
+    if summary.exists():
+        return json.loads(summary.read_text()).get("status", "unknown")
+    if (job / FAILURE).exists():
+        return "failed: " + (job / FAILURE).read_text().strip()
+    return "did not finish (no summary.json; see its log)"
+
+
 class FailedJobs(Callback):
     """Writes <sweep dir>/failed_jobs.txt and exits non-zero when any job of the sweep failed."""
 
@@ -20,8 +39,7 @@ class FailedJobs(Callback):
         sweep = Path(config.hydra.sweep.dir)
         failed = []
         for job in sorted(p for p in sweep.iterdir() if (p / ".hydra").is_dir()):
-            summary = job / "summary.json"
-            status = json.loads(summary.read_text()).get("status", "unknown") if summary.exists() else "no summary"
+            status = job_status(job)
             if status != "completed":
                 failed.append(f"{job.name}: {status}")
         if failed:

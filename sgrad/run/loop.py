@@ -22,7 +22,8 @@ from tqdm import tqdm
 from sgrad.run.checkpoint import Checkpoints, find_checkpoint_dir
 from sgrad.run.metrics import MetricWriter, read_jsonl, rewind
 from sgrad.config import flat_config
-from sgrad.run.rundir import check_run_dir, record_config, resume_command, sweep_name, swept_settings
+from sgrad.run.rundir import (check_run_dir, record_config, resume_command, single_run_name, sweep_name,
+                               swept_settings)
 from sgrad.run.signals import StopRequest
 from sgrad.run.task import Task
 from sgrad.run.record import DivergenceError, Preempted, earlier_segments, run_record
@@ -35,15 +36,19 @@ def eval_every(cfg: Any, task: Task) -> int:
     return cfg.trainer.eval_every or task.steps_per_epoch or 0
 
 
-# Settings every run shows in TensorBoard's HParams tab, besides what its sweep varies.
-HPARAMS = ("mode", "dataset.name", "model.name", "model.layers", "model.width", "model.hidden", "optim.lr",
-           "sg.optim.lr", "sg.scale", "trainer.batch_size", "trainer.bptt", "seed")
+# Settings every run shows in TensorBoard's HParams tab, besides what its sweep varies: those of every run, then
+# those of its kind of model (an FCN has no model.hidden, an LSTM no model.width).
+HPARAMS = ("mode", "dataset.name", "model.name", "optim.lr", "sg.optim.lr", "sg.scale", "trainer.batch_size", "seed")
+MODEL_HPARAMS = {"fcn": ("model.layers", "model.width"), "cnn": ("model.layers", "model.channels"),
+                 "lstm": ("model.hidden", "trainer.bptt")}
 
 
 def hparams_of(cfg: Any, swept: list[str]) -> dict:
-    """{setting: value} for the HParams dashboard: the usual suspects and the swept settings, typed."""
+    """{setting: value} for the HParams dashboard: the usual suspects for this model and the swept settings,
+    typed."""
     flat = flat_config(cfg)
-    return {k: flat[k] for k in (*HPARAMS, *swept) if isinstance(flat.get(k), (bool, int, float, str))}
+    keys = (*HPARAMS, *MODEL_HPARAMS.get(str(cfg.model.name), ()), *swept)
+    return {k: flat[k] for k in dict.fromkeys(keys) if isinstance(flat.get(k), (bool, int, float, str))}
 
 
 def _due(every: int, step: int) -> bool:
@@ -100,8 +105,8 @@ def run(cfg: Any, workdir: str | Path, task: Task) -> dict:
     # The newest good checkpoint this run can go back to: (step, folder), or None.
     kept = (step, source.directory) if restored is not None else None
     swept = swept_settings()
-    # TensorBoard names a run by its folder: in a sweep, by what the sweep varies.
-    run_name = sweep_name(swept) or None
+    # TensorBoard names a run by its folder: in a sweep, by what the sweep varies; alone, by experiment and mode.
+    run_name = sweep_name(swept) or single_run_name(cfg)
     earlier: list[float] = []
     if lead:
         record_config(cfg, workdir)
@@ -118,6 +123,15 @@ def run(cfg: Any, workdir: str | Path, task: Task) -> dict:
                dynamic_ncols=True)
     t_mark = time.perf_counter()
     pending = None  # a dispatched chunk whose metrics are still on the device: (start, stop, metrics)
+    pace = None  # seconds per step, from the last chunk that finished
+    stop_at = step  # where a stop signal would end the run: the end of the last chunk dispatched
+    finished = step  # the last step whose chunk has finished
+
+    def where_it_stops() -> str:
+        if pace is None:
+            return f"the run will stop at step {stop_at} with a checkpoint, once the first chunk has compiled and run"
+        left = max(0, stop_at - finished) * pace
+        return f"the run will stop at step {stop_at} with a checkpoint, in about {left:.0f} s"
 
     def diverged(at_step: int, values: dict[str, float]) -> DivergenceError:
         detail = task.divergence_detail(state)
@@ -128,11 +142,12 @@ def run(cfg: Any, workdir: str | Path, task: Task) -> dict:
 
     def drain() -> None:
         """Pull a finished chunk's metrics to the host (after the next chunk was dispatched, when possible)."""
-        nonlocal pending, t_mark
+        nonlocal pending, t_mark, pace, finished
         start, stop, metrics = pending
         metrics = jax.device_get(metrics)
         now = time.perf_counter()
         out = task.chunk_metrics(metrics, start, stop, now - t_mark)
+        pace, finished = (now - t_mark) / max(1, stop - start), stop
         t_mark, pending = now, None
         # The bar moves when a chunk's metrics arrive, so the loss it shows is that of the step it shows:
         # the postfix is set first, and update() draws both.
@@ -160,10 +175,21 @@ def run(cfg: Any, workdir: str | Path, task: Task) -> dict:
         log.info("compiling the training step (the first chunk starts when it is done)")
         bar.set_description_str(f"{task.name} (compiling)", refresh=True)
     with run_record(workdir, fields, closing, enabled=lead, earlier=earlier) as summary, StopRequest() as stop_request:
+        stop_request.plan = where_it_stops if lead else None
         while step < total:
+            if stop_request.received and jax.process_count() == 1:
+                # The signal came after the last chunk's check, and was told this step: stop here, not a chunk
+                # later (with several processes the stop waits for the next check, where they all agree).
+                if pending is not None:
+                    drain()
+                if kept is None or kept[0] != step:
+                    writer.flush()
+                    checkpoints.save(step, task.checkpoint(state))
+                raise Preempted(stop_request.received, step, resume_command(workdir))
             # Chunk ends lie on a fixed grid of steps, so a resumed run logs exactly the same points.
             stop = min([total] + [(step // e + 1) * e for e in
                                   (tcfg.log_every, every_eval, every_probe, every_save) if e])
+            stop_at = stop
             state, metrics = task.run_chunk(state, step, stop)
             if pending is not None:
                 drain()

@@ -97,6 +97,20 @@ def sweep_name(swept: dict[str, str]) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(swept.items()))
 
 
+def single_run_name(cfg: Any) -> str | None:
+    """A single sgrad-train run's TensorBoard name: its experiment (or dataset and model) and mode, e.g.
+    `exp=mnist_dni,mode=cdni`, so that runs side by side under outputs/ are told apart by what they are, not
+    only by their start time. None outside sgrad-train (the library, tests): event files go to <run>/tb."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        choices = HydraConfig.get().runtime.choices
+    except (ImportError, ValueError):
+        return None
+    exp = choices.get("exp")
+    what = f"exp={exp}" if exp else f"dataset={cfg.dataset.name},model={cfg.model.name}"
+    return f"{what},mode={cfg.mode}"
+
+
 def resume_command(workdir: str | Path) -> str:
     """The command that continues this run: this job's overrides, with the run dir pinned. In a multirun, the
     command that continues the whole sweep: the same sweep, with its sweep dir pinned (finished jobs are found

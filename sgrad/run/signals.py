@@ -18,10 +18,12 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class StopRequest:
-    """Within the block, `received` is the first stop signal's number (0: none)."""
+    """Within the block, `received` is the first stop signal's number (0: none). `plan`, if set, says where the
+    run will stop; it is printed as soon as the first signal arrives, not when the loop gets to it."""
 
     def __init__(self):
         self.received = 0
+        self.plan = None
         self._previous: dict = {}
         self._wakeup = None
         self._count = 0
@@ -41,6 +43,10 @@ class StopRequest:
             for signum in data:
                 if signum in SIGNALS:
                     self._count += 1
+                    if self._count == 1 and self.plan is not None:
+                        name = signal.Signals(signum).name
+                        print(f"\nsgrad-train: {name}: {self.plan()}; a second {name} exits at once, without "
+                              "a checkpoint", file=sys.stderr, flush=True)
                     if self._count >= 2:
                         print(f"sgrad-train: second {signal.Signals(signum).name}: exiting now, without a checkpoint",
                               file=sys.stderr, flush=True)
