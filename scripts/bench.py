@@ -29,6 +29,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from omegaconf import OmegaConf
 
 from sgrad.config.compose import compose_config
@@ -109,6 +110,33 @@ def _time(run_chunk, state, xs, ys, idx, chunks: int) -> float:
     return float(np.median(times)) * chunks
 
 
+def _time_side_by_side(parallel: list, baseline: list | None, chunks: int) -> tuple[float, float | None]:
+    """Median seconds per chunk of a parallel runner and of its one-device baseline, their chunks alternating
+    (baseline, parallel, baseline, parallel, ...) after two warm-up chunks of each, so that the machine's drift
+    falls on both alike. `parallel` / `baseline` are [run, state, xs, ys, idx]; with several processes only
+    process 0 runs the baseline (on its own device) while the others wait."""
+    sync = (lambda: multihost_utils.sync_global_devices("bench")) if jax.process_count() > 1 else (lambda: None)
+
+    def chunk(box) -> float:
+        t = time.perf_counter()
+        box[1], m = box[0](box[1], *box[2:], np.int32(len(box[4])))
+        jax.block_until_ready((box[1], m))
+        return time.perf_counter() - t
+    for box in (baseline, parallel):
+        if box is not None:
+            chunk(box)  # compiles
+            chunk(box)  # the state now lives where the runner leaves it: a first call with it may compile again
+        sync()
+    times_b, times_p = [], []
+    for _ in range(chunks):
+        if baseline is not None:
+            times_b.append(chunk(baseline))
+        sync()
+        times_p.append(chunk(parallel))
+        sync()
+    return float(np.median(times_p)), float(np.median(times_b)) if times_b else None
+
+
 def _label(cfg) -> str:
     """The row's mode: `dni_linear` for DNI with a linear SG model (see paper_cfg)."""
     mode = str(cfg.mode)
@@ -146,13 +174,28 @@ def bench_parallel(cfg, parallel: str, devices: int, chunk: int, chunks: int, re
     if parallel == "data":
         from jax.flatten_util import ravel_pytree
         bucket = ravel_pytree((state.params, state.stats))[0].size  # before the runner donates the state
+    baseline = None
+    if parallel != "none":
+        # The same network from the same start on this process's own device, timed chunk for chunk beside it
+        # (built on every process: building may be collective, e.g. the profiled partition; run on process 0).
+        b_net, b_tx, b_state, _, b_xs, b_ys, _, _ = setup(cfg)
+        b_run, b_state, _ = make_runner("none", b_net, b_tx, b_state, update_settings(cfg), shape,
+                                        cfg.trainer.batch_size, mean, std, jax.local_devices()[:1])
+        baseline = [b_run, b_state, b_xs, b_ys, jax.device_put(idx, jax.local_devices()[0])]
     run, state, _ = make_runner(parallel, net, tx, state, update_settings(cfg), shape,
                                 cfg.trainer.batch_size, mean, std, jax.devices()[:devices], replicas)
-    elapsed = _time(run, state, xs, ys, idx, chunks)
+    if parallel == "none":
+        per_chunk, base_chunk = _time(run, state, xs, ys, idx, chunks) / chunks, None
+    else:
+        per_chunk, base_chunk = _time_side_by_side([run, state, xs, ys, idx],
+                                                   baseline if jax.process_index() == 0 else None, chunks)
+    examples = chunk * cfg.trainer.batch_size
     row = {"mode": _label(cfg), "parallel": parallel, "devices": devices, "modules": len(net.modules),
            "replicas": replicas, "width": int(cfg.model.width),
            "split": "+".join(str(len(m.layers)) for m in net.modules),
-           "examples_per_sec": chunk * chunks * cfg.trainer.batch_size / elapsed}
+           "examples_per_sec": examples / per_chunk}
+    if base_chunk is not None:
+        row["baseline_examples_per_sec"] = examples / base_chunk
     if parallel == "data" and devices > 1:
         # The step's one collective (sgrad.core.step.bucket_mean), timed alone at its size: what the data
         # parallel step pays on top of half the compute, the bound the link sets.
@@ -165,7 +208,7 @@ def bench_parallel(cfg, parallel: str, devices: int, chunk: int, chunks: int, re
         size = cfg.trainer.batch_size // replicas * (width + 2)
         row["message_sec"] = allreduce_seconds(size, jax.devices()[:devices], permute=True)
         row["messages"] = 2 if net.rule.sends_back else 1
-    if parallel == "none" and len(net.modules) > 1:
+    if parallel == "pipeline" and jax.process_index() == 0:
         row["module_sec"] = module_seconds(net, shape, cfg.trainer.batch_size)
     return row
 
@@ -216,20 +259,27 @@ def device_rows(n: int, modes: list[str], layers: int, batch: int, chunk: int, c
     rows = []
     for mode in modes:
         accepts = RULES[mode].parallel  # e.g. ddg's stash holds whole minibatches: no data parallelism
-        plans = [(n, "none", 1, 1)] + [(n, p, n, 1) for p in ("data", "pipeline") if n > 1 and p in accepts]
+        # Every parallel row carries its own one-device baseline, timed beside it (bench_parallel).
+        plans = [(n, p, n, 1) for p in ("data", "pipeline") if n > 1 and p in accepts and p in kinds]
+        plans = plans or [(n, "none", 1, 1)]
         if replicas > 1 and n % replicas == 0 and n // replicas >= 2 and "pipeline" in accepts \
-                and RULES[mode].schedule == "unlocked":
-            plans += [(n // replicas, "none", 1, 1), (n // replicas, "pipeline", n, replicas)]
+                and "pipeline" in kinds and RULES[mode].schedule == "unlocked":
+            plans += [(n // replicas, "pipeline", n, replicas)]
         for modules, parallel, d, r in plans:
             if parallel not in kinds:
                 continue
             cfg = paper_cfg("fcn", layers, mode, batch, width)
             if modules > 1:  # modules of balanced measured cost (sgrad/models/partition.py), on one device or n
                 cfg.model.partition, cfg.model.modules = "profiled", modules
-            row = bench_parallel(cfg, parallel, d, chunk, chunks, r)
-            rows.append({**row, "process_devices": n})
+            row = {**bench_parallel(cfg, parallel, d, chunk, chunks, r), "process_devices": n}
+            if "baseline_examples_per_sec" in row:
+                measured_beside = ("allreduce_sec", "bucket_floats", "message_sec", "messages", "module_sec")
+                rows.append({**{k: v for k, v in row.items() if k not in measured_beside}, "parallel": "none",
+                             "devices": 1, "replicas": 1, "examples_per_sec": row["baseline_examples_per_sec"]})
+            rows.append(row)
             if jax.process_index() == 0:
-                print(json.dumps(rows[-1]), flush=True)
+                for r in rows[-2 if "baseline_examples_per_sec" in row else -1:]:
+                    print(json.dumps(r), flush=True)
     return rows
 
 
@@ -238,9 +288,6 @@ def process_worker(args) -> None:
     k, modes = args.processes, args.modes.split(",")
     rest = (args.layers, int(args.batch), args.chunk, args.chunks)
     knobs = {"width": args.width, "replicas": args.replicas}
-    if k == 1:  # the baseline: the same K-module network on one core
-        device_rows(args.group, modes, *rest, kinds=("none",), **knobs)
-        return
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(f"localhost:{args.port}", num_processes=k, process_id=args.process_worker)
     device_rows(k, modes, *rest, kinds=("data", "pipeline"), **knobs)
@@ -257,8 +304,9 @@ def _write_device_table(args, title: str, how: str, grouping: str, rows: list[di
              f"linear auxiliary classifier per interface, DDG = delayed true gradients (no data-parallel row: its "
              f"stash holds whole minibatches). {grouping} Pipeline examples/s count "
              f"minibatches fed per tick; `pipeline × R replicas` is K/R modules, each on R devices that split the "
-             f"batch (`parallel=pipeline replicas=R`), next to `none` with the same K/R modules. Median chunk of {args.chunks} chunks of {args.chunk} steps after a "
-             "warm-up chunk.",
+             f"batch (`parallel=pipeline replicas=R`), next to `none` with the same K/R modules. Each parallel row is timed beside its own `none` row (the row above it: the same network "
+             "on one of the devices, process 0's with several processes), their chunks alternating, after a warm-up "
+             f"chunk of each: median chunk of {args.chunks} chunks of {args.chunk} steps.",
              "Data rows: `all-reduce` is the step's one collective (its gradients, batch statistics and metrics in "
              "one flat bucket) timed alone at its size in the same processes (ten in one compiled loop, per "
              "collective), and `bound` the speed-up a data "
@@ -267,8 +315,7 @@ def _write_device_table(args, title: str, how: str, grouping: str, rows: list[di
              "", "| mode | devices | layers per module | parallel | examples/s | × one device | all-reduce (ms) | bound × |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        base = next(b["examples_per_sec"] for b in rows if b["parallel"] == "none" and b["mode"] == r["mode"]
-                    and b["process_devices"] == r["process_devices"] and b["split"] == r["split"])
+        base = r.get("baseline_examples_per_sec", r["examples_per_sec"])
         extra = "| | |"
         if "allreduce_sec" in r:
             t1 = int(args.batch) / base
@@ -294,25 +341,23 @@ def processes_main(args) -> None:
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     env.pop("XLA_FLAGS", None)
     common = ["--modes", args.modes, "--layers", str(args.layers), "--batch", args.batch,
-              "--chunk", str(args.chunk), "--chunks", str(args.chunks), "--group", str(k), *_knobs(args)]
-    rows = []
-    for n in (1, k):
-        port = str(20000 + os.getpid() % 20000)
-        procs = [subprocess.Popen(["taskset", "-c", str(cores[i]), sys.executable, __file__, "--process-worker",
-                                   str(i), "--processes", str(n), "--port", port, *common],
-                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                 for i in range(n)]
-        outs = [p.communicate() for p in procs]
-        for p, (_, err) in zip(procs, outs):
-            if p.returncode:
-                sys.exit(f"{n}-process worker failed:\n{err[-3000:]}")
-        rows += [json.loads(line) for line in outs[0][0].splitlines() if line.startswith("{")]
-        print(outs[0][0], end="", flush=True)
+              "--chunk", str(args.chunk), "--chunks", str(args.chunks), *_knobs(args)]
+    port = str(20000 + os.getpid() % 20000)
+    procs = [subprocess.Popen(["taskset", "-c", str(cores[i]), sys.executable, __file__, "--process-worker",
+                               str(i), "--processes", str(k), "--port", port, *common],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(k)]
+    outs = [p.communicate() for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        if p.returncode:
+            sys.exit(f"{k}-process worker failed:\n{err[-3000:]}")
+    rows = [json.loads(line) for line in outs[0][0].splitlines() if line.startswith("{")]
+    print(outs[0][0], end="", flush=True)
     _write_device_table(
         args, "Throughput across processes, one core each (parallel = none / data / pipeline)",
         "every device is its own process pinned to one core (`taskset`), joined by `jax.distributed.initialize` "
-        "over localhost with gloo CPU collectives, so devices do not share cores; `none` is one such process "
-        "with the same network.",
+        "over localhost with gloo CPU collectives, so devices do not share cores; `none` is process 0 alone "
+        "with the same network on its own device, timed chunk for chunk beside each parallel row.",
         f"The layers are grouped into {k} modules of balanced cost measured on one core (`model.partition=profiled "
         f"model.modules={k}`).", rows)
 
@@ -361,7 +406,6 @@ def main() -> None:
     ap.add_argument("--processes", type=int, help="K pinned single-device processes (jax.distributed, gloo)")
     ap.add_argument("--device-worker", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--process-worker", type=int, help=argparse.SUPPRESS)
-    ap.add_argument("--group", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.device_worker:

@@ -5,8 +5,9 @@ step, next to a cost model that predicts them from quantities measured in the sa
                                 [--out results/bench/crossover]
 
 Each point runs `scripts/bench.py --processes 2` (two processes pinned to one core each, jax.distributed +
-gloo) on the paper's FCN at that width and batch: `none` (one such process), `data` (backprop, cDNI) and
-`pipeline` (cDNI, DGL), and in the same processes times the collectives alone and each module's step alone.
+gloo) on the paper's FCN at that width and batch: `data` (backprop, cDNI) and `pipeline` (cDNI, DGL), each
+timed chunk for chunk beside process 0 alone (one process, the baseline), and in the same processes times the
+collectives alone and each module's step alone.
 The model (the same formulas as scripts/simulate_pipeline.py's DNI pipeline, on these measurements):
 
   data      T1 / N + all-reduce(gradients and statistics)          T1: the one-process step
@@ -26,14 +27,14 @@ from pathlib import Path
 ROWS = (("backprop", "data"), ("cdni", "data"), ("cdni", "pipeline"), ("dgl", "pipeline"))
 
 
-def predicted(base: dict, row: dict, batch: int) -> float | None:
+def predicted(row: dict, batch: int) -> float | None:
     """The model's speed-up for a measured two-process row, from its own run's measurements."""
-    t1 = batch / base["examples_per_sec"]
+    t1 = batch / row["baseline_examples_per_sec"]
     if row["parallel"] == "data":
         return t1 / (t1 / row["devices"] + row["allreduce_sec"])
-    if "message_sec" not in row or "module_sec" not in base:
+    if "message_sec" not in row or "module_sec" not in row:
         return None
-    share = max(base["module_sec"]) / sum(base["module_sec"])
+    share = max(row["module_sec"]) / sum(row["module_sec"])
     return t1 / (t1 * share + row["messages"] * row["message_sec"])
 
 
@@ -53,12 +54,11 @@ def measure(width: int, batch: int, layers: int) -> list[dict]:
     rows = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
     points = []
     for mode, parallel in ROWS:
-        base = next(r for r in rows if r["mode"] == mode and r["parallel"] == "none")
         row = next(r for r in rows if r["mode"] == mode and r["parallel"] == parallel)
+        base = row["baseline_examples_per_sec"]  # one process, timed chunk for chunk beside it
         points.append({"width": width, "batch": batch, "mode": mode, "parallel": parallel, "split": row["split"],
-                       "t1_ms": 1e3 * batch / base["examples_per_sec"],
-                       "measured": row["examples_per_sec"] / base["examples_per_sec"],
-                       "predicted": predicted(base, row, batch),
+                       "t1_ms": 1e3 * batch / base, "measured": row["examples_per_sec"] / base,
+                       "predicted": predicted(row, batch),
                        "collective_ms": 1e3 * row.get("allreduce_sec", row.get("message_sec", float("nan")))})
     return points
 

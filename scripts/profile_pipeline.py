@@ -167,7 +167,7 @@ def distributed_worker(args) -> None:
         result[name] = _median_seconds(many, msg, repeats=5) / reps
     rows = bench.device_rows(2, args.modes.split(","), args.layers, args.batch, args.chunk, args.chunks,
                              kinds=("pipeline",))
-    result["ticks"] = {r["mode"]: args.batch / r["examples_per_sec"] for r in rows}
+    result["ticks"] = {r["mode"]: args.batch / r["examples_per_sec"] for r in rows if r["parallel"] == "pipeline"}
     if jax.process_index() == 0:
         print(json.dumps(result), flush=True)
 

@@ -20,12 +20,15 @@ def test_bench_measures_the_peer_preset_in_every_mode():
 @pytest.mark.slow
 def test_device_sweep_measures_every_parallel_mode(tmp_path):
     from conftest import run_on_cpu_devices
-    # 4 devices: 4 modules (none, data, pipeline) and 2 modules x 2 replicas (none, pipeline) where it applies.
+    # 4 devices: 4 modules (data, pipeline) and 2 modules x 2 replicas (pipeline) where the mode takes them, each
+    # row after its own one-device baseline (the same network, timed beside it).
     out = run_on_cpu_devices("bench_device_rows", 4, 4, 2).stdout.strip().splitlines()[-1]
     assert out == str([("backprop", "none", 1, 4, 1), ("backprop", "data", 4, 4, 1),
-                       ("cdni", "none", 1, 4, 1), ("cdni", "data", 4, 4, 1), ("cdni", "pipeline", 4, 4, 1),
+                       ("cdni", "none", 1, 4, 1), ("cdni", "data", 4, 4, 1),
+                       ("cdni", "none", 1, 4, 1), ("cdni", "pipeline", 4, 4, 1),
                        ("cdni", "none", 1, 2, 1), ("cdni", "pipeline", 4, 2, 2),
-                       ("dgl", "none", 1, 4, 1), ("dgl", "data", 4, 4, 1), ("dgl", "pipeline", 4, 4, 1),
+                       ("dgl", "none", 1, 4, 1), ("dgl", "data", 4, 4, 1),
+                       ("dgl", "none", 1, 4, 1), ("dgl", "pipeline", 4, 4, 1),
                        ("dgl", "none", 1, 2, 1), ("dgl", "pipeline", 4, 2, 2),
                        ("ddg", "none", 1, 4, 1), ("ddg", "pipeline", 4, 4, 1)])
 

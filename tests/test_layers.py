@@ -45,3 +45,22 @@ def test_the_check_can_fail():
     # An upward import is seen: core/step.py would break the rule if it imported the run layer.
     assert _layer("sgrad.run.build") == "run" and RANK["run"] > RANK["core"]
     assert "sgrad.models.network" in _imports(PACKAGE / "core" / "dni.py")
+
+
+def test_readme_lists_every_preset_dataset_and_mode():
+    import itertools
+    import re
+
+    from conftest import ROOT
+    from sgrad.modes import RULES
+    readme = (ROOT / "README.md").read_text()
+
+    def expand(token: str) -> set[str]:
+        parts = re.split(r"\{([^}]*)\}", token)  # a_{b,c}_d -> a_b_d, a_c_d
+        options = [[p] if i % 2 == 0 else p.split(",") for i, p in enumerate(parts)]
+        return {"".join(combo) for combo in itertools.product(*options)}
+    named = set().union(*(expand(t) for t in re.findall(r"`([a-z0-9_{},]+)`", readme)))
+    for group in ("exp", "dataset", "mode"):
+        missing = {p.stem for p in (ROOT / "configs" / group).glob("*.yaml")} - named
+        assert not missing, f"README does not name {group} {sorted(missing)}"
+    assert set(RULES) <= named

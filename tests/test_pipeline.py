@@ -122,7 +122,8 @@ def test_profiled_partition_measures_once_and_every_later_run_builds_the_same_sp
 @pytest.mark.parametrize("overrides, message", [
     (["model.partition=balanced"], "model.modules=None is not allowed.*with model.partition=balanced"),
     (["model.partition=balanced", "model.modules=9"], r"model.modules=9 .*\[2, model.layers=4\]"),
-    (["model.modules=2"], "model.modules=2 .*null with model.partition=even")])
+    (["model.modules=2"], "model.modules=2 .*null with model.partition=even"),
+    (["model.partition=profiled", "model.modules=2", "model.dni_every=2"], "model.dni_every=2 .*model.modules=2 sets")])
 def test_partition_settings_are_checked(overrides, message):
     with pytest.raises(ConfigError, match=message):
         check(make_cfg("model.layers=4", *overrides))

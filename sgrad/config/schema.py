@@ -257,6 +257,10 @@ def validate(cfg: Any) -> None:
     else:
         require(cfg.model.modules is not None and 2 <= cfg.model.modules <= cfg.model.layers, "model.modules",
                cfg.model.modules, f"an integer in [2, model.layers={cfg.model.layers}] with model.partition={cfg.model.partition}")
+        # Both say where the boundaries go: refused rather than one silently ignored.
+        require(cfg.model.dni_every == 1, "model.dni_every", cfg.model.dni_every,
+                f"1 with model.partition={cfg.model.partition} (model.modules={cfg.model.modules} sets the "
+                "boundaries); use model.partition=even to place them every model.dni_every layers")
     require(cfg.sg.hidden_layers >= 0, "sg.hidden_layers", cfg.sg.hidden_layers, "an integer >= 0 (0 = linear)")
     require(cfg.sg.width >= 1, "sg.width", cfg.sg.width, "an integer >= 1")
     require(cfg.trainer.steps >= 1, "trainer.steps", cfg.trainer.steps, "an integer >= 1")
