@@ -5,6 +5,8 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
+from sgrad.models.pooling import max_pool
+
 
 class ConvBlock(nn.Module):
     """One conv stage; halves the spatial size with a stride-2 pool."""
@@ -24,5 +26,5 @@ class ConvBlock(nn.Module):
         h = nn.relu(h)
         window, strides = (self.pool, self.pool), (2, 2)
         if self.max_pool:
-            return nn.max_pool(h, window, strides, padding="SAME")
+            return max_pool(h, self.pool, 2)
         return nn.avg_pool(h, window, strides, padding="SAME", count_include_pad=False)

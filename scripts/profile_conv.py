@@ -1,0 +1,129 @@
+"""Where a CNN step's time goes on this backend: each piece of the paper's conv stage timed alone, forward and
+gradients, by XLA's native lowering and by the alternatives tried, next to the measured matmul peak.
+
+    python scripts/profile_conv.py [--batch 64] [--out results/bench/conv_profile.md]
+
+The stages are the paper's CNN on 32x32 inputs: a 5x5 convolution 3 -> 128 channels at 32x32, one 128 -> 128
+at 16x16, 3x3 / 2 max and average pooling of the 32x32x128 activation. Alternatives: the input gradient as a
+plain forward convolution (kernel flipped, channels swapped), the weight gradient from k*k shifted slices
+(one matmul per kernel row), the forward pass as patches (jax.lax.conv_general_dilated_patches) x matmul, and
+max pooling by strided slices (sgrad/models/pooling.py). Median of 5 calls after two warm-up calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sgrad.models.pooling import max_pool_slices
+from sgrad.run.provenance import git_commit, machine
+
+DN = ("NHWC", "HWIO", "NHWC")
+
+
+def seconds(f, *args, repeats: int = 5) -> float:
+    f = jax.jit(f)
+    jax.block_until_ready(f(*args))
+    jax.block_until_ready(f(*args))
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        jax.block_until_ready(f(*args))
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def conv(x, w):
+    return jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=DN)
+
+
+def conv_patches(x, w):
+    k = w.shape[0]
+    p = jax.lax.conv_general_dilated_patches(x, (k, k), (1, 1), "SAME", dimension_numbers=DN)
+    return p @ jnp.transpose(w, (2, 0, 1, 3)).reshape(-1, w.shape[-1])
+
+
+def dw_rows(x, g, k):
+    p, (b, h, wd, c), o = k // 2, x.shape, g.shape[-1]
+    xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+    gm = g.reshape(-1, o)
+    rows = [jnp.concatenate([xp[:, i:i + h, j:j + wd, :] for j in range(k)], axis=-1).reshape(-1, k * c).T @ gm
+            for i in range(k)]
+    return jnp.stack([r.reshape(k, c, o) for r in rows])
+
+
+def conv_rows(batch: int) -> list[tuple[str, str, float, float]]:
+    """(piece, way, ms, FLOP/s) for both convolutions."""
+    out = []
+    for h, c, o in ((32, 3, 128), (16, 128, 128)):
+        x = jax.random.normal(jax.random.key(0), (batch, h, h, c))
+        w = jax.random.normal(jax.random.key(1), (5, 5, c, o)) * 0.05
+        g = jax.random.normal(jax.random.key(2), (batch, h, h, o))
+        flops = 2 * batch * h * h * 25 * c * o
+        pieces = {
+            "forward": (("native", lambda: conv), ("patches x matmul", lambda: conv_patches)),
+            "input gradient": (("native", lambda: lambda x, w: jax.vjp(lambda x: conv(x, w), x)[1](g)[0]),
+                               ("forward conv, kernel flipped", lambda: lambda x, w: conv(
+                                   g, jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2)))),
+            "weight gradient": (("native", lambda: lambda x, w: jax.vjp(lambda w: conv(x, w), w)[1](g)[0]),
+                                ("k row matmuls of shifted slices", lambda: lambda x, w: dw_rows(x, g, 5))),
+        }
+        for piece, ways in pieces.items():
+            for way, make in ways:
+                t = seconds(make(), x, w)
+                out.append((f"conv 5x5 {c}->{o} at {h}x{h}: {piece}", way, t, flops / t))
+    return out
+
+
+def pool_rows(batch: int) -> list[tuple[str, str, float, float]]:
+    x = jax.random.normal(jax.random.key(0), (batch, 32, 32, 128))
+
+    def train(f, x):
+        y, vjp = jax.vjp(f, x)
+        return vjp(y)
+    ways = {"max pool 3x3/2 of 32x32x128: forward + gradient": (
+                ("native (select_and_scatter)", partial(nn.max_pool, window_shape=(3, 3), strides=(2, 2),
+                                                        padding="SAME")),
+                ("strided slices", lambda x: max_pool_slices(x, 3, 2))),
+            "avg pool 3x3/2 of 32x32x128: forward + gradient": (
+                ("native", partial(nn.avg_pool, window_shape=(3, 3), strides=(2, 2), padding="SAME",
+                                   count_include_pad=False)),)}
+    return [(piece, way, seconds(partial(train, f), x), float("nan")) for piece, options in ways.items()
+            for way, f in options]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--out", type=Path, default=Path("results/bench/conv_profile.md"))
+    args = ap.parse_args()
+    sys.path.insert(0, str(Path(__file__).parent))
+    from bench import matmul_peak
+    peak = matmul_peak()
+    rows = conv_rows(args.batch) + pool_rows(args.batch)
+    m = machine()
+    lines = ["# Where a CNN step's time goes: each piece alone, native and alternatives", "",
+             f"Machine: {m['cpu']} ({m['cpu_count']} CPUs), platform {m['platform']}, jax {m['jax']}.",
+             f"Commit: {git_commit()}.", f"Command: `python scripts/profile_conv.py {' '.join(sys.argv[1:])}`.",
+             f"Batch {args.batch}; float32 matmul peak measured in the same run: {peak / 1e9:.0f} GFLOP/s. "
+             "Median of 5 calls after two warm-up calls.", "",
+             "| piece | way | ms | GFLOP/s | % of matmul peak |", "|---|---|---|---|---|"]
+    for piece, way, t, rate in rows:
+        perf = "| |" if np.isnan(rate) else f"| {rate / 1e9:.0f} | {100 * rate / peak:.0f}% |"
+        lines.append(f"| {piece} | {way} | {t * 1e3:.1f} {perf}")
+        print(lines[-1], flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
