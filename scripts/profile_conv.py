@@ -52,7 +52,7 @@ def conv_patches(x, w):
 
 
 def dw_rows(x, g, k):
-    p, (b, h, wd, c), o = k // 2, x.shape, g.shape[-1]
+    p, (_, h, wd, c), o = k // 2, x.shape, g.shape[-1]
     xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
     gm = g.reshape(-1, o)
     rows = [jnp.concatenate([xp[:, i:i + h, j:j + wd, :] for j in range(k)], axis=-1).reshape(-1, k * c).T @ gm
