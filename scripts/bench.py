@@ -453,6 +453,8 @@ def main() -> None:
              f"Commit: {git_commit()}.",
              f"Command: `python scripts/bench.py {' '.join(sys.argv[1:])}`".rstrip() + ".",
              f"Measured float32 matmul peak (2048² chain, same run): {peak / 1e9:.1f} GFLOP/s.",
+             f"Max pooling: {os.environ.get('SGRAD_MAX_POOL') or 'chosen by measurement'} "
+             "(SGRAD_MAX_POOL, sgrad/models/pooling.py).",
              "", (f"The preset `+exp={args.exp}` in each mode, composed by Hydra as `sgrad-train` composes it."
                   if args.exp else "Paper settings: FCN width 256 with batch norm; DNI SG = 2×1024 hidden layers; "
                   "cDNI SG = linear on [h, one-hot y]; Adam.") + " Each figure is from the median "
