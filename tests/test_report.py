@@ -87,3 +87,18 @@ def test_diagnostics_plot_has_a_panel_per_signal_the_runs_logged(tmp_path):
     assert img.shape[1] > 1.5 * img.shape[0]  # two panels side by side
     assert not report.plot_diagnostics([run("backprop", 3, {})], tmp_path / "none.png")
     assert not (tmp_path / "none.png").exists()
+
+
+@pytest.mark.slow
+def test_a_partly_finished_sweep_names_its_missing_jobs_and_the_cells_short_of_seeds(sweep, tmp_path):
+    import shutil
+    part = tmp_path / "part"
+    shutil.copytree(sweep, part)
+    lost = json.loads((part / "3" / "summary.json").read_text())
+    (part / "3" / "summary.json").unlink()  # as if job 3 had been interrupted before it finished
+    text = (_run_report(part) / "table.md").read_text()
+    missing = [line for line in text.splitlines() if line.startswith("Missing from the sweep")]
+    assert len(missing) == 1 and "3 (" in missing[0] and "0 (" not in missing[0], text
+    row = [l for l in text.split("\n\n")[0].splitlines() if l.startswith(f"| {lost['mode']} |")][0]
+    column = 1 + (2, 3).index(lost["layers"])
+    assert row.split("|")[1 + column].strip().endswith("(n=1)"), row
