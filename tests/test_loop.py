@@ -209,7 +209,7 @@ def test_cli_sweep_names_tensorboard_runs_by_what_varies_and_writes_hparams(tmp_
         content = acc.PluginTagToContent("hparams")
         start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
         assert start.session_start_info.hparams["mode"].string_value == mode
-        assert start.session_start_info.hparams["model.hidden"].number_value == 8
+        assert start.session_start_info.hparams["model.hidden"].string_value == "8"  # shown as 8, not 8.0000
         experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
         assert "curriculum/solved" in [m.name.tag for m in experiment.metric_infos]
         assert "train/loss" in acc.Tags()["scalars"]

@@ -45,6 +45,9 @@ class MetricWriter:
             return
         # summary_v2, not hparams.api: the latter imports TensorFlow (for Keras), which sgrad does not need.
         from tensorboard.plugins.hparams import summary_v2
+        # TensorBoard shows every number with five significant digits (3 -> 3.0000): integers (layers, widths,
+        # batch sizes, seeds) go as text, which it shows as written and filters as a set of values.
+        hparams = {k: str(v) if isinstance(v, int) and not isinstance(v, bool) else v for k, v in hparams.items()}
         config = summary_v2.hparams_config_pb(hparams=[summary_v2.HParam(k) for k in hparams],
                                               metrics=[summary_v2.Metric(m) for m in metrics])
         for summary in (config, summary_v2.hparams_pb(hparams, trial_id=trial)):
