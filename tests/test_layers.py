@@ -1,4 +1,4 @@
-"""The package's layering is true: each layer imports only the layers below it (README, Layout)."""
+"""The package's layering is true: each layer imports only the layers below it (docs/architecture.md)."""
 
 import ast
 from pathlib import Path
