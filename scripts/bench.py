@@ -175,20 +175,18 @@ def bench_parallel(cfg, parallel: str, devices: int, chunk: int, chunks: int, re
         from jax.flatten_util import ravel_pytree
         bucket = ravel_pytree((state.params, state.stats))[0].size  # before the runner donates the state
     baseline = None
-    if parallel != "none":
-        # The same network from the same start on this process's own device, timed chunk for chunk beside it
-        # (built on every process: building may be collective, e.g. the profiled partition; run on process 0).
-        b_net, b_tx, b_state, _, b_xs, b_ys, _, _ = setup(cfg)
-        b_run, b_state, _ = make_runner("none", b_net, b_tx, b_state, update_settings(cfg), shape,
-                                        cfg.trainer.batch_size, mean, std, jax.local_devices()[:1])
-        baseline = [b_run, b_state, b_xs, b_ys, jax.device_put(idx, jax.local_devices()[0])]
+    if parallel != "none" and jax.process_index() == 0:
+        # The same network from the same start (its own copy: the runners donate their state) on this process's
+        # own device, timed chunk for chunk beside the parallel runner.
+        b_run, b_state, _ = make_runner("none", net, tx, jax.tree.map(jnp.copy, state), update_settings(cfg),
+                                        shape, cfg.trainer.batch_size, mean, std, jax.local_devices()[:1])
+        baseline = [b_run, b_state, xs, ys, jax.device_put(idx, jax.local_devices()[0])]
     run, state, _ = make_runner(parallel, net, tx, state, update_settings(cfg), shape,
                                 cfg.trainer.batch_size, mean, std, jax.devices()[:devices], replicas)
     if parallel == "none":
         per_chunk, base_chunk = _time(run, state, xs, ys, idx, chunks) / chunks, None
     else:
-        per_chunk, base_chunk = _time_side_by_side([run, state, xs, ys, idx],
-                                                   baseline if jax.process_index() == 0 else None, chunks)
+        per_chunk, base_chunk = _time_side_by_side([run, state, xs, ys, idx], baseline, chunks)
     examples = chunk * cfg.trainer.batch_size
     row = {"mode": _label(cfg), "parallel": parallel, "devices": devices, "modules": len(net.modules),
            "replicas": replicas, "width": int(cfg.model.width),
@@ -199,14 +197,14 @@ def bench_parallel(cfg, parallel: str, devices: int, chunk: int, chunks: int, re
     if parallel == "data" and devices > 1:
         # The step's one collective (sgrad.core.step.bucket_mean), timed alone at its size: what the data
         # parallel step pays on top of half the compute, the bound the link sets.
-        row["allreduce_sec"] = allreduce_seconds(bucket, jax.devices()[:devices])
+        row["allreduce_sec"] = collective_seconds(bucket, jax.devices()[:devices])
         row["bucket_floats"] = int(bucket)
     if parallel == "pipeline" and devices > 1 and net.rule.schedule == "unlocked":
         # One message of a tick ([B, A+2], sgrad/devices/layout.py) timed alone; a tick sends one each way
         # (forward only when nothing goes back).
         width = max(int(np.prod(s)) for s in activation_shapes(net.modules, shape)[:-1])
         size = cfg.trainer.batch_size // replicas * (width + 2)
-        row["message_sec"] = allreduce_seconds(size, jax.devices()[:devices], permute=True)
+        row["message_sec"] = collective_seconds(size, jax.devices()[:devices], permute=True)
         row["messages"] = 2 if net.rule.sends_back else 1
     if parallel == "pipeline" and jax.process_index() == 0:
         row["module_sec"] = module_seconds(net, shape, cfg.trainer.batch_size)
@@ -229,7 +227,7 @@ def module_seconds(net, shape, batch: int) -> list[float]:
     return out
 
 
-def allreduce_seconds(size: int, devices, repeats: int = 5, permute: bool = False, loop: int = 10) -> float:
+def collective_seconds(size: int, devices, repeats: int = 5, permute: bool = False, loop: int = 10) -> float:
     """Seconds of one pmean (or with `permute`, one ring ppermute) of f32[size] over `devices`, paid as a
     compiled loop pays it: `loop` collectives in one shard_map program (median of `repeats`), so a call's
     dispatch is not counted."""
@@ -272,14 +270,15 @@ def device_rows(n: int, modes: list[str], layers: int, batch: int, chunk: int, c
             if modules > 1:  # modules of balanced measured cost (sgrad/models/partition.py), on one device or n
                 cfg.model.partition, cfg.model.modules = "profiled", modules
             row = {**bench_parallel(cfg, parallel, d, chunk, chunks, r), "process_devices": n}
+            new = [row]
             if "baseline_examples_per_sec" in row:
                 measured_beside = ("allreduce_sec", "bucket_floats", "message_sec", "messages", "module_sec")
-                rows.append({**{k: v for k, v in row.items() if k not in measured_beside}, "parallel": "none",
-                             "devices": 1, "replicas": 1, "examples_per_sec": row["baseline_examples_per_sec"]})
-            rows.append(row)
+                new.insert(0, {**{k: v for k, v in row.items() if k not in measured_beside}, "parallel": "none",
+                               "devices": 1, "replicas": 1, "examples_per_sec": row["baseline_examples_per_sec"]})
+            rows += new
             if jax.process_index() == 0:
-                for r in rows[-2 if "baseline_examples_per_sec" in row else -1:]:
-                    print(json.dumps(r), flush=True)
+                for printed in new:
+                    print(json.dumps(printed), flush=True)
     return rows
 
 

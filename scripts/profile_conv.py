@@ -7,14 +7,13 @@ The stages are the paper's CNN on 32x32 inputs: a 5x5 convolution 3 -> 128 chann
 at 16x16, 3x3 / 2 max and average pooling of the 32x32x128 activation. Alternatives: the input gradient as a
 plain forward convolution (kernel flipped, channels swapped), the weight gradient from k*k shifted slices
 (one matmul per kernel row), the forward pass as patches (jax.lax.conv_general_dilated_patches) x matmul, and
-max pooling by strided slices (sgrad/models/pooling.py). Median of 5 calls after two warm-up calls.
+max pooling by strided slices (sgrad/models/pooling.py). Median of 5 calls after one that compiles.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import time
 from functools import partial
 from pathlib import Path
 
@@ -23,22 +22,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sgrad.models.partition import seconds
 from sgrad.models.pooling import max_pool_slices
 from sgrad.run.provenance import git_commit, machine
 
 DN = ("NHWC", "HWIO", "NHWC")
-
-
-def seconds(f, *args, repeats: int = 5) -> float:
-    f = jax.jit(f)
-    jax.block_until_ready(f(*args))
-    jax.block_until_ready(f(*args))
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        jax.block_until_ready(f(*args))
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
 
 
 def conv(x, w):
@@ -114,7 +102,7 @@ def main() -> None:
              f"Machine: {m['cpu']} ({m['cpu_count']} CPUs), platform {m['platform']}, jax {m['jax']}.",
              f"Commit: {git_commit()}.", f"Command: `python scripts/profile_conv.py {' '.join(sys.argv[1:])}`.",
              f"Batch {args.batch}; float32 matmul peak measured in the same run: {peak / 1e9:.0f} GFLOP/s. "
-             "Median of 5 calls after two warm-up calls.", "",
+             "Median of 5 calls after one that compiles.", "",
              "| piece | way | ms | GFLOP/s | % of matmul peak |", "|---|---|---|---|---|"]
     for piece, way, t, rate in rows:
         perf = "| |" if np.isnan(rate) else f"| {rate / 1e9:.0f} | {100 * rate / peak:.0f}% |"

@@ -26,21 +26,8 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
-
-
-def _median_seconds(fn, *args, repeats: int = 20) -> float:
-    import jax
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
 
 
 def tick_bound(mode: str, one_way: float, stages: list[float]) -> tuple[float, float]:
@@ -71,6 +58,7 @@ def components(mode: str, layers: int, batch: int) -> dict:
     jax, jnp, cfg, net, tx, state, shape, xs, ys, idx, (mean, std), pipe, pstate = _setup(mode, layers, batch)
     from sgrad.core import delayed, dni, greedy
     from sgrad.models.network import apply
+    from sgrad.models.partition import seconds
     from sgrad.devices.layout import repack
     from sgrad.devices.pipeline import device_tick
     from sgrad.modes.stage import LockedTick, Tick
@@ -93,19 +81,19 @@ def components(mode: str, layers: int, batch: int) -> dict:
         def module_fwd_vjp(p, s, h, f=f):
             fwd = dni.forward([f], [p], [s], h)
             return fwd.vjps[0](jnp.ones_like(fwd.activations[0]))
-        row["module"] = _median_seconds(jax.jit(module_fwd_vjp), tree["module"], tree["module_stats"], h_in)
+        row["module"] = seconds(jax.jit(module_fwd_vjp), tree["module"], tree["module_stats"], h_in, repeats=20)
         grads = jax.tree.map(jnp.ones_like, tree["module"])
         opt = jax.jit(lambda g, o, p: tx.modules.update(g, o, p))
-        row["optimizer"] = _median_seconds(opt, grads, tree["module_opt"], tree["module"])
+        row["optimizer"] = seconds(opt, grads, tree["module_opt"], tree["module"], repeats=20)
         row["interface"] = 0.0
         rule = net.rule
         if not last and rule.interface:
             model = net.interface_models[i]
-            row["optimizer"] += _median_seconds(jax.jit(lambda g, o, p: tx.sg.update(g, o, p)),
-                                                jax.tree.map(jnp.ones_like, tree["interface"]), tree["interface_opt"], tree["interface"])
+            row["optimizer"] += seconds(jax.jit(lambda g, o, p: tx.sg.update(g, o, p)),
+                                        jax.tree.map(jnp.ones_like, tree["interface"]), tree["interface_opt"], tree["interface"], repeats=20)
             if rule.interface == "aux":
                 head = jax.jit(lambda q, s, h: greedy.head_step(model, q, s, h, y))
-                row["interface"] = _median_seconds(head, tree["interface"], tree["interface_stats"], h_out)
+                row["interface"] = seconds(head, tree["interface"], tree["interface_stats"], h_out, repeats=20)
             else:
                 label = jax.nn.one_hot(y, net.num_classes) if net.conditioned else None
 
@@ -113,10 +101,10 @@ def components(mode: str, layers: int, batch: int) -> dict:
                     pred, _ = apply(model, q, s, (h, label), True)  # ĝ for the module
                     out, vjp = jax.vjp(lambda q: apply(model, q, s, (h, label), True)[0], q)
                     return pred, dni.regression_grads([out], [vjp], [h])  # M's regression on an older h
-                row["interface"] = _median_seconds(jax.jit(sg_work), tree["interface"], tree["interface_stats"], h_out)
+                row["interface"] = seconds(jax.jit(sg_work), tree["interface"], tree["interface_stats"], h_out, repeats=20)
         if rule.schedule == "locked" and not last:
             vjp_old = jax.jit(lambda st, s, p: delayed.delayed_vjp(f, s, st, 0, p))
-            row["interface"] = _median_seconds(vjp_old, tree["carry"], tree["module_stats"], tree["module"])
+            row["interface"] = seconds(vjp_old, tree["carry"], tree["module_stats"], tree["module"], repeats=20)
 
         if rule.schedule == "locked":
             plain = jax.jit(lambda t, h: rule.stage(pipe, i, t, LockedTick(h, x, y, step)))
@@ -124,16 +112,16 @@ def components(mode: str, layers: int, batch: int) -> dict:
             def packed(flat, h, i=i):
                 t, h_o, d_in, m = rule.stage(pipe, i, pipe.tree(i, flat), LockedTick(h, x, y, step))
                 return repack(flat, t), h_o, d_in, m
-            row["stage"] = _median_seconds(plain, tree, h_in)
-            row["stage_flat"] = _median_seconds(jax.jit(packed), pstate.stage_KxS[i], h_in)
+            row["stage"] = seconds(plain, tree, h_in, repeats=20)
+            row["stage_flat"] = seconds(jax.jit(packed), pstate.stage_KxS[i], h_in, repeats=20)
         else:
             old_h = h_out if not last else jnp.ones((batch, *pipe.out_shapes[i - 1]))
             plain = jax.jit(lambda t, h: rule.stage(pipe, i, t, Tick(h, y, ok, old_h, y, old_h, ok)))
-            row["stage"] = _median_seconds(plain, tree, h_in)
+            row["stage"] = seconds(plain, tree, h_in, repeats=20)
             dev = jax.jit(lambda flat, fw, bw, past: device_tick(
                 pipe, i, lambda a: preprocess(a, mean, std), flat, fw, bw, past, xs, ys, idx[0], ok))
-            row["stage_flat"] = _median_seconds(dev, pstate.stage_KxS[i], pstate.fwd_KxBxA2[i],
-                                                pstate.bwd_KxBxA2[i], pstate.past_Kx2xBxA2[i])
+            row["stage_flat"] = seconds(dev, pstate.stage_KxS[i], pstate.fwd_KxBxA2[i],
+                                        pstate.bwd_KxBxA2[i], pstate.past_Kx2xBxA2[i], repeats=20)
         out["stages"].append(row)
         h_in = h_out
     # The baseline as bench.py measures it: the whole network's steps in a compiled chunk on this one core.
@@ -152,6 +140,7 @@ def distributed_worker(args) -> None:
     import jax.numpy as jnp
     from jax.sharding import NamedSharding, PartitionSpec as P
     import bench
+    from sgrad.models.partition import seconds
     mesh = jax.make_mesh((2,), ("x",), devices=jax.devices())
     result = {}
     for name, perm in (("one_way", [(0, 1)]), ("swap", [(0, 1), (1, 0)])):
@@ -164,7 +153,7 @@ def distributed_worker(args) -> None:
         def many(a, send=send):
             return jax.lax.fori_loop(0, reps, lambda _, b: send(b) + 1.0, a)
         many = jax.jit(many)
-        result[name] = _median_seconds(many, msg, repeats=5) / reps
+        result[name] = seconds(many, msg, repeats=5) / reps
     rows = bench.device_rows(2, args.modes.split(","), args.layers, args.batch, args.chunk, args.chunks,
                              kinds=("pipeline",))
     result["ticks"] = {r["mode"]: args.batch / r["examples_per_sec"] for r in rows if r["parallel"] == "pipeline"}

@@ -18,6 +18,7 @@ from typing import Callable, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def flops(fn: Callable, *args) -> float:
@@ -38,7 +39,7 @@ def seconds(fn: Callable, *args, repeats: int = 5) -> float:
         t = time.perf_counter()
         jax.block_until_ready(compiled(*args))
         times.append(time.perf_counter() - t)
-    return sorted(times)[len(times) // 2]
+    return float(np.median(times))
 
 
 def layer_costs(layers: Sequence[nn.Module], x: jax.ShapeDtypeStruct, cost: Callable = flops

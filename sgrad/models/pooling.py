@@ -18,6 +18,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sgrad.models.partition import seconds
+
 # (shape, dtype, window, stride, backend) -> "native" | "slices": measured once per process.
 _CHOSEN: dict[tuple, str] = {}
 _CLEARLY = 0.8  # the slices must take less than this fraction of the native time
@@ -38,7 +40,6 @@ def lowering(shape, dtype, window: int, stride: int) -> str:
         return "native"  # every process must build the same program; a timing could differ between them
     key = (tuple(shape), str(dtype), window, stride, jax.default_backend())
     if key not in _CHOSEN:
-        from sgrad.models.partition import seconds
         x = jax.ShapeDtypeStruct(tuple(shape), dtype)
 
         def train(f, x):
@@ -65,11 +66,7 @@ def _strided_windows(x, window: int, stride: int):
 
 @partial(jax.custom_vjp, nondiff_argnums=(1, 2))
 def max_pool_slices(x, window: int, stride: int):
-    slices, _, _ = _strided_windows(x, window, stride)
-    y = slices[0]
-    for s in slices[1:]:
-        y = jnp.maximum(y, s)
-    return y
+    return _forward(x, window, stride)[0]
 
 
 def _forward(x, window: int, stride: int):

@@ -164,6 +164,13 @@ def run(cfg: Any, workdir: str | Path, task: Task) -> dict:
         if _non_finite(values):
             raise diverged(at_step, values)
 
+    def save() -> None:
+        """A checkpoint of where the run is now, after the logs up to it are on disk."""
+        nonlocal kept
+        writer.flush()
+        checkpoints.save(step, task.checkpoint(state))
+        kept = (step, checkpoints.directory)
+
     def fields() -> dict:
         out = {"step": step, **task.summary_fields(), **last}
         out["objective"] = task.objective(out)  # what a sweeper (e.g. Optuna) minimises
@@ -183,8 +190,7 @@ def run(cfg: Any, workdir: str | Path, task: Task) -> dict:
                 if pending is not None:
                     drain()
                 if kept is None or kept[0] != step:
-                    writer.flush()
-                    checkpoints.save(step, task.checkpoint(state))
+                    save()
                 raise Preempted(stop_request.received, step, resume_command(workdir))
             # Chunk ends lie on a fixed grid of steps, so a resumed run logs exactly the same points.
             stop = min([total] + [(step // e + 1) * e for e in
@@ -208,9 +214,7 @@ def run(cfg: Any, workdir: str | Path, task: Task) -> dict:
                     record(step, values)
                 log.info("%s", task.eval_line(step, last, values))
             if saving:
-                writer.flush()
-                checkpoints.save(step, task.checkpoint(state))
-                kept = (step, checkpoints.directory)
+                save()
             if pending is None:
                 # Everything dispatched has finished: eval, probe and checkpoint time stay out of steps/s.
                 t_mark = time.perf_counter()
