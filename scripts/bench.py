@@ -39,7 +39,7 @@ from sgrad.run.provenance import git_commit, machine
 from sgrad.core.step import init_state, make_train_step
 from sgrad.modes import RULES
 from sgrad.devices.chunk import make_chunk_runner, preprocess
-from sgrad.devices.parallel import make_runner, slow_loop_convolutions
+from sgrad.devices.parallel import make_runner
 
 def matmul_peak(n: int = 2048, repeats: int = 20) -> float:
     """Achieved float32 FLOP/s of an n x n matmul chain: the reference 'peak' of this machine."""
@@ -154,7 +154,7 @@ def bench_one(cfg, chunk: int, chunks: int) -> dict:
     cost = jax.jit(partial(train_step, diagnostics=False)).lower(state, x0, ys[:batch]).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     flops = float(cost.get("flops", 0.0)) * chunk if cost else 0.0
-    runner = make_chunk_runner(train_step, mean, std, slow_loop_convolutions(net.modules))
+    runner = make_chunk_runner(train_step, mean, std)
     elapsed = _time(runner, state, xs, ys, jax.device_put(idx), chunks)
     steps = chunk * chunks
     return {"model": f"{model}{layers}", "mode": label, "batch": batch, "steps_per_sec": steps / elapsed,

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from sgrad.core.step import TrainState
+from sgrad.devices import conv_library
 
 
 def preprocess(x_uint8: jnp.ndarray, mean: jnp.ndarray, std: jnp.ndarray) -> jnp.ndarray:
@@ -54,33 +55,7 @@ def chunk_fn(train_step, mean: jnp.ndarray, std: jnp.ndarray):
     return chunk
 
 
-def make_chunk_runner(train_step, mean: jnp.ndarray, std: jnp.ndarray, host_loop: bool = False):
-    """The jitted chunk on one device, with the state's buffers donated.
-
-    `host_loop` dispatches one jitted step at a time from Python instead (same
-    signature and results): XLA:CPU compiles convolutions inside a while loop
-    without its fast convolution path (many times slower per step of the
-    paper's CNN: results/bench/), so conv networks on CPU take this path.
-    """
-    if not host_loop:
-        return jax.jit(chunk_fn(train_step, mean, std), donate_argnums=0)
-
-    # Every step here computes the diagnostics: one compiled step, and a conv step dwarfs their cost.
-    @partial(jax.jit, donate_argnums=0)
-    def one(state, sums, xs, ys, idx):
-        state, metrics = train_step(state, preprocess(xs[idx], mean, std), ys[idx])
-        return state, {k: v + metrics[k] for k, v in sums.items()}, metrics
-
-    def run(state: TrainState, xs, ys, idx_CxB, n):
-        n = int(n)
-        idx_CxB = jnp.asarray(idx_CxB)
-        sums = zero_metrics(partial(train_step, diagnostics=False), state,
-                            preprocess(xs[idx_CxB[0]], mean, std), ys[idx_CxB[0]])
-        for i in range(n):
-            state, sums, last = one(state, sums, xs, ys, idx_CxB[i])
-        # Dispatching n steps already waits on most of them; finishing here makes the chunk's end a point in
-        # time the loop can read (its steps/s), at no cost to overlap.
-        return jax.block_until_ready((state, chunk_metrics(sums, last, n)))
-
-    run.synchronous = True
-    return run
+def make_chunk_runner(train_step, mean: jnp.ndarray, std: jnp.ndarray):
+    """The jitted chunk on one device, with the state's buffers donated (on CPU, convolutions by the library
+    measured faster here: sgrad/devices/conv_library.py)."""
+    return conv_library.jit(chunk_fn(train_step, mean, std), donate_argnums=0)

@@ -12,7 +12,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from sgrad.devices.chunk import chunk_fn, make_chunk_runner, preprocess
-from sgrad.models.cnn import ConvBlock
+from sgrad.devices import conv_library
 from sgrad.devices.layout import build_pipeline, to_train_state
 from sgrad.devices.pipeline import DATA_AXIS, make_pipeline_runner
 from sgrad.core.step import TrainState, UpdateRule, make_train_step
@@ -21,8 +21,8 @@ def make_data_parallel_runner(chunk: Callable, devices: Sequence[jax.Device]) ->
     """jit(shard_map(chunk)): state and data replicated, each step's batch indices split over devices."""
     mesh = jax.make_mesh((len(devices),), (DATA_AXIS,), devices=devices)
     specs = (P(), P(), P(), P(None, DATA_AXIS), P())
-    sharded = jax.jit(jax.shard_map(chunk, mesh=mesh, in_specs=specs, out_specs=(P(), P()), check_vma=False),
-                      donate_argnums=0)
+    sharded = conv_library.jit(jax.shard_map(chunk, mesh=mesh, in_specs=specs, out_specs=(P(), P()),
+                                             check_vma=False), donate_argnums=0)
     placements = [NamedSharding(mesh, spec) for spec in specs]
 
     def run(*args):
@@ -52,15 +52,9 @@ def make_runner(parallel: str, net, tx, state: TrainState, rule: UpdateRule,
         return make_data_parallel_runner(chunk_fn(step, mean, std), devices), state, _same
     if parallel != "none":
         raise ValueError(f"parallel={parallel!r}: allowed values are none, data, pipeline")
-    return (make_chunk_runner(make_train_step(net, tx, rule), mean, std, slow_loop_convolutions(net.modules)),
+    return (make_chunk_runner(make_train_step(net, tx, rule), mean, std),
             state, _same)
 
 
 def _same(state):
     return state
-
-
-def slow_loop_convolutions(modules) -> bool:
-    """Whether convolutions would land in a compiled loop on XLA:CPU (see chunk.make_chunk_runner)."""
-    layers = (layer for m in modules for layer in getattr(m, "layers", (m,)))
-    return jax.default_backend() == "cpu" and any(isinstance(layer, ConvBlock) for layer in layers)

@@ -30,6 +30,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from sgrad.core.optim import Optimizers
+from sgrad.devices import conv_library
 from sgrad.devices.layout import Pipeline, PipelineState, pad, repack, unpad
 from sgrad.modes.stage import SLOTS, LockedTick, Tick
 
@@ -208,8 +209,8 @@ def make_pipeline_runner(pipe: Pipeline, preprocess: Callable, devices: Sequence
     specs = (state_spec, P(), P(), P(None, DATA_AXIS), P())
     chunk = (locked_chunk_fn(pipe, preprocess) if pipe.rule.schedule == "locked" else
              unlocked_chunk_fn(pipe, preprocess, feed_every))
-    sharded = jax.jit(jax.shard_map(chunk, mesh=mesh, in_specs=specs,
-                                    out_specs=(state_spec, P()), check_vma=False), donate_argnums=0)
+    sharded = conv_library.jit(jax.shard_map(chunk, mesh=mesh, in_specs=specs,
+                                             out_specs=(state_spec, P()), check_vma=False), donate_argnums=0)
     placements = jax.tree.map(lambda spec: NamedSharding(mesh, spec), specs,
                               is_leaf=lambda x: isinstance(x, P))
 

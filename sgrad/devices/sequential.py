@@ -10,10 +10,10 @@ from __future__ import annotations
 from functools import partial
 from typing import Callable
 
-import jax
 import jax.numpy as jnp
 
 from sgrad.core.step import TrainState
+from sgrad.devices import conv_library
 from sgrad.devices.layout import Pipeline, gather, stage_tree
 from sgrad.modes.stage import LockedTick, Tick
 
@@ -32,7 +32,7 @@ def run_sequential(pipe: Pipeline, state: TrainState, xs, ys, idx_TxB, preproces
     inbox = [(None, None, false, None)] * k  # (h, y, ok, input x) sent by device i-1 last tick
     targets = [(None, false)] * k           # SG target sent back by device i+1 last tick
     past = [[(None, None)] * 2 for _ in range(k)]  # own outputs (h, y), newest first
-    tick_fn = [jax.jit(partial(rule.stage, pipe, i)) for i in range(k)]
+    tick_fn = [conv_library.jit(partial(rule.stage, pipe, i)) for i in range(k)]
     step = int(state.step)
     for t in range(len(idx_TxB)):
         x_t, y_t, fed = preprocess(xs[idx_TxB[t]]), ys[idx_TxB[t]], jnp.asarray(step % feed_every == 0)
@@ -67,7 +67,7 @@ def run_sequential(pipe: Pipeline, state: TrainState, xs, ys, idx_TxB, preproces
 def _run_locked(pipe: Pipeline, trees: list, step, xs, ys, idx_TxB, preprocess: Callable) -> TrainState:
     """A forward-locked mode's ticks: stages in order of i, then every cotangent delivered."""
     rule = pipe.rule
-    tick_fn = [jax.jit(partial(rule.stage, pipe, i)) for i in range(pipe.k)]
+    tick_fn = [conv_library.jit(partial(rule.stage, pipe, i)) for i in range(pipe.k)]
     step = jnp.asarray(step, jnp.int32)
     for idx in idx_TxB:
         x, y = preprocess(xs[idx]), ys[idx]

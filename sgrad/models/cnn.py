@@ -5,6 +5,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
+from sgrad.models.convolution import conv
 from sgrad.models.pooling import max_pool
 
 
@@ -20,7 +21,7 @@ class ConvBlock(nn.Module):
     @nn.compact
     def __call__(self, h_BxHxWxC: jnp.ndarray, train: bool) -> jnp.ndarray:
         h = nn.Conv(self.channels, (self.kernel, self.kernel), padding="SAME",
-                    use_bias=not self.batch_norm)(h_BxHxWxC)
+                    use_bias=not self.batch_norm, conv_general_dilated=conv)(h_BxHxWxC)
         if self.batch_norm:
             h = nn.BatchNorm(use_running_average=not train, momentum=0.9)(h)
         h = nn.relu(h)

@@ -28,11 +28,11 @@ def flops(fn: Callable, *args) -> float:
     return float(cost.get("flops", 0.0)) if cost else 0.0
 
 
-def seconds(fn: Callable, *args, repeats: int = 5) -> float:
+def seconds(fn: Callable, *args, repeats: int = 5, compiler_options: dict | None = None) -> float:
     """Measured seconds of fn(*args) on the default device: the median of `repeats` calls after one that compiles
     (args may be shapes: zeros of them are used)."""
     args = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype) if isinstance(a, jax.ShapeDtypeStruct) else a, args)
-    compiled = jax.jit(fn)
+    compiled = jax.jit(fn, compiler_options=compiler_options)
     jax.block_until_ready(compiled(*args))
     times = []
     for _ in range(repeats):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
+from sgrad.models.convolution import conv
 from sgrad.models.fcn import hidden_stack
 
 zeros = nn.initializers.zeros
@@ -46,11 +47,13 @@ class ConvSynthetic(nn.Module):
             z = jnp.concatenate([z, planes.astype(z.dtype)], axis=-1)
         k = (self.kernel, self.kernel)
         for _ in range(self.hidden_layers):
-            z = nn.Conv(self.channels, k, padding="SAME", use_bias=not self.batch_norm)(z)
+            z = nn.Conv(self.channels, k, padding="SAME", use_bias=not self.batch_norm,
+                        conv_general_dilated=conv)(z)
             if self.batch_norm:
                 z = nn.BatchNorm(use_running_average=not train, momentum=0.9)(z)
             z = nn.relu(z)
-        return nn.Conv(h_BxHxWxC.shape[-1], k, padding="SAME", kernel_init=zeros, bias_init=zeros)(z)
+        return nn.Conv(h_BxHxWxC.shape[-1], k, padding="SAME", kernel_init=zeros, bias_init=zeros,
+                       conv_general_dilated=conv)(z)
 
 
 def build_sg_model(sg_cfg, activation_ndim: int) -> nn.Module:

@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sgrad.models.convolution import conv
 from sgrad.models.fcn import hidden_stack
 
 
@@ -42,13 +43,14 @@ class ConvInput(nn.Module):
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
         z = x
         for _ in range(self.hidden_layers):
-            z = nn.Conv(self.channels, (3, 3), padding="SAME", use_bias=not self.batch_norm)(z)
+            z = nn.Conv(self.channels, (3, 3), padding="SAME", use_bias=not self.batch_norm,
+                        conv_general_dilated=conv)(z)
             if self.batch_norm:
                 z = nn.BatchNorm(use_running_average=not train, momentum=0.9)(z)
             z = nn.relu(z)
         h, w, c = self.out_shape
         z = jax.image.resize(z, (z.shape[0], h, w, z.shape[-1]), "linear")
-        return nn.Conv(c, (1, 1))(z)
+        return nn.Conv(c, (1, 1), conv_general_dilated=conv)(z)
 
 
 def build_input_model(si_cfg, activation_shape: Sequence[int]) -> nn.Module:

@@ -15,6 +15,7 @@ import numpy as np
 
 from sgrad.core.step import TrainState, eval_counts, probe
 from sgrad.data import Dataset, load_dataset
+from sgrad.devices import conv_library
 from sgrad.devices.chunk import preprocess
 from sgrad.devices.parallel import make_runner
 from sgrad.run.build import build_decoupled, learning_rate
@@ -83,9 +84,9 @@ class ClassificationTask:
         probe_x = jax.device_put(data.test_x[:tcfg.batch_size])
         probe_y = jax.device_put(data.test_y[:tcfg.batch_size])
         net, mean, std = self.net, self._mean, self._std
-        self._probe = jax.jit(lambda s: probe(net, s, preprocess(probe_x, mean, std), probe_y))
+        self._probe = conv_library.jit(lambda s: probe(net, s, preprocess(probe_x, mean, std), probe_y))
 
-        @jax.jit
+        @conv_library.jit
         def evaluate(state: TrainState, xs, ys, masks):
             def body(acc, inp):
                 x, y, m = inp
@@ -104,8 +105,6 @@ class ClassificationTask:
         self._run_chunk, state, self._view = make_runner(str(self.cfg.parallel), d.network, d.tx, state, d.settings,
                                                          self.data.input_shape, tcfg.batch_size, self._mean, self._std,
                                                          replicas=self.cfg.replicas)
-        # A host-stepped (conv on CPU) chunk has finished when run_chunk returns.
-        self.synchronous = getattr(self._run_chunk, "synchronous", False)
         return state
 
     def checkpoint(self, state):
