@@ -38,6 +38,7 @@ from sgrad.run.build import build_network, build_train_optimizer, update_setting
 from sgrad.run.provenance import git_commit, machine
 from sgrad.core.step import init_state, make_train_step
 from sgrad.modes import RULES
+from sgrad.devices import conv_library
 from sgrad.devices.chunk import make_chunk_runner, preprocess
 from sgrad.devices.parallel import make_runner
 
@@ -454,6 +455,9 @@ def main() -> None:
              f"Measured float32 matmul peak (2048² chain, same run): {peak / 1e9:.1f} GFLOP/s.",
              f"Max pooling: {os.environ.get('SGRAD_MAX_POOL') or 'chosen by measurement'} "
              "(SGRAD_MAX_POOL, sgrad/models/pooling.py).",
+             f"Convolutions on XLA:CPU: {os.environ.get('SGRAD_CPU_CONV') or 'chosen by measurement'}"
+             f"{' (' + ', '.join(conv_library.chosen()) + ')' if conv_library.chosen() else ''} "
+             "(SGRAD_CPU_CONV, sgrad/devices/conv_library.py).",
              "", (f"The preset `+exp={args.exp}` in each mode, composed by Hydra as `sgrad-train` composes it."
                   if args.exp else "Paper settings: FCN width 256 with batch norm; DNI SG = 2×1024 hidden layers; "
                   "cDNI SG = linear on [h, one-hot y]; Adam.") + " Each figure is from the median "

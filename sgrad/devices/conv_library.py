@@ -76,6 +76,11 @@ def library(convs: dict) -> str:
     return _CHOSEN[key]
 
 
+def chosen() -> list[str]:
+    """The libraries measured faster so far in this process (one per set of convolutions)."""
+    return sorted(set(_CHOSEN.values()))
+
+
 def convolutions(jaxpr) -> dict[str, tuple]:
     """Every distinct convolution in a jaxpr and the jaxprs inside it (loops, shard_map, custom VJPs):
     description -> (primitive, operand shapes, params)."""
