@@ -20,6 +20,8 @@ from sgrad.models.convolution import conv
     ((1, 6, 6, 2), 1, 3, "SAME", 1),         # the synthetic input model's 1x1
     ((2, 7, 9, 3), 4, 2, ((1, 2), (0, 3)), 1),  # even kernel, uneven explicit padding
     ((2, 9, 9, 3), 3, 4, "SAME", 2),         # strided: lax's own rules
+    ((3, 4, 4, 6), 5, 5, "SAME", 1),         # kernel larger than the input: windows x matmul
+    ((2, 3, 5, 2), 4, 3, ((2, 1), (1, 2)), 1),
 ])
 def test_forward_and_gradients_equal_flax_conv(shape, kernel, features, padding, strides):
     x = jax.random.normal(jax.random.key(0), shape)
@@ -45,11 +47,13 @@ def test_the_custom_gradient_is_the_one_used():
     assert "custom_vjp" in jaxpr
 
 
-def test_every_convolution_of_a_conv_block_trained_in_a_compiled_loop_is_canonical():
+@pytest.mark.parametrize("size", [12, 4])  # 4: the kernel is larger than the input
+def test_every_convolution_of_a_conv_block_trained_in_a_compiled_loop_is_canonical(size):
     """XLA:CPU runs a convolution fast only in the NHWC x HWIO -> NHWC layout; inside a while loop it does not
-    rewrite others into it (lax's weight gradient is `f01b_i01o->01bf`), and those ran ~100x slower."""
+    rewrite others into it (lax's weight gradient is `f01b_i01o->01bf`), and those ran ~100x slower; a kernel
+    larger than its input has its operands swapped by XLA, into `01fb_o01i->f01b`, as slow."""
     block = ConvBlock(8, kernel=5, max_pool=True)
-    x = jax.random.normal(jax.random.key(0), (4, 12, 12, 3))
+    x = jax.random.normal(jax.random.key(0), (4, size, size, 3))
     variables = block.init(jax.random.key(1), x, False)
 
     def loss(params, x):
@@ -61,5 +65,6 @@ def test_every_convolution_of_a_conv_block_trained_in_a_compiled_loop_is_canonic
                                                                    jax.grad(loss)(p, x)), params)
     hlo = jax.jit(steps).lower(variables["params"]).compile().as_text()
     labels = re.findall(r"convolution\([^)]*\).*?dim_labels=(\S+?),", hlo)
-    assert len(labels) >= 2  # the forward pass and the kernel's gradient (the input needs none)
-    assert set(labels) == {"b01f_01io->b01f"}, labels
+    if size > 5:
+        assert len(labels) >= 2  # the forward pass and the kernel's gradient (the input needs none)
+    assert set(labels) <= {"b01f_01io->b01f"}, labels

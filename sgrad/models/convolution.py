@@ -10,6 +10,11 @@ in that canonical layout from the start, with the transposes made explicit:
     input gradient:  dy (N, H', W', O) * flip(w) as (kh, kw, O, I), padded k-1-p      -> (N, H, W, I)
     weight gradient: x as (I, H, W, N) * dy as (H', W', N, O), padded like the forward -> (I, kh, kw, O)
 
+A kernel larger than its input (the paper's 5x5 convolutions of a 4x4 activation, in cnn4's SG model) is a
+case of its own: XLA swaps such a convolution's operands into a layout (`01fb_o01i->f01b`) that XLA:CPU runs
+naively, 98 ms for a 64x4x4x128 convolution that takes a few ms as a matmul; so there the k*k shifted windows
+go side by side and meet the kernel in one matmul (its gradients by autodiff, also matmuls).
+
 Same values as XLA's rules (tests/test_convolution.py checks forward and gradients against flax.linen.Conv),
 used on CPU for stride 1, undilated, ungrouped NHWC convolutions (every convolution of sgrad's models); anything
 else, and every convolution on GPU/TPU (where XLA maps its own rules onto the vendor's backward kernels), goes
@@ -43,7 +48,18 @@ def conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None
     if isinstance(padding, str):
         padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], (1, 1), padding)
     pads = tuple((int(lo), int(hi)) for lo, hi in padding)
+    if (rhs.shape[0] > lhs.shape[1] or rhs.shape[1] > lhs.shape[2]) and min(min(p) for p in pads) >= 0:
+        return _conv_by_patches(lhs, rhs, pads, precision)
     return _conv(lhs, rhs, pads, precision)
+
+
+def _conv_by_patches(x, w, pads, precision):
+    kh, kw, ci, co = w.shape
+    xp = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+    oh, ow = xp.shape[1] - kh + 1, xp.shape[2] - kw + 1
+    # Window offsets (a, b) side by side, channels fastest: the order of w.reshape(kh * kw * ci, co)'s rows.
+    patches = jnp.concatenate([xp[:, a:a + oh, b:b + ow, :] for a in range(kh) for b in range(kw)], axis=-1)
+    return jnp.dot(patches, w.reshape(kh * kw * ci, co), precision=precision)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(2, 3))
