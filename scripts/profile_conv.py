@@ -4,10 +4,14 @@ gradients, by XLA's native lowering and by the alternatives tried, next to the m
     python scripts/profile_conv.py [--batch 64] [--out results/bench/conv_profile.md]
 
 The stages are the paper's CNN on 32x32 inputs: a 5x5 convolution 3 -> 128 channels at 32x32, one 128 -> 128
-at 16x16, 3x3 / 2 max and average pooling of the 32x32x128 activation. Alternatives: the input gradient as a
-plain forward convolution (kernel flipped, channels swapped), the weight gradient from k*k shifted slices
-(one matmul per kernel row), the forward pass as patches (jax.lax.conv_general_dilated_patches) x matmul, and
-max pooling by strided slices (sgrad/models/pooling.py). Median of 5 calls after one that compiles.
+at 16x16 (also its weight gradient inside a compiled loop, as the training chunk runs it), the 128 -> 128 of
+cnn4's SG model at 4x4, 3x3 / 2 max and average pooling of the 32x32x128 activation. Ways: lax's convolution
+compiled with XLA:CPU's YNNPACK convolutions (its default) and with them off (Eigen), sgrad's convolution
+(sgrad/models/convolution.py: canonical gradients, windows x matmul for a kernel larger than its input), and
+alternatives tried before: the input gradient as a plain forward convolution (kernel flipped, channels
+swapped), the weight gradient from k*k shifted slices (one matmul per kernel row), the forward pass as patches
+(jax.lax.conv_general_dilated_patches) x matmul, and max pooling by strided slices (sgrad/models/pooling.py).
+Median of 5 calls after one that compiles.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sgrad.devices.conv_library import EIGEN
+from sgrad.models.convolution import conv as sgrad_conv
 from sgrad.models.partition import seconds
 from sgrad.models.pooling import max_pool_slices
 from sgrad.run.provenance import git_commit, machine
@@ -49,25 +55,40 @@ def dw_rows(x, g, k):
 
 
 def conv_rows(batch: int) -> list[tuple[str, str, float, float]]:
-    """(piece, way, ms, FLOP/s) for both convolutions."""
+    """(piece, way, ms, FLOP/s) for the paper's convolutions and the 4x4 one of cnn4's SG model."""
     out = []
-    for h, c, o in ((32, 3, 128), (16, 128, 128)):
+    for h, c, o in ((32, 3, 128), (16, 128, 128), (4, 128, 128)):
         x = jax.random.normal(jax.random.key(0), (batch, h, h, c))
         w = jax.random.normal(jax.random.key(1), (5, 5, c, o)) * 0.05
         g = jax.random.normal(jax.random.key(2), (batch, h, h, o))
         flops = 2 * batch * h * h * 25 * c * o
+        dx = lambda f: lambda x, w: jax.vjp(lambda x: f(x, w), x)[1](g)[0]
+        dw = lambda f: lambda x, w: jax.vjp(lambda w: f(x, w), w)[1](g)[0]
+        ours = lambda x, w: sgrad_conv(x, w, (1, 1), "SAME", dimension_numbers=DN)
         pieces = {
-            "forward": (("native", lambda: conv), ("patches x matmul", lambda: conv_patches)),
-            "input gradient": (("native", lambda: lambda x, w: jax.vjp(lambda x: conv(x, w), x)[1](g)[0]),
-                               ("forward conv, kernel flipped", lambda: lambda x, w: conv(
-                                   g, jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2)))),
-            "weight gradient": (("native", lambda: lambda x, w: jax.vjp(lambda w: conv(x, w), w)[1](g)[0]),
-                                ("k row matmuls of shifted slices", lambda: lambda x, w: dw_rows(x, g, 5))),
+            "forward": [("native, YNNPACK", conv, None), ("native, Eigen", conv, EIGEN),
+                        ("sgrad, Eigen", ours, EIGEN), ("patches x matmul", conv_patches, None)],
+            "input gradient": [("native, YNNPACK", dx(conv), None), ("native, Eigen", dx(conv), EIGEN),
+                               ("sgrad, Eigen", dx(ours), EIGEN),
+                               ("forward conv, kernel flipped", lambda x, w: conv(
+                                   g, jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2)), None)],
+            "weight gradient": [("native, YNNPACK", dw(conv), None), ("native, Eigen", dw(conv), EIGEN),
+                                ("sgrad, Eigen", dw(ours), EIGEN),
+                                ("k row matmuls of shifted slices", lambda x, w: dw_rows(x, g, 5), None)],
         }
+        if h == 16:  # inside a compiled loop, as the training chunk runs it
+            pieces["weight gradient, 3 in a fori_loop"] = [
+                # x moved by the carry, so that XLA cannot hoist the gradient out of the loop
+                (way, (lambda f: lambda x, w: jax.lax.fori_loop(
+                    0, 3, lambda _, v: v + dw(f)(x + v[0, 0, 0, 0], w), w))(f), opt)
+                for way, f, opt in (("native, Eigen", conv, EIGEN), ("sgrad, Eigen", ours, EIGEN))]
         for piece, ways in pieces.items():
-            for way, make in ways:
-                t = seconds(make(), x, w)
-                out.append((f"conv 5x5 {c}->{o} at {h}x{h}: {piece}", way, t, flops / t))
+            for way, f, options in ways:
+                if h == 4 and way in ("patches x matmul", "k row matmuls of shifted slices"):
+                    continue
+                t = seconds(f, x, w, compiler_options=options)
+                n = 3 if "fori_loop" in piece else 1
+                out.append((f"conv 5x5 {c}->{o} at {h}x{h}: {piece}", way, t, n * flops / t))
     return out
 
 

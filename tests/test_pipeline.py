@@ -100,16 +100,18 @@ def test_profiled_partition_measures_once_and_every_later_run_builds_the_same_sp
     from sgrad.run.build import build_network
     from sgrad.run.partition_cache import cache_dir, profiled_sizes
     monkeypatch.setenv("SGRAD_CACHE", str(tmp_path))
-    # Measured on this machine: the 784-input layer of a wide FCN costs as much as two hidden layers or more.
+    # The split itself depends on the timing (here the 784-input layer of a wide FCN usually weighs as much as
+    # two hidden layers or more, so [1, 3]; a busy machine can say otherwise): what is measured is kept.
     cfg = make_cfg("model.partition=profiled", "model.modules=2", "model.layers=4", "model.width=256",
                    "trainer.batch_size=256", "mode=dgl")
-    first = build_network(cfg, (28, 28, 1), 10)
-    assert [len(m.layers) for m in first.modules] == [1, 3]
+    measured = [len(m.layers) for m in build_network(cfg, (28, 28, 1), 10).modules]
+    assert len(measured) == 2 and sum(measured) == 4 and min(measured) >= 1
     (cached,) = cache_dir().glob("*.json")
-    assert json.loads(cached.read_text())["sizes"] == [1, 3]
+    assert json.loads(cached.read_text())["sizes"] == measured
     # Later runs read the split instead of timing again, even if timing would now say otherwise.
-    cached.write_text(json.dumps({"sizes": [2, 2]}))
-    assert [len(m.layers) for m in build_network(cfg, (28, 28, 1), 10).modules] == [2, 2]
+    other = [3, 1] if measured != [3, 1] else [2, 2]
+    cached.write_text(json.dumps({"sizes": other}))
+    assert [len(m.layers) for m in build_network(cfg, (28, 28, 1), 10).modules] == other
     calls = []
     measure = lambda: calls.append(1) or (3, 1)
     assert profiled_sizes("a network", 2, measure) == (3, 1) and profiled_sizes("a network", 2, measure) == (3, 1)
