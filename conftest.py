@@ -18,6 +18,9 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 if "SGRAD_CACHE" not in os.environ:  # model.partition=profiled keeps its splits there: not in the user's home
     os.environ["SGRAD_CACHE"] = tempfile.mkdtemp(prefix="sgrad-test-cache-")
     atexit.register(shutil.rmtree, os.environ["SGRAD_CACHE"], ignore_errors=True)
+# A test's program must not depend on which convolution library a timing picked (their sums differ in the last
+# bits); tests/test_conv_library.py measures for real.
+os.environ.setdefault("SGRAD_CPU_CONV", "eigen")
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="sgrad-test-jax-cache-")
     os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"

@@ -72,3 +72,14 @@ def test_the_measured_options_compile_and_give_the_same_result(monkeypatch):
         out[library] = conv_library.jit(_train_loop)(params, x)
     for a, b in zip(jax.tree.leaves(out["eigen"]), jax.tree.leaves(out["ynnpack"])):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_a_real_measurement_picks_a_library_and_says_which(monkeypatch, caplog):
+    monkeypatch.delenv("SGRAD_CPU_CONV")
+    monkeypatch.setattr(conv_library, "_CHOSEN", {})
+    params, x = _inputs()
+    with caplog.at_level("INFO", logger="sgrad"):
+        options = conv_library.compiler_options(_train_loop, params, x)
+    assert options in (None, conv_library.EIGEN)
+    assert conv_library.chosen() == ["eigen" if options else "ynnpack"]
+    assert "convolutions on XLA:CPU: " + ("Eigen" if options else "YNNPACK") + " (3 of them" in caplog.text
