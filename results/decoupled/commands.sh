@@ -8,6 +8,10 @@ sgrad-train -m +exp=decoupled_fashion_mnist_fcn trainer.progress=false hydra.swe
 python scripts/report.py multirun/decoupled/fcn --out results/decoupled/fcn
 sgrad-train -m +exp=decoupled_fashion_mnist_cnn trainer.progress=false hydra.sweep.dir=multirun/decoupled/cnn
 python scripts/report.py multirun/decoupled/cnn --out results/decoupled/cnn
+# The paper's width, 3 epochs, one seed (cnn_128ch/; DNI last, stopped unfinished: see README.md):
+sgrad-train -m +exp=decoupled_fashion_mnist_cnn model.channels=128 sg.conv_channels=128 trainer.epochs=3 seed=0 \
+    mode=backprop,dgl,ddg,cdni,dni trainer.progress=false hydra.sweep.dir=multirun/decoupled/cnn128
+python scripts/report.py multirun/decoupled/cnn128 --out results/decoupled/cnn_128ch
 # Throughput per mode on two processes pinned to one core each (the machine otherwise idle):
 python scripts/bench.py --processes 2 --modes backprop,dni,cdni,dgl,ddg --chunk 50 --chunks 4 \
     --out results/bench/processes.md
