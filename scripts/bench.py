@@ -467,9 +467,10 @@ def main() -> None:
              "", "| model | batch | mode | steps/s | examples/s | GFLOP/s | % of matmul peak | steps/s at the peak |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        bound = peak_steps(r, peak)
         lines.append(f"| {r['model']} | {r['batch']} | {r['mode']} | {r['steps_per_sec']:.1f} | "
                      f"{r['examples_per_sec']:.0f} | {r['flops_per_sec'] / 1e9:.1f} | "
-                     f"{100 * r['flops_per_sec'] / peak:.0f}% | {peak_steps(r, peak):.{0 if peak_steps(r, peak) >= 10 else 1}f} |")
+                     f"{100 * r['flops_per_sec'] / peak:.0f}% | {bound:.{0 if bound >= 10 else 1}f} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}")

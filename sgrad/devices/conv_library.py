@@ -65,8 +65,10 @@ def library(convs: dict) -> str:
     if key not in _CHOSEN:
         eigen = np.int32(0)
         if jax.process_index() == 0:
-            t_ynn = sum(_time(*c, None) for c in convs.values())
-            t_eigen = sum(_time(*c, EIGEN) for c in convs.values())
+            t_ynn = t_eigen = 0.0
+            for c in convs.values():  # both ways convolution by convolution, so the machine's drift hits both
+                t_ynn += _time(*c, None)
+                t_eigen += _time(*c, EIGEN)
             eigen = np.int32(t_eigen < _CLEARLY * t_ynn)
             log.info("convolutions on XLA:CPU: %s (%d of them: %.1f ms with Eigen, %.1f ms with YNNPACK)",
                      "Eigen" if eigen else "YNNPACK", len(convs), 1e3 * t_eigen, 1e3 * t_ynn)
