@@ -132,3 +132,41 @@ def preempt_when_checkpointed(run_dir: Path) -> None:
             time.sleep(0.01)
         os.kill(os.getpid(), signal.SIGTERM)
     threading.Thread(target=watch, daemon=True).start()
+
+
+def stop_inside_a_chunk(setattr, after: int) -> None:
+    """Dispatch one step at a time (each dispatch a few seconds of a slow network's work, in miniature) and send
+    this process SIGTERM once, when `after` dispatches have been issued. `setattr`: pytest's monkeypatch.setattr,
+    or the builtin in a test program."""
+    import signal
+
+    from sgrad.run import pacing
+    setattr(pacing, "DISPATCH_SECONDS", 0.0)
+    issue = pacing.Pacer.dispatched
+    issued = []
+
+    def dispatched(self, *args):
+        issue(self, *args)
+        issued.append(args)
+        if len(issued) == after:
+            os.kill(os.getpid(), signal.SIGTERM)
+    setattr(pacing.Pacer, "dispatched", dispatched)
+
+
+def final_checkpoint(run: Path):
+    """(step, tree) of the newest checkpoint of a run dir."""
+    import orbax.checkpoint as ocp
+    step = max(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit())
+    return step, ocp.StandardCheckpointer().restore((run / "checkpoints" / str(step) / "default").absolute())
+
+
+def assert_same_run(run: Path, ref: Path) -> None:
+    """The same logged curve (wall-clock rates aside) and, bit for bit, the same final checkpoint."""
+    import jax
+    from sgrad.run.metrics import read_jsonl
+    drop = lambda rows: [{k: v for k, v in r.items() if not k.startswith("watch/perf/")} for r in rows]
+    assert drop(read_jsonl(run / "metrics.jsonl")) == drop(read_jsonl(ref / "metrics.jsonl"))
+    (step, got), (ref_step, want) = final_checkpoint(run), final_checkpoint(ref)
+    assert step == ref_step
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

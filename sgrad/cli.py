@@ -113,7 +113,10 @@ def _run(cfg: DictConfig) -> float:
             return True
         # The basic launcher runs every job in this process: each job's tag goes when the job ends.
         logging.getLogger("sgrad").addFilter(prefix)
-    # Until the loop takes the signals over (sgrad.run.signals), SIGTERM interrupts start-up as Ctrl-C does.
+    # Until the loop takes the signals over (sgrad.run.signals), SIGTERM interrupts start-up as Ctrl-C does; then,
+    # until the first steps have run, a stop signal exits this process at once.
+    from sgrad.run.signals import own_process
+    own_process()
     previous_term = signal.signal(signal.SIGTERM, _interrupt)
     try:
         summary = train_and_evaluate(cfg, workdir)

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import make_cfg, preempt_when_checkpointed
+from conftest import (assert_same_run, make_cfg, preempt_when_checkpointed, run_on_cpu_devices,
+                      stop_inside_a_chunk)
 from sgrad.config import ConfigError, flat_config
 from sgrad.run.metrics import read_jsonl
 from sgrad.run import build_task, train_and_evaluate
@@ -358,3 +359,118 @@ def test_hparams_show_the_settings_of_the_runs_kind_of_model_and_what_the_sweep_
     assert {"model.width", "model.layers", "sg.width", "mode"} <= set(fcn) and "model.hidden" not in fcn
     lstm = hparams_of(make_cfg("+exp=copy_dni"), [])
     assert {"model.hidden", "trainer.bptt"} <= set(lstm) and "model.width" not in lstm
+
+
+# --- a chunk as several dispatches, and a stop inside it ---------------------------------------------------------
+
+TASKS = {
+    "classification": lambda idx_dir: make_cfg("dataset.name=idx", f"dataset.dir={idx_dir}", "mode=dni",
+                                               "trainer.steps=60", "trainer.log_every=20", "checkpoint.every=40",
+                                               "log.grad_probe_every=40", "trainer.eval_every=40"),
+    "recurrent": lambda idx_dir: _copy_cfg("trainer.steps=30"),
+    "two_clocks": lambda idx_dir: make_cfg("model.name=lstm", "dataset.name=two_timescale", "mode=dni",
+                                           "model.hidden=8", "trainer.bptt=3", "dataset.bits=1",
+                                           "trainer.batch_size=8", "trainer.log_every=10", "trainer.steps=30",
+                                           "sg.hidden_layers=0", "checkpoint.every=20"),
+}
+
+
+@pytest.mark.parametrize("family", list(TASKS))
+def test_a_stop_inside_a_chunk_checkpoints_there_and_the_resumed_run_equals_one_never_stopped(
+        idx_dir, tmp_path, monkeypatch, family):
+    cfg = TASKS[family](idx_dir)
+    ref = train_and_evaluate(cfg, tmp_path / "ref")  # each chunk in one dispatch, uninterrupted
+    run = tmp_path / "run"
+    # Dispatch 1 is step 0 (it compiles), dispatch 13 ends at step 13: inside the second logged chunk.
+    stop_inside_a_chunk(monkeypatch.setattr, after=13)
+    with pytest.raises(Preempted) as stopped:
+        train_and_evaluate(cfg, run)
+    assert stopped.value.step == 13 and stopped.value.step % cfg.trainer.log_every, stopped.value.step
+    assert (run / "checkpoints" / "13" / "chunk_sums.npz").is_file()
+    assert json.loads((run / "summary.json").read_text())["status"] == "preempted"
+    again = train_and_evaluate(cfg, run)  # still one step per dispatch: a chunk in many dispatches
+    assert again["status"] == "completed" and again["step"] == ref["step"]
+    assert_same_run(run, tmp_path / "ref")
+
+
+@pytest.mark.slow
+def test_a_stop_inside_a_chunk_resumes_exactly_in_every_parallel_layout(idx_dir, tmp_path):
+    # parallel=data, the unlocked and locked pipelines and pipeline x replicas on 4 CPU devices.
+    out = run_on_cpu_devices("stop_inside_a_chunk", 4, idx_dir, tmp_path).stdout
+    assert out.split() == ["data", "ok", "pipeline", "ok", "pipeline-ddg", "ok", "pipeline-replicas", "ok"], out
+
+
+# A real network whose step takes about a second here (an FCN of 4096-wide layers at batch 512), logged once in 12
+# steps: before dispatches were bounded in time, a stop signal waited for the whole chunk.
+SLOW_STEP = ["mode=dni", "model.width=4096", "model.layers=4", "sg.width=1024", "trainer.batch_size=512",
+             "trainer.steps=12", "trainer.log_every=12", "checkpoint.every=100", "trainer.eval_every=100",
+             "log.grad_probe_every=0"]
+
+
+def _start(idx_dir, run) -> tuple[subprocess.Popen, "queue.Queue[str]"]:
+    import queue
+    import threading
+    proc = subprocess.Popen(_tiny_cli(idx_dir, run, *SLOW_STEP), cwd=ROOT, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [*map(lines.put, proc.stdout), lines.put("")], daemon=True).start()
+    return proc, lines
+
+
+def _wait_for(lines, proc, text: str, timeout: float = 300) -> str:
+    import queue
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            line = lines.get(timeout=1)
+        except queue.Empty:
+            assert proc.poll() is None, "the run ended first"
+            continue
+        if text in line:
+            return line
+    raise AssertionError(f"no line with {text!r}")
+
+
+@pytest.mark.slow
+def test_sigterm_inside_a_long_chunk_stops_within_seconds_with_a_checkpoint_and_resumes_exactly(idx_dir, tmp_path):
+    import signal
+    ref = tmp_path / "ref"
+    res = subprocess.run(_tiny_cli(idx_dir, ref, *SLOW_STEP), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    run = tmp_path / "run"
+    proc, lines = _start(idx_dir, run)
+    pace = _wait_for(lines, proc, "s per step")  # the first steps ran: the pace is measured
+    assert float(pace.split("training: ")[1].split()[0]) > 0.3, pace  # a slow network indeed
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    sent = time.time()
+    said = _wait_for(lines, proc, "will stop at step", timeout=30)
+    announced = int(said.split("will stop at step ")[1].split()[0])
+    stopped = _wait_for(lines, proc, "stopped by SIGTERM", timeout=60)
+    proc.wait(timeout=60)
+    took = time.time() - sent
+    assert proc.returncode == 143 and took < 30, (proc.returncode, took)
+    assert f"at step {announced};" in stopped and 0 < announced < 12, (said, stopped)
+    assert (run / "checkpoints" / str(announced) / "chunk_sums.npz").is_file()
+    again = subprocess.run(_tiny_cli(idx_dir, run, *SLOW_STEP), cwd=ROOT, capture_output=True, text=True,
+                           timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"resuming from the checkpoint at step {announced}" in again.stdout + again.stderr
+    assert_same_run(run, ref)
+
+
+@pytest.mark.slow
+def test_sigterm_while_the_first_chunk_compiles_exits_at_once_and_leaves_no_run_dir(idx_dir, tmp_path):
+    import signal
+    run = tmp_path / "run"
+    proc, lines = _start(idx_dir, run)
+    _wait_for(lines, proc, "compiling the training step")
+    proc.send_signal(signal.SIGTERM)
+    sent = time.time()
+    proc.wait(timeout=60)
+    took = time.time() - sent
+    said = "".join(iter(lambda: lines.get(timeout=10), ""))
+    assert proc.returncode == 143 and took < 15, (proc.returncode, took, said[-2000:])
+    assert "SIGTERM before the first training step finished: exiting now; nothing was trained, no run dir was " \
+           "left" in said and "Traceback" not in said, said[-2000:]
+    assert not run.exists() and not (tmp_path / "outputs").exists()

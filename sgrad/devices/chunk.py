@@ -1,11 +1,15 @@
-"""Compiled chunks of training steps: a jitted loop that gathers its own batches from device-resident data."""
+"""Compiled chunks of training steps: a jitted loop that gathers its own batches from device-resident data, and
+runs a logged chunk as one dispatch or several (the run loop bounds each dispatch in time)."""
 
 from __future__ import annotations
 
+import dataclasses
 from functools import partial
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from sgrad.core.step import TrainState
 from sgrad.devices import conv_library
@@ -16,19 +20,19 @@ def preprocess(x_uint8: jnp.ndarray, mean: jnp.ndarray, std: jnp.ndarray) -> jnp
     return (x_uint8.astype(jnp.float32) / 255.0 - mean) / std
 
 
-def zero_metrics(step, state, *batch):
-    """Zeros shaped like the metrics `step(state, *batch)` returns: the start of a running sum."""
-    shapes = jax.eval_shape(step, state, *batch)[1]
+def zero_metrics(step, state, *args):
+    """Zeros shaped like the metrics `step(state, *args)` returns: the start of a running sum."""
+    shapes = jax.eval_shape(step, state, *args)[1]
     return jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype), shapes)
 
 
-def summed_loop(step, state, n, batch_at):
-    """(state, metrics summed over steps 0..n-1) in one fori_loop; step i trains on batch_at(i)."""
+def summed_loop(step, state, sums, lo, hi, batch_at):
+    """(state, sums + the metrics of steps lo..hi-1) in one fori_loop; step i trains on batch_at(i)."""
     def body(i, carry):
-        s, sums = carry
+        s, acc = carry
         s, metrics = step(s, *batch_at(i))
-        return s, jax.tree.map(jnp.add, sums, metrics)
-    return jax.lax.fori_loop(0, n, body, (state, zero_metrics(step, state, *batch_at(0))))
+        return s, jax.tree.map(jnp.add, acc, metrics)
+    return jax.lax.fori_loop(lo, hi, body, (state, sums))
 
 
 def chunk_metrics(sums: dict, last: dict, n) -> dict:
@@ -37,25 +41,80 @@ def chunk_metrics(sums: dict, last: dict, n) -> dict:
     return {**last, **{k: v / jnp.asarray(n, v.dtype) for k, v in sums.items()}}
 
 
-def chunk_fn(train_step, mean: jnp.ndarray, std: jnp.ndarray):
-    """chunk(state, xs, ys, idx_CxB, n) -> (state, metrics of the first n >= 1 steps; see chunk_metrics).
+@dataclasses.dataclass(frozen=True)
+class ChunkRunner:
+    """A compiled chunk of training steps that a run may dispatch in pieces.
 
-    A loop over the first `n` rows of a fixed-size index array, each step
-    gathering its batch from the device-resident data. `n` is a traced value,
-    so the last, shorter chunk of a run reuses the compiled program, and no step
-    is spent on padding. Steps 0..n-2 skip the diagnostics; step n-1 computes them.
+    `program(state, sums, *data, lo, n, last, count) -> (state, sums, metrics)` runs the steps on rows
+    lo..lo+n-1 of the chunk's data and adds their metrics to the running `sums` (which start as
+    `zeros(state, *data)`). `last` says that these steps end the chunk: its final step then also computes the
+    diagnostics, and `metrics` are the chunk's, over the `count` steps in `sums`; otherwise `metrics` mean
+    nothing. lo, n, last and count are traced, so one compiled program runs a chunk as any number of
+    dispatches, with the same results as one.
+
+    Calling the runner runs a whole chunk in one dispatch: `runner(state, *data, n) -> (state, metrics)`.
     """
-    def chunk(state: TrainState, xs, ys, idx_CxB, n):
+
+    program: Callable
+    zeros: Callable
+
+    def __call__(self, state, *args):
+        *data, n = args
+        n = np.int32(n)
+        state, _, metrics = self.program(state, self.zeros(state, *data), *data, np.int32(0), n, np.bool_(True), n)
+        return state, metrics
+
+
+def chunk_fn(train_step, mean: jnp.ndarray, std: jnp.ndarray):
+    """chunk(state, sums, xs, ys, idx_CxB, lo, n, last, count): ChunkRunner.program for a train step.
+
+    Each step gathers its batch (row i of the index array) from the
+    device-resident data. The steps skip the diagnostics except the chunk's
+    final one (`last`), which a cond runs after the loop, so the program holds
+    the step twice, as one chunk in one dispatch did.
+    """
+    plain = partial(train_step, diagnostics=False)
+
+    def chunk(state: TrainState, sums, xs, ys, idx_CxB, lo, n, last, count):
         batch_at = lambda i: (preprocess(xs[idx_CxB[i]], mean, std), ys[idx_CxB[i]])
-        state, sums = summed_loop(partial(train_step, diagnostics=False), state, n - 1, batch_at)
-        state, last = train_step(state, *batch_at(n - 1))
-        sums = {k: v + last[k] for k, v in sums.items()}
-        return state, chunk_metrics(sums, last, n)
+        state, sums = summed_loop(plain, state, sums, lo, lo + n - last.astype(lo.dtype), batch_at)
+        final_shapes = jax.eval_shape(train_step, state, *batch_at(0))[1]
+
+        def final(state, sums):
+            state, metrics = train_step(state, *batch_at(lo + n - 1))
+            return state, {k: v + metrics[k] for k, v in sums.items()}, metrics
+
+        def not_yet(state, sums):
+            return state, sums, jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype), final_shapes)
+
+        state, sums, metrics = jax.lax.cond(last, final, not_yet, state, sums)
+        return state, sums, chunk_metrics(sums, metrics, count)
 
     return chunk
 
 
-def make_chunk_runner(train_step, mean: jnp.ndarray, std: jnp.ndarray):
-    """The jitted chunk on one device, with the state's buffers donated (on CPU, convolutions by the library
-    measured faster here: sgrad/devices/conv_library.py)."""
-    return conv_library.jit(chunk_fn(train_step, mean, std), donate_argnums=0)
+def zero_sums_fn(train_step, mean: jnp.ndarray, std: jnp.ndarray) -> Callable:
+    """zeros(state, xs, ys, idx_CxB): the running sums `chunk_fn`'s program starts a chunk from."""
+    def first_step(state, xs, ys, idx_CxB):
+        return train_step(state, preprocess(xs[idx_CxB[0]], mean, std), ys[idx_CxB[0]], diagnostics=False)
+    return partial(zero_metrics, first_step)
+
+
+def summed_chunk_runner(step, batch_at) -> ChunkRunner:
+    """A ChunkRunner for a step with no separate diagnostics: its metrics are the sums of every step's (the task
+    turns them into means). Step i trains on batch_at(*data, i)."""
+    @partial(jax.jit, donate_argnums=0)
+    def program(state, sums, *rest):
+        *data, lo, n, last, count = rest
+        state, sums = summed_loop(step, state, sums, lo, lo + n, lambda i: batch_at(*data, i))
+        return state, sums, sums
+
+    zeros = partial(zero_metrics, lambda state, *data: step(state, *batch_at(*data, 0)))
+    return ChunkRunner(program, zeros)
+
+
+def make_chunk_runner(train_step, mean: jnp.ndarray, std: jnp.ndarray) -> ChunkRunner:
+    """The chunk on one device, with the state's buffers donated (on CPU, convolutions by the library measured
+    faster here: sgrad/devices/conv_library.py)."""
+    return ChunkRunner(conv_library.jit(chunk_fn(train_step, mean, std), donate_argnums=0),
+                       zero_sums_fn(train_step, mean, std))

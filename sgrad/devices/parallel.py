@@ -11,17 +11,19 @@ import jax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from sgrad.devices.chunk import chunk_fn, make_chunk_runner, preprocess
+from sgrad.devices.chunk import ChunkRunner, chunk_fn, make_chunk_runner, preprocess, zero_sums_fn
 from sgrad.devices import conv_library
 from sgrad.devices.layout import build_pipeline, to_train_state
 from sgrad.devices.pipeline import DATA_AXIS, make_pipeline_runner
 from sgrad.core.step import TrainState, UpdateRule, make_train_step
 
-def make_data_parallel_runner(chunk: Callable, devices: Sequence[jax.Device]) -> Callable:
-    """jit(shard_map(chunk)): state and data replicated, each step's batch indices split over devices."""
+def make_data_parallel_runner(net, tx, rule: UpdateRule, mean, std, devices: Sequence[jax.Device]) -> ChunkRunner:
+    """jit(shard_map(chunk)): state, running sums and data replicated, each step's batch indices split over
+    devices."""
+    chunk = chunk_fn(make_train_step(net, tx, rule, axis_name=DATA_AXIS), mean, std)
     mesh = jax.make_mesh((len(devices),), (DATA_AXIS,), devices=devices)
-    specs = (P(), P(), P(), P(None, DATA_AXIS), P())
-    sharded = conv_library.jit(jax.shard_map(chunk, mesh=mesh, in_specs=specs, out_specs=(P(), P()),
+    specs = (P(), P(), P(), P(), P(None, DATA_AXIS), P(), P(), P(), P())
+    sharded = conv_library.jit(jax.shard_map(chunk, mesh=mesh, in_specs=specs, out_specs=(P(), P(), P()),
                                              check_vma=False), donate_argnums=0)
     placements = [NamedSharding(mesh, spec) for spec in specs]
 
@@ -29,13 +31,14 @@ def make_data_parallel_runner(chunk: Callable, devices: Sequence[jax.Device]) ->
         # A no-op for arguments already placed (the state after the first chunk, the data).
         return sharded(*(jax.device_put(a, s) for a, s in zip(args, placements)))
 
-    return run
+    # The metrics' shapes are those of the step on one device (its pmean leaves them as they are).
+    return ChunkRunner(run, zero_sums_fn(make_train_step(net, tx, rule), mean, std))
 
 
 def make_runner(parallel: str, net, tx, state: TrainState, rule: UpdateRule,
                 input_shape: Sequence[int], batch: int, mean, std,
-                devices: Sequence[jax.Device] | None = None, replicas: int = 1) -> tuple[Callable, Any, Callable]:
-    """(run_chunk, state in the runner's layout, view: that layout -> a plain TrainState for eval and probes).
+                devices: Sequence[jax.Device] | None = None, replicas: int = 1) -> tuple[ChunkRunner, Any, Callable]:
+    """(runner, state in the runner's layout, view: that layout -> a plain TrainState for eval and probes).
 
     `replicas`: with parallel=pipeline, copies of the pipeline over the batch (sgrad/devices/pipeline.py).
     """
@@ -48,8 +51,7 @@ def make_runner(parallel: str, net, tx, state: TrainState, rule: UpdateRule,
         if batch % len(devices):
             raise ValueError(f"parallel=data: trainer.batch_size={batch} must be divisible by the "
                              f"{len(devices)} devices")
-        step = make_train_step(net, tx, rule, axis_name=DATA_AXIS)
-        return make_data_parallel_runner(chunk_fn(step, mean, std), devices), state, _same
+        return make_data_parallel_runner(net, tx, rule, mean, std, devices), state, _same
     if parallel != "none":
         raise ValueError(f"parallel={parallel!r}: allowed values are none, data, pipeline")
     return (make_chunk_runner(make_train_step(net, tx, rule), mean, std),

@@ -31,6 +31,7 @@ from jax.sharding import PartitionSpec as P
 
 from sgrad.core.optim import Optimizers
 from sgrad.devices import conv_library
+from sgrad.devices.chunk import ChunkRunner
 from sgrad.devices.layout import Pipeline, PipelineState, pad, repack, unpad
 from sgrad.modes.stage import SLOTS, LockedTick, Tick
 
@@ -102,7 +103,9 @@ def _mean_over_replicas(tx: optax.GradientTransformation) -> optax.GradientTrans
 
 
 def unlocked_chunk_fn(pipe: Pipeline, preprocess: Callable, feed_every: int = 1):
-    """chunk(state, xs, ys, idx_CxB, n) per device, inside shard_map over PIPE_AXIS.
+    """chunk(state, sums, xs, ys, idx_CxB, lo, n, last, count) per device (ChunkRunner.program), inside shard_map
+    over PIPE_AXIS. Tick j reads row j of the index array; `sums` are the device's own metric slots (the slots
+    hold their counts, so `last` and `count` are not needed).
 
     `feed_every` > 1 feeds a minibatch only every that many ticks (row t of idx
     at tick t): with feed_every = K + 1 (2 with synthetic inputs) one minibatch
@@ -112,7 +115,7 @@ def unlocked_chunk_fn(pipe: Pipeline, preprocess: Callable, feed_every: int = 1)
     forward_perm = [(j, j + 1) for j in range(k - 1)]
     backward_perm = [(j + 1, j) for j in range(k - 1)]
 
-    def chunk(state: PipelineState, xs, ys, idx_CxB, n):
+    def chunk(state: PipelineState, sums, xs, ys, idx_CxB, lo, n, last, count):
         me = jax.lax.axis_index(PIPE_AXIS)
         branches = [partial(device_tick, pipe, i, preprocess) for i in range(k)]
 
@@ -129,14 +132,15 @@ def unlocked_chunk_fn(pipe: Pipeline, preprocess: Callable, feed_every: int = 1)
             s = PipelineState(s.step + 1, flat[None], fwd[None], bwd[None], past[None])
             return s, sums + metrics
 
-        state, sums = jax.lax.fori_loop(0, n, tick, (state, jnp.zeros(len(SLOTS))))
-        return state, _metrics(pipe, sums)
+        state, sums = jax.lax.fori_loop(lo, lo + n, tick, (state, sums))
+        return state, sums, _metrics(pipe, sums)
 
     return chunk
 
 
 def locked_chunk_fn(pipe: Pipeline, preprocess: Callable):
-    """chunk(state, xs, ys, idx_CxB, n) for a forward-locked mode, inside shard_map over PIPE_AXIS.
+    """chunk(state, sums, xs, ys, idx_CxB, lo, n, last, count) for a forward-locked mode, inside shard_map over
+    PIPE_AXIS (as unlocked_chunk_fn's).
 
     A tick is one step: K sub-steps in which device r runs its stage on the activation of device r-1 that just
     arrived (the locked forward pass, during which the others wait), then one backward ppermute carries every
@@ -146,7 +150,7 @@ def locked_chunk_fn(pipe: Pipeline, preprocess: Callable):
     forward_perm = [(j, j + 1) for j in range(k - 1)]
     backward_perm = [(j + 1, j) for j in range(k - 1)]
 
-    def chunk(state: PipelineState, xs, ys, idx_CxB, n):
+    def chunk(state: PipelineState, sums, xs, ys, idx_CxB, lo, n, last, count):
         me = jax.lax.axis_index(PIPE_AXIS)
         zeros_msg = jnp.zeros((pipe.batch, pipe.width), jnp.float32)
 
@@ -182,14 +186,14 @@ def locked_chunk_fn(pipe: Pipeline, preprocess: Callable):
             s = s.replace(step=s.step + 1, stage_KxS=flat[None])
             return s, sums + metrics
 
-        state, sums = jax.lax.fori_loop(0, n, tick, (state, jnp.zeros(len(SLOTS))))
-        return state, _metrics(pipe, sums)
+        state, sums = jax.lax.fori_loop(lo, lo + n, tick, (state, sums))
+        return state, sums, _metrics(pipe, sums)
 
     return chunk
 
 
 def make_pipeline_runner(pipe: Pipeline, preprocess: Callable, devices: Sequence[jax.Device],
-                         feed_every: int = 1) -> Callable:
+                         feed_every: int = 1) -> ChunkRunner:
     """jit(shard_map(chunk)) over the first K x replicas devices (stage i on devices i*D .. i*D+D-1); state
     buffers donated."""
     need = pipe.k * pipe.replicas
@@ -206,15 +210,18 @@ def make_pipeline_runner(pipe: Pipeline, preprocess: Callable, devices: Sequence
     mesh = jax.make_mesh((pipe.k, pipe.replicas), (PIPE_AXIS, DATA_AXIS), devices=devices[:need])
     message = P(PIPE_AXIS, DATA_AXIS)
     state_spec = PipelineState(P(), P(PIPE_AXIS), message, message, P(PIPE_AXIS, None, DATA_AXIS))
-    specs = (state_spec, P(), P(), P(None, DATA_AXIS), P())
+    per_device = P((PIPE_AXIS, DATA_AXIS))
+    specs = (state_spec, per_device, P(), P(), P(None, DATA_AXIS), P(), P(), P(), P())
     chunk = (locked_chunk_fn(pipe, preprocess) if pipe.rule.schedule == "locked" else
              unlocked_chunk_fn(pipe, preprocess, feed_every))
     sharded = conv_library.jit(jax.shard_map(chunk, mesh=mesh, in_specs=specs,
-                                             out_specs=(state_spec, P()), check_vma=False), donate_argnums=0)
+                                             out_specs=(state_spec, per_device, P()), check_vma=False),
+                               donate_argnums=0)
     placements = jax.tree.map(lambda spec: NamedSharding(mesh, spec), specs,
                               is_leaf=lambda x: isinstance(x, P))
 
     def run(*args):
         return sharded(*jax.tree.map(jax.device_put, args, placements))
 
-    return run
+    zeros = lambda state, *data: jnp.zeros(need * len(SLOTS))
+    return ChunkRunner(run, zeros)

@@ -1,7 +1,9 @@
 """Save and restore the training state with Orbax: every N steps, at the end, and on preemption.
 
 The data order is a pure function of (seed, step), so the TrainState (step,
-parameters, SG models, batch statistics, optimizer states) is all a resume needs.
+parameters, SG models, batch statistics, optimizer states) is all a resume needs;
+a run stopped inside a logged chunk also keeps that chunk's running metric sums
+beside its checkpoint, so the resumed run logs what an uninterrupted one does.
 """
 
 from __future__ import annotations
@@ -12,9 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 log = logging.getLogger("sgrad")
+
+CHUNK_SUMS = "chunk_sums.npz"
 
 
 @contextlib.contextmanager
@@ -61,11 +66,37 @@ class Checkpoints:
     def steps(self) -> list[int]:
         return sorted(self._manager.all_steps())
 
-    def save(self, step: int, state: Any) -> None:
+    def save(self, step: int, state: Any, chunk_sums: tuple[int, Any] | None = None) -> None:
+        """Save `state` at `step`; `chunk_sums`: (the first step they cover, the running metric sums on the
+        host) of the logged chunk `step` lies inside."""
         if step in self._manager.all_steps():
             return
         self._manager.save(step, args=ocp.args.StandardSave(state))
         self._manager.wait_until_finished()
+        if chunk_sums is not None and jax.process_index() == 0:
+            first, sums = chunk_sums
+            leaves = jax.tree_util.tree_flatten_with_path(sums)[0]
+            path = self.directory / str(step) / CHUNK_SUMS
+            with open(path.with_suffix(".tmp"), "wb") as f:
+                np.savez(f, *(np.asarray(leaf) for _, leaf in leaves), first=np.int64(first),
+                         names=np.array([_leaf_name(p) for p, _ in leaves]))
+            path.with_suffix(".tmp").replace(path)
+
+    def chunk_sums(self, step: int, like: Any) -> tuple[int, Any] | None:
+        """(first step covered, sums shaped like `like`) saved with the checkpoint at `step`, or None (none
+        saved, or another shape of sums)."""
+        path = self.directory / str(step) / CHUNK_SUMS
+        if not path.is_file():
+            return None
+        leaves, treedef = jax.tree_util.tree_flatten_with_path(like)
+        with np.load(path) as saved:
+            names = [_leaf_name(p) for p, _ in leaves]
+            arrays = [saved[f"arr_{i}"] for i in range(len(leaves)) if f"arr_{i}" in saved.files]
+            if list(saved["names"]) != names or [a.shape for a in arrays] != [np.shape(x) for _, x in leaves]:
+                log.warning("the running metric sums beside the checkpoint at step %d do not fit this run's "
+                            "metrics; the chunk's metrics start over", step)
+                return None
+            return int(saved["first"]), jax.tree_util.tree_unflatten(treedef, arrays)
 
     def _mismatch(self, step: int, like: Any) -> str | None:
         """How the checkpoint at `step` differs from `like` in structure or shapes; None when it fits (or when

@@ -102,7 +102,7 @@ class ClassificationTask:
         x = preprocess(self._train[0][:tcfg.batch_size], self._mean, self._std)
         state = self.decoupled.init(jax.random.key(self.cfg.seed), x, self._train[1][:tcfg.batch_size])
         d = self.decoupled
-        self._run_chunk, state, self._view = make_runner(str(self.cfg.parallel), d.network, d.tx, state, d.settings,
+        self.runner, state, self._view = make_runner(str(self.cfg.parallel), d.network, d.tx, state, d.settings,
                                                          self.data.input_shape, tcfg.batch_size, self._mean, self._std,
                                                          replicas=self.cfg.replicas)
         return state
@@ -113,9 +113,8 @@ class ClassificationTask:
     def restore(self, saved):
         return saved
 
-    def run_chunk(self, state, start: int, stop: int):
-        idx = self.order.chunk(start, stop - start, self.cfg.trainer.log_every)
-        return self._run_chunk(state, *self._train, idx, np.int32(stop - start))
+    def chunk_data(self, start: int, stop: int):
+        return (*self._train, self.order.chunk(start, stop - start, self.cfg.trainer.log_every))
 
     def chunk_metrics(self, device_metrics, start: int, stop: int, seconds: float) -> dict[str, float]:
         out = {("train/" + k if "/" not in k else k): float(v) for k, v in device_metrics.items()}

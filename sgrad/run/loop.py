@@ -22,8 +22,9 @@ from tqdm import tqdm
 from sgrad.run.checkpoint import Checkpoints, find_checkpoint_dir
 from sgrad.run.metrics import MetricWriter, read_jsonl, rewind
 from sgrad.config import flat_config
-from sgrad.run.rundir import (check_run_dir, record_config, resume_command, single_run_name, sweep_name,
-                               swept_settings)
+from sgrad.run.pacing import Pacer
+from sgrad.run.rundir import (RECORD, check_run_dir, discard_stub, record_config, resume_command, single_run_name,
+                              sweep_name, swept_settings)
 from sgrad.run.signals import StopRequest
 from sgrad.run.task import Task
 from sgrad.run.record import DivergenceError, Preempted, earlier_segments, run_record
@@ -65,12 +66,29 @@ def _last_logged(workdir: Path) -> dict:
     return last
 
 
-def _agree(flag: int) -> int:
-    """The largest flag over all processes (a stop on one process stops all, at the same step)."""
+def _agree(flag: int, steps: int) -> tuple[int, int]:
+    """(the largest stop flag over all processes, process 0's step count): a stop on one process stops all, and
+    every process dispatches the same steps, at the same step."""
     if jax.process_count() == 1:
-        return flag
+        return flag, steps
     from jax.experimental import multihost_utils
-    return int(np.max(multihost_utils.process_allgather(np.int32(flag))))
+    both = np.asarray(multihost_utils.process_allgather(np.array([flag, steps], np.int32)))
+    return int(both[:, 0].max()), int(both[0, 1])
+
+
+def _host_copy(tree: Any) -> Any:
+    """`tree` on the host, also where its arrays span the devices of several processes."""
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    from jax.experimental import multihost_utils
+    return multihost_utils.process_allgather(tree)
+
+
+def _grid(step: int, every: list[int], total: int) -> tuple[int, int]:
+    """The logged chunk `step` lies in: (its first step, its end), the grid points around it. Chunk ends lie on
+    a fixed grid of steps, so a resumed run logs exactly the same points."""
+    return (max([0] + [(step // e) * e for e in every]),
+            min([total] + [(step // e + 1) * e for e in every]))
 
 
 def _non_finite(values: dict[str, float]) -> list[str]:
@@ -83,11 +101,13 @@ def run(cfg: Any, workdir: str | Path, task: Task) -> dict:
     lead = jax.process_index() == 0
     tcfg = cfg.trainer
     check_run_dir(cfg, workdir)
+    fresh = not (workdir / RECORD).is_file()  # no earlier start used this run dir
     workdir.mkdir(parents=True, exist_ok=True)
     total = task.total_steps
     every_eval = eval_every(cfg, task)
     every_probe = task.probe_every
     every_save = cfg.checkpoint.every
+    every = [e for e in (tcfg.log_every, every_eval, every_probe, every_save) if e]
 
     state = task.init()
     checkpoints = Checkpoints(workdir / "checkpoints", cfg.checkpoint.keep)
@@ -102,6 +122,7 @@ def run(cfg: Any, workdir: str | Path, task: Task) -> dict:
         log.info("resuming from the checkpoint at step %d in %s", step, source.directory)
     if source is not checkpoints:
         source.close()
+    start_step = step
     # The newest good checkpoint this run can go back to: (step, folder), or None.
     kept = (step, source.directory) if restored is not None else None
     swept = swept_settings()
@@ -113,7 +134,6 @@ def run(cfg: Any, workdir: str | Path, task: Task) -> dict:
         # Whatever was logged after the restored step is about to be recomputed.
         rewind(workdir, step, run_name)
         earlier = earlier_segments(workdir / "summary.json")
-        (workdir / "summary.json").unlink(missing_ok=True)
     last = _last_logged(workdir) if lead else {}
     writer = MetricWriter(workdir, cfg.log.tensorboard, enabled=lead, run_name=run_name)
     if step == 0:
@@ -122,16 +142,40 @@ def run(cfg: Any, workdir: str | Path, task: Task) -> dict:
     bar = tqdm(total=total, initial=step, desc=task.name, unit="step", disable=not (tcfg.progress and lead),
                dynamic_ncols=True)
     t_mark = time.perf_counter()
-    pending = None  # a dispatched chunk whose metrics are still on the device: (start, stop, metrics)
-    pace = None  # seconds per step, from the last chunk that finished
-    stop_at = step  # where a stop signal would end the run: the end of the last chunk dispatched
-    finished = step  # the last step whose chunk has finished
+    pending = None  # a finished logged chunk whose metrics are still on the device: (first step, end, metrics)
+    stop_at = step  # where a stop signal would end the run: the end of the last dispatch
+    stop_request = StopRequest()
+
+    def started() -> None:
+        """The first dispatch has run: from now on a stop signal ends the run with a checkpoint."""
+        with stop_request.lock:
+            stop_request.early = None
+        if lead:
+            # The earlier segment's summary no longer describes the run dir.
+            (workdir / "summary.json").unlink(missing_ok=True)
+
+    pacer = Pacer(on_first_finish=started)
+    told_pace = False  # the pace is logged once it is known: a slow network's first log point may be minutes away
 
     def where_it_stops() -> str:
-        if pace is None:
-            return f"the run will stop at step {stop_at} with a checkpoint, once the first chunk has compiled and run"
-        left = max(0, stop_at - finished) * pace
-        return f"the run will stop at step {stop_at} with a checkpoint, in about {left:.0f} s"
+        left = pacer.seconds_to(stop_at)
+        when = "when the step under way ends" if left is None else f"in about {left:.0f} s"
+        return f"the run will stop at step {stop_at} with a checkpoint, {when}"
+
+    def give_up(signum: int) -> str:
+        """What a stop signal before the first dispatch has run leaves: the run dir as this start found it, or none."""
+        rerun = resume_command(workdir)
+        if start_step > 0:
+            return f"nothing was trained since the checkpoint at step {start_step}. Resume with: {rerun}"
+        if fresh:
+            import shutil
+            for p in workdir.iterdir():  # what this start wrote; Hydra's own files go with the stub
+                if p.name != ".hydra" and p.suffix != ".log":
+                    shutil.rmtree(p) if p.is_dir() else p.unlink()
+            discard_stub(workdir)
+        said = "nothing was trained" + ("" if workdir.exists() else ", no run dir was left")
+        # The other jobs of a sweep run in this process too: say how the sweep goes on.
+        return said + (f". Resume the sweep with: {rerun}" if swept_settings() else "")
 
     def diverged(at_step: int, values: dict[str, float]) -> DivergenceError:
         detail = task.divergence_detail(state)
@@ -141,20 +185,20 @@ def run(cfg: Any, workdir: str | Path, task: Task) -> dict:
                                f"{'; ' + detail if detail else ''}. The logs are kept in {workdir}; {where}")
 
     def drain() -> None:
-        """Pull a finished chunk's metrics to the host (after the next chunk was dispatched, when possible)."""
-        nonlocal pending, t_mark, pace, finished
-        start, stop, metrics = pending
+        """Pull a finished chunk's metrics to the host (after the next dispatch was issued, when possible)."""
+        nonlocal pending, t_mark
+        first, end, metrics = pending
+        pacer.wait(up_to=end)
         metrics = jax.device_get(metrics)
         now = time.perf_counter()
-        out = task.chunk_metrics(metrics, start, stop, now - t_mark)
-        pace, finished = (now - t_mark) / max(1, stop - start), stop
+        out = task.chunk_metrics(metrics, first, end, now - t_mark)
         t_mark, pending = now, None
         # The bar moves when a chunk's metrics arrive, so the loss it shows is that of the step it shows:
         # the postfix is set first, and update() draws both.
         bar.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in list(out.items())[:2]}, refresh=False)
         bar.set_description_str(task.name, refresh=False)
-        bar.update(stop - start)
-        record(stop, out)
+        bar.update(end - bar.n)
+        record(end, out)
 
     def record(at_step: int, values: dict[str, float]) -> None:
         """Log metrics, keep them for the summary, and stop on a non-finite one (after writing it, so the
@@ -164,11 +208,14 @@ def run(cfg: Any, workdir: str | Path, task: Task) -> dict:
         if _non_finite(values):
             raise diverged(at_step, values)
 
-    def save() -> None:
-        """A checkpoint of where the run is now, after the logs up to it are on disk."""
+    def save(chunk_sums: tuple[int, Any] | None = None) -> None:
+        """A checkpoint of where the run is now, after the logs up to it are on disk; `chunk_sums`: (first step,
+        running sums on the device) of the logged chunk it lies inside."""
         nonlocal kept
         writer.flush()
-        checkpoints.save(step, task.checkpoint(state))
+        if chunk_sums is not None:
+            chunk_sums = (chunk_sums[0], _host_copy(chunk_sums[1]))
+        checkpoints.save(step, task.checkpoint(state), chunk_sums)
         kept = (step, checkpoints.directory)
 
     def fields() -> dict:
@@ -181,27 +228,49 @@ def run(cfg: Any, workdir: str | Path, task: Task) -> dict:
         # The first chunk compiles before it runs: say so, instead of a bar that sits at 0 %.
         log.info("compiling the training step (the first chunk starts when it is done)")
         bar.set_description_str(f"{task.name} (compiling)", refresh=True)
-    with run_record(workdir, fields, closing, enabled=lead, earlier=earlier) as summary, StopRequest() as stop_request:
+    with run_record(workdir, fields, closing, enabled=lead, earlier=earlier) as summary, stop_request:
         stop_request.plan = where_it_stops if lead else None
+        stop_request.early = give_up if step < total else None
         while step < total:
-            if stop_request.received and jax.process_count() == 1:
-                # The signal came after the last chunk's check, and was told this step: stop here, not a chunk
-                # later (with several processes the stop waits for the next check, where they all agree).
+            begin, end = _grid(step, every, total)
+            data = task.chunk_data(begin, end)
+            sums = task.runner.zeros(state, *data)
+            first = step  # the first step `sums` covers
+            if step == start_step and step > begin and restored is not None:
+                # Stopped inside this chunk: its sums so far were kept with the checkpoint.
+                partial = source.chunk_sums(step, sums)
+                if partial is not None:
+                    first, sums = partial
+            while step < end:
+                # A logged chunk runs as dispatches of a few seconds each; before each, a stop signal is honoured.
+                pacer.make_room()
+                if pacer.pace is not None and not told_pace:
+                    told_pace = True
+                    log.info("training: %.3g s per step; the chunk up to step %d ends in about %.0f s", pacer.pace,
+                             end, (end - step) * pacer.pace)
+                n = pacer.steps(end - step)
+                with stop_request.lock:
+                    stopping = stop_request.received
+                    if stopping:
+                        stop_request.exit_if_early(stopping)  # nothing trained yet: no checkpoint to write
+                    stop_at = step if stopping else step + n
+                stopping, n = _agree(stopping, n)
+                if stopping:
+                    pacer.wait()
+                    if pending is not None:
+                        drain()
+                    if kept is None or kept[0] != step:
+                        save((first, sums) if step > begin else None)
+                    raise Preempted(stopping, step, resume_command(workdir))
+                stop_at = step + n
+                state, sums, metrics = task.runner.program(state, sums, *data, np.int32(step - begin), np.int32(n),
+                                                           np.bool_(step + n == end), np.int32(end - first))
+                pacer.dispatched(step + n, n, sums)
+                step += n
                 if pending is not None:
-                    drain()
-                if kept is None or kept[0] != step:
-                    save()
-                raise Preempted(stop_request.received, step, resume_command(workdir))
-            # Chunk ends lie on a fixed grid of steps, so a resumed run logs exactly the same points.
-            stop = min([total] + [(step // e + 1) * e for e in
-                                  (tcfg.log_every, every_eval, every_probe, every_save) if e])
-            stop_at = stop
-            state, metrics = task.run_chunk(state, step, stop)
-            if pending is not None:
-                drain()
-            pending, step = (step, stop, metrics), stop
-            stopping = _agree(stop_request.received)
-            saving = _due(every_save, step) or step == total or stopping
+                    drain()  # the last chunk's metrics, now that the device has the next steps to run
+            pending = (first, end, metrics)
+            saving = _due(every_save, step) or step == total
             evaluating = _due(every_eval, step) or step == total
             probing = _due(every_probe, step) or (every_probe and step == total)
             if task.synchronous or evaluating or probing or saving:
@@ -218,8 +287,6 @@ def run(cfg: Any, workdir: str | Path, task: Task) -> dict:
             if pending is None:
                 # Everything dispatched has finished: eval, probe and checkpoint time stay out of steps/s.
                 t_mark = time.perf_counter()
-            if stopping:
-                raise Preempted(stopping, step, resume_command(workdir))
     final = ", ".join(f"{k} {summary[k]:.4g}" for k in task.final_metrics if isinstance(summary.get(k), float))
     log.info("done (%d steps): %s; wrote %s (metrics.jsonl, tb/, checkpoints/, summary.json)", step,
              final or "no final metrics", workdir.absolute())

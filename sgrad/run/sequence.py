@@ -8,14 +8,13 @@ the next chunk is built.
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sgrad.devices.chunk import summed_loop
+from sgrad.devices.chunk import summed_chunk_runner
 from sgrad.data.text import TextStream, load_char_corpus, load_text_corpus
 from sgrad.run.build import build_recurrent_net, build_train_optimizer
 from sgrad.core.recurrent import (LN2, RecurrentState, future_gradient_probe, init_recurrent,
@@ -62,11 +61,9 @@ class SequenceTask:
         self._tx = build_train_optimizer(cfg, t.steps)
         net, step_fn = self.net, make_recurrent_step(self.net, self._tx)
 
-        @partial(jax.jit, donate_argnums=0)
-        def run_chunk(state: RecurrentState, x, y, mask, resets, n):
-            """Windows 0..n-1 of a chunk generated one window long, so every window sees the one after it."""
-            return summed_loop(step_fn, state, n,
-                               lambda i: (x[i], y[i], mask[i], resets[i], (y[i + 1], mask[i + 1], resets[i + 1])))
+        # A chunk is generated one window longer than it trains on, so that every window sees the one after it.
+        self.runner = summed_chunk_runner(step_fn, lambda x, y, mask, resets, i: (
+            x[i], y[i], mask[i], resets[i], (y[i + 1], mask[i + 1], resets[i + 1])))
 
         @jax.jit
         def probe(params, s0, x, y, mask, resets):
@@ -82,7 +79,7 @@ class SequenceTask:
             _, (nats, units) = jax.lax.scan(body, s0, (x, y, mask, resets))
             return nats.sum(), units.sum()
 
-        self._run_chunk, self._probe, self._evaluate = run_chunk, probe, evaluate_stream
+        self._probe, self._evaluate = probe, evaluate_stream
 
     def init(self) -> RecurrentState:
         t = self.cfg.trainer
@@ -99,12 +96,11 @@ class SequenceTask:
             self.stream.level, self.stream.solved = (int(v) for v in saved["curriculum"])
         return saved["state"]
 
-    def run_chunk(self, state, start: int, stop: int):
-        n, length = stop - start, self.cfg.trainer.log_every
-        chunk = self.stream.chunk(start, length + 1)  # stops lie on the log_every grid: n <= length
+    def chunk_data(self, start: int, stop: int):
+        chunk = self.stream.chunk(start, self.cfg.trainer.log_every + 1)  # stops lie on the log_every grid
         if self.copy:
             chunk.resets[-1, :, 0] = 1.0  # the next chunk starts fresh streams: nothing follows this one
-        return self._run_chunk(state, chunk.x, chunk.y, chunk.mask, chunk.resets, np.int32(n))
+        return jax.device_put((chunk.x, chunk.y, chunk.mask, chunk.resets))
 
     def chunk_metrics(self, sums, start: int, stop: int, seconds: float) -> dict[str, float]:
         sums = {k: float(v) for k, v in sums.items()}

@@ -1,9 +1,11 @@
 """SIGTERM/SIGINT during a run: the first asks the loop to checkpoint and stop; a second exits at once.
 
 Python runs signal handlers only between bytecodes of the main thread, so a
-process blocked in a collective or a file lock would never see its handler. A
-watcher thread reads the signal numbers from the wakeup fd instead and exits
-the process on the second signal, whatever the main thread is doing.
+process blocked in a compilation, a collective or a file lock would not see its
+handler. A watcher thread reads the signal numbers from the wakeup fd instead:
+it records the request, says where the run will stop, exits at once while
+nothing has been trained yet (a checkpoint there would hold nothing new), and
+exits on the second signal, whatever the main thread is doing.
 """
 
 from __future__ import annotations
@@ -15,15 +17,29 @@ import sys
 import threading
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# Whether a stop signal before the first step may end the process (sgrad-train's, not a notebook kernel's).
+_OWNS_PROCESS = False
+
+
+def own_process() -> None:
+    """Called by sgrad-train: this process is the run's, so a stop signal that comes before anything was trained
+    exits it at once (see StopRequest.early)."""
+    global _OWNS_PROCESS
+    _OWNS_PROCESS = True
 
 
 class StopRequest:
     """Within the block, `received` is the first stop signal's number (0: none). `plan`, if set, says where the
-    run will stop; it is printed as soon as the first signal arrives, not when the loop gets to it."""
+    run will stop; it is printed as soon as the first signal arrives, not when the loop gets to it. `early`, if
+    set in a process sgrad-train owns (own_process), is called instead at the first signal (with its number),
+    says in one line what was kept, and the process exits at once. Reading `received` and fixing what `plan` says happen under `lock`, so what is
+    printed is where the run stops."""
 
     def __init__(self):
         self.received = 0
         self.plan = None
+        self.early = None
+        self.lock = threading.Lock()
         self._previous: dict = {}
         self._wakeup = None
         self._count = 0
@@ -43,14 +59,29 @@ class StopRequest:
             for signum in data:
                 if signum in SIGNALS:
                     self._count += 1
-                    if self._count == 1 and self.plan is not None:
-                        name = signal.Signals(signum).name
-                        print(f"\nsgrad-train: {name}: {self.plan()}; a second {name} exits at once, without "
-                              "a checkpoint", file=sys.stderr, flush=True)
+                    if self._count == 1:
+                        self._first(signum)
                     if self._count >= 2:
                         print(f"sgrad-train: second {signal.Signals(signum).name}: exiting now, without a checkpoint",
                               file=sys.stderr, flush=True)
                         os._exit(128 + signum)
+
+    def exit_if_early(self, signum: int) -> None:
+        """While `early` is set: say what was kept, in one line, and exit. The caller holds `lock`."""
+        if self.early is not None and _OWNS_PROCESS:
+            print(f"\nsgrad-train: {signal.Signals(signum).name} before the first training step finished: exiting "
+                  f"now; {self.early(signum)}", file=sys.stderr, flush=True)
+            os._exit(128 + signum)
+
+    def _first(self, signum: int) -> None:
+        name = signal.Signals(signum).name
+        with self.lock:
+            if not self.received:
+                self.received = signum
+            self.exit_if_early(signum)
+            if self.plan is not None:
+                print(f"\nsgrad-train: {name}: {self.plan()}; a second {name} exits at once, without a checkpoint",
+                      file=sys.stderr, flush=True)
 
     def __enter__(self):
         if threading.current_thread() is not threading.main_thread():

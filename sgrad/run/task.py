@@ -30,11 +30,16 @@ class Task(Protocol):
     def restore(self, saved: Any) -> Any:
         """The state from what `checkpoint` produced (and host-side progress set back)."""
 
-    def run_chunk(self, state: Any, start: int, stop: int) -> tuple[Any, Any]:
-        """Steps start..stop-1: (state, metrics still on the device)."""
+    # The compiled chunk program (sgrad/devices/chunk.py: ChunkRunner); set by `init` at the latest. The loop
+    # runs a logged chunk as one or several dispatches of it, each bounded in time.
+    runner: Any
+
+    def chunk_data(self, start: int, stop: int) -> tuple:
+        """What steps start..stop-1 read, row j for step start + j: the runner's data arguments (stop lies on
+        the log_every grid, so a chunk never holds more than trainer.log_every rows)."""
 
     def chunk_metrics(self, device_metrics: Any, start: int, stop: int, seconds: float) -> dict[str, float]:
-        """Host metrics of a finished chunk, named as they are logged."""
+        """Host metrics of a finished chunk whose metrics cover steps start..stop-1, named as they are logged."""
 
     def evaluate(self, state: Any, step: int) -> dict[str, float]:
         """Held-out metrics (may be empty for generated tasks)."""

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 
 import jax
 import numpy as np
 
-from sgrad.devices.chunk import summed_loop
+from sgrad.devices.chunk import summed_chunk_runner
 from sgrad.core.two_timescale import init_two_clock, make_two_clock_step, stream
 from sgrad.run.build import build_train_optimizer, build_two_clock_net
 from sgrad.run.task import non_finite_parameters
@@ -32,10 +31,7 @@ class TwoClockTask:
         self._tx = build_train_optimizer(cfg, t.steps)
         step_fn = make_two_clock_step(self.net, self._tx)
 
-        @partial(jax.jit, donate_argnums=0)
-        def run_chunk(state, x, y_a, y_b, n):
-            return summed_loop(step_fn, state, n, lambda i: (x[i], y_a[i], y_b[i]))
-        self._run_chunk = run_chunk
+        self.runner = summed_chunk_runner(step_fn, lambda x, y_a, y_b, i: (x[i], y_a[i], y_b[i]))
 
     def init(self):
         return init_two_clock(self.net, jax.random.key(self.cfg.seed), self.cfg.trainer.batch_size,
@@ -47,11 +43,10 @@ class TwoClockTask:
     def restore(self, saved):
         return saved
 
-    def run_chunk(self, state, start: int, stop: int):
+    def chunk_data(self, start: int, stop: int):
         t = self.cfg.trainer
-        x, y_a, y_b = stream(np.random.default_rng([self.cfg.seed, start]), t.batch_size, t.log_every, t.bptt,
-                             self.cfg.dataset.bits)
-        return self._run_chunk(state, x, y_a, y_b, np.int32(stop - start))
+        return jax.device_put(stream(np.random.default_rng([self.cfg.seed, start]), t.batch_size, t.log_every,
+                                     t.bptt, self.cfg.dataset.bits))
 
     def chunk_metrics(self, sums, start: int, stop: int, seconds: float) -> dict[str, float]:
         n = stop - start

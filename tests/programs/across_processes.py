@@ -13,14 +13,14 @@ jax.distributed.initialize(f"localhost:{sys.argv[2]}", num_processes=2, process_
 assert jax.process_count() == 2 and jax.device_count() == 2 and jax.local_device_count() == 1
 
 from conftest import device_data, make_cfg
-from sgrad.devices.chunk import chunk_fn, make_chunk_runner, preprocess
+from sgrad.devices.chunk import make_chunk_runner, preprocess
 from sgrad.models.network import init_variables
 from sgrad.run.build import build_network, build_train_optimizer
-from sgrad.devices.parallel import DATA_AXIS, make_data_parallel_runner
+from sgrad.devices.parallel import make_data_parallel_runner
 from sgrad.devices.layout import build_pipeline, to_train_state
 from sgrad.devices.pipeline import make_pipeline_runner
 from sgrad.devices.sequential import run_sequential
-from sgrad.core.step import create_state, make_train_step
+from sgrad.core.step import UpdateRule, create_state, make_train_step
 
 B, shape = 16, (6, 6, 1)
 rng = np.random.default_rng(0)  # the same data and initial parameters in both processes
@@ -58,8 +58,8 @@ net = build_network(cfg, shape, 10)
 params, stats = init_variables(net, jax.random.key(1), jnp.zeros((B, *shape)))
 tx = build_train_optimizer(cfg, 100)
 single, _ = make_chunk_runner(make_train_step(net, tx), mean, std)(fresh(), xs, ys, idx, np.int32(T))
-step = make_train_step(net, tx, axis_name=DATA_AXIS)
-multi, _ = make_data_parallel_runner(chunk_fn(step, mean, std), jax.devices())(fresh(), xs, ys, idx, np.int32(T))
+multi, _ = make_data_parallel_runner(net, tx, UpdateRule(), mean, std, jax.devices())(fresh(), xs, ys, idx,
+                                                                                        np.int32(T))
 d = max_diff(gather(multi.params), single.params)
 assert d < 1e-5, d
 print("data ok", flush=True)

@@ -10,7 +10,7 @@ from conftest import device_data, make_cfg
 from sgrad.models.network import init_variables
 from sgrad.run.build import build_network, build_train_optimizer
 from sgrad.devices.parallel import DATA_AXIS, make_data_parallel_runner
-from sgrad.core.step import create_state, make_train_step
+from sgrad.core.step import UpdateRule, create_state, make_train_step
 from sgrad.devices.chunk import chunk_fn, make_chunk_runner
 
 assert jax.device_count() == int(sys.argv[1])
@@ -28,8 +28,7 @@ for mode in ("backprop", "dni", "cdni"):
     idx = rng.integers(0, 256, (5, 32)).astype(np.int32)
     single = make_chunk_runner(make_train_step(net, tx), mean, std)
     s1, m1 = single(fresh(), xs, ys, idx, np.int32(5))
-    step = make_train_step(net, tx, axis_name=DATA_AXIS)
-    multi = make_data_parallel_runner(chunk_fn(step, mean, std), jax.devices())
+    multi = make_data_parallel_runner(net, tx, UpdateRule(), mean, std, jax.devices())
     s2, m2 = multi(fresh(), xs, ys, idx, np.int32(5))
     for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s2.params)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=2e-6)
@@ -43,10 +42,13 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 mesh = jax.make_mesh((jax.device_count(),), (DATA_AXIS,))
-specs = (P(), P(), P(), P(None, DATA_AXIS), P())
-sharded = jax.jit(jax.shard_map(chunk_fn(step, mean, std), mesh=mesh, in_specs=specs, out_specs=(P(), P()),
+specs = (P(), P(), P(), P(), P(None, DATA_AXIS), P(), P(), P(), P())
+step = make_train_step(net, tx, axis_name=DATA_AXIS)
+sharded = jax.jit(jax.shard_map(chunk_fn(step, mean, std), mesh=mesh, in_specs=specs, out_specs=(P(), P(), P()),
                                 check_vma=False))
-args = [jax.device_put(a, NamedSharding(mesh, sp)) for a, sp in zip((fresh(), xs, ys, idx, np.int32(5)), specs)]
+state = fresh()
+chunk = (state, multi.zeros(state, xs, ys, idx), xs, ys, idx, np.int32(0), np.int32(5), np.bool_(True), np.int32(5))
+args = [jax.device_put(a, NamedSharding(mesh, sp)) for a, sp in zip(chunk, specs)]
 reduces = [line for line in sharded.lower(*args).compile().as_text().splitlines() if " all-reduce(" in line]
 assert reduces and all(line.split("=")[1].strip().startswith("f32[") for line in reduces), reduces
 print("one bucket ok")
