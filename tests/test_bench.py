@@ -1,5 +1,6 @@
 """scripts/bench.py still runs (speed itself is measured by the script, not asserted here)."""
 
+import re
 import sys
 from pathlib import Path
 
@@ -97,4 +98,6 @@ def test_pipeline_profile_writes_every_mode(tmp_path):
                          capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-2000:]
     report = out.read_text()
-    assert "ms one way" in report and "| cdni | 1+3 | 1 |" in report and "| ddg | 1+3 | 0 |" in report
+    # The split follows each layer's measured cost, which a busy machine can move (1+3 or 2+2).
+    assert "ms one way" in report and re.search(r"\| cdni \| \d\+\d \| 1 \|", report) \
+        and re.search(r"\| ddg \| \d\+\d \| 0 \|", report), report

@@ -375,7 +375,9 @@ TASKS = {
 }
 
 
-@pytest.mark.parametrize("family", list(TASKS))
+# The classification run checks the loop's property in the fast tier; the other task families in the slow one.
+@pytest.mark.parametrize("family", [f if f == "classification" else pytest.param(f, marks=pytest.mark.slow)
+                                    for f in TASKS])
 def test_a_stop_inside_a_chunk_checkpoints_there_and_the_resumed_run_equals_one_never_stopped(
         idx_dir, tmp_path, monkeypatch, family):
     cfg = TASKS[family](idx_dir)

@@ -24,9 +24,15 @@ def _train(idx_dir, tmp_path, *overrides):
     return train_and_evaluate(cfg, tmp_path)
 
 
-@pytest.mark.parametrize("model, mode", [(m, mode) for m in ("fcn", "cnn") for mode in ("backprop", "dni", "cdni")]
+# Every mode learns on the FCN in the fast tier; the CNN runs are slow (the CNN's step is checked fast against the
+# rules in tests/test_dni.py and tests/test_decoupled.py, and its compiled chunk against its steps below).
+_cnn = lambda mode: pytest.param("cnn", mode, marks=pytest.mark.slow)
+
+
+@pytest.mark.parametrize("model, mode", [("fcn", mode) for mode in ("backprop", "dni", "cdni")]
+                         + [_cnn(mode) for mode in ("backprop", "dni", "cdni")]
                          + [("fcn", "dni_full"), ("fcn", "cdni_full")]
-                         + [(m, mode) for m in ("fcn", "cnn") for mode in ("dgl", "ddg")] + [("fcn", "fr")])
+                         + [("fcn", "dgl"), _cnn("dgl"), ("fcn", "ddg"), _cnn("ddg"), ("fcn", "fr")])
 def test_every_mode_learns(idx_dir, tmp_path, mode, model):
     layers = 4 if model == "fcn" else 3
     summary = _train(idx_dir, tmp_path, f"mode={mode}", f"model.name={model}", f"model.layers={layers}",

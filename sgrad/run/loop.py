@@ -224,13 +224,13 @@ def run(cfg: Any, workdir: str | Path, task: Task) -> dict:
         return out
 
     closing = [bar, writer, checkpoints]
-    if step < total:
-        # The first chunk compiles before it runs: say so, instead of a bar that sits at 0 %.
-        log.info("compiling the training step (the first chunk starts when it is done)")
-        bar.set_description_str(f"{task.name} (compiling)", refresh=True)
     with run_record(workdir, fields, closing, enabled=lead, earlier=earlier) as summary, stop_request:
         stop_request.plan = where_it_stops if lead else None
         stop_request.early = give_up if step < total else None
+        if step < total:
+            # The first chunk compiles before it runs: say so, instead of a bar that sits at 0 %.
+            log.info("compiling the training step (the first chunk starts when it is done)")
+            bar.set_description_str(f"{task.name} (compiling)", refresh=True)
         while step < total:
             begin, end = _grid(step, every, total)
             data = task.chunk_data(begin, end)
