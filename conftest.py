@@ -170,3 +170,8 @@ def assert_same_run(run: Path, ref: Path) -> None:
     assert step == ref_step
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+# The rules are written once for any module; a property checked on the FCN in the fast tier is checked on the CNN
+# (its convolutions and conv SG models, slower to compile) in the slow tier.
+MODELS = ["fcn", pytest.param("cnn", marks=pytest.mark.slow)]

@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import make_cfg, sgd_states
+from conftest import MODELS, make_cfg, sgd_states
 from sgrad.core import delayed, dni, greedy
 from sgrad.core.optim import Optimizers
 from sgrad.core.step import create_state, make_train_step
@@ -53,7 +53,7 @@ def _perturb(tree, key, scale=0.5):
 
 # --- Decoupled Greedy Learning ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("model", ["fcn", "cnn"])
+@pytest.mark.parametrize("model", MODELS)
 def test_dgl_nothing_above_a_module_changes_its_update(model):
     net, params, stats, x, y = _setup("dgl", model, layers=4)
     base, _, _ = greedy.dgl_grads(net, params, stats, x, y)
@@ -117,7 +117,7 @@ def _ddg_run(net, params, stats, batches, lr=0.05):
     return sgd_states(net, params, stats, batches, lr)
 
 
-@pytest.mark.parametrize("model", ["fcn", "cnn"])
+@pytest.mark.parametrize("model", MODELS)
 def test_ddg_module_k_applies_the_true_gradient_of_the_minibatch_fed_k_steps_ago_at_that_steps_weights(model):
     net, params, stats, x, y = _setup("ddg", model, layers=4)
     k, lr, batches = len(net.modules), 0.05, _batches(7)

@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import make_cfg
+from conftest import MODELS, make_cfg
 from sgrad.core import dni
 from sgrad.models.network import apply
 from sgrad.models.network import init_variables
@@ -57,7 +57,7 @@ def _allclose(a, b, **kw):
     jax.tree.map(lambda u, v: np.testing.assert_allclose(np.asarray(u), np.asarray(v), **kw), a, b)
 
 
-@pytest.mark.parametrize("model", ["fcn", "cnn"])
+@pytest.mark.parametrize("model", MODELS)
 def test_oracle_synthetic_gradient_gives_the_backprop_update(model):
     _, net, params, stats, x, y = _setup(model=model)
     oracle = _true_interface_grads(net, params, stats, x, y)
@@ -205,7 +205,7 @@ def test_probe_compares_synthetic_with_true_gradients():
         np.testing.assert_allclose(out[f"sg/norm_ratio/{i}"], np.linalg.norm(a) / np.linalg.norm(b), rtol=1e-4)
 
 
-@pytest.mark.parametrize("model", ["fcn", "cnn"])
+@pytest.mark.parametrize("model", MODELS)
 def test_complete_unlocking_trains_modules_on_synthetic_inputs(model):
     _, net, params, stats, x, y = _setup(mode="cdni_full", model=model, randomize_sg=True)
     assert len(net.input_models) == len(net.modules) - 1

@@ -365,8 +365,8 @@ def test_hparams_show_the_settings_of_the_runs_kind_of_model_and_what_the_sweep_
 
 TASKS = {
     "classification": lambda idx_dir: make_cfg("dataset.name=idx", f"dataset.dir={idx_dir}", "mode=dni",
-                                               "trainer.steps=60", "trainer.log_every=20", "checkpoint.every=40",
-                                               "log.grad_probe_every=40", "trainer.eval_every=40"),
+                                               "trainer.steps=30", "trainer.log_every=10", "checkpoint.every=20",
+                                               "log.grad_probe_every=20", "trainer.eval_every=20"),
     "recurrent": lambda idx_dir: _copy_cfg("trainer.steps=30"),
     "two_clocks": lambda idx_dir: make_cfg("model.name=lstm", "dataset.name=two_timescale", "mode=dni",
                                            "model.hidden=8", "trainer.bptt=3", "dataset.bits=1",
