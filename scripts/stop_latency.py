@@ -53,7 +53,9 @@ def main() -> None:
     seen: list[str] = []
     _, compiling = wait_for(lines, "compiling the training step", seen)
     time.sleep(max(0.0, compiling + a.after - time.time()))
-    pace = next((s.strip() for s in seen if "s per step" in s), "(no pace logged yet)")
+    while not lines.empty():
+        seen.append(lines.get())
+    pace = next((s.split("] - ")[-1].strip() for s in seen if "s per step" in s), "(no pace logged yet)")
     proc.send_signal(signal.SIGTERM)
     sent = time.time()
     said, acked = wait_for(lines, "will stop at step", seen)
