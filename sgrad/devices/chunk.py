@@ -56,7 +56,15 @@ class ChunkRunner:
     """
 
     program: Callable
-    zeros: Callable
+    zeros_of: Callable  # (state, *data) -> zero sums; traces the step, so `zeros` calls it once
+    _zeros: list = dataclasses.field(default_factory=list, compare=False, repr=False)
+
+    def zeros(self, state, *data):
+        """The zero sums a chunk starts from: the same arrays for every chunk (their shapes never change, and the
+        program does not donate them), so no chunk pays for tracing the step again."""
+        if not self._zeros:
+            self._zeros.append(self.zeros_of(state, *data))
+        return self._zeros[0]
 
     def __call__(self, state, *args):
         *data, n = args
