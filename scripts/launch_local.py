@@ -7,11 +7,14 @@ Each process gets `distributed=true` and the coordinator, process count and its 
 variables (JAX_COORDINATOR_ADDRESS, and JAX_NUM_PROCESSES / JAX_PROCESS_ID, which sgrad-train passes to
 jax.distributed.initialize), one CPU device, gloo collectives, and a core of its own when there are enough.
 Process 0 writes the run dir and the log; the exit status is the first non-zero one.
+SIGTERM to this launcher (a scheduler's preemption) goes on to every process, which stop together at one step with
+a checkpoint; Ctrl-C reaches them from the terminal directly, so the launcher only waits for them.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -37,6 +40,12 @@ def main() -> None:
         pin = ["taskset", "-c", str(cores[i])] if n <= len(cores) else []
         procs.append(subprocess.Popen([*pin, sys.executable, "-m", "sgrad.cli", *overrides, "distributed=true"],
                                       env={**base, "JAX_PROCESS_ID": str(i)}))
+    def forward(signum, frame):
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     codes = [p.wait() for p in procs]
     sys.exit(next((c for c in codes if c), 0))
 

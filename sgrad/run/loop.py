@@ -142,6 +142,9 @@ def run(cfg: Any, workdir: str | Path, task: Task) -> dict:
     bar = tqdm(total=total, initial=step, desc=task.name, unit="step", disable=not (tcfg.progress and lead),
                dynamic_ncols=True)
     t_mark = time.perf_counter()
+    # Seconds spent training so far (the first chunk's compilation included; evaluation, probes and checkpoints
+    # not), carried across resumes: the x axis of a time-to-accuracy comparison (scripts/time_to_accuracy.py).
+    trained = last.get("watch/perf/train_seconds", 0.0)
     pending = None  # a finished logged chunk whose metrics are still on the device: (first step, end, metrics)
     stop_at = step  # where a stop signal would end the run: the end of the last dispatch
     stop_request = StopRequest()
@@ -186,12 +189,14 @@ def run(cfg: Any, workdir: str | Path, task: Task) -> dict:
 
     def drain() -> None:
         """Pull a finished chunk's metrics to the host (after the next dispatch was issued, when possible)."""
-        nonlocal pending, t_mark
+        nonlocal pending, t_mark, trained
         first, end, metrics = pending
         pacer.wait(up_to=end)
         metrics = jax.device_get(metrics)
         now = time.perf_counter()
         out = task.chunk_metrics(metrics, first, end, now - t_mark)
+        trained += now - t_mark
+        out["watch/perf/train_seconds"] = trained
         t_mark, pending = now, None
         # The bar moves when a chunk's metrics arrive, so the loss it shows is that of the step it shows:
         # the postfix is set first, and update() draws both.
