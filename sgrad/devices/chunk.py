@@ -41,6 +41,40 @@ def chunk_metrics(sums: dict, last: dict, n) -> dict:
     return {**last, **{k: v / jnp.asarray(n, v.dtype) for k, v in sums.items()}}
 
 
+def placed(program: Callable, placements) -> Callable:
+    """program(*args) with each argument put on its sharding first (a pytree of them for a pytree argument).
+
+    An argument already there passes as it is. One seen in the last few calls is placed once: the training set
+    (and a chunk's zero sums) come back with every dispatch. On a mesh that spans several processes every process
+    holds the same host values (the loop keeps them in step), so each builds its own shards from them:
+    `jax.device_put` would first check that they agree with a collective on the devices, which waits for the
+    dispatches already queued there, so the devices would idle while the host prepared each dispatch.
+    """
+    recent: dict[int, tuple[Any, Any]] = {}
+
+    def put(a, sharding):
+        if isinstance(a, jax.Array) and a.sharding == sharding:
+            return a
+        hit = recent.get(id(a))
+        if hit is not None and hit[0] is a:  # the entry holds `a`, so its id cannot be reused meanwhile
+            return hit[1]
+        if sharding.is_fully_addressable:
+            out = jax.device_put(a, sharding)
+        else:
+            host = np.asarray(a)
+            out = jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+        recent[id(a)] = (a, out)
+        while len(recent) > 8:  # a chunk's index array is new every chunk: keep only the latest few
+            recent.pop(next(iter(recent)))
+        return out
+
+    def run(*args):
+        # `placements` is a prefix of `args`: one sharding may stand for a whole pytree (the state).
+        return program(*jax.tree.map(lambda sharding, arg: jax.tree.map(lambda a: put(a, sharding), arg),
+                                     tuple(placements), args))
+    return run
+
+
 @dataclasses.dataclass(frozen=True)
 class ChunkRunner:
     """A compiled chunk of training steps that a run may dispatch in pieces.

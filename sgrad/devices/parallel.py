@@ -11,7 +11,7 @@ import jax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from sgrad.devices.chunk import ChunkRunner, chunk_fn, make_chunk_runner, preprocess, zero_sums_fn
+from sgrad.devices.chunk import ChunkRunner, chunk_fn, make_chunk_runner, placed, preprocess, zero_sums_fn
 from sgrad.devices import conv_library
 from sgrad.devices.layout import build_pipeline, to_train_state
 from sgrad.devices.pipeline import DATA_AXIS, make_pipeline_runner
@@ -25,12 +25,7 @@ def make_data_parallel_runner(net, tx, rule: UpdateRule, mean, std, devices: Seq
     specs = (P(), P(), P(), P(), P(None, DATA_AXIS), P(), P(), P(), P())
     sharded = conv_library.jit(jax.shard_map(chunk, mesh=mesh, in_specs=specs, out_specs=(P(), P(), P()),
                                              check_vma=False), donate_argnums=0)
-    placements = [NamedSharding(mesh, spec) for spec in specs]
-
-    def run(*args):
-        # A no-op for arguments already placed (the state after the first chunk, the data).
-        return sharded(*(jax.device_put(a, s) for a, s in zip(args, placements)))
-
+    run = placed(sharded, [NamedSharding(mesh, spec) for spec in specs])
     # The metrics' shapes are those of the step on one device (its pmean leaves them as they are).
     return ChunkRunner(run, zero_sums_fn(make_train_step(net, tx, rule), mean, std))
 

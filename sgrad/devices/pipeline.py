@@ -31,7 +31,7 @@ from jax.sharding import PartitionSpec as P
 
 from sgrad.core.optim import Optimizers
 from sgrad.devices import conv_library
-from sgrad.devices.chunk import ChunkRunner
+from sgrad.devices.chunk import ChunkRunner, placed
 from sgrad.devices.layout import Pipeline, PipelineState, pad, repack, unpad
 from sgrad.modes.stage import SLOTS, LockedTick, Tick
 
@@ -217,11 +217,8 @@ def make_pipeline_runner(pipe: Pipeline, preprocess: Callable, devices: Sequence
     sharded = conv_library.jit(jax.shard_map(chunk, mesh=mesh, in_specs=specs,
                                              out_specs=(state_spec, per_device, P()), check_vma=False),
                                donate_argnums=0)
-    placements = jax.tree.map(lambda spec: NamedSharding(mesh, spec), specs,
-                              is_leaf=lambda x: isinstance(x, P))
-
-    def run(*args):
-        return sharded(*jax.tree.map(jax.device_put, args, placements))
+    run = placed(sharded, jax.tree.map(lambda spec: NamedSharding(mesh, spec), specs,
+                                       is_leaf=lambda x: isinstance(x, P)))
 
     zeros = lambda state, *data: jnp.zeros(need * len(SLOTS))
     return ChunkRunner(run, zeros)

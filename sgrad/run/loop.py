@@ -10,6 +10,7 @@ and the summary; checkpoints are collective and a stop request is agreed on.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from pathlib import Path
@@ -66,14 +67,33 @@ def _last_logged(workdir: Path) -> dict:
     return last
 
 
+_AGREED = itertools.count()  # _agree calls so far: every process makes the same calls, in the same order
+
+
 def _agree(flag: int, steps: int) -> tuple[int, int]:
     """(the largest stop flag over all processes, process 0's step count): a stop on one process stops all, and
-    every process dispatches the same steps, at the same step."""
+    every process dispatches the same steps, at the same step.
+
+    Asked through jax.distributed's coordination service (its key-value store), not a collective on the devices:
+    a collective would queue behind the dispatches already running and hold the host until they finish, so the
+    device would sit idle while the host prepares the next one (every logged chunk paid for that).
+    """
     if jax.process_count() == 1:
         return flag, steps
-    from jax.experimental import multihost_utils
-    both = np.asarray(multihost_utils.process_allgather(np.array([flag, steps], np.int32)))
-    return int(both[:, 0].max()), int(both[0, 1])
+    from jax._src import distributed
+    client = distributed.global_state.client
+    if client is None:  # processes joined some other way: agree on the devices
+        from jax.experimental import multihost_utils
+        both = np.asarray(multihost_utils.process_allgather(np.array([flag, steps], np.int32)))
+        return int(both[:, 0].max()), int(both[0, 1])
+    call, me = next(_AGREED), jax.process_index()
+    client.key_value_set(f"sgrad/agree/{call}/{me}", f"{flag} {steps}")
+    said = [client.blocking_key_value_get(f"sgrad/agree/{call}/{p}", 600_000).split()
+            for p in range(jax.process_count())]
+    if call >= 2:
+        # Everyone has set its key of the call before this one, so everyone has read the one before that.
+        client.key_value_delete(f"sgrad/agree/{call - 2}/{me}")
+    return max(int(f) for f, _ in said), int(said[0][1])
 
 
 def _host_copy(tree: Any) -> Any:
