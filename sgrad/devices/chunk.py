@@ -58,8 +58,8 @@ def placed(program: Callable, placements) -> Callable:
         hit = recent.get(id(a))
         if hit is not None and hit[0] is a:  # the entry holds `a`, so its id cannot be reused meanwhile
             return hit[1]
-        if sharding.is_fully_addressable:
-            out = jax.device_put(a, sharding)
+        if sharding.is_fully_addressable or isinstance(a, jax.Array) and not a.is_fully_addressable:
+            out = jax.device_put(a, sharding)  # one process, or an array of the mesh already: a reshard
         else:
             host = np.asarray(a)
             out = jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])

@@ -8,9 +8,10 @@ the stage's code, the mode's rule supplies it: sgrad/modes/):
   back) the SG target for the interface below backward, one `jax.lax.ppermute` each. The target for its own
   SG model arrives two ticks after the activation it belongs to (one with synthetic inputs, where every
   device takes minibatch t), so each device keeps its last two outputs.
-- locked (ddg, fr): the forward pass is locked (within a tick device i runs when device i-1's activation for
-  minibatch t has arrived); every device's backward and update run in parallel and one cotangent per device
-  goes back, to be used next tick. So the pipeline computes exactly the single-device step.
+- locked (ddg, fr): the forward pass is locked (within a tick device i runs module i forward when device i-1's
+  activation for minibatch t has arrived and sends its output on); then every device's backward and update run
+  at once, overlapping the top device's own step, and one cotangent per device goes back, to be used next tick.
+  So the pipeline computes exactly the single-device step.
 
 With `replicas` D > 1 the mesh is K x D (PIPE_AXIS x DATA_AXIS): replica d of every stage runs on its 1/D of
 each minibatch and talks only to replica d of its neighbours; the stage's gradients, batch statistics and
@@ -26,6 +27,7 @@ from typing import Callable, Sequence
 import jax
 import jax.numpy as jnp
 import optax
+from jax.flatten_util import ravel_pytree
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -33,7 +35,7 @@ from sgrad.core.optim import Optimizers
 from sgrad.devices import conv_library
 from sgrad.devices.chunk import ChunkRunner, placed
 from sgrad.devices.layout import Pipeline, PipelineState, pad, repack, unpad
-from sgrad.modes.stage import SLOTS, LockedTick, Tick
+from sgrad.modes.stage import SLOTS, LockedTick, Tick, run_module
 
 PIPE_AXIS = "pipe"
 DATA_AXIS = "data"
@@ -142,42 +144,60 @@ def locked_chunk_fn(pipe: Pipeline, preprocess: Callable):
     """chunk(state, sums, xs, ys, idx_CxB, lo, n, last, count) for a forward-locked mode, inside shard_map over
     PIPE_AXIS (as unlocked_chunk_fn's).
 
-    A tick is one step: K sub-steps in which device r runs its stage on the activation of device r-1 that just
-    arrived (the locked forward pass, during which the others wait), then one backward ppermute carries every
+    A tick is one step, scheduled as DDG's and FR's papers do: K-1 forward sub-steps, in which device r < K-1
+    runs module r on the activation of device r-1 that just arrived and sends its output up (the locked forward
+    pass; the others wait), then one sub-step in which every device works at once: device K-1 its whole step on
+    what just arrived, device r < K-1 its backward and update (on the minibatch its stash holds, with the
+    cotangent that came back last tick), overlapping the top's forward. One backward ppermute then carries every
     device's cotangent down, to be used next tick.
     """
     k, rule = pipe.k, pipe.rule
     forward_perm = [(j, j + 1) for j in range(k - 1)]
     backward_perm = [(j + 1, j) for j in range(k - 1)]
+    # Module r's new batch statistics, from its forward sub-step to its update: one padded row for any r.
+    stats_size = max(ravel_pytree(pipe.tree(i, jnp.zeros(max(pipe.sizes)))["module_stats"])[0].size
+                     for i in range(k))
 
     def chunk(state: PipelineState, sums, xs, ys, idx_CxB, lo, n, last, count):
         me = jax.lax.axis_index(PIPE_AXIS)
         zeros_msg = jnp.zeros((pipe.batch, pipe.width), jnp.float32)
+        zeros_stats = jnp.zeros(stats_size, jnp.float32)
 
         def tick(j, carry):
             s, sums = carry
             x, y = preprocess(xs[idx_CxB[j]]), ys[idx_CxB[j]]
+            flat = s.stage_KxS[0]
 
-            def stage(i, flat, msg):
-                h_in = x if i == 0 else unpad(msg, pipe.out_shapes[i - 1])
-                tree, h, d_in, metrics = rule.stage(pipe, i, pipe.tree(i, flat), LockedTick(h_in, x, y, s.step))
-                out = pad(h, pipe.width) if i < k - 1 else zeros_msg
+            def forward(r, msg):
+                h_in = x if r == 0 else unpad(msg, pipe.out_shapes[r - 1])
+                fwd = run_module(pipe, r, pipe.tree(r, flat), h_in)
+                stats = ravel_pytree(fwd.stats[0])[0].astype(jnp.float32)
+                return pad(fwd.activations[0], pipe.width), jnp.pad(stats, (0, stats_size - stats.size))
+
+            msg, inbox, ran_stats = zeros_msg, zeros_msg, zeros_stats
+            ran_h = zeros_msg
+            for r in range(k - 1):
+                # Only device r has its input now; it keeps input, output and statistics for its update below.
+                out, stats = jax.lax.cond(me == r, partial(forward, r), lambda m: (zeros_msg, zeros_stats), msg)
+                inbox = jnp.where(me == r, msg, inbox)
+                ran_h, ran_stats = jnp.where(me == r, out, ran_h), jnp.where(me == r, stats, ran_stats)
+                msg = jax.lax.ppermute(out, PIPE_AXIS, forward_perm)
+
+            def stage(i, flat, msg, inbox, ran_h, ran_stats):
+                tree = pipe.tree(i, flat)
+                if i == k - 1:
+                    h_in, ran = (x if i == 0 else unpad(msg, pipe.out_shapes[i - 1])), None
+                else:
+                    h_in = x if i == 0 else unpad(inbox, pipe.out_shapes[i - 1])
+                    like = tree["module_stats"]
+                    ran = (unpad(ran_h, pipe.out_shapes[i]),
+                           ravel_pytree(like)[1](ran_stats[:ravel_pytree(like)[0].size]))
+                tree, h, d_in, metrics = rule.stage(pipe, i, tree, LockedTick(h_in, x, y, s.step, ran))
                 back = pad(d_in, pipe.width) if i > 0 else zeros_msg
-                return repack(flat, tree), out, back, metrics
+                return repack(flat, tree), back, metrics
 
-            def wait(flat, msg):
-                return flat, zeros_msg, zeros_msg, jnp.zeros(len(SLOTS))
-
-            flat, msg = s.stage_KxS[0], zeros_msg
-            back, metrics = zeros_msg, jnp.zeros(len(SLOTS))
-            for r in range(k):
-                # Only device r has its input now; the others pass (index k: the waiting branch).
-                flat, out, back_r, metrics_r = jax.lax.switch(
-                    jnp.where(me == r, me, k), [partial(stage, i) for i in range(k)] + [wait], flat, msg)
-                back = jnp.where(me == r, back_r, back)
-                metrics = jnp.where(me == r, metrics_r, metrics)
-                if r < k - 1:
-                    msg = jax.lax.ppermute(out, PIPE_AXIS, forward_perm)
+            flat, back, metrics = jax.lax.switch(me, [partial(stage, i) for i in range(k)], flat, msg, inbox,
+                                                 ran_h, ran_stats)
             arrived = jax.lax.ppermute(back, PIPE_AXIS, backward_perm)
             receive = [lambda f, a, i=i: repack(f, rule.receive(pipe, i, pipe.tree(i, f),
                                                                 unpad(a, pipe.out_shapes[min(i, k - 2)])))

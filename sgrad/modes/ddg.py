@@ -30,8 +30,12 @@ def stage(pipe, i: int, tree: dict, t):
     the single-device step."""
     net, k = pipe.net, pipe.k
     metrics = no_metrics()
-    fwd = run_module(pipe, i, tree, t.h_in)
-    h, new = fwd.activations[0], dict(tree)
+    new = dict(tree)
+    if t.ran is None:
+        fwd = run_module(pipe, i, tree, t.h_in)
+        h, new_stats = fwd.activations[0], fwd.stats[0]
+    else:  # module i < K-1's forward pass ran earlier in the tick; its backward is the stash's, not this one's
+        h, new_stats = t.ran
     if i == k - 1:
         d_params, d_in = fwd.vjps[0](task_loss(pipe, h, t.y, True, metrics))
         grads, active = jax.tree.map(lambda g: g / pipe.batch, d_params), True
@@ -41,7 +45,7 @@ def stage(pipe, i: int, tree: dict, t):
         active = t.step >= delayed.delay(k, i)
     new["module"], new["module_opt"], _ = masked_update(pipe.tx.modules, grads, tree["module_opt"], tree["module"],
                                                         active)
-    new["module_stats"] = fwd.stats[0]
+    new["module_stats"] = new_stats
     metrics[SLOT["valid"]] = jnp.ones(())
     return new, h, d_in, jnp.stack(metrics)
 

@@ -43,12 +43,14 @@ class Tick(NamedTuple):
 
 class LockedTick(NamedTuple):
     """What device i has in a forward-locked tick: the activation of device i-1 for this minibatch, the
-    minibatch itself and the step."""
+    minibatch itself and the step; `ran`: (h, new batch statistics) of module i on h_in, when the pipeline ran
+    that forward pass earlier in the tick (to send h on before the device's backward), else None."""
 
     h_in: Any
     x: Any
     y: Any
     step: Any
+    ran: Any = None
 
 
 def no_metrics() -> list:
