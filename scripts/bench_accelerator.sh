@@ -3,8 +3,12 @@
 #  1. single-device throughput of every mode next to the measured matmul peak (FCN 4 and 6 layers and the
 #     paper's 3-layer CNN at 128 channels, batch 256 and 1024) -> results/bench/accelerator_<kind>.md;
 #  2. with two or more devices, parallel=data and parallel=pipeline over all of them (FCN 8x256, batch 1024),
-#     and with four or more an even count also a pipeline x 2 replicas -> results/bench/accelerator_<kind>_devices.md.
-# SGRAD_BENCH_OUT=DIR writes elsewhere; SGRAD_BENCH_QUICK=1 runs tiny sizes (how the tests run it on CPU).
+#     and with four or more an even count also a pipeline x 2 replicas -> results/bench/accelerator_<kind>_devices.md;
+#  3. time to accuracy on Fashion-MNIST (scripts/time_to_accuracy.py, FCN 8x256, batch 1024, 2 seeds): backprop and
+#     every decoupled mode on one device and, with two or more, in its data and pipeline layouts over them
+#     -> results/bench/accelerator_<kind>_time_to_accuracy.md/.png.
+# SGRAD_BENCH_OUT=DIR writes elsewhere (SGRAD_BENCH_RUNS=DIR: the time-to-accuracy run dirs, outputs/ by
+# default); SGRAD_BENCH_QUICK=1 runs tiny sizes (how the tests run it on CPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${SGRAD_BENCH_OUT:-results/bench}
@@ -13,9 +17,15 @@ print(jax.default_backend(), len(d), d[0].device_kind.replace(' ', '_'))")
 if [[ ${SGRAD_BENCH_QUICK:-0} == 1 ]]; then
     single=(--models fcn3 --batch 16 --chunk 2 --chunks 1)
     multi=(--layers 4 --batch 32 --chunk 2 --chunks 1)
+    tta=(--layers 3 --batch 64 --steps 4 --eval-every 2 --seeds 0 --targets 0.2)
+    one=backprop:none
+    several=dgl:data
 else
     single=(--models fcn4,fcn6,cnn3 --batch 256,1024 --chunk 50 --chunks 4)
     multi=(--layers 8 --batch 1024 --chunk 50 --chunks 4)
+    tta=(--seeds 0,1)
+    one=backprop:none,dni:none,cdni:none,dgl:none,ddg:none,fr:none
+    several=backprop:data,dni:data,dni:pipeline,cdni:data,cdni:pipeline,dgl:data,dgl:pipeline,ddg:pipeline,fr:pipeline
 fi
 echo "$count $platform device(s) of kind $kind"
 python scripts/bench.py "${single[@]}" --modes backprop,dni,cdni,dni_linear,dgl,ddg \
@@ -26,3 +36,7 @@ if (( count >= 2 )); then
     JAX_PLATFORMS=$platform python scripts/bench.py --devices "$count" --replicas "$replicas" "${multi[@]}" \
         --modes backprop,dni,cdni,dgl,ddg --out "$out/accelerator_${kind}_devices.md"
 fi
+layouts=$one
+if (( count >= 2 )); then layouts+=",$several"; fi
+python scripts/time_to_accuracy.py --launch devices --layouts "$layouts" "${tta[@]}" \
+    --workdir "${SGRAD_BENCH_RUNS:-outputs/accelerator_${kind}_time_to_accuracy}" --out "$out/accelerator_${kind}_time_to_accuracy"

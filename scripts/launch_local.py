@@ -5,7 +5,8 @@ cluster, where SLURM (hydra/launcher=submitit_slurm) or mpirun starts the proces
 
 Each process gets `distributed=true` and the coordinator, process count and its index through JAX's own
 variables (JAX_COORDINATOR_ADDRESS, and JAX_NUM_PROCESSES / JAX_PROCESS_ID, which sgrad-train passes to
-jax.distributed.initialize), one CPU device, gloo collectives, and a core of its own when there are enough.
+jax.distributed.initialize), one CPU device, gloo collectives (or those JAX_CPU_COLLECTIVES_IMPLEMENTATION
+names), and a core of its own when there are enough.
 Process 0 writes the run dir and the log; the exit status is the first non-zero one.
 SIGTERM to this launcher (a scheduler's preemption) goes on to every process, which stop together at one step with
 a checkpoint; Ctrl-C reaches them from the terminal directly, so the launcher only waits for them.
@@ -32,7 +33,9 @@ def main() -> None:
     n, overrides = int(sys.argv[1]), sys.argv[2:]
     cores = sorted(os.sched_getaffinity(0))
     base = {**os.environ, "JAX_COORDINATOR_ADDRESS": f"localhost:{free_port()}", "JAX_NUM_PROCESSES": str(n),
-            "JAX_PLATFORMS": "cpu", "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo"}
+            "JAX_PLATFORMS": "cpu",
+            # gloo unless the environment names another (JAX's "mpi" needs MPITRAMPOLINE_LIB: docs/parallelism.md)
+            "JAX_CPU_COLLECTIVES_IMPLEMENTATION": os.environ.get("JAX_CPU_COLLECTIVES_IMPLEMENTATION", "gloo")}
     base.pop("XLA_FLAGS", None)  # one device per process
     print(f"launch_local: {n} processes of sgrad-train {' '.join(overrides)} distributed=true", flush=True)
     procs = []

@@ -1,9 +1,10 @@
 """Does a layout reach a target accuracy sooner? Real `sgrad-train` runs, timed until their test accuracy first
-reaches a fixed target, each beside backprop on one process.
+reaches fixed targets, each beside backprop on one process.
 
-    python scripts/time_to_accuracy.py [--target 0.88] [--seeds 0,1,2] [--steps 600] [--eval-every 20]
-                                       [--layouts backprop:none,backprop:data,dni:pipeline,...]
+    python scripts/time_to_accuracy.py [--targets 0.86,0.87,0.885] [--seeds 0,1,2] [--steps 1200]
+                                       [--eval-every 20] [--layouts backprop:none,backprop:data,dni:pipeline,...]
                                        [--launch processes|devices] [--out results/bench/time_to_accuracy]
+                                       [--report-only]
 
 Every run is the same network, data and budget: Fashion-MNIST, the paper's FCN (`--layers` 8 of width 256, batch
 norm), batch `--batch` 1024 (where two processes pay: results/bench/processes_8x256_b1024.md), Adam 1e-3; a
@@ -13,14 +14,15 @@ model.modules=2`) in every layout, so its one-process and two-process runs learn
 processes pinned to a core each (`scripts/launch_local.py`, jax.distributed); `--launch devices`: one process
 using all its devices (a machine with several accelerators).
 
-A run stops (SIGTERM, sgrad's preemption) once it has reached the target, so the budget `--steps` only bounds
-the runs that do not. Runs go seed by seed, every layout once per seed (A B C ... A B C ...), so the VM's drift spreads over all of them.
-Time is the run's own `watch/perf/train_seconds`: seconds spent training (the first chunk's compilation included;
-evaluation, which runs every `--eval-every` steps so the crossing is seen, and start-up not). The run's wall clock
-from start to exit is reported beside it.
+A run stops (SIGTERM, sgrad's preemption) once it reaches the highest target, so the budget `--steps` only bounds
+the runs that do not; the lower targets are read off the same runs. Runs go seed by seed, every layout once per
+seed (A B C ... A B C ...), so the VM's drift spreads over all of them. Time is the run's own
+`watch/perf/train_seconds`: seconds spent training (the first chunk's compilation included; evaluation, which runs
+every `--eval-every` steps so the crossing is seen, and start-up not); the run's wall clock is reported beside it.
+`--report-only` rewrites the report from the run dirs of an earlier invocation.
 
-Writes <out>.md (the table, every run, the command and commit) and <out>.png (test accuracy against training
-seconds, every run, the target as a line).
+Writes <out>.md (the tables, every run, the command and commit) and <out>.png (test accuracy against training
+seconds, every run, the targets as lines).
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_LAYOUTS = "backprop:none,backprop:data,dni:data,dni:pipeline,cdni:data,cdni:pipeline,dgl:pipeline,ddg:pipeline"
+DEFAULT_LAYOUTS = ("backprop:none,backprop:data,dni:data,dni:pipeline,cdni:data,cdni:pipeline,dgl:data,dgl:pipeline,"
+                   "ddg:pipeline,fr:pipeline")
 
 
 def overrides(mode: str, parallel: str, seed: int, args, run_dir: Path) -> list[str]:
@@ -61,8 +64,8 @@ def launch(parallel: str, args, cmd: list[str]) -> list[str]:
     return [sys.executable, str(ROOT / "scripts" / "launch_local.py"), "2", *cmd]
 
 
-def crossing(run_dir: Path, target: float) -> dict:
-    """The run's curve (test accuracy against training seconds) and where it first reaches `target`."""
+def crossing(run_dir: Path, targets: list[float]) -> dict:
+    """The run's curve (test accuracy against training seconds) and where it first reaches each target."""
     seconds, curve, first = 0.0, [], None
     for line in (run_dir / "metrics.jsonl").read_text().splitlines():
         row = json.loads(line)
@@ -70,13 +73,20 @@ def crossing(run_dir: Path, target: float) -> dict:
         first = seconds if first is None and "watch/perf/train_seconds" in row else first
         if row.get("test/accuracy") is not None:
             curve.append((row["step"], seconds, row["test/accuracy"]))
-    hit = next(((s, t) for s, t, a in curve if a >= target), None)
-    return {"curve": curve, "steps": hit[0] if hit else None, "seconds": hit[1] if hit else None,
-            "first_chunk": first, "best": max((a for *_, a in curve), default=None)}
+    hits = {}
+    for target in targets:
+        hit = next(((s, t) for s, t, a in curve if a >= target), None)
+        hits[target] = {"steps": hit[0] if hit else None, "seconds": hit[1] if hit else None}
+    return {"curve": curve, "hits": hits, "first_chunk": first, "best": max((a for *_, a in curve), default=None)}
 
 
-def run_one(mode: str, parallel: str, seed: int, args) -> dict:
-    run_dir = args.workdir / f"{mode}_{parallel}_seed{seed}"
+def run_dir_of(args, mode: str, parallel: str, seed: int) -> Path:
+    return args.workdir / f"{mode}_{parallel}_seed{seed}"
+
+
+def run_one(mode: str, parallel: str, seed: int, args) -> None:
+    """One run, stopped once it reaches the (highest) target."""
+    run_dir = run_dir_of(args, mode, parallel, seed)
     cmd = launch(parallel, args, overrides(mode, parallel, seed, args, run_dir))
     env = {**os.environ, "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu" if args.launch == "processes"
                                                          else "")}
@@ -87,23 +97,34 @@ def run_one(mode: str, parallel: str, seed: int, args) -> dict:
     # A run dir is resumed by a rerun; this measures fresh runs, so an earlier invocation's dir goes first.
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.parent.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
     log = open(run_dir.with_suffix(".log"), "w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-    stopped = False
+    stopped, top = False, max(args.targets)
     while proc.poll() is None:
         time.sleep(0.5)
-        if not stopped and (run_dir / "metrics.jsonl").exists() and crossing(run_dir, args.target)["steps"]:
+        if not stopped and (run_dir / "metrics.jsonl").exists() and crossing(run_dir, [top])["hits"][top]["steps"]:
             # Reached: the rest of the budget would only cost time. SIGTERM is sgrad's preemption, answered within
             # seconds with a checkpoint (launch_local passes it on to every process).
             proc.send_signal(signal.SIGTERM)
             stopped = True
-    wall = time.perf_counter() - start
     log.close()
     if proc.returncode and not (stopped and proc.returncode == 128 + signal.SIGTERM):
         sys.exit(f"time_to_accuracy: {mode} parallel={parallel} seed {seed} failed (exit {proc.returncode}); "
                  f"its log is {run_dir.with_suffix('.log')}:\n{run_dir.with_suffix('.log').read_text()[-3000:]}")
-    return {"mode": mode, "parallel": parallel, "seed": seed, "wall": wall, **crossing(run_dir, args.target)}
+
+
+def collect(args, layouts, seeds) -> list[dict]:
+    runs = []
+    for seed in seeds:
+        for mode, parallel in layouts:
+            run_dir = run_dir_of(args, mode, parallel, seed)
+            if not (run_dir / "metrics.jsonl").exists():
+                sys.exit(f"time_to_accuracy: no run in {run_dir} (run without --report-only first)")
+            summary = json.loads((run_dir / "summary.json").read_text())
+            runs.append({"mode": mode, "parallel": parallel, "seed": seed, "wall": summary["wall_seconds"],
+                         "commit": summary.get("commit", "unknown"),
+                         **crossing(run_dir, args.targets)})
+    return runs
 
 
 def _mean_std(values: list[float], fmt: str) -> str:
@@ -114,6 +135,20 @@ def _mean_std(values: list[float], fmt: str) -> str:
     return f"{format(statistics.mean(values), fmt)} ± {format(statistics.stdev(values), fmt)}"
 
 
+def _at(runs: list[dict], target: float, mode: str, parallel: str) -> tuple[list[dict], list[float]]:
+    rows = [r for r in runs if (r["mode"], r["parallel"]) == (mode, parallel)]
+    return rows, [r["hits"][target]["seconds"] for r in rows if r["hits"][target]["seconds"] is not None]
+
+
+def _ratio(runs: list[dict], target: float, mode: str, parallel: str) -> str:
+    """Backprop on one process's mean seconds over this layout's; only where every seed of both reached it."""
+    base_rows, base = _at(runs, target, "backprop", "none")
+    rows, secs = _at(runs, target, mode, parallel)
+    if not secs or len(secs) < len(rows) or len(base) < len(base_rows):
+        return "–"
+    return f"{statistics.mean(base) / statistics.mean(secs):.2f}"
+
+
 def write(runs: list[dict], layouts: list[tuple[str, str]], args, argv: list[str]) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -122,40 +157,56 @@ def write(runs: list[dict], layouts: list[tuple[str, str]], args, argv: list[str
 
     m = machine()
     seeds = sorted({r["seed"] for r in runs})
-    base = [r["seconds"] for r in runs if (r["mode"], r["parallel"]) == ("backprop", "none") and r["seconds"]]
+    top, lower = max(args.targets), sorted(args.targets)[:-1]
     how = ("`none` is one process pinned to one core; `data` and `pipeline` are two processes pinned to one core "
            "each, joined by jax.distributed over localhost (`scripts/launch_local.py`, gloo collectives)"
            if args.launch == "processes" else f"one process on its {m['device_count']} devices")
-    lines = [f"# Time to {100 * args.target:g} % test accuracy: which layout gets there sooner", "",
+    procs = lambda parallel: 1 if parallel == "none" or args.launch == "devices" else 2
+    lines = [f"# Time to {100 * top:g} % test accuracy: which layout gets there sooner", "",
              f"Machine: {m['cpu']} ({m['cpu_count']} CPUs), platform {m['platform']} ({m['device']}), "
              f"jax {m['jax']}; {how}.",
-             f"Commit: {git_commit()}.", f"Command: `python scripts/time_to_accuracy.py {' '.join(argv)}`.", "",
-             f"Fashion-MNIST, FCN {args.layers}×256 with batch norm, batch {args.batch}, Adam 1e-3, {args.steps} "
-             f"steps, the test set evaluated every {args.eval_every} steps; decoupled modes as 2 modules of balanced "
-             f"measured cost in every layout. Seconds are the run's training seconds (`watch/perf/train_seconds`: "
-             f"compilation included, evaluation and start-up not) until the first evaluation at or above the "
-             f"target; `first chunk (s)` is the part of them the first chunk took (its compilation, and its steps); `wall (s)` is the whole run until it stopped at the target or the end of its budget, start-up and evaluations included. Seeds {', '.join(map(str, seeds))}, "
-             f"run one layout after another within each seed. `× backprop on one process`: its mean seconds to the "
-             f"target over this row's (> 1: sooner).", "",
+             f"Commit of the runs: {runs[0]['commit']}" + (f"; of the report: {git_commit()}" if args.report_only
+                                                             else "") + ".",
+             f"Command: `python scripts/time_to_accuracy.py {' '.join(argv)}`" + (
+                 " (the report, from the run dirs of the same command without --report-only)" if args.report_only
+                 else "") + ".", "",
+             f"Fashion-MNIST, FCN {args.layers}×256 with batch norm, batch {args.batch}, Adam 1e-3, at most "
+             f"{args.steps} steps, the test set evaluated every {args.eval_every} steps; decoupled modes as 2 modules "
+             f"of balanced measured cost in every layout. Seconds are the run's training seconds "
+             f"(`watch/perf/train_seconds`: compilation included, evaluation and start-up not) until the first "
+             f"evaluation at or above the target; `first chunk (s)` is the part of them the first chunk took (its "
+             f"compilation and its {args.eval_every} steps); `wall (s)` is the run's own wall clock (summary.json: "
+             f"evaluations and compilation included, process start-up not) until it stopped, at the target "
+             f"(SIGTERM) or at the end of its budget. Seeds {', '.join(map(str, seeds))}, one layout after "
+             f"another within each seed. `× backprop on one process`: its mean seconds to the target over this "
+             f"row's (> 1: sooner), given only where every seed of both reached the target.", "",
              "| mode | parallel | processes | reached | steps to target | seconds to target | × backprop on one "
              "process | first chunk (s) | best test acc. | wall (s) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for mode, parallel in layouts:
-        rows = [r for r in runs if (r["mode"], r["parallel"]) == (mode, parallel)]
-        hit = [r for r in rows if r["seconds"] is not None]
-        secs = [r["seconds"] for r in hit]
-        ratio = (f"{statistics.mean(base) / statistics.mean(secs):.2f}" if base and secs and len(hit) == len(rows)
-                 else "–")
-        procs = 1 if parallel == "none" or args.launch == "devices" else 2
-        lines.append(f"| {mode} | {parallel} | {procs} | {len(hit)}/{len(rows)} | "
-                     f"{_mean_std([r['steps'] for r in hit], '.0f')} | {_mean_std(secs, '.1f')} | {ratio} | "
+        rows, secs = _at(runs, top, mode, parallel)
+        steps = [r["hits"][top]["steps"] for r in rows if r["hits"][top]["steps"] is not None]
+        lines.append(f"| {mode} | {parallel} | {procs(parallel)} | {len(secs)}/{len(rows)} | "
+                     f"{_mean_std(steps, '.0f')} | {_mean_std(secs, '.1f')} | {_ratio(runs, top, mode, parallel)} | "
                      f"{_mean_std([r['first_chunk'] for r in rows], '.1f')} | "
                      f"{_mean_std([r['best'] for r in rows], '.4f')} | {_mean_std([r['wall'] for r in rows], '.0f')} |")
-    lines += ["", "A ratio is given only where every seed reached the target. Every run:", "",
+    if lower:
+        lines += ["", "The same runs at lower targets (each run's first evaluation at or above it): reached, seconds "
+                  "to it, × backprop on one process.", "",
+                  "| mode | parallel | " + " | ".join(f"{100 * t:g} %: reached | seconds | ×" for t in lower) + " |",
+                  "|---|---|" + "---|---|---|" * len(lower)]
+        for mode, parallel in layouts:
+            cells = []
+            for t in lower:
+                rows, secs = _at(runs, t, mode, parallel)
+                cells.append(f"{len(secs)}/{len(rows)} | {_mean_std(secs, '.1f')} | {_ratio(runs, t, mode, parallel)}")
+            lines.append(f"| {mode} | {parallel} | " + " | ".join(cells) + " |")
+    lines += ["", "Every run:", "",
               "| mode | parallel | seed | steps to target | seconds to target | best test acc. | wall (s) |",
               "|---|---|---|---|---|---|---|"]
     for r in runs:
-        lines.append(f"| {r['mode']} | {r['parallel']} | {r['seed']} | {r['steps'] if r['steps'] else '–'} | "
-                     f"{'%.1f' % r['seconds'] if r['seconds'] else '–'} | {r['best']:.4f} | {r['wall']:.0f} |")
+        hit = r["hits"][top]
+        lines.append(f"| {r['mode']} | {r['parallel']} | {r['seed']} | {hit['steps'] or '–'} | "
+                     f"{'%.1f' % hit['seconds'] if hit['seconds'] else '–'} | {r['best']:.4f} | {r['wall']:.0f} |")
     out = args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
@@ -166,13 +217,14 @@ def write(runs: list[dict], layouts: list[tuple[str, str]], args, argv: list[str
             _, t, a = zip(*r["curve"])
             ax.plot(t, a, color=f"C{n % 10}", lw=1, alpha=0.8, ls="-" if parallel == "none" else
                     "--" if parallel == "data" else ":", label=f"{mode}, parallel={parallel}" if k == 0 else None)
-    ax.axhline(args.target, color="black", lw=0.8)
-    ax.text(0, args.target, f" target {100 * args.target:g} %", va="bottom", fontsize=8)
-    ax.set_ylim(max(0.0, args.target - 0.15), min(1.0, args.target + 0.05))
+    for t in args.targets:
+        ax.axhline(t, color="black", lw=0.8 if t == top else 0.5, ls="-" if t == top else ":")
+        ax.text(0, t, f" {100 * t:g} %", va="bottom", fontsize=8)
+    ax.set_ylim(max(0.0, min(args.targets) - 0.1), min(1.0, top + 0.03))
     ax.set_xlabel("training seconds (compilation included, evaluation not)")
     ax.set_ylabel("test accuracy")
-    ax.set_title(f"Fashion-MNIST, FCN {args.layers}×256, batch {args.batch}: test accuracy against time "
-                 f"({len(seeds)} seeds each)", fontsize=10)
+    ax.set_title(f"Fashion-MNIST, FCN {args.layers}×256, batch {args.batch}: test accuracy against time, "
+                 f"{len(seeds)} seeds each (runs stop at {100 * top:g} %)", fontsize=10)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(out.with_suffix(".png"), dpi=120)
@@ -182,9 +234,10 @@ def write(runs: list[dict], layouts: list[tuple[str, str]], args, argv: list[str
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--target", type=float, default=0.88)
+    ap.add_argument("--targets", default="0.86,0.87,0.885",
+                    help="test accuracies, comma-separated; runs stop at the highest, the table gives each")
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--steps", type=int, default=1200)
     ap.add_argument("--eval-every", type=int, default=20)
     ap.add_argument("--layers", type=int, default=8)
     ap.add_argument("--batch", type=int, default=1024)
@@ -192,21 +245,26 @@ def main() -> None:
     ap.add_argument("--launch", choices=("processes", "devices"), default="processes")
     ap.add_argument("--workdir", type=Path, default=Path("outputs/time_to_accuracy"))
     ap.add_argument("--out", type=Path, default=Path("results/bench/time_to_accuracy"))
+    ap.add_argument("--report-only", action="store_true", help="rewrite the report from the run dirs in --workdir")
     args = ap.parse_args()
     args.workdir = args.workdir.absolute()
+    args.targets = [float(t) for t in args.targets.split(",")]
     layouts = [tuple(pair.split(":")) for pair in args.layouts.split(",")]
+    seeds = [int(s) for s in args.seeds.split(",")]
     if ("backprop", "none") not in layouts:
         sys.exit("time_to_accuracy: --layouts must include backprop:none, the baseline every ratio is taken to")
-    runs = []
-    total = len(layouts) * len(args.seeds.split(","))
-    for seed in map(int, args.seeds.split(",")):
-        for mode, parallel in layouts:
-            r = run_one(mode, parallel, seed, args)
-            runs.append(r)
-            reached = f"{r['seconds']:.1f} s (step {r['steps']})" if r["seconds"] else "not reached"
-            print(f"[{len(runs)}/{total}] {mode} parallel={parallel} seed {seed}: {reached}, best {r['best']:.4f}, "
-                  f"wall {r['wall']:.0f} s", flush=True)
-    write(runs, layouts, args, sys.argv[1:])
+    if not args.report_only:
+        total, top = len(layouts) * len(seeds), max(args.targets)
+        for seed in seeds:
+            for mode, parallel in layouts:
+                run_one(mode, parallel, seed, args)
+                r = crossing(run_dir_of(args, mode, parallel, seed), [top])
+                hit = r["hits"][top]
+                reached = f"{hit['seconds']:.1f} s (step {hit['steps']})" if hit["seconds"] else "not reached"
+                done = seeds.index(seed) * len(layouts) + layouts.index((mode, parallel)) + 1
+                print(f"[{done}/{total}] {mode} parallel={parallel} seed {seed}: {reached}, best {r['best']:.4f}",
+                      flush=True)
+    write(collect(args, layouts, seeds), layouts, args, sys.argv[1:])
 
 
 if __name__ == "__main__":

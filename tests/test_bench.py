@@ -74,6 +74,7 @@ def test_accelerator_script_runs_every_mode_and_every_parallel_layout(tmp_path):
     import subprocess
     # Two CPU devices stand in for two GPUs: the script measures what the machine shows it.
     env = {**os.environ, "SGRAD_BENCH_QUICK": "1", "SGRAD_BENCH_OUT": str(tmp_path), "JAX_PLATFORMS": "cpu",
+           "SGRAD_BENCH_RUNS": str(tmp_path / "runs"),
            "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     res = subprocess.run(["bash", str(Path(__file__).resolve().parent.parent / "scripts" / "bench_accelerator.sh")],
                          capture_output=True, text=True, timeout=900, env=env)
@@ -87,6 +88,9 @@ def test_accelerator_script_runs_every_mode_and_every_parallel_layout(tmp_path):
                            ("dgl", "pipeline"), ("ddg", "pipeline")):
         assert f"| {mode} | 2 | 1+3 | {parallel} |" in devices or f"| {mode} | 2 | 2+2 | {parallel} |" in devices, \
             (mode, parallel, devices)
+    reached = (tmp_path / "accelerator_cpu_time_to_accuracy.md").read_text()
+    for mode, parallel in (("backprop", "none"), ("dgl", "data")):
+        assert re.search(rf"\| {mode} \| {parallel} \| 1 \| 1/1 \| \d+ \| [\d.]+ \|", reached), reached
 
 
 @pytest.mark.slow
