@@ -180,6 +180,15 @@ def plot_curves(runs: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+MODULE_LINES = ("-", "--", ":", "-.")
+
+
+def series_style(rows: list[str], row: str, module: int) -> dict:
+    """A mode's colour, a module's line style: module 1 and 2 of one mode stay apart (shades of one colour did
+    not)."""
+    return {"color": f"C{rows.index(row) % 10}", "linestyle": MODULE_LINES[(module - 1) % len(MODULE_LINES)]}
+
+
 def plot_diagnostics(runs: list[dict], path: Path) -> bool:
     """One panel per diagnostic the runs logged, at the deepest network that has it: one line per mode and
     interface (mean over seeds). False when no run logged any."""
@@ -206,7 +215,7 @@ def plot_diagnostics(runs: list[dict], path: Path) -> bool:
             # Markers where points are few: a series of one point (a short run) is otherwise invisible.
             ax.plot(steps, [statistics.mean(by_step[s]) for s in steps], label=f"{row}, module {i}",
                     marker="o" if len(steps) <= 20 else None, markersize=3,
-                    color=f"C{sorted({k[0] for k in series}).index(row)}", alpha=1.0 - 0.6 * (i - 1) / max(depth, 2))
+                    **series_style(sorted({k[0] for k in series}), row, i))
         ax.set_title(f"{DIAGNOSTICS[family]}, {depth} layers", fontsize=9)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)

@@ -390,9 +390,17 @@ def test_a_stop_inside_a_chunk_checkpoints_there_and_the_resumed_run_equals_one_
     assert stopped.value.step == 13 and stopped.value.step % cfg.trainer.log_every, stopped.value.step
     assert (run / "checkpoints" / "13" / "chunk_sums.npz").is_file()
     assert json.loads((run / "summary.json").read_text())["status"] == "preempted"
+    # As if the first segment had trained for 1000 s: the resumed run's training seconds go on from there.
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    (run / "metrics.jsonl").write_text("".join(
+        json.dumps({**r, "watch/perf/train_seconds": 1000.0} if "watch/perf/train_seconds" in r else r) + "\n"
+        for r in rows))
     again = train_and_evaluate(cfg, run)  # still one step per dispatch: a chunk in many dispatches
     assert again["status"] == "completed" and again["step"] == ref["step"]
     assert_same_run(run, tmp_path / "ref")
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    seconds = [r["watch/perf/train_seconds"] for r in logged if "watch/perf/train_seconds" in r]
+    assert seconds[0] == 1000.0 and len(seconds) > 1 and all(b > a for a, b in zip(seconds, seconds[1:])), seconds
 
 
 @pytest.mark.slow

@@ -89,6 +89,15 @@ def test_diagnostics_plot_has_a_panel_per_signal_the_runs_logged(tmp_path):
     assert not (tmp_path / "none.png").exists()
 
 
+def test_every_module_of_a_mode_has_its_own_line_in_the_diagnostics_plot():
+    import report
+    rows = ["cdni", "dgl"]
+    styles = [tuple(sorted(report.series_style(rows, row, i).items())) for row in rows for i in (1, 2, 3)]
+    assert len(set(styles)) == len(styles)
+    # One colour per mode, so a mode's modules read as one family.
+    assert {report.series_style(rows, "dgl", i)["color"] for i in (1, 2, 3)} == {"C1"}
+
+
 @pytest.mark.slow
 def test_a_partly_finished_sweep_names_its_missing_jobs_and_the_cells_short_of_seeds(sweep, tmp_path):
     import shutil
