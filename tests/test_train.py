@@ -94,8 +94,12 @@ def test_divergence_stops_with_step_and_metric_and_keeps_logs(idx_dir, tmp_path)
     with pytest.raises(DivergenceError, match=r"diverged at step \d+: non-finite .*loss"):
         _train(idx_dir, tmp_path, "mode=dni", "trainer.steps=200", "sg.optim.lr=1e9", "sg.optim.name=sgd",
                "sg.optim.momentum=0", "log.grad_probe_every=0")
-    summary = json.loads((tmp_path / "summary.json").read_text())
+    def strict(token):
+        raise AssertionError(f"summary.json holds bare {token}, which is not JSON")
+    summary = json.loads((tmp_path / "summary.json").read_text(), parse_constant=strict)
     assert summary["status"] == "diverged"
+    # The loss that diverged is there, as null, and named.
+    assert "train/loss" in summary["non_finite"] and summary["train/loss"] is None
     rows = read_jsonl(tmp_path / "metrics.jsonl")  # the log is kept and shows the non-finite values
     assert any(v is None for r in rows for v in r.values())
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import signal
 import time
 from pathlib import Path
@@ -52,8 +53,12 @@ def run_record(workdir: Path, fields: Callable[[], dict], closing: Sequence = ()
         # A resumed or rerun run counts every segment it took: wall_seconds is the total, not the last part.
         summary.update({"status": status, **fields(), "wall_seconds": sum(segments), "wall_segments": segments,
                         **provenance()})
+        # JSON has no NaN or Infinity (json.dumps would write them bare, which strict readers reject): in the
+        # file a non-finite number is null, and `non_finite` names what was (the returned dict keeps the floats).
+        bad = [k for k, v in summary.items() if isinstance(v, float) and not math.isfinite(v)]
+        written = {**summary, **{k: None for k in bad}, "non_finite": bad} if bad else summary
         if enabled:
-            (Path(workdir) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            (Path(workdir) / "summary.json").write_text(json.dumps(written, indent=2, allow_nan=False) + "\n")
 
 
 def earlier_segments(path: Path) -> list[float]:
