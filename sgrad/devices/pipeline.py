@@ -174,8 +174,7 @@ def locked_chunk_fn(pipe: Pipeline, preprocess: Callable):
                 stats = ravel_pytree(fwd.stats[0])[0].astype(jnp.float32)
                 return pad(fwd.activations[0], pipe.width), jnp.pad(stats, (0, stats_size - stats.size))
 
-            msg, inbox, ran_stats = zeros_msg, zeros_msg, zeros_stats
-            ran_h = zeros_msg
+            msg, inbox, ran_h, ran_stats = zeros_msg, zeros_msg, zeros_msg, zeros_stats
             for r in range(k - 1):
                 # Only device r has its input now; it keeps input, output and statistics for its update below.
                 out, stats = jax.lax.cond(me == r, partial(forward, r), lambda m: (zeros_msg, zeros_stats), msg)
@@ -189,9 +188,8 @@ def locked_chunk_fn(pipe: Pipeline, preprocess: Callable):
                     h_in, ran = (x if i == 0 else unpad(msg, pipe.out_shapes[i - 1])), None
                 else:
                     h_in = x if i == 0 else unpad(inbox, pipe.out_shapes[i - 1])
-                    like = tree["module_stats"]
-                    ran = (unpad(ran_h, pipe.out_shapes[i]),
-                           ravel_pytree(like)[1](ran_stats[:ravel_pytree(like)[0].size]))
+                    values, unravel = ravel_pytree(tree["module_stats"])
+                    ran = (unpad(ran_h, pipe.out_shapes[i]), unravel(ran_stats[:values.size]))
                 tree, h, d_in, metrics = rule.stage(pipe, i, tree, LockedTick(h_in, x, y, s.step, ran))
                 back = pad(d_in, pipe.width) if i > 0 else zeros_msg
                 return repack(flat, tree), back, metrics

@@ -80,9 +80,12 @@ def _agree(flag: int, steps: int) -> tuple[int, int]:
     """
     if jax.process_count() == 1:
         return flag, steps
-    from jax._src import distributed
-    client = distributed.global_state.client
-    if client is None:  # processes joined some other way: agree on the devices
+    try:  # JAX exposes the coordination service's client only here
+        from jax._src.distributed import global_state
+        client = global_state.client
+    except (ImportError, AttributeError):
+        client = None
+    if client is None:  # processes joined some other way, or a JAX without it: agree on the devices
         from jax.experimental import multihost_utils
         both = np.asarray(multihost_utils.process_allgather(np.array([flag, steps], np.int32)))
         return int(both[:, 0].max()), int(both[0, 1])
