@@ -88,12 +88,10 @@ def run_one(mode: str, parallel: str, seed: int, args) -> None:
     """One run, stopped once it reaches the (highest) target."""
     run_dir = run_dir_of(args, mode, parallel, seed)
     cmd = launch(parallel, args, overrides(mode, parallel, seed, args, run_dir))
-    env = {**os.environ, "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu" if args.launch == "processes"
-                                                         else "")}
+    env = dict(os.environ)
     if args.launch == "processes":
         env.pop("XLA_FLAGS", None)  # one CPU device per process
-    if not env["JAX_PLATFORMS"]:
-        env.pop("JAX_PLATFORMS")
+        env.setdefault("JAX_PLATFORMS", "cpu")
     # A run dir is resumed by a rerun; this measures fresh runs, so an earlier invocation's dir goes first.
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.parent.mkdir(parents=True, exist_ok=True)
