@@ -175,8 +175,9 @@ def bench_parallel(cfg, parallel: str, devices: int, chunk: int, chunks: int, re
     if parallel == "data":
         from jax.flatten_util import ravel_pytree
         bucket = ravel_pytree((state.params, state.stats))[0].size  # before the runner donates the state
-    baseline = None
+    baseline, alone = None, None
     if parallel != "none" and jax.process_index() == 0:
+        alone = jax.tree.map(jnp.copy, state)  # for part_seconds: the runners donate their state
         # The same network from the same start (its own copy: the runners donate their state) on this process's
         # own device, timed chunk for chunk beside the parallel runner.
         b_run, b_state, _ = make_runner("none", net, tx, jax.tree.map(jnp.copy, state), update_settings(cfg),
@@ -207,25 +208,38 @@ def bench_parallel(cfg, parallel: str, devices: int, chunk: int, chunks: int, re
         size = cfg.trainer.batch_size // replicas * (width + 2)
         row["message_sec"] = collective_seconds(size, jax.devices()[:devices], permute=True)
         row["messages"] = 2 if net.rule.sends_back else 1
-    if parallel == "pipeline" and jax.process_index() == 0:
-        row["module_sec"] = module_seconds(net, shape, cfg.trainer.batch_size)
+    if jax.process_index() == 0 and devices > 1:
+        row.update(part_seconds(cfg, parallel, devices, replicas, net, tx, alone, shape, xs, ys, idx, mean, std))
     return row
 
 
-def module_seconds(net, shape, batch: int) -> list[float]:
-    """Each module's training step (its layers, and the interface model on its output) timed alone on this
-    device, as model.partition=profiled times them: the cost model's share of the step for each device."""
-    from sgrad.models.partition import interface_cost, layer_costs, seconds
-    layers = [layer for m in net.modules for layer in m.layers]
-    costs, outs = layer_costs(layers, jax.ShapeDtypeStruct((batch, *shape), jnp.float32), seconds)
-    label = jax.ShapeDtypeStruct((batch, net.num_classes), jnp.float32) if net.conditioned else None
-    out, end = [], 0
-    for i, m in enumerate(net.modules):
-        end += len(m.layers)
-        model = net.interface_models[i] if i < len(net.modules) - 1 and net.interface_models else None
-        out.append(sum(costs[end - len(m.layers):end])
-                   + interface_cost(model, outs[end - 1], label, net.rule.synthetic, seconds))
-    return out
+def part_seconds(cfg, parallel: str, devices: int, replicas: int, net, tx, state, shape, xs, ys, idx, mean,
+                 std) -> dict:
+    """What one device of a parallel row computes, timed alone on this process's device: the cost model's inputs
+    (scripts/crossover.py). Data: the one-device step on its 1/N of the batch (`shard_sec`). Unlocked pipeline:
+    each device's tick as the pipeline runs it (unpack its padded state and messages, the mode's stage, repack),
+    in a compiled loop of len(idx) ticks (`stage_sec`, one per device)."""
+    batch, device = cfg.trainer.batch_size, jax.local_devices()[:1]
+    if parallel == "data":
+        run = make_chunk_runner(make_train_step(net, tx, update_settings(cfg)), mean, std)
+        part = idx[:, :batch // devices]
+        return {"shard_sec": _time(run, state, xs, ys, jax.device_put(part, device[0]), 3) / (3 * len(part))}
+    if parallel != "pipeline" or net.rule.schedule != "unlocked" or replicas > 1:
+        return {}
+    from sgrad.devices.layout import build_pipeline
+    from sgrad.devices.pipeline import device_tick
+    pipe, ps = build_pipeline(net, tx, state, shape, batch, update_settings(cfg).sg_scale, replicas)
+    out = []
+    for i in range(pipe.k):
+        def ticks(flat, xs, ys, idx, n, i=i):
+            def tick(j, flat):
+                flat, *_ = device_tick(pipe, i, partial(preprocess, mean=mean, std=std), flat, ps.fwd_KxBxA2[i],
+                                       ps.bwd_KxBxA2[i], ps.past_Kx2xBxA2[i], xs, ys, idx[j], jnp.bool_(True))
+                return flat
+            return jax.lax.fori_loop(0, n, tick, flat), jnp.zeros(())
+        run = jax.jit(ticks, donate_argnums=0)
+        out.append(_time(run, ps.stage_KxS[i], xs, ys, jax.device_put(idx[:, :pipe.batch]), 3) / (3 * len(idx)))
+    return {"stage_sec": out}
 
 
 def collective_seconds(size: int, devices, repeats: int = 5, permute: bool = False, loop: int = 10) -> float:
@@ -273,7 +287,8 @@ def device_rows(n: int, modes: list[str], layers: int, batch: int, chunk: int, c
             row = {**bench_parallel(cfg, parallel, d, chunk, chunks, r), "process_devices": n}
             new = [row]
             if "baseline_examples_per_sec" in row:
-                measured_beside = ("allreduce_sec", "bucket_floats", "message_sec", "messages", "module_sec")
+                measured_beside = ("allreduce_sec", "bucket_floats", "message_sec", "messages", "shard_sec",
+                                   "stage_sec")
                 new.insert(0, {**{k: v for k, v in row.items() if k not in measured_beside}, "parallel": "none",
                                "devices": 1, "replicas": 1, "examples_per_sec": row["baseline_examples_per_sec"]})
             rows += new

@@ -7,11 +7,13 @@ step, next to a cost model that predicts them from quantities measured in the sa
 Each point runs `scripts/bench.py --processes 2` (two processes pinned to one core each, jax.distributed +
 gloo) on the paper's FCN at that width and batch: `data` (backprop, cDNI) and `pipeline` (cDNI, DGL), each
 timed chunk for chunk beside process 0 alone (one process, the baseline), and in the same processes times the
-collectives alone and each module's step alone.
-The model (the same formulas as scripts/simulate_pipeline.py's DNI pipeline, on these measurements):
+collectives alone and what each device computes alone.
+The model predicts a parallel step from what each device computes and sends, each part timed alone in the same
+processes (scripts/bench.py part_seconds, collective_seconds):
 
-  data      T1 / N + all-reduce(gradients and statistics)          T1: the one-process step
-  pipeline  T1 * max_i c_i / sum_i c_i + messages * ppermute(B x A)  c_i: module i's step timed alone
+  data      T(B/N) + all-reduce(gradients and statistics)       T(B/N): the one-device step on 1/N of the batch
+  pipeline  max_i tick_i + messages * ppermute(B x A)            tick_i: device i's pipeline tick, run alone
+  speed-up  T1 / predicted step                                  T1: the one-process step, timed beside the row
 
 Writes <out>.md (every point, measured and predicted) and <out>.png (speed-up against T1, with the model).
 """
@@ -30,12 +32,11 @@ ROWS = (("backprop", "data"), ("cdni", "data"), ("cdni", "pipeline"), ("dgl", "p
 def predicted(row: dict, batch: int) -> float | None:
     """The model's speed-up for a measured two-process row, from its own run's measurements."""
     t1 = batch / row["baseline_examples_per_sec"]
-    if row["parallel"] == "data":
-        return t1 / (t1 / row["devices"] + row["allreduce_sec"])
-    if "message_sec" not in row or "module_sec" not in row:
+    if row["parallel"] == "data" and "shard_sec" in row:
+        return t1 / (row["shard_sec"] + row["allreduce_sec"])
+    if "message_sec" not in row or "stage_sec" not in row:
         return None
-    share = max(row["module_sec"]) / sum(row["module_sec"])
-    return t1 / (t1 * share + row["messages"] * row["message_sec"])
+    return t1 / (max(row["stage_sec"]) + row["messages"] * row["message_sec"])
 
 
 def chunk_for(width: int, batch: int, layers: int) -> int:
@@ -76,9 +77,9 @@ def write(points: list[dict], out: Path, argv: list[str]) -> None:
              "each, jax.distributed over localhost with gloo collectives.",
              f"Commit: {git_commit()}.", f"Command: `python scripts/crossover.py {' '.join(argv)}`.", "",
              "Paper FCN (batch norm, Adam), split into 2 modules by measured cost (`model.partition=profiled`). "
-             "T1: one process's step. Model: data = T1/2 + all-reduce; pipeline = T1 × (slowest module's share "
-             "of the modules' summed step times) + messages × one message's ppermute; every input measured in the "
-             "same run (`scripts/crossover.py`).",
+             "T1: one process's step. Model (a step's parts, each timed alone in the same processes): data = the "
+             "one-device step on half the batch + the all-reduce; pipeline = the slowest device's tick, run "
+             "alone, + messages × one message's ppermute (`scripts/crossover.py`).",
              f"Model error over the {len(errors)} points: median {100 * sorted(errors)[len(errors) // 2]:.0f} %, "
              f"largest {100 * max(errors):.0f} %.", "",
              "| width | batch | mode | parallel | layers per module | T1 (ms) | collective (ms) | measured × | "
