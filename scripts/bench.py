@@ -234,7 +234,7 @@ def part_seconds(cfg, parallel: str, devices: int, replicas: int, net, tx, state
         def ticks(flat, xs, ys, idx, n, i=i):
             def tick(j, flat):
                 flat, *_ = device_tick(pipe, i, partial(preprocess, mean=mean, std=std), flat, ps.fwd_KxBxA2[i],
-                                       ps.bwd_KxBxA2[i], ps.past_Kx2xBxA2[i], xs, ys, idx[j], jnp.bool_(True))
+                                       ps.bwd_KxBxA2[i], ps.past_Kx2xBxA2[i], xs, ys, idx[j], jnp.bool_(True), j)
                 return flat
             return jax.lax.fori_loop(0, n, tick, flat), jnp.zeros(())
         run = jax.jit(ticks, donate_argnums=0)

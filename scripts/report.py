@@ -54,7 +54,9 @@ def load_runs(root: Path) -> list[dict]:
         overrides_file = run_dir / ".hydra" / "overrides.yaml"
         overrides = list(OmegaConf.load(overrides_file)) if overrides_file.exists() else []
         runs.append({**summary, "run": str(run_dir.relative_to(root)), "mode": str(cfg.mode),
-                     "layers": int(cfg.model.layers), "seed": int(cfg.seed), "curve": curve,
+                     # your own model (model=custom) has no model.layers: its depth is the modules it was cut into
+                     "layers": int(cfg.model.layers) if str(cfg.model.name) != "custom" else
+                     int(summary.get("modules", 0)), "seed": int(cfg.seed), "curve": curve,
                      "diagnostics": dict(diagnostics),
                      "overrides": " ".join(overrides)})
     _label_variants(runs)

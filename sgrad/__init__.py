@@ -4,7 +4,7 @@ Library use: `sgrad.decouple(modules, mode, ...)` (sgrad/decoupled.py); the mode
 lazily, so that `sgrad.config` and the command line start without loading JAX.
 """
 
-__all__ = ["decouple", "Decoupled", "RULES", "UpdateRule"]
+__all__ = ["decouple", "Decoupled", "RULES", "UpdateRule", "cross_entropy", "mse"]
 
 
 def __getattr__(name: str):
@@ -18,4 +18,7 @@ def __getattr__(name: str):
     if name == "UpdateRule":
         from sgrad.core.step import UpdateRule
         return UpdateRule
+    if name in ("cross_entropy", "mse"):
+        from sgrad.models import loss
+        return getattr(loss, name)
     raise AttributeError(f"module 'sgrad' has no attribute {name!r}")

@@ -17,10 +17,10 @@ from sgrad.models.synthetic_input import DenseInput
 from sgrad.run.build import build_decoupled, check
 
 
-def _readme_example() -> str:
+def _readme_example(which: int = 0) -> str:
     text = (ROOT / "README.md").read_text()
     section = text[text.index("## Your own Flax model"):]
-    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    return re.findall(r"```python\n(.*?)```", section, re.S)[which]
 
 
 def test_readme_example_runs_and_learns():
@@ -31,6 +31,14 @@ def test_readme_example_runs_and_learns():
     # The example trains on data it makes; chance is 10 %.
     assert float(namespace["metrics"]["accuracy"]) > 0.6, namespace["metrics"]
     assert "sg/cosine/1" in namespace["probe"]
+
+
+def test_readme_regression_example_with_dropout_runs_and_learns():
+    namespace = {}
+    exec(compile(_readme_example(1), "README.md", "exec"), namespace)
+    # Predicting 0 scores var(y); the example's network does far better, and reports no accuracy.
+    assert float(namespace["test_mse"]) < 0.3 * float(namespace["y"].var()), namespace["test_mse"]
+    assert "accuracy" not in namespace["metrics"]
 
 
 def _data(n=64):
@@ -71,7 +79,7 @@ def test_runner_builds_a_custom_model_through_hydra_and_through_the_public_api()
     check(cfg)
     net = build_decoupled(cfg, (6, 6, 1), 10, 100)
     assert [type(m).__name__ for m in net.network.modules] == ["Stem", "ResidualBlock", "ResidualBlock",
-                                                                "ResidualBlock", "TakesTrain"]
+                                                                "ResidualBlock", "Head"]
     assert len(net.network.interface_models) == 4 and net.rule is RULES["dgl"]
 
 
@@ -125,3 +133,10 @@ def test_a_custom_model_pipelines_in_every_decoupled_mode(idx_dir, tmp_path):
     res = run_on_cpu_devices("pipeline_custom", 3, idx_dir, tmp_path)
     pipelined = sorted(name for name, rule in RULES.items() if rule.stage is not None)
     assert res.stdout.splitlines() == [f"{m} ok" for m in pipelined] + ["run ok"]
+
+
+def test_a_misspelled_factory_keyword_shows_the_users_type_error():
+    cfg = make_cfg("model=custom", "model._target_=residual_model.make_modules", "+model.args.widht=24")
+    with pytest.raises(ConfigError) as err:
+        build_decoupled(cfg, (6, 6, 1), 10, 100)
+    assert "unexpected keyword argument 'widht'" in str(err.value) and "\n" not in str(err.value), err.value

@@ -40,6 +40,12 @@ class ModelName(enum.StrEnum):
     custom = "custom"  # your own modules: model._target_ (sgrad.run.build.custom_modules)
 
 
+class LossName(enum.StrEnum):
+    cross_entropy = "cross_entropy"
+    mse = "mse"
+    custom = "custom"  # your own function: loss._target_ (sgrad.run.build.loss_fn)
+
+
 class Partition(enum.StrEnum):
     even = "even"
     balanced = "balanced"
@@ -94,6 +100,13 @@ class ModelConfig:
     # model=custom: a function (num_classes, **args) -> Flax modules, instantiated by Hydra
     _target_: Optional[str] = None
     args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class LossConfig:
+    name: LossName = LossName.cross_entropy
+    # loss=custom: a function (outputs, y) -> per-example losses [B]
+    _target_: Optional[str] = None
 
 
 @dataclass
@@ -186,6 +199,7 @@ class TrainConfig:
     distributed: bool = False
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     sg: SGConfig = field(default_factory=SGConfig)
     si: SyntheticInputConfig = field(default_factory=SyntheticInputConfig)
@@ -195,7 +209,7 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
 
-GROUPS = ("dataset", "model", "mode", "optim", "exp", "hparams_search", "debug")
+GROUPS = ("dataset", "model", "mode", "loss", "optim", "exp", "hparams_search", "debug")
 
 
 class ConfigError(ValueError):

@@ -18,8 +18,8 @@ from typing import Any, NamedTuple, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import optax
 
+from sgrad.models.loss import LossFn, condition, cross_entropy, task_metrics, value_and_top_gradient
 from sgrad.models.network import Network, apply
 
 PyTree = Any
@@ -32,32 +32,38 @@ class Forward(NamedTuple):
 
 
 def forward(modules: Sequence[nn.Module], params: Sequence[PyTree], stats: Sequence[PyTree],
-            x: jnp.ndarray, inputs: Sequence[jnp.ndarray] | None = None) -> Forward:
+            x: jnp.ndarray, inputs: Sequence[jnp.ndarray] | None = None, rng: jax.Array | None = None,
+            first: int = 0) -> Forward:
     """Training-mode forward pass that keeps each module's VJP for the local updates.
 
-    With `inputs`, module i runs on inputs[i] instead of the previous module's output.
+    With `inputs`, module i runs on inputs[i] instead of the previous module's output. `rng` is the step's
+    dropout key (models.network.dropout_rng); modules[j] is the network's module first + j and draws from
+    module_rng(rng, first + j), so a pipeline device running one module draws what the whole network would.
     """
     h, acts, vjps, new_stats = x, [], [], []
     for i, (f, p, s) in enumerate(zip(modules, params, stats)):
         if inputs is not None:
             h = inputs[i]
-        h, vjp, s_new = jax.vjp(partial(_module_train, f, s), p, h, has_aux=True)
+        module = partial(_module_train, f, s, module_rng(rng, first + i))
+        h, vjp, s_new = jax.vjp(module, p, h, has_aux=True)
         acts.append(h)
         vjps.append(vjp)
         new_stats.append(s_new)
     return Forward(tuple(acts), tuple(vjps), tuple(new_stats))
 
 
-def _module_train(module, stats, params, h):
-    return apply(module, params, stats, (h,), True)
+def module_rng(rng: jax.Array | None, i: int) -> jax.Array | None:
+    return None if rng is None else jax.random.fold_in(rng, i)
 
 
-def loss_and_top_gradient(logits: jnp.ndarray, labels: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """Mean cross-entropy and its gradient at the logits in summed-loss units."""
-    def summed(l):
-        return optax.softmax_cross_entropy_with_integer_labels(l, labels).sum()
-    total, grad = jax.value_and_grad(summed)(logits)
-    return total / logits.shape[0], grad
+def _module_train(module, stats, rng, params, h):
+    return apply(module, params, stats, (h,), True, rng)
+
+
+def loss_and_top_gradient(outputs: jnp.ndarray, y: jnp.ndarray, loss: LossFn = cross_entropy
+                          ) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """The batch-mean loss (a network's: net.loss) and its gradient at the outputs in summed-loss units."""
+    return value_and_top_gradient(loss, outputs, y)
 
 
 def _scale(tree: PyTree, factor) -> PyTree:
@@ -141,7 +147,7 @@ def _param_vjps(fns: Sequence[Any], params: Sequence[PyTree]):
 def predict_synthetic(net: Network, sg_params: Sequence[PyTree], sg_stats: Sequence[PyTree],
                       activations: Sequence[jnp.ndarray], labels: jnp.ndarray) -> Synthetic:
     """ĝ_i = M_i(h_i[, one-hot y]) for every interface, keeping the VJPs for the SG regression."""
-    onehot = jax.nn.one_hot(labels, net.num_classes) if net.conditioned else None
+    onehot = condition(labels, net.num_classes) if net.conditioned else None
     fns = [partial(_sg_train, model, s, jax.lax.stop_gradient(h), onehot)
            for model, s, h in zip(net.interface_models, sg_stats, activations[:-1])]
     return Synthetic(*_param_vjps(fns, sg_params))
@@ -187,10 +193,6 @@ def _si_train(model, stats, x, params):
     return apply(model, params, stats, (x,), True)
 
 
-def accuracy(logits, labels):
-    return jnp.mean(jnp.argmax(logits, -1) == labels)
-
-
 def agreement(estimate, truth) -> tuple[jnp.ndarray, jnp.ndarray]:
     """(cosine, norm ratio) of an estimated gradient against the true one, both flattened whole: the paper's
     diagnostic for ĝ, and the same question for a delayed gradient."""
@@ -199,18 +201,19 @@ def agreement(estimate, truth) -> tuple[jnp.ndarray, jnp.ndarray]:
     return jnp.dot(a, b) / jnp.maximum(na * nb, 1e-12), na / jnp.maximum(nb, 1e-12)
 
 
-def backprop_grads(net: Network, params: PyTree, stats: PyTree, x: jnp.ndarray, labels: jnp.ndarray):
+def backprop_grads(net: Network, params: PyTree, stats: PyTree, x: jnp.ndarray, labels: jnp.ndarray,
+                   rng: jax.Array | None = None):
     """Full-chain gradient of the batch-mean loss; returns (grads, new_stats, metrics)."""
-    fwd = forward(net.modules, params["modules"], stats["modules"], x)
-    loss, top = loss_and_top_gradient(fwd.activations[-1], labels)
+    fwd = forward(net.modules, params["modules"], stats["modules"], x, rng=rng)
+    loss, top = loss_and_top_gradient(fwd.activations[-1], labels, net.loss)
     module_grads, _ = backprop_chain(fwd, top)
     grads = {"modules": module_grads, "interface": (), "si": ()}
     new_stats = {"modules": fwd.stats, "interface": (), "si": ()}
-    return grads, new_stats, {"loss": loss, "accuracy": accuracy(fwd.activations[-1], labels)}
+    return grads, new_stats, task_metrics(loss, fwd.activations[-1], labels)
 
 
 def dni_grads(net: Network, params: PyTree, stats: PyTree, x: jnp.ndarray, labels: jnp.ndarray,
-              sg_scale: float = 1.0, lam=0.0):
+              sg_scale: float = 1.0, lam=0.0, rng: jax.Array | None = None):
     """Decoupled gradients for modules, SG models (and synthetic input models); (grads, new_stats, metrics).
 
     With input models (complete unlocking) module i > 1 runs on Î_i = I_i(x), and
@@ -219,15 +222,15 @@ def dni_grads(net: Network, params: PyTree, stats: PyTree, x: jnp.ndarray, label
     """
     si = predict_inputs(net, params["si"], stats["si"], x) if net.input_models else None
     inputs = (x, *si.values) if si else None
-    fwd = forward(net.modules, params["modules"], stats["modules"], x, inputs)
-    loss, top = loss_and_top_gradient(fwd.activations[-1], labels)
+    fwd = forward(net.modules, params["modules"], stats["modules"], x, inputs, rng)
+    loss, top = loss_and_top_gradient(fwd.activations[-1], labels, net.loss)
     pred = predict_synthetic(net, params["interface"], stats["interface"], fwd.activations, labels)
     module_grads, targets = decoupled_module_grads(fwd, pred.gradients, top, sg_scale, lam)
     sg_grads, sg_losses = sg_regression(pred, targets)
     si_grads, si_losses = regression_grads(si.values, si.vjps, fwd.activations[:-1]) if si else ((), ())
     grads = {"modules": module_grads, "interface": sg_grads, "si": si_grads}
     new_stats = {"modules": fwd.stats, "interface": pred.stats, "si": si.stats if si else ()}
-    metrics = {"loss": loss, "accuracy": accuracy(fwd.activations[-1], labels)}
+    metrics = task_metrics(loss, fwd.activations[-1], labels)
     for i, si_loss in enumerate(si_losses, start=2):
         metrics[f"si/loss/{i}"] = si_loss
     for i, (sg_loss, g_hat) in enumerate(zip(sg_losses, pred.gradients), start=1):
@@ -237,10 +240,10 @@ def dni_grads(net: Network, params: PyTree, stats: PyTree, x: jnp.ndarray, label
 
 
 def probe_synthetic_gradients(net: Network, params: PyTree, stats: PyTree, x: jnp.ndarray,
-                              labels: jnp.ndarray) -> dict[str, jnp.ndarray]:
+                              labels: jnp.ndarray, rng: jax.Array | None = None) -> dict[str, jnp.ndarray]:
     """Cosine and norm ratio between ĝ_i and the true backprop gradient at h_i (the paper's diagnostic)."""
-    fwd = forward(net.modules, params["modules"], stats["modules"], x)
-    _, top = loss_and_top_gradient(fwd.activations[-1], labels)
+    fwd = forward(net.modules, params["modules"], stats["modules"], x, rng=rng)
+    _, top = loss_and_top_gradient(fwd.activations[-1], labels, net.loss)
     _, true_grads = backprop_chain(fwd, top)
     pred = predict_synthetic(net, params["interface"], stats["interface"], fwd.activations, labels)
     out = {}

@@ -12,6 +12,7 @@ from flax import struct
 from jax.flatten_util import ravel_pytree
 
 from sgrad.core import dni
+from sgrad.models.loss import is_classes, per_example
 from sgrad.core.optim import Optimizers
 from sgrad.models.network import Network
 
@@ -136,13 +137,19 @@ def make_train_step(net: Network, tx: Optimizers, rule: UpdateRule = UpdateRule(
 def eval_counts(net: Network, state: TrainState, x: jnp.ndarray, y: jnp.ndarray,
                 mask: jnp.ndarray) -> dict[str, jnp.ndarray]:
     """Summed loss, correct predictions and example count over the unmasked rows of a batch."""
-    logits = dni.predict(net, state.params, state.stats, x)
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
-    correct = (jnp.argmax(logits, -1) == y)
+    outputs = dni.predict(net, state.params, state.stats, x)
+    loss = per_example(net.loss, outputs, y)
     m = mask.astype(jnp.float32)
-    return {"loss": jnp.sum(loss * m), "correct": jnp.sum(correct * m), "count": jnp.sum(m)}
+    counts = {"loss": jnp.sum(loss * m), "count": jnp.sum(m)}
+    if is_classes(y):
+        correct = jnp.argmax(outputs, -1) == y
+        if correct.ndim > 1:  # e.g. tokens: the fraction right per example
+            correct = correct.reshape(correct.shape[0], -1).mean(axis=1)
+        counts["correct"] = jnp.sum(correct * m)
+    return counts
 
 
-def probe(net: Network, state: TrainState, x: jnp.ndarray, y: jnp.ndarray) -> dict[str, jnp.ndarray]:
+def probe(net: Network, state: TrainState, x: jnp.ndarray, y: jnp.ndarray, rule: UpdateRule = UpdateRule()
+          ) -> dict[str, jnp.ndarray]:
     """What the mode's modules step along against the true gradient (its rule's probe); empty if it has none."""
-    return net.rule.probe(net, state, x, y) if net.rule.probe else {}
+    return net.rule.probe(net, state, x, y, rule) if net.rule.probe else {}

@@ -48,6 +48,7 @@ class Pipeline:
     unravel: tuple[Callable, ...]
     width: int                                # A: the widest activation sent between devices
     replicas: int = 1                         # copies of the pipeline, each on 1/replicas of the batch
+    seed: int = 0                             # the run's, for dropout (models.network.dropout_rng)
 
     @property
     def k(self) -> int:
@@ -91,7 +92,8 @@ def gather(trees: Sequence[dict], step) -> TrainState:
 
 
 def build_pipeline(net: Network, tx: Optimizers, state: TrainState, input_shape: Sequence[int],
-                   batch: int, sg_scale: float = 1.0, replicas: int = 1) -> tuple[Pipeline, PipelineState]:
+                   batch: int, sg_scale: float = 1.0, replicas: int = 1, seed: int = 0
+                   ) -> tuple[Pipeline, PipelineState]:
     """The layout of a decoupled network over len(net.modules) x `replicas` devices and its initial state.
 
     With replicas > 1 every module has that many devices, each running it on its share of the batch; the
@@ -110,7 +112,7 @@ def build_pipeline(net: Network, tx: Optimizers, state: TrainState, input_shape:
     out_shapes = activation_shapes(net.modules, input_shape)
     width = max(int(np.prod(s)) for s in out_shapes[:-1])
     pipe = Pipeline(net, tx, sg_scale, batch // replicas, out_shapes, tuple(int(f.size) for f in flats),
-                    tuple(unravels), width, replicas)
+                    tuple(unravels), width, replicas, seed)
     stage = jnp.stack([jnp.pad(f, (0, max(pipe.sizes) - f.size)) for f in flats])
     msg = jnp.zeros((k, batch, width + 2), jnp.float32)
     no_label = msg.at[..., -2].set(-1.0)

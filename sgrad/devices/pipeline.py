@@ -31,17 +31,19 @@ from jax.flatten_util import ravel_pytree
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from sgrad.models.loss import is_classes
 from sgrad.core.optim import Optimizers
 from sgrad.devices import conv_library
 from sgrad.devices.chunk import ChunkRunner, placed
 from sgrad.devices.layout import Pipeline, PipelineState, pad, repack, unpad
+from sgrad.models.network import dropout_rng
 from sgrad.modes.stage import SLOTS, LockedTick, Tick, run_module
 
 PIPE_AXIS = "pipe"
 DATA_AXIS = "data"
 
 
-def device_tick(pipe: Pipeline, i: int, preprocess: Callable, flat, fwd, bwd, past, xs, ys, idx_B, feed):
+def device_tick(pipe: Pipeline, i: int, preprocess: Callable, flat, fwd, bwd, past, xs, ys, idx_B, feed, step):
     """Stage i's unlocked tick on its padded buffers: unpack the messages, run the rule's stage, pack the replies.
 
     Messages are [B, A+2]: the activation (or SG target) zero-padded to A, then
@@ -58,8 +60,10 @@ def device_tick(pipe: Pipeline, i: int, preprocess: Callable, flat, fwd, bwd, pa
         h_in, y_in, ok_in = unpad(fwd[:, :-2], pipe.out_shapes[i - 1]), arrived, arrived[0] >= 0
     out_shape = pipe.out_shapes[i] if i < pipe.k - 1 else pipe.out_shapes[i - 1]  # last: nothing to regress
     older = past[rule.lag - 1]
+    # Device i's input is minibatch step - i (every device's own with synthetic inputs): its dropout key.
+    rng = dropout_rng(pipe.seed, step if rule.synthetic_inputs else step - i)
     tick = Tick(h_in, y_in, ok_in, unpad(older[:, :-2], out_shape), older[:, -2].astype(jnp.int32),
-                unpad(bwd[:, :-2], out_shape), bwd[0, -2] > 0)
+                unpad(bwd[:, :-2], out_shape), bwd[0, -2] > 0, rng=rng)
     if rule.synthetic_inputs and i > 0:
         # The activation module i-1 produced last tick, and the input it came from: I_i's regression pair.
         tick = tick._replace(past_x=preprocess(xs[fwd[:, -1].astype(jnp.int32)]),
@@ -91,10 +95,11 @@ def _exchange(pipe: Pipeline, out, back, forward_perm, backward_perm):
     return fwd, jax.lax.ppermute(back, PIPE_AXIS, backward_perm) if pipe.rule.sends_back else back
 
 
-def _metrics(pipe: Pipeline, sums):
+def _metrics(pipe: Pipeline, sums, ys):
     if pipe.replicas > 1:
         sums = jax.lax.pmean(sums, DATA_AXIS)
-    return pipe.rule.stage_metrics(jax.lax.all_gather(sums, PIPE_AXIS), pipe.k)
+    metrics = pipe.rule.stage_metrics(jax.lax.all_gather(sums, PIPE_AXIS), pipe.k)
+    return metrics if is_classes(ys) else {k: v for k, v in metrics.items() if "accuracy" not in k}
 
 
 def _mean_over_replicas(tx: optax.GradientTransformation) -> optax.GradientTransformation:
@@ -126,7 +131,7 @@ def unlocked_chunk_fn(pipe: Pipeline, preprocess: Callable, feed_every: int = 1)
             feed = s.step % feed_every == 0
             flat, out, back, metrics = jax.lax.switch(
                 me, branches, s.stage_KxS[0], s.fwd_KxBxA2[0], s.bwd_KxBxA2[0], s.past_Kx2xBxA2[0],
-                xs, ys, idx_CxB[j], feed)
+                xs, ys, idx_CxB[j], feed, s.step)
             fwd, bwd = _exchange(pipe, out, back, forward_perm, backward_perm)
             # Device 0 receives nothing forward (it reads the data) and device K-1 nothing backward:
             # zeros, whose valid column says "no target".
@@ -135,7 +140,7 @@ def unlocked_chunk_fn(pipe: Pipeline, preprocess: Callable, feed_every: int = 1)
             return s, sums + metrics
 
         state, sums = jax.lax.fori_loop(lo, lo + n, tick, (state, sums))
-        return state, sums, _metrics(pipe, sums)
+        return state, sums, _metrics(pipe, sums, ys)
 
     return chunk
 
@@ -170,7 +175,7 @@ def locked_chunk_fn(pipe: Pipeline, preprocess: Callable):
 
             def forward(r, msg):
                 h_in = x if r == 0 else unpad(msg, pipe.out_shapes[r - 1])
-                fwd = run_module(pipe, r, pipe.tree(r, flat), h_in)
+                fwd = run_module(pipe, r, pipe.tree(r, flat), h_in, dropout_rng(pipe.seed, s.step))
                 stats = ravel_pytree(fwd.stats[0])[0].astype(jnp.float32)
                 return pad(fwd.activations[0], pipe.width), jnp.pad(stats, (0, stats_size - stats.size))
 
@@ -205,7 +210,7 @@ def locked_chunk_fn(pipe: Pipeline, preprocess: Callable):
             return s, sums + metrics
 
         state, sums = jax.lax.fori_loop(lo, lo + n, tick, (state, sums))
-        return state, sums, _metrics(pipe, sums)
+        return state, sums, _metrics(pipe, sums, ys)
 
     return chunk
 

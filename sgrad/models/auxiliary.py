@@ -7,6 +7,8 @@ it is the head's target).
 
 from __future__ import annotations
 
+import math
+
 import flax.linen as nn
 import jax.numpy as jnp
 
@@ -27,9 +29,10 @@ def adaptive_average_pool(h_BxHxWxC: jnp.ndarray, side: int) -> jnp.ndarray:
 
 class AuxClassifier(nn.Module):
     """Conv activations: average-pool to pool x pool; then `hidden_layers` x (Linear -> BN -> ReLU) and a linear
-    map to class logits (hidden_layers=0: a linear head)."""
+    map to what the network outputs: `outputs` class logits, or an output of shape `outputs` (hidden_layers=0: a
+    linear head)."""
 
-    num_classes: int
+    outputs: int | tuple[int, ...]
     hidden_layers: int = 0
     width: int = 256
     pool: int = 2
@@ -42,8 +45,9 @@ class AuxClassifier(nn.Module):
             h = adaptive_average_pool(h, min(self.pool, h.shape[1], h.shape[2]))
         z = h.reshape(h.shape[0], -1)
         z = hidden_stack(z, self.hidden_layers, self.width, self.batch_norm, train)
-        return nn.Dense(self.num_classes)(z)
+        shape = (self.outputs,) if isinstance(self.outputs, int) else tuple(self.outputs)
+        return nn.Dense(math.prod(shape))(z).reshape(z.shape[0], *shape)
 
 
-def build_aux_classifier(aux_cfg, num_classes: int) -> AuxClassifier:
-    return AuxClassifier(num_classes, aux_cfg.hidden_layers, aux_cfg.width, aux_cfg.pool, aux_cfg.batch_norm)
+def build_aux_classifier(aux_cfg, outputs: int | tuple[int, ...]) -> AuxClassifier:
+    return AuxClassifier(outputs, aux_cfg.hidden_layers, aux_cfg.width, aux_cfg.pool, aux_cfg.batch_norm)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from sgrad.core import dni
+from sgrad.models.network import dropout_rng
 from sgrad.modes.rule import ModeRule
 
 
 def _grads(net, state, x, y, settings):
-    grads, stats, metrics = dni.backprop_grads(net, state.params, state.stats, x, y)
+    grads, stats, metrics = dni.backprop_grads(net, state.params, state.stats, x, y,
+                                               dropout_rng(settings.seed, state.step))
     return grads, stats, state.carry, metrics
 
 

@@ -9,13 +9,14 @@ import jax.numpy as jnp
 
 from sgrad.core import delayed
 from sgrad.core.step import masked_update
+from sgrad.models.network import dropout_rng
 from sgrad.modes.rule import ModeRule
 from sgrad.modes.stage import SLOT, no_metrics, run_module, task_loss, task_means
 
 
 def _grads(net, state, x, y, settings):
     grads, stats, carry, metrics = delayed.delayed_grads(net, state.params, state.stats, state.carry, state.step,
-                                                         x, y)
+                                                         x, y, settings.seed)
     return grads, stats, carry, metrics
 
 
@@ -32,7 +33,7 @@ def stage(pipe, i: int, tree: dict, t):
     metrics = no_metrics()
     new = dict(tree)
     if t.ran is None:
-        fwd = run_module(pipe, i, tree, t.h_in)
+        fwd = run_module(pipe, i, tree, t.h_in, dropout_rng(pipe.seed, t.step))
         h, new_stats = fwd.activations[0], fwd.stats[0]
     else:  # module i < K-1's forward pass ran earlier in the tick; its backward is the stash's, not this one's
         h, new_stats = t.ran
@@ -41,7 +42,8 @@ def stage(pipe, i: int, tree: dict, t):
         grads, active = jax.tree.map(lambda g: g / pipe.batch, d_params), True
     else:
         grads, d_in, new["carry"] = delayed.module_step(net.modules[i], tree["module_stats"], tree["carry"], t.step,
-                                                        t.x, t.y, t.h_in, tree["module"])
+                                                        t.x, t.y, t.h_in, tree["module"],
+                                                        delayed.dropout_at(pipe.seed, i))
         active = t.step >= delayed.delay(k, i)
     new["module"], new["module_opt"], _ = masked_update(pipe.tx.modules, grads, tree["module_opt"], tree["module"],
                                                         active)
@@ -64,8 +66,9 @@ def delayed_rule(name: str, summary: str, keep_weights: bool) -> ModeRule:
     def init_carry(net, params, stats, x, y):
         return delayed.init_stashes(net, params, stats, x, y, keep_weights)
 
-    def probe(net, state, x, y):
-        return delayed.probe_delayed(net, state.params, state.stats, state.carry, state.step, prefix=name)
+    def probe(net, state, x, y, settings=None):
+        return delayed.probe_delayed(net, state.params, state.stats, state.carry, state.step, prefix=name,
+                                     seed=settings.seed if settings else None)
 
     def probe_ready(metric: str, step: int, k: int) -> bool:
         # Module k's stash holds a real minibatch once K - k have been fed.

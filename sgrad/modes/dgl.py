@@ -8,12 +8,14 @@ import jax.numpy as jnp
 
 from sgrad.core import greedy
 from sgrad.core.step import masked_update
+from sgrad.models.network import dropout_rng
 from sgrad.modes.rule import ModeRule
 from sgrad.modes.stage import SLOT, keep_if, no_metrics, run_module, slot_means, step_module, task_loss, task_means
 
 
 def _grads(net, state, x, y, settings):
-    grads, stats, metrics = greedy.dgl_grads(net, state.params, state.stats, x, y)
+    grads, stats, metrics = greedy.dgl_grads(net, state.params, state.stats, x, y,
+                                             dropout_rng(settings.seed, state.step))
     return grads, stats, state.carry, metrics
 
 
@@ -22,17 +24,18 @@ def stage(pipe, i: int, tree: dict, t):
     head's cotangent is all module i is handed, so nothing goes back down."""
     net, last = pipe.net, i == pipe.k - 1
     new, metrics = dict(tree), no_metrics()
-    fwd = run_module(pipe, i, tree, t.h_in)
+    fwd = run_module(pipe, i, tree, t.h_in, t.rng)
     h = fwd.activations[0]
     if last:
         cot = task_loss(pipe, h, t.y_in, t.ok_in, metrics)
     else:
-        hs = greedy.head_step(net.interface_models[i], tree["interface"], tree["interface_stats"], h, t.y_in)
+        hs = greedy.head_step(net.interface_models[i], tree["interface"], tree["interface_stats"], h, t.y_in,
+                              net.loss)
         new["interface"], new["interface_opt"], _ = masked_update(pipe.tx.sg, hs.params_grad, tree["interface_opt"], tree["interface"], t.ok_in)
         new["interface_stats"] = keep_if(t.ok_in, hs.stats, tree["interface_stats"])
         cot = hs.cotangent
-        metrics[SLOT["aux_loss"]] = jnp.where(t.ok_in, hs.loss, 0.0)
-        metrics[SLOT["aux_accuracy"]] = jnp.where(t.ok_in, hs.accuracy, 0.0)
+        metrics[SLOT["aux_loss"]] = jnp.where(t.ok_in, hs.metrics["loss"], 0.0)
+        metrics[SLOT["aux_accuracy"]] = jnp.where(t.ok_in, hs.metrics.get("accuracy", 0.0), 0.0)
     new, d_in = step_module(pipe, tree, new, fwd, cot, 1.0 / pipe.batch, t.ok_in, metrics)
     new["module_stats"] = keep_if(t.ok_in, fwd.stats[0], tree["module_stats"])
     return new, h, d_in, jnp.stack(metrics)

@@ -8,15 +8,17 @@ import jax
 import jax.numpy as jnp
 
 from sgrad.core import dni
+from sgrad.models.loss import condition
 from sgrad.core.step import masked_update
-from sgrad.models.network import apply
+from sgrad.models.network import apply, dropout_rng
 from sgrad.modes.rule import ModeRule
 from sgrad.modes.stage import SLOT, keep_if, no_metrics, run_module, slot_means, step_module, task_loss, task_means
 
 
 def _grads(net, state, x, y, settings):
     lam = settings.lam_at(state.step)
-    grads, stats, metrics = dni.dni_grads(net, state.params, state.stats, x, y, settings.sg_scale, lam)
+    grads, stats, metrics = dni.dni_grads(net, state.params, state.stats, x, y, settings.sg_scale, lam,
+                                          dropout_rng(settings.seed, state.step))
     if not isinstance(lam, float):
         metrics["sg/lambda"] = lam
     return grads, stats, state.carry, metrics
@@ -30,8 +32,9 @@ def _module_active(net, step, settings, active):
     return [jnp.logical_and(a, ~warm) for a in active]
 
 
-def _probe(net, state, x, y):
-    return dni.probe_synthetic_gradients(net, state.params, state.stats, x, y)
+def _probe(net, state, x, y, settings=None):
+    rng = dropout_rng(settings.seed, state.step) if settings else None
+    return dni.probe_synthetic_gradients(net, state.params, state.stats, x, y, rng)
 
 
 def stage(pipe, i: int, tree: dict, t):
@@ -43,7 +46,7 @@ def stage(pipe, i: int, tree: dict, t):
     pipeline is exactly that step."""
     net, last = pipe.net, i == pipe.k - 1
     new, metrics = dict(tree), no_metrics()
-    onehot = lambda y: jax.nn.one_hot(y, net.num_classes) if net.conditioned else None
+    onehot = lambda y: condition(y, net.num_classes) if net.conditioned else None
     if not last:
         model = net.interface_models[i]
 
@@ -67,7 +70,7 @@ def stage(pipe, i: int, tree: dict, t):
         metrics[SLOT["si_valid"]] = t.si_target_ok.astype(jnp.float32)
         h_in, si_stats = si_out(tree["si"], h_in)
         new["si_stats"] = keep_if(t.ok_in, si_stats, tree["si_stats"])
-    fwd = run_module(pipe, i, tree, h_in)
+    fwd = run_module(pipe, i, tree, h_in, t.rng)
     h = fwd.activations[0]
     if last:
         cot, factor = task_loss(pipe, h, t.y_in, t.ok_in, metrics), 1.0 / pipe.batch

@@ -36,7 +36,7 @@ class ModeRule:
       grads(net, state, x, y, settings) -> (grads, new_stats, new_carry, metrics)
       init_carry(net, params, stats, x, y) -> what the mode carries between steps (TrainState.carry)
       module_active(net, step, settings, active) -> which modules step now (active: update_prob's draw)
-      probe(net, state, x, y) -> diagnostics against the true gradient; probe_ready(name, step, K) filters them
+      probe(net, state, x, y, settings) -> diagnostics against the true gradient; probe_ready(name, step, K) filters them
       stage(ctx, i, tree, tick) -> pipeline: device i's tick (sgrad/modes/stage.py)
       refusals(settings) -> [(key, value, what is allowed)] for settings this mode cannot honour
     """

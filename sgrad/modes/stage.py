@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from sgrad.core import dni
+from sgrad.models.loss import task_metrics
 from sgrad.core.step import masked_update
 
 # Per device and tick: summed loss, correct fraction, a valid input, SG loss, a valid SG target, |ĝ|,
@@ -39,6 +40,7 @@ class Tick(NamedTuple):
     past_x: Any = None
     si_target: Any = None
     si_target_ok: Any = None
+    rng: Any = None         # the dropout key of the minibatch h_in belongs to
 
 
 class LockedTick(NamedTuple):
@@ -70,7 +72,8 @@ def slot_means(sums_KxM, k: int, names: dict[str, tuple[str, str]], first: int =
 
 
 def task_means(sums_KxM) -> dict[str, jnp.ndarray]:
-    """The task loss and accuracy, from the last device."""
+    """The task loss and accuracy, from the last device (the pipeline drops accuracies for targets that are not
+    class labels)."""
     per = lambda col: sums_KxM[-1, SLOT[col]] / jnp.maximum(sums_KxM[-1, SLOT["valid"]], 1.0)
     return {"loss": per("loss"), "accuracy": per("accuracy")}
 
@@ -79,16 +82,17 @@ def keep_if(ok, new_tree, old_tree):
     return jax.tree.map(lambda a, b: jnp.where(ok, a, b), new_tree, old_tree)
 
 
-def run_module(pipe, i: int, tree: dict, h_in) -> dni.Forward:
-    """Module i's training forward pass on device i, keeping its VJP."""
-    return dni.forward([pipe.net.modules[i]], [tree["module"]], [tree["module_stats"]], h_in)
+def run_module(pipe, i: int, tree: dict, h_in, rng=None) -> dni.Forward:
+    """Module i's training forward pass on device i, keeping its VJP; `rng`: the step's dropout key."""
+    return dni.forward([pipe.net.modules[i]], [tree["module"]], [tree["module_stats"]], h_in, rng=rng, first=i)
 
 
 def task_loss(pipe, h, y_in, ok_in, metrics: list):
-    """The last device: the loss's cotangent at the logits (summed-loss units), its loss and accuracy recorded."""
-    loss, cot = dni.loss_and_top_gradient(h, y_in)
-    metrics[SLOT["loss"]] = jnp.where(ok_in, loss, 0.0)
-    metrics[SLOT["accuracy"]] = jnp.where(ok_in, dni.accuracy(h, y_in), 0.0)
+    """The last device: the loss's cotangent at the outputs (summed-loss units), its loss (and accuracy)
+    recorded."""
+    loss, cot = dni.loss_and_top_gradient(h, y_in, pipe.net.loss)
+    for name, value in task_metrics(loss, h, y_in).items():
+        metrics[SLOT[name]] = jnp.where(ok_in, value, 0.0)
     return cot
 
 

@@ -13,6 +13,7 @@ import optax
 
 from sgrad.config import ConfigError, validate
 from sgrad.config.schema import require
+from sgrad.models.loss import LOSSES, LossFn
 from sgrad.core.optim import Optimizers
 from sgrad.core.recurrent import RecurrentNet
 from sgrad.core.step import UpdateRule
@@ -89,8 +90,11 @@ def custom_modules(model_cfg, num_classes: int) -> list[nn.Module]:
     try:
         made = instantiate({"_target_": target, **dict(model_cfg.args)}, num_classes=num_classes)
     except InstantiationException as e:
-        first = str(e).strip().splitlines()[0]
-        raise ConfigError(f"model._target_={target} could not be called ({first}); expected {CUSTOM_EXPECTED}") from None
+        # Hydra's first line only names the target; the user's own error (a misspelled keyword) is the cause.
+        cause = e.__cause__
+        why = (f"{type(cause).__name__}: {(str(cause).strip().splitlines() or [''])[0]}" if cause else
+               str(e).strip().splitlines()[0])
+        raise ConfigError(f"model._target_={target} could not be called ({why}); expected {CUSTOM_EXPECTED}") from None
     modules = list(made) if isinstance(made, (list, tuple)) else None
     if not modules or len(modules) < 2 or not all(isinstance(m, nn.Module) for m in modules):
         raise ConfigError(f"model._target_={target} returned {type(made).__name__}"
@@ -139,7 +143,8 @@ def build_decoupled(cfg, input_shape: tuple[int, ...], num_classes: int, total_s
         modules = group_layers(layers, module_sizes(cfg, layers, input_shape, num_classes))
     tx = build_train_optimizer(cfg, total_steps)
     makers = interface_models(cfg, num_classes)
-    return decouple(modules, rule, input_shape=input_shape, num_classes=num_classes, optimizer=tx.modules,
+    return decouple(modules, rule, input_shape=input_shape, num_classes=num_classes, loss=loss_fn(cfg.loss),
+                    optimizer=tx.modules,
                     interface_optimizer=tx.sg, sg_model=makers["sg"], aux_model=makers["aux"],
                     input_model=lambda s: build_input_model(cfg.si, s), settings=update_settings(cfg))
 
@@ -201,17 +206,36 @@ def check(cfg: Any) -> None:
         require(False, key, value, allowed)
     if str(cfg.model.name) == "custom":
         _locate_target(cfg.model._target_)
+    if family != "classification":
+        require(str(cfg.loss.name) == "cross_entropy", "loss", str(cfg.loss.name),
+                f"cross_entropy for dataset.name={cfg.dataset.name} (its task sets the loss)")
+    loss_fn(cfg.loss)
 
 
 CUSTOM_EXPECTED = "a function (num_classes, **model.args) -> a list of two or more flax.linen Modules"
+LOSS_EXPECTED = "a function (outputs, y) -> per-example losses [B]"
 
 
-def _locate_target(target: str):
+def loss_fn(loss_cfg) -> LossFn:
+    """`loss=cross_entropy|mse`, or the user's function `loss._target_` with loss=custom."""
+    name = str(loss_cfg.name)
+    if name != "custom":
+        require(loss_cfg._target_ is None, "loss._target_", loss_cfg._target_,
+                f"null with loss={name} (set loss=custom to use your own function)")
+        return LOSSES[name]
+    require(loss_cfg._target_ is not None, "loss._target_", None,
+            f"the import path of {LOSS_EXPECTED} with loss=custom")
+    fn = _locate_target(loss_cfg._target_, "loss._target_", LOSS_EXPECTED)
+    require(callable(fn), "loss._target_", loss_cfg._target_, LOSS_EXPECTED)
+    return fn
+
+
+def _locate_target(target: str, key: str = "model._target_", expected: str = CUSTOM_EXPECTED):
     """The user's function, imported (not called) so that a wrong path fails before any data is read."""
     import importlib
     module, _, name = str(target).rpartition(".")
     try:
         return getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError, ValueError) as e:
-        raise ConfigError(f"model._target_={target} could not be imported ({type(e).__name__}: {e}); expected "
-                          f"{CUSTOM_EXPECTED}") from None
+        raise ConfigError(f"{key}={target} could not be imported ({type(e).__name__}: {e}); expected "
+                          f"{expected}") from None

@@ -83,8 +83,8 @@ class ClassificationTask:
         self._test = [jax.device_put(a) for a in pad_eval(data.test_x, data.test_y, tcfg.eval_batch_size)]
         probe_x = jax.device_put(data.test_x[:tcfg.batch_size])
         probe_y = jax.device_put(data.test_y[:tcfg.batch_size])
-        net, mean, std = self.net, self._mean, self._std
-        self._probe = conv_library.jit(lambda s: probe(net, s, preprocess(probe_x, mean, std), probe_y))
+        net, mean, std, settings = self.net, self._mean, self._std, self.decoupled.settings
+        self._probe = conv_library.jit(lambda s: probe(net, s, preprocess(probe_x, mean, std), probe_y, settings))
 
         @conv_library.jit
         def evaluate(state: TrainState, xs, ys, masks):
@@ -151,8 +151,10 @@ class ClassificationTask:
 
     def summary_fields(self) -> dict:
         cfg = self.cfg
-        return {"mode": self.rule.name, "dataset": self.data.name, "model": str(cfg.model.name),
-                "layers": cfg.model.layers, "seed": cfg.seed}
+        built = {"layers": cfg.model.layers} if str(cfg.model.name) != "custom" else \
+            {"target": str(cfg.model._target_)}  # model.layers does not apply to your own modules
+        return {"mode": self.rule.name, "dataset": self.data.name, "model": str(cfg.model.name), **built,
+                "modules": len(self.net.modules), "loss": str(cfg.loss.name), "seed": cfg.seed}
 
     def objective(self, summary: dict) -> float:
         return float(summary.get("test/error", float("nan")))

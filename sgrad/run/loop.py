@@ -40,7 +40,7 @@ def eval_every(cfg: Any, task: Task) -> int:
 
 # Settings every run shows in TensorBoard's HParams tab, besides what its sweep varies: those of every run, then
 # those of its kind of model (an FCN has no model.hidden, an LSTM no model.width).
-HPARAMS = ("mode", "dataset.name", "model.name", "optim.lr", "sg.optim.lr", "sg.scale", "trainer.batch_size", "seed")
+HPARAMS = ("mode", "dataset.name", "model.name", "loss.name", "optim.lr", "sg.optim.lr", "sg.scale", "trainer.batch_size", "seed")
 MODEL_HPARAMS = {"fcn": ("model.layers", "model.width"), "cnn": ("model.layers", "model.channels"),
                  "lstm": ("model.hidden", "trainer.bptt")}
 
@@ -49,7 +49,10 @@ def hparams_of(cfg: Any, swept: list[str]) -> dict:
     """{setting: value} for the HParams dashboard: the usual suspects for this model and the swept settings,
     typed."""
     flat = flat_config(cfg)
-    keys = (*HPARAMS, *MODEL_HPARAMS.get(str(cfg.model.name), ()), *swept)
+    # Your own model is its factory and the arguments it was called with.
+    custom = ("model._target_", *(k for k in flat if k.startswith("model.args."))) \
+        if str(cfg.model.name) == "custom" else ()
+    keys = (*HPARAMS, *MODEL_HPARAMS.get(str(cfg.model.name), ()), *custom, *swept)
     return {k: flat[k] for k in dict.fromkeys(keys) if isinstance(flat.get(k), (bool, int, float, str))}
 
 
