@@ -217,8 +217,10 @@ def part_seconds(cfg, parallel: str, devices: int, replicas: int, net, tx, state
                  std) -> dict:
     """What one device of a parallel row computes, timed alone on this process's device: the cost model's inputs
     (scripts/crossover.py). Data: the one-device step on its 1/N of the batch (`shard_sec`). Unlocked pipeline:
-    each device's tick as the pipeline runs it (unpack its padded state and messages, the mode's stage, repack),
-    in a compiled loop of len(idx) ticks (`stage_sec`, one per device)."""
+    each device's tick as the pipeline's program runs it, in a compiled loop of len(idx) ticks without the
+    messages: its branch of the lax.switch over stages (unpack its padded state and messages, the mode's stage,
+    repack; `stage_sec`, one per device), and the same tick outside any switch (`stage_alone_sec`): the
+    difference is what XLA's conditional costs (it copies its operands and results, the stage's flat state)."""
     batch, device = cfg.trainer.batch_size, jax.local_devices()[:1]
     if parallel == "data":
         run = make_chunk_runner(make_train_step(net, tx, update_settings(cfg)), mean, std)
@@ -229,17 +231,25 @@ def part_seconds(cfg, parallel: str, devices: int, replicas: int, net, tx, state
     from sgrad.devices.layout import build_pipeline
     from sgrad.devices.pipeline import device_tick
     pipe, ps = build_pipeline(net, tx, state, shape, batch, update_settings(cfg).sg_scale, replicas)
-    out = []
+    branches = [partial(device_tick, pipe, i, partial(preprocess, mean=mean, std=std)) for i in range(pipe.k)]
+    idx = jax.device_put(idx[:, :pipe.batch])
+    switched, alone = [], []
     for i in range(pipe.k):
-        def ticks(flat, xs, ys, idx, n, i=i):
-            def tick(j, flat):
-                flat, *_ = device_tick(pipe, i, partial(preprocess, mean=mean, std=std), flat, ps.fwd_KxBxA2[i],
-                                       ps.bwd_KxBxA2[i], ps.past_Kx2xBxA2[i], xs, ys, idx[j], jnp.bool_(True), j)
-                return flat
-            return jax.lax.fori_loop(0, n, tick, flat), jnp.zeros(())
+        def ticks(carry, xs, ys, idx, n, me=None, i=i):
+            def tick(j, carry):
+                flat, fwd, bwd, past = carry
+                args = (flat, fwd, bwd, past, xs, ys, idx[j], jnp.bool_(True), j)
+                flat, out, back, _ = (branches[i](*args) if me is None else jax.lax.switch(me, branches, *args))
+                # The messages the device sends stand in for those it would receive (same shapes).
+                return flat, out, back, jnp.stack([out, past[0]])
+            return jax.lax.fori_loop(0, n, tick, carry), jnp.zeros(())
+        carry = lambda: (jnp.copy(ps.stage_KxS[i]), ps.fwd_KxBxA2[i], ps.bwd_KxBxA2[i], ps.past_Kx2xBxA2[i])
         run = jax.jit(ticks, donate_argnums=0)
-        out.append(_time(run, ps.stage_KxS[i], xs, ys, jax.device_put(idx[:, :pipe.batch]), 3) / (3 * len(idx)))
-    return {"stage_sec": out}
+        alone.append(_time(run, carry(), xs, ys, idx, 3) / (3 * len(idx)))
+        run = jax.jit(lambda c, xs, ys, idx, n, i=i: ticks(c, xs, ys, idx, n, jnp.int32(i) + 0 * n),
+                      donate_argnums=0)
+        switched.append(_time(run, carry(), xs, ys, idx, 3) / (3 * len(idx)))
+    return {"stage_sec": switched, "stage_alone_sec": alone}
 
 
 def collective_seconds(size: int, devices, repeats: int = 5, permute: bool = False, loop: int = 10) -> float:
@@ -288,7 +298,7 @@ def device_rows(n: int, modes: list[str], layers: int, batch: int, chunk: int, c
             new = [row]
             if "baseline_examples_per_sec" in row:
                 measured_beside = ("allreduce_sec", "bucket_floats", "message_sec", "messages", "shard_sec",
-                                   "stage_sec")
+                                   "stage_sec", "stage_alone_sec")
                 new.insert(0, {**{k: v for k, v in row.items() if k not in measured_beside}, "parallel": "none",
                                "devices": 1, "replicas": 1, "examples_per_sec": row["baseline_examples_per_sec"]})
             rows += new

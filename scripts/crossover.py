@@ -12,7 +12,8 @@ The model predicts a parallel step from what each device computes and sends, eac
 processes (scripts/bench.py part_seconds, collective_seconds):
 
   data      T(B/N) + all-reduce(gradients and statistics)       T(B/N): the one-device step on 1/N of the batch
-  pipeline  max_i tick_i + messages * ppermute(B x A)            tick_i: device i's pipeline tick, run alone
+  pipeline  max_i tick_i + messages * ppermute(B x A)            tick_i: device i's tick, its branch of the
+                                                                 pipeline's switch over stages, without messages
   speed-up  T1 / predicted step                                  T1: the one-process step, timed beside the row
 
 Writes <out>.md (every point, measured and predicted) and <out>.png (speed-up against T1, with the model).
@@ -60,7 +61,9 @@ def measure(width: int, batch: int, layers: int) -> list[dict]:
         points.append({"width": width, "batch": batch, "mode": mode, "parallel": parallel, "split": row["split"],
                        "t1_ms": 1e3 * batch / base, "measured": row["examples_per_sec"] / base,
                        "predicted": predicted(row, batch),
-                       "collective_ms": 1e3 * row.get("allreduce_sec", row.get("message_sec", float("nan")))})
+                       "collective_ms": 1e3 * row.get("allreduce_sec", row.get("message_sec", float("nan"))),
+                       "part_ms": 1e3 * (row["shard_sec"] if "shard_sec" in row else max(row.get("stage_sec", [0]))),
+                       "alone_ms": 1e3 * max(row.get("stage_alone_sec", [float("nan")]))})
     return points
 
 
@@ -78,17 +81,23 @@ def write(points: list[dict], out: Path, argv: list[str]) -> None:
              f"Commit: {git_commit()}.", f"Command: `python scripts/crossover.py {' '.join(argv)}`.", "",
              "Paper FCN (batch norm, Adam), split into 2 modules by measured cost (`model.partition=profiled`). "
              "T1: one process's step. Model (a step's parts, each timed alone in the same processes): data = the "
-             "one-device step on half the batch + the all-reduce; pipeline = the slowest device's tick, run "
-             "alone, + messages × one message's ppermute (`scripts/crossover.py`).",
+             "one-device step on half the batch + the all-reduce; pipeline = the slowest device's tick "
+             "(its branch of the pipeline's switch, without messages) + messages × one message's ppermute "
+             "(`scripts/crossover.py`).",
              f"Model error over the {len(errors)} points: median {100 * sorted(errors)[len(errors) // 2]:.0f} %, "
              f"largest {100 * max(errors):.0f} %.", "",
-             "| width | batch | mode | parallel | layers per module | T1 (ms) | collective (ms) | measured × | "
-             "model × | model error |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "`part`: what the model charges a device besides the collective (data: the half-batch step; pipeline: the "
+             "slowest device's tick inside the pipeline's switch over stages); `outside the switch`: the same tick "
+             "compiled on its own, what it would cost without XLA's conditional.", "",
+             "| width | batch | mode | parallel | layers per module | T1 (ms) | part (ms) | outside the switch (ms) | "
+             "collective (ms) | measured × | model × | model error |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for p in points:
         err = f"{100 * (p['predicted'] / p['measured'] - 1):+.0f} %" if p["predicted"] else ""
         model = f"{p['predicted']:.2f}" if p["predicted"] else ""
+        alone = f"{p['alone_ms']:.1f}" if p["parallel"] == "pipeline" else ""
         lines.append(f"| {p['width']} | {p['batch']} | {p['mode']} | {p['parallel']} | {p['split']} | "
-                     f"{p['t1_ms']:.1f} | {p['collective_ms']:.2f} | {p['measured']:.2f} | {model} | {err} |")
+                     f"{p['t1_ms']:.1f} | {p['part_ms']:.1f} | {alone} | {p['collective_ms']:.2f} | "
+                     f"{p['measured']:.2f} | {model} | {err} |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
     fig, ax = plt.subplots(figsize=(8, 5))
