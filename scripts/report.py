@@ -172,8 +172,10 @@ def plot_curves(runs: list[dict], path: Path) -> None:
                 # Markers, so that a run evaluated once or twice still shows.
                 ax.plot(steps, [100 * e for e in errs], color=colors[row], alpha=0.85, marker="o", ms=3,
                         label=row if i == 0 else None)
-        ax.set_title(f"{depth} layers")
-        ax.set_xlabel("step")
+        # your own model (model=custom) is counted in the modules it was cut into, the paper's in layers
+        unit = "modules" if all(r.get("model") == "custom" for r in runs if r["layers"] == depth) else "layers"
+        ax.set_title(f"{depth} {unit}")
+        ax.set_xlabel("training step (test set: every trainer.eval_every steps and at the end)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     axes[0][0].set_ylabel("test error (%)")

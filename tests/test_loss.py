@@ -17,6 +17,7 @@ from sgrad.config import ConfigError
 from sgrad.core import delayed, dni
 from sgrad.models.loss import cross_entropy, mse
 from sgrad.models.network import apply, dropout_rng, init_variables
+from sgrad.models.synthetic import DenseSynthetic
 from sgrad.models.synthetic_input import DenseInput
 from sgrad.run.build import build_decoupled, check
 
@@ -35,8 +36,10 @@ def _regression(n=64, d=6, out=3):
 @pytest.mark.parametrize("mode", [m if m in FAST else pytest.param(m, marks=pytest.mark.slow) for m in sorted(RULES)])
 def test_every_mode_trains_a_regression_network_with_dropout(mode):
     x, y = _regression()
+    # Test-sized interface models (the paper's DNI SG model has 2 x 1024 hidden units).
     net = decouple(make_modules(3, width=32, rate=0.1), mode, input_shape=(6,), loss=mse,
-                   optimizer=optax.adam(3e-3), input_model=lambda shape: DenseInput(shape[0], 1, 64))
+                   optimizer=optax.adam(3e-3), sg_model=lambda shape: DenseSynthetic(1, 64),
+                   input_model=lambda shape: DenseInput(shape[0], 1, 64))
     start = net.init(jax.random.key(0), x, y)
     step = jax.jit(net.train_step)
     state = start

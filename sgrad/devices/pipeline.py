@@ -222,9 +222,12 @@ def make_pipeline_runner(pipe: Pipeline, preprocess: Callable, devices: Sequence
     need = pipe.k * pipe.replicas
     if len(devices) < need:
         times = f" x replicas={pipe.replicas}" if pipe.replicas > 1 else ""
+        more = (f"launch {need} processes, e.g. python scripts/launch_local.py {need} ..." if jax.process_count() > 1
+                else f"on CPU set XLA_FLAGS=--xla_force_host_platform_device_count={need}")
         raise ValueError(f"parallel=pipeline places one module per device: the network has {pipe.k} modules{times} "
-                         f"but only {len(devices)} devices are visible (on CPU set XLA_FLAGS="
-                         f"--xla_force_host_platform_device_count={need}, or group layers with model.dni_every)")
+                         f"but only {len(devices)} devices are visible ({more}; or use fewer modules: "
+                         "model.dni_every or model.modules for the paper's networks, fewer from your "
+                         "model._target_ with model=custom)")
     if pipe.replicas > 1:
         if pipe.rule.schedule == "locked":
             raise ValueError(f"replicas={pipe.replicas}: mode={pipe.rule.name}'s stash holds whole minibatches, "

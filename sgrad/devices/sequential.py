@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from sgrad.core.step import TrainState
 from sgrad.devices import conv_library
 from sgrad.devices.layout import Pipeline, gather, stage_tree
+from sgrad.models.network import dropout_rng
 from sgrad.modes.stage import LockedTick, Tick
 
 
@@ -49,7 +50,8 @@ def run_sequential(pipe: Pipeline, state: TrainState, xs, ys, idx_TxB, preproces
             target, target_ok = targets[i] if rule.sends_back else (None, false)
             shape = pipe.out_shapes[min(i, k - 2)]
             tick = Tick(h_in, y_in, ok, zeros(shape) if old_h is None else old_h, no_y if old_y is None else old_y,
-                        zeros(shape) if target is None else target, target_ok)
+                        zeros(shape) if target is None else target, target_ok,
+                        rng=dropout_rng(pipe.seed, step if full else step - i))
             if full and i > 0:
                 tick = tick._replace(past_x=x_t if x_prev is None else x_prev,
                                      si_target=zeros(pipe.out_shapes[i - 1]) if h_prev is None else h_prev,

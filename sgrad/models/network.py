@@ -74,6 +74,8 @@ DROPOUT_STREAM = 0x44524F50
 def dropout_rng(seed: int, step) -> jax.Array:
     """The dropout key of training step `step`: a function of the seed and the step only, so recomputing an old
     step's forward pass (DDG's stash, FR's replay) draws the masks it drew then."""
+    # As uint32, however the step comes (a traced int32, a Python int; a filling pipeline's is negative).
+    step = jnp.asarray(step, jnp.int32).astype(jnp.uint32)
     return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), DROPOUT_STREAM), step)
 
 

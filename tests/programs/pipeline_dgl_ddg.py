@@ -1,6 +1,7 @@
 """mode=dgl, ddg and fr with parallel=pipeline on K CPU devices (argv[1]): each equals the same schedule run
 sequentially in plain Python, and the single-device step (DGL drained to one minibatch in flight; DDG and FR
-as they run, since their forward pass is locked)."""
+as they run, since their forward pass is locked). With three devices DDG and FR also run a user's network with
+dropout (tests/dropout_model.py): the masks of a step are the same on the devices as in the one-device step."""
 
 import sys
 
@@ -81,3 +82,41 @@ for mode, model, shape in [c for c in cases if K == 2 or c[1] == "fcn"]:
             d = max_diff(getattr(got, part), getattr(single, part))
             assert d < 1e-5, (mode, model, "single", part, d)
     print(mode, model, "ok")
+
+
+if K == 3:
+    import optax
+    from dropout_model import make_modules
+    from sgrad import decouple
+    from sgrad.core.step import UpdateRule
+    shape = (6, 6, 1)
+    xs, ys, mean, std = device_data(rng, 128, shape)
+    pre = lambda x: preprocess(x, mean, std).reshape(x.shape[0], -1)
+    for mode in ("ddg", "fr"):
+        lib = decouple(make_modules(10, 16, 0.3), mode, input_shape=(36,), optimizer=optax.sgd(0.01),
+                       settings=UpdateRule(seed=5))
+        net, tx = lib.network, lib.tx
+        params, stats = init_variables(net, jax.random.key(1), jnp.zeros((B, 36)))
+        fresh = lambda: init_state(net, jax.tree.map(jnp.copy, params), jax.tree.map(jnp.copy, stats), tx,
+                                   pre(xs[:B]), ys[:B])
+        T = 10
+        idx = rng.integers(0, 128, (T, B)).astype(np.int32)
+        pipe, state = build_pipeline(net, tx, fresh(), (36,), B, seed=5)
+        state, _ = make_pipeline_runner(pipe, pre, jax.devices())(state, xs, ys, idx, np.int32(T))
+        got = to_train_state(pipe, state)
+        ref = run_sequential(pipe, fresh(), xs, ys, idx, pre)
+        single = fresh()
+        for t in range(T):
+            single, _ = jax.jit(lib.train_step)(single, pre(xs[idx[t]]), ys[idx[t]])
+        assert moved(got.params, fresh().params)
+        for part in ("params", "carry"):  # (plain SGD keeps no optimizer state)
+            assert max_diff(getattr(got, part), getattr(ref, part)) < 1e-5, (mode, "dropout", part)
+            assert max_diff(getattr(got, part), getattr(single, part)) < 1e-5, (mode, "dropout single", part)
+        # The masks matter: another seed gives other parameters.
+        other = fresh()
+        for t in range(T):
+            other, _ = jax.jit(decouple(make_modules(10, 16, 0.3), mode, input_shape=(36,),
+                                        optimizer=optax.sgd(0.01), settings=UpdateRule(seed=6)).train_step)(
+                other, pre(xs[idx[t]]), ys[idx[t]])
+        assert max_diff(other.params, single.params) > 1e-4
+        print(mode, "dropout ok")
