@@ -22,7 +22,7 @@ from sgrad.models.synthetic_input import DenseInput
 from sgrad.run.build import build_decoupled, check
 
 # The modes the library offers a feed-forward network; the slow tier runs the rest.
-FAST = {"dni", "cdni", "dgl", "ddg"}
+FAST = {"dni", "dgl"}  # cDNI's conditioning and DDG's replayed masks have fast tests of their own below
 
 
 def _regression(n=64, d=6, out=3):
@@ -199,3 +199,20 @@ def test_check_finite_reports_divergence_and_keeps_the_last_good_state():
     # The step that went non-finite handed back the state it was given, every leaf finite.
     jax.tree.map(np.testing.assert_array_equal, new, state)
     assert all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree.leaves(new.params))
+
+
+@pytest.mark.slow
+def test_every_mode_runs_a_custom_dropout_model_with_mse_through_sgrad_train(idx_dir, tmp_path):
+    import json
+    from sgrad import RULES as modes
+    from sgrad.run import train_and_evaluate
+    for mode in sorted(modes):
+        cfg = make_cfg("model=custom", "model._target_=dropout_model.make_modules", "+model.args.width=16",
+                       "loss=mse", "dataset.name=idx", f"dataset.dir={idx_dir}", "dataset.download=false",
+                       f"mode={mode}", "si.width=32", "trainer.steps=20", "trainer.log_every=10",
+                       "trainer.eval_every=20", "trainer.batch_size=32", "log.grad_probe_every=10")
+        summary = train_and_evaluate(cfg, tmp_path / mode)
+        assert summary["status"] == "completed" and summary["loss"] == "mse", (mode, summary)
+        rows = [json.loads(line) for line in (tmp_path / mode / "metrics.jsonl").read_text().splitlines()]
+        losses = [r["train/loss"] for r in rows if "train/loss" in r]
+        assert len(losses) == 2 and all(np.isfinite(losses)), (mode, losses)
