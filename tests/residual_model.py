@@ -42,3 +42,15 @@ def make_modules(num_classes: int, width: int = 32, blocks: int = 2) -> list[nn.
 
 def not_modules(num_classes: int):
     return {"stem": num_classes}
+
+
+class Broken(nn.Module):
+    """A module whose code fails on what it is given (a user's bug)."""
+
+    @nn.compact
+    def __call__(self, h):
+        return nn.Dense(4)(h.reshape(h.shape[0], 5))
+
+
+def broken_modules(num_classes: int) -> list[nn.Module]:
+    return [Stem(8), Broken()]

@@ -140,3 +140,17 @@ def test_a_misspelled_factory_keyword_shows_the_users_type_error():
     with pytest.raises(ConfigError) as err:
         build_decoupled(cfg, (6, 6, 1), 10, 100)
     assert "unexpected keyword argument 'widht'" in str(err.value) and "\n" not in str(err.value), err.value
+
+
+@pytest.mark.slow
+def test_a_model_that_fails_to_build_is_one_line_and_leaves_no_run_dir(tmp_path):
+    import os
+    import subprocess
+    import sys
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
+    res = subprocess.run([sys.executable, "-m", "sgrad.cli", "dataset=fashion_mnist", "model=custom",
+                          "model._target_=residual_model.broken_modules", "trainer.steps=5"],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=300, env=env)
+    assert res.returncode == 2 and res.stderr.strip().count("\n") == 0, res.stderr
+    assert "module 2 (Broken) failed on module 1 (Stem)'s output" in res.stderr
+    assert not (tmp_path / "outputs").exists()

@@ -137,7 +137,7 @@ def test_a_module_that_does_not_fit_the_one_before_is_one_line_naming_both():
     with pytest.raises(ValueError) as err:
         decouple([TrainBlock(8), Needs5()], "dni", input_shape=(6,), loss=mse)
     assert "\n" not in str(err.value)
-    assert str(err.value).startswith("module 2 (Needs5) cannot take module 1 (TrainBlock)'s output of shape (8,)")
+    assert str(err.value).startswith("module 2 (Needs5) failed on module 1 (TrainBlock)'s output of shape (8,)")
 
 
 def test_a_head_of_the_wrong_width_for_num_classes_is_refused():

@@ -121,7 +121,7 @@ def activation_shapes(modules: Sequence[nn.Module], input_shape: Sequence[int]) 
         except Exception as e:
             came = (f"module {i} ({type(modules[i - 1]).__name__})'s output of shape {tuple(h.shape[1:])}" if i
                     else f"the input of shape {tuple(input_shape)}")
-            raise ValueError(f"module {i + 1} ({type(f).__name__}) cannot take {came}: "
+            raise ValueError(f"module {i + 1} ({type(f).__name__}) failed on {came}: "
                              f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
         shapes.append(tuple(h.shape[1:]))
     return tuple(shapes)
