@@ -8,33 +8,34 @@
 #     every decoupled mode on one device and, with two or more, in its data and pipeline layouts over them
 #     -> results/bench/accelerator_<kind>_time_to_accuracy.md/.png.
 # SGRAD_BENCH_OUT=DIR writes elsewhere (SGRAD_BENCH_RUNS=DIR: the time-to-accuracy run dirs, outputs/ by
-# default); SGRAD_BENCH_QUICK=1 runs tiny sizes (how the tests run it on CPU).
+# default); SGRAD_BENCH_QUICK=1 runs tiny sizes and a few modes (how the tests run it on CPU: each step of the
+# script once, every mode's rows being bench_devices.py's own test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${SGRAD_BENCH_OUT:-results/bench}
 read -r platform count kind < <(python -c "import jax; d = jax.devices(); \
 print(jax.default_backend(), len(d), d[0].device_kind.replace(' ', '_'))")
 if [[ ${SGRAD_BENCH_QUICK:-0} == 1 ]]; then
-    single=(--models fcn3 --batch 16 --chunk 2 --chunks 1)
-    multi=(--layers 4 --batch 32 --chunk 2 --chunks 1)
+    single=(--models fcn3 --batch 16 --chunk 2 --chunks 1 --modes backprop,dni:sg.hidden_layers=0)
+    multi=(--layers 4 --batch 32 --chunk 2 --chunks 1 --modes cdni,ddg)
     tta=(--layers 3 --batch 64 --steps 4 --eval-every 2 --seeds 0 --targets 0.2)
     one=backprop:none
     several=
 else
-    single=(--models fcn4,fcn6,cnn3 --batch 256,1024 --chunk 50 --chunks 4)
-    multi=(--layers 8 --batch 1024 --chunk 50 --chunks 4)
+    single=(--models fcn4,fcn6,cnn3 --batch 256,1024 --chunk 50 --chunks 4
+            --modes backprop,dni,cdni,dni:sg.hidden_layers=0,dgl,ddg)
+    multi=(--layers 8 --batch 1024 --chunk 50 --chunks 4 --modes backprop,dni,cdni,dgl,ddg)
     tta=(--seeds 0,1)
     one=backprop:none,dni:none,cdni:none,dgl:none,ddg:none,fr:none
     several=backprop:data,dni:data,dni:pipeline,cdni:data,cdni:pipeline,dgl:data,dgl:pipeline,ddg:pipeline,fr:pipeline
 fi
 echo "$count $platform device(s) of kind $kind"
-python scripts/bench.py "${single[@]}" --modes backprop,dni,cdni,dni_linear,dgl,ddg \
-    --out "$out/accelerator_${kind}.md"
+python scripts/bench.py "${single[@]}" --out "$out/accelerator_${kind}.md"
 if (( count >= 2 )); then
     replicas=1
     if (( count >= 4 && count % 2 == 0 )); then replicas=2; fi
-    JAX_PLATFORMS=$platform python scripts/bench.py --devices "$count" --replicas "$replicas" "${multi[@]}" \
-        --modes backprop,dni,cdni,dgl,ddg --out "$out/accelerator_${kind}_devices.md"
+    JAX_PLATFORMS=$platform python scripts/bench_devices.py --devices "$count" --replicas "$replicas" "${multi[@]}" \
+        --out "$out/accelerator_${kind}_devices.md"
 fi
 layouts=$one
 if (( count >= 2 )) && [[ -n $several ]]; then layouts+=",$several"; fi

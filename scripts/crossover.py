@@ -4,12 +4,12 @@ step, next to a cost model that predicts them from quantities measured in the sa
     python scripts/crossover.py [--widths 256,1024,2048] [--batches 64,256,1024] [--layers 4]
                                 [--out results/bench/crossover]
 
-Each point runs `scripts/bench.py --processes 2` (two processes pinned to one core each, jax.distributed +
+Each point runs `scripts/bench_processes.py --processes 2` (two processes pinned to one core each, jax.distributed +
 gloo) on the paper's FCN at that width and batch: `data` (backprop, cDNI) and `pipeline` (cDNI, DGL), each
 timed chunk for chunk beside process 0 alone (one process, the baseline), and in the same processes times the
 collectives alone and what each device computes alone.
 The model predicts a parallel step from what each device computes and sends, each part timed alone in the same
-processes (scripts/bench.py part_seconds, collective_seconds):
+processes (scripts/parallel_rows.py part_seconds, scripts/timing.py collective_seconds):
 
   data      T(B/N) + all-reduce(gradients and statistics)       T(B/N): the one-device step on 1/N of the batch
   pipeline  max_i tick_i + messages * ppermute(B x A)            tick_i: device i's tick, its branch of the
@@ -47,12 +47,12 @@ def chunk_for(width: int, batch: int, layers: int) -> int:
 
 
 def measure(width: int, batch: int, layers: int) -> list[dict]:
-    cmd = [sys.executable, str(Path(__file__).with_name("bench.py")), "--processes", "2", "--layers", str(layers),
+    cmd = [sys.executable, str(Path(__file__).with_name("bench_processes.py")), "--processes", "2", "--layers", str(layers),
            "--width", str(width), "--batch", str(batch), "--modes", "backprop,cdni,dgl",
            "--chunk", str(chunk_for(width, batch, layers)), "--chunks", "3", "--out", "/dev/null"]
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode:
-        sys.exit(f"bench.py failed at width {width}, batch {batch}:\n{res.stderr[-3000:]}")
+        sys.exit(f"bench_processes.py failed at width {width}, batch {batch}:\n{res.stderr[-3000:]}")
     rows = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
     points = []
     for mode, parallel in ROWS:

@@ -115,7 +115,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("results/bench/conv_profile.md"))
     args = ap.parse_args()
     sys.path.insert(0, str(Path(__file__).parent))
-    from bench import matmul_peak
+    from timing import matmul_peak
     peak = matmul_peak()
     rows = conv_rows(args.batch) + pool_rows(args.batch)
     m = machine()

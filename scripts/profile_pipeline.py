@@ -4,7 +4,7 @@ transfers and waiting, next to the same work on one device.
     python scripts/profile_pipeline.py [--modes dni,cdni,dgl,ddg] [--layers 4] [--batch 256]
                                        [--out results/bench/pipeline_profile.md]
 
-The network is `bench.py --processes 2`'s: the paper's FCN with batch norm, two modules of balanced
+The network is `bench_processes.py --processes 2`'s: the paper's FCN with batch norm, two modules of balanced
 measured cost (`model.partition=profiled`). Three kinds of measurement, each in processes pinned to one core:
 
 - components: one process, each piece of a device's tick jitted on its own (median of repeats): the module's
@@ -14,7 +14,7 @@ measured cost (`model.partition=profiled`). Three kinds of measurement, each in 
   single-device step of the whole network;
 - transfers: two processes joined by jax.distributed with gloo: one ppermute of a tick's message size, one
   way and as a swap;
-- ticks: the pipeline itself on those two processes (as `bench.py --processes 2` runs it).
+- ticks: the pipeline itself on those two processes (as `bench_processes.py --processes 2` runs it).
 
 waiting = tick − (the busier device's stage on its flat buffer + its collectives).
 """
@@ -36,20 +36,20 @@ def tick_bound(mode: str, one_way: float, stages: list[float]) -> tuple[float, f
     when the forward pass is locked."""
     from sgrad.modes import RULES
     rule = RULES[mode]
-    comm = one_way * (2 if rule.sends_back else 1)
-    return comm, (sum(stages) if rule.schedule == "locked" else max(stages))
+    comm = one_way * (2 if rule.stage.sends_back else 1)
+    return comm, (sum(stages) if rule.stage.schedule == "locked" else max(stages))
 
 
 def _setup(mode: str, layers: int, batch: int, modules: int = 2):
     import jax
     import jax.numpy as jnp
-    import bench
+    from bench_networks import paper_cfg, setup
     from sgrad.devices.layout import build_pipeline
-    cfg = bench.paper_cfg("fcn", layers, mode, batch)
+    cfg = paper_cfg("fcn", layers, mode, batch)
     cfg.model.partition, cfg.model.modules = "profiled", modules
     cfg.trainer.log_every = 20
-    net, tx, state, shape, xs, ys, idx, (mean, std) = bench.setup(cfg)
-    pipe, pstate = build_pipeline(net, tx, state, shape, batch)
+    net, tx, state, shape, xs, ys, idx, (mean, std), settings = setup(cfg)
+    pipe, pstate = build_pipeline(net, tx, state, shape, batch, settings)
     return jax, jnp, cfg, net, tx, state, shape, xs, ys, idx, (mean, std), pipe, pstate
 
 
@@ -95,28 +95,28 @@ def components(mode: str, layers: int, batch: int) -> dict:
                 head = jax.jit(lambda q, s, h: greedy.head_step(model, q, s, h, y))
                 row["interface"] = seconds(head, tree["interface"], tree["interface_stats"], h_out, repeats=20)
             else:
-                label = jax.nn.one_hot(y, net.num_classes) if net.conditioned else None
+                label = net.interface_label(y)
 
                 def sg_work(q, s, h, model=model):
                     pred, _ = apply(model, q, s, (h, label), True)  # ĝ for the module
                     out, vjp = jax.vjp(lambda q: apply(model, q, s, (h, label), True)[0], q)
                     return pred, dni.regression_grads([out], [vjp], [h])  # M's regression on an older h
                 row["interface"] = seconds(jax.jit(sg_work), tree["interface"], tree["interface_stats"], h_out, repeats=20)
-        if rule.schedule == "locked" and not last:
+        if rule.stage.schedule == "locked" and not last:
             vjp_old = jax.jit(lambda st, s, p: delayed.delayed_vjp(f, s, st, 0, p))
             row["interface"] = seconds(vjp_old, tree["carry"], tree["module_stats"], tree["module"], repeats=20)
 
-        if rule.schedule == "locked":
-            plain = jax.jit(lambda t, h: rule.stage(pipe, i, t, LockedTick(h, x, y, step)))
+        if rule.stage.schedule == "locked":
+            plain = jax.jit(lambda t, h: rule.stage.tick(pipe, i, t, LockedTick(h, x, y, step)))
 
             def packed(flat, h, i=i):
-                t, h_o, d_in, m = rule.stage(pipe, i, pipe.tree(i, flat), LockedTick(h, x, y, step))
+                t, h_o, d_in, m = rule.stage.tick(pipe, i, pipe.tree(i, flat), LockedTick(h, x, y, step))
                 return repack(flat, t), h_o, d_in, m
             row["stage"] = seconds(plain, tree, h_in, repeats=20)
             row["stage_flat"] = seconds(jax.jit(packed), pstate.stage_KxS[i], h_in, repeats=20)
         else:
             old_h = h_out if not last else jnp.ones((batch, *pipe.out_shapes[i - 1]))
-            plain = jax.jit(lambda t, h: rule.stage(pipe, i, t, Tick(h, y, ok, old_h, y, old_h, ok)))
+            plain = jax.jit(lambda t, h: rule.stage.tick(pipe, i, t, Tick(h, y, ok, old_h, y, old_h, ok)))
             row["stage"] = seconds(plain, tree, h_in, repeats=20)
             dev = jax.jit(lambda flat, fw, bw, past: device_tick(
                 pipe, i, lambda a: preprocess(a, mean, std), flat, fw, bw, past, xs, ys, idx[0], ok, 0))
@@ -124,9 +124,9 @@ def components(mode: str, layers: int, batch: int) -> dict:
                                         pstate.bwd_KxBxA2[i], pstate.past_Kx2xBxA2[i], repeats=20)
         out["stages"].append(row)
         h_in = h_out
-    # The baseline as bench.py measures it: the whole network's steps in a compiled chunk on this one core.
-    import bench
-    row = bench.device_rows(2, [mode], layers, batch, 20, 4, kinds=("none",))[0]
+    # The baseline as the parallel benchmarks measure it: the whole network's steps in a compiled chunk on this core.
+    from parallel_rows import device_rows
+    row = device_rows(2, [mode], layers, batch, 20, 4, kinds=("none",))[0]
     out["single_device_step"] = batch / row["examples_per_sec"]
     out["message_floats"] = int(batch * (pipe.width + 2))
     return out
@@ -139,7 +139,7 @@ def distributed_worker(args) -> None:
     jax.distributed.initialize(f"localhost:{args.port}", num_processes=2, process_id=args.worker)
     import jax.numpy as jnp
     from jax.sharding import NamedSharding, PartitionSpec as P
-    import bench
+    from parallel_rows import device_rows
     from sgrad.models.partition import seconds
     mesh = jax.make_mesh((2,), ("x",), devices=jax.devices())
     result = {}
@@ -154,7 +154,7 @@ def distributed_worker(args) -> None:
             return jax.lax.fori_loop(0, reps, lambda _, b: send(b) + 1.0, a)
         many = jax.jit(many)
         result[name] = seconds(many, msg, repeats=5) / reps
-    rows = bench.device_rows(2, args.modes.split(","), args.layers, args.batch, args.chunk, args.chunks,
+    rows = device_rows(2, args.modes.split(","), args.layers, args.batch, args.chunk, args.chunks,
                              kinds=("pipeline",))
     result["ticks"] = {r["mode"]: args.batch / r["examples_per_sec"] for r in rows if r["parallel"] == "pipeline"}
     if jax.process_index() == 0:

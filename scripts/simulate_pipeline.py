@@ -18,9 +18,9 @@ message each way):
 
 For K = 1..64 the network is the paper's FCN cut into K modules (first: 784 -> 256,
 then K-2 hidden 256 -> 256, then the classifier), each cost measured once. It
-also predicts the bench networks of `scripts/bench.py --devices` from their own
+also predicts the bench networks of `scripts/bench_devices.py` from their own
 measured stages and sets the prediction beside the measurement when given, and predicts the
-two-process rows of `bench.py --processes 2` (--processes) from the stages on their flat buffers.
+two-process rows of `bench_processes.py --processes 2` (--processes) from the stages on their flat buffers.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def _seconds(fn, *args, repeats: int = 30) -> float:
 
 def module_costs(mode: str, layers: int, modules: int | None, batch: int, micro: list[int]) -> dict:
     """Measured seconds per module: backprop W_i (at batch and at each micro-batch), DNI stage tick T_i.
-    `modules`: that many modules of balanced cost, as bench.py splits its networks; None: one layer each."""
+    `modules`: that many modules of balanced cost, as the parallel benchmarks split their networks; None: one layer each."""
     split = ["model.partition=profiled", f"model.modules={modules}"] if modules else []
     cfg = compose_config(f"mode={mode}", "model.name=fcn", f"model.layers={layers}", *split,
                          f"trainer.batch_size={batch}", "optim.schedule=constant", "sg.optim.schedule=constant")
@@ -83,7 +83,7 @@ def module_costs(mode: str, layers: int, modules: int | None, batch: int, micro:
                     "interface_opt": state.opt_state["interface"][i]}
                    if i < pipe.k - 1 else {"interface": (), "interface_stats": (), "interface_opt": ()})}
         h = jnp.zeros((batch, *pipe.out_shapes[i]))
-        ticks.append(_seconds(jax.jit(lambda t, hi, h=h, i=i: pipe.rule.stage(pipe, i, t, Tick(hi, y, ok, h, y, h, ok))[0]),
+        ticks.append(_seconds(jax.jit(lambda t, hi, h=h, i=i: pipe.stage.tick(pipe, i, t, Tick(hi, y, ok, h, y, h, ok))[0]),
                               tree, inputs[-1]))
         inputs.append(jnp.ones((batch, *pipe.out_shapes[i])))
 
@@ -131,7 +131,7 @@ def read_latency(path: Path) -> tuple[float, float]:
 
 
 def read_processes(path: Path) -> dict[str, float]:
-    """mode -> measured two-process pipeline examples/s from a `bench.py --processes 2` table."""
+    """mode -> measured two-process pipeline examples/s from a `bench_processes.py --processes 2` table."""
     rows = {}
     for line in path.read_text().splitlines():
         cells = [c.strip() for c in line.strip("|").split("|")]
@@ -141,7 +141,7 @@ def read_processes(path: Path) -> dict[str, float]:
 
 
 def read_measured(path: Path, mode: str) -> dict[tuple[int, str], float]:
-    """(modules, parallel) -> examples/s from a `bench.py --devices` table."""
+    """(modules, parallel) -> examples/s from a `bench_devices.py` table."""
     rows = {}
     for line in path.read_text().splitlines():
         cells = [c.strip() for c in line.strip("|").split("|")]
@@ -163,7 +163,7 @@ def main() -> None:
     ap.add_argument("--profile", type=Path, default=Path("results/bench/pipeline_profile.md"),
                     help="scripts/profile_pipeline.py's report: the measured seconds per collective")
     ap.add_argument("--processes", type=Path, default=Path("results/bench/processes.md"),
-                    help="bench.py --processes 2 table: the two-process rows the model must predict")
+                    help="bench_processes.py --processes 2 table: the two-process rows the model must predict")
     ap.add_argument("--latency-ms", type=float, nargs="*", default=[0.0, 0.1, 1.0],
                     help="link latencies (ms per collective) for the K = 2..64 tables")
     ap.add_argument("--out", type=Path, default=Path("results/bench/pipeline_model"))

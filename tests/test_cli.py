@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax.numpy as jnp
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
@@ -72,7 +73,7 @@ def test_every_experiment_composes_and_builds(exp):
     modules = -(-cfg.model.layers // cfg.model.dni_every)
     assert len(net.modules) == modules
     assert len(net.interface_models) == (0 if cfg.mode == "backprop" else modules - 1)
-    assert net.conditioned == (cfg.mode == "cdni")
+    assert (net.interface_label(jnp.zeros((2,), jnp.int32)) is not None) == (cfg.mode == "cdni")
 
 
 def test_smoke_runs_cover_every_mode_and_model():

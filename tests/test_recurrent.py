@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import make_cfg
+from sgrad.modes import RULES
 from sgrad.config import ConfigError
 from sgrad.run.build import check
 from sgrad.data.errors import DatasetError
@@ -61,7 +62,7 @@ def _setup(length=8, hidden=6, batch=3, aux=False):
     # A reset mid-way (row 0) and none at the start, so the gradient reaches s0 in the other rows.
     resets = jnp.zeros((batch, length)).at[0, 5].set(1.0)
     s0 = jnp.asarray(rng.normal(0, 0.5, (batch, 2 * hidden)).astype(np.float32))
-    net = RecurrentNet(core, None, "bits")
+    net = RecurrentNet(core, None, "bits", RULES["backprop"])
     params = core.init(jax.random.key(0), (s0[:, :hidden], s0[:, hidden:]), x, resets)["params"]
     return net, params, s0, (x, y, mask, resets)
 
@@ -109,7 +110,7 @@ def test_oracle_synthetic_gradient_recovers_full_bptt_and_the_target_is_bootstra
     # M's target at s0 = d(window loss)/ds0 + VJP of ĝ through the window: with the oracle, the full gradient.
     np.testing.assert_allclose(target, jax.grad(full_loss, argnums=1)(params, s0), atol=1e-5)
     # With a discount only the bootstrapped part shrinks.
-    _, target0, _, _ = dni_window(RecurrentNet(net.core, None, "bits", discount=0.0), params, lambda s: future,
+    _, target0, _, _ = dni_window(RecurrentNet(net.core, None, "bits", RULES["dni"], discount=0.0), params, lambda s: future,
                                   s0, *_slice(data, 0, 4))
     own = jax.grad(lambda s: window(net, params, s, *_slice(data, 0, 4))[0][0])(s0)
     np.testing.assert_allclose(target0, own, atol=1e-6)
@@ -118,7 +119,7 @@ def test_oracle_synthetic_gradient_recovers_full_bptt_and_the_target_is_bootstra
 
 def test_zero_initialised_sg_gives_the_truncated_bptt_update_first():
     net, params, s0, data = _setup()
-    dni_net = RecurrentNet(net.core, DenseSynthetic(0, 1, batch_norm=False), "bits")
+    dni_net = RecurrentNet(net.core, DenseSynthetic(0, 1, batch_norm=False), "bits", RULES["dni"])
     sg = dni_net.sg_model.init(jax.random.key(1), s0, None, False)["params"]
     g_bp, _, _, _ = window_grads(net, {"core": params, "sg": ()}, s0, *_slice(data, 0, 4))
     g_dni, d_sg, _, _ = window_grads(dni_net, {"core": params, "sg": sg}, s0, *_slice(data, 0, 4))
@@ -128,7 +129,7 @@ def test_zero_initialised_sg_gives_the_truncated_bptt_update_first():
 
 def test_cdni_conditions_on_the_next_window_and_a_reset_silences_the_sg():
     net, params, s0, data = _setup()
-    cnet = RecurrentNet(net.core, DenseSynthetic(0, 1, batch_norm=False), "bits", conditioned=True)
+    cnet = RecurrentNet(net.core, DenseSynthetic(0, 1, batch_norm=False), "bits", RULES["cdni"])
     label = jnp.zeros((s0.shape[0], 4 * 4))
     sg = cnet.sg_model.init(jax.random.key(1), s0, label, False)["params"]
     # Give M a non-zero output layer, so that what it sees matters.
@@ -149,7 +150,7 @@ def test_aux_head_is_trained_toward_the_boundary_gradient():
     net, params, s0, data = _setup(aux=True)
     g = jnp.ones_like(s0)
     with_aux, _, _, sums = dni_window(net, params, lambda s: g, s0, *_slice(data, 0, 4))
-    without, _, _, _ = dni_window(RecurrentNet(net.core, None, "bits", aux_weight=0.0), params, lambda s: g, s0,
+    without, _, _, _ = dni_window(RecurrentNet(net.core, None, "bits", RULES["dni"], aux_weight=0.0), params, lambda s: g, s0,
                                   *_slice(data, 0, 4))
     assert sums["aux_loss"] > 0
     # Only the aux head and the shared LSTM see the aux loss; the readout does not.

@@ -6,6 +6,7 @@ import numpy as np
 import optax
 
 from conftest import make_cfg
+from sgrad.modes import RULES
 from sgrad.models.lstm import LSTMCore
 from sgrad.run.build import build_train_optimizer
 from sgrad.core.recurrent import split_carry
@@ -31,7 +32,7 @@ def test_stream_targets():
 
 def _setup():
     a, b = LSTMCore(6, 1), LSTMCore(5, 5)
-    net = TwoClockNet(a, b, DenseSynthetic(0, 1, batch_norm=False))
+    net = TwoClockNet(a, b, DenseSynthetic(0, 1, batch_norm=False), RULES["dni"])
     cfg = make_cfg()
     state = init_two_clock(net, jax.random.key(0), 3, 1, build_train_optimizer(cfg, 10))
     x, ya, yb = (jnp.asarray(v[0]) for v in stream(np.random.default_rng(1), 3, 1, 4))
@@ -58,15 +59,14 @@ def test_oracle_link_equals_backprop_through_b_and_a_cut_link_leaves_a_alone():
     full = jax.grad(lambda pa: sum(_losses(net, pa, p["b"], *args)))(p["a"])
     own = jax.grad(lambda pa: _losses(net, pa, p["b"], *args)[0])(p["a"])
     scale = lambda t: jax.tree.map(lambda g: g / 3, t)
-    locked, _, _, _ = two_clock_grads(TwoClockNet(net.a, net.b, net.sg_model, synthetic=False), p, *args)
+    locked, _, _, _ = two_clock_grads(TwoClockNet(net.a, net.b, net.sg_model, RULES["backprop"]), p, *args)
     assert _close(locked["a"], scale(full))
     # The true gradient at A's state, then an M that predicts exactly it: same update, and nothing left to regress.
     g_h = jax.grad(lambda h: _b_loss(net, p["b"], state.carry_b, h, yb))(_a_state(net, p["a"], carry_a, x))
-    oracle = TwoClockNet(net.a, net.b, Oracle(), synthetic=True)
+    oracle = TwoClockNet(net.a, net.b, Oracle(), RULES["dni"])
     grads, _, _, m = two_clock_grads(oracle, {**p, "sg": {"g": g_h}}, *args)
     assert _close(grads["a"], scale(full)) and float(m["sg/loss"]) < 1e-10
-    cut, _, _, _ = two_clock_grads(TwoClockNet(net.a, net.b, Oracle(), synthetic=True, sg_scale=0.0),
-                                   {**p, "sg": {"g": g_h}}, *args)
+    cut, _, _, _ = two_clock_grads(oracle, {**p, "sg": {"g": g_h}}, *args, scale=0.0)
     assert _close(cut["a"], scale(own)) and not _close(cut["a"], grads["a"])
 
 

@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sgrad.models.loss import LossFn, condition, cross_entropy, task_metrics, value_and_top_gradient
+from sgrad.models.loss import LossFn, cross_entropy, task_metrics, value_and_top_gradient
 from sgrad.models.network import Network, apply
 
 PyTree = Any
@@ -147,7 +147,7 @@ def _param_vjps(fns: Sequence[Any], params: Sequence[PyTree]):
 def predict_synthetic(net: Network, sg_params: Sequence[PyTree], sg_stats: Sequence[PyTree],
                       activations: Sequence[jnp.ndarray], labels: jnp.ndarray) -> Synthetic:
     """ĝ_i = M_i(h_i[, one-hot y]) for every interface, keeping the VJPs for the SG regression."""
-    onehot = condition(labels, net.num_classes) if net.conditioned else None
+    onehot = net.interface_label(labels)
     fns = [partial(_sg_train, model, s, jax.lax.stop_gradient(h), onehot)
            for model, s, h in zip(net.interface_models, sg_stats, activations[:-1])]
     return Synthetic(*_param_vjps(fns, sg_params))

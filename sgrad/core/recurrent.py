@@ -24,6 +24,8 @@ from flax import struct
 from sgrad.core.dni import agreement, regression_grads
 from sgrad.models.lstm import LSTMCore
 from sgrad.core.optim import Optimizers
+from sgrad.core.step import UpdateRule
+from sgrad.models.network import init_params
 
 PyTree = Any
 LN2 = 0.6931471805599453
@@ -32,22 +34,21 @@ LN2 = 0.6931471805599453
 @dataclasses.dataclass(frozen=True)
 class RecurrentNet:
     core: LSTMCore
-    sg_model: nn.Module | None   # None: backprop (truncated BPTT)
+    sg_model: nn.Module | None   # M(s_T), where the mode puts one
     loss: str                     # "bits": sigmoid per output bit; "softmax": one class per step
+    rule: Any                     # sgrad.modes.ModeRule: its `window` is the update (truncated BPTT, DNI)
     discount: float = 1.0         # γ on the bootstrapped part of M's target
     aux_weight: float = 1.0       # DNI + Aux: weight of the core's own SG prediction loss
-    conditioned: bool = False     # cDNI: M also sees the targets of the window that follows the boundary
-    sg_scale: float = 1.0         # multiplies the ĝ the core applies; M's target uses ĝ unscaled
-    sg_warmup: int = 0            # steps during which M learns but the core does not apply ĝ
     squash_cell: bool = False     # M sees tanh(c) instead of the raw, unbounded cell state (see sg_input)
 
 
 def window_label(net: RecurrentNet, y: jnp.ndarray, mask: jnp.ndarray, vocab: int) -> jnp.ndarray | None:
-    """cDNI's conditioning at a boundary: the masked targets of the window after it, flattened [B, T*O]."""
-    if not net.conditioned:
-        return None
-    target = y if net.loss == "bits" else jax.nn.one_hot(y.astype(jnp.int32), vocab)
-    return (target * mask[..., None]).reshape(y.shape[0], -1)
+    """cDNI's conditioning at a boundary (None for a mode that does not condition): the masked targets of the
+    window after it, flattened [B, T*O]."""
+    def targets():
+        target = y if net.loss == "bits" else jax.nn.one_hot(y.astype(jnp.int32), vocab)
+        return (target * mask[..., None]).reshape(y.shape[0], -1)
+    return net.rule.label(targets)
 
 
 def flat_carry(carry) -> jnp.ndarray:
@@ -101,13 +102,13 @@ def synthetic_gradient(net: RecurrentNet, sg_params: PyTree, s: jnp.ndarray, lab
 
 
 def dni_window(net: RecurrentNet, core_params: PyTree, predict: Callable, s0: jnp.ndarray, x, y, mask, resets,
-               scale=None):
+               scale=1.0):
     """The decoupled window: (core grads, SG target at s0, s_T, metric sums).
 
     The core steps along d(window loss + <ĝ, s_T> [+ aux loss]) with ĝ =
     predict(s_T) held constant; the target for M at s0 is the window loss's
     gradient at s0 plus γ·VJP of ĝ through the window, the aux loss left out.
-    `predict` is M, or in tests an oracle.
+    `predict` is M, or in tests an oracle; the core applies `scale`·ĝ (sg.scale), the target uses ĝ unscaled.
     """
     batch = x.shape[0]
     fn = lambda p, s: window(net, p, s, x, y, mask, resets)
@@ -119,7 +120,6 @@ def dni_window(net: RecurrentNet, core_params: PyTree, predict: Callable, s0: jn
         err = aux - g_T[:, None, :]
         d_aux = net.aux_weight * 2.0 * err / aux.shape[1]
         sums["aux_loss"] = net.aux_weight * jnp.sum(err ** 2) / aux.shape[1]
-    scale = net.sg_scale if scale is None else scale
     d_core, target = vjp((jnp.ones(()), d_aux, scale * g_T))
     if aux.shape[-1] or not isinstance(scale, float) or net.discount != scale:
         # The target leaves out the aux loss and discounts ĝ (unscaled): a second backward pass.
@@ -129,21 +129,33 @@ def dni_window(net: RecurrentNet, core_params: PyTree, predict: Callable, s0: jn
 
 
 def window_grads(net: RecurrentNet, params: PyTree, s0: jnp.ndarray, x, y, mask, resets, following=None,
-                 scale=None):
-    """Truncated BPTT (no SG model) or the DNI window update; (core grads, SG grads, s_T, metric sums).
+                 scale=1.0):
+    """The mode's window update (`net.rule.window`): (core grads, SG grads, s_T, metric sums).
 
     `params` = {"core": ..., "sg": ...}. `following` = (y, mask, resets) of the
     next window: where it starts with a reset the state is zeroed, so nothing
     after the boundary depends on s_T and ĝ is exactly 0 there; cDNI also
     conditions ĝ on its targets. The carry leaves a window with stop_gradient
     semantics: nothing differentiates across a boundary except through ĝ.
+    `scale` multiplies the ĝ the core applies (sg.scale; 0 during the SG warm-up).
     """
+    return net.rule.window(net, params, s0, x, y, mask, resets, following, scale)
+
+
+def bptt_window_grads(net: RecurrentNet, params: PyTree, s0: jnp.ndarray, x, y, mask, resets, following=None,
+                      scale=1.0):
+    """Truncated BPTT: the window loss alone, nothing from after the boundary (no SG grads)."""
     batch = x.shape[0]
-    if net.sg_model is None:
-        fn = lambda p: window(net, p, s0, x, y, mask, resets)
-        (_, aux, s_T), vjp, sums = jax.vjp(fn, params["core"], has_aux=True)
-        (d_core,) = vjp((jnp.ones(()), jnp.zeros_like(aux), jnp.zeros_like(s_T)))
-        return jax.tree.map(lambda g: g / batch, d_core), (), s_T, sums
+    fn = lambda p: window(net, p, s0, x, y, mask, resets)
+    (_, aux, s_T), vjp, sums = jax.vjp(fn, params["core"], has_aux=True)
+    (d_core,) = vjp((jnp.ones(()), jnp.zeros_like(aux), jnp.zeros_like(s_T)))
+    return jax.tree.map(lambda g: g / batch, d_core), (), s_T, sums
+
+
+def dni_window_grads(net: RecurrentNet, params: PyTree, s0: jnp.ndarray, x, y, mask, resets, following=None,
+                     scale=1.0):
+    """The DNI window (dni_window) with ĝ = M(s_T), and M's regression toward its bootstrapped target at s0."""
+    batch = x.shape[0]
     vocab = net.core.outputs
     if following is None:
         next_label, carried = None, jnp.ones((batch, 1))
@@ -174,30 +186,30 @@ def init_recurrent(net: RecurrentNet, key: jax.Array, batch: int, input_dim: int
     k1, k2 = jax.random.split(key)
     x = jnp.zeros((batch, 1, input_dim))
     core = net.core.init(k1, split_carry(s0), x, jnp.zeros((batch, 1)))["params"]
-    label = jnp.zeros((batch, window_len * net.core.outputs)) if net.conditioned else None
-    sg = net.sg_model.init(k2, s0, label, False)["params"] if net.sg_model is not None else ()
+    label = net.rule.label(lambda: jnp.zeros((batch, window_len * net.core.outputs)))
+    sg = init_params(net.sg_model, k2, s0, label)
     params = {"core": core, "sg": sg}
-    opt = {"core": tx.modules.init(core), "sg": tx.sg.init(sg) if net.sg_model is not None else ()}
+    opt = {"core": tx.modules.init(core), "sg": tx.sg.init(sg)}
     return RecurrentState(jnp.zeros((), jnp.int32), params, opt, s0)
 
 
-def make_recurrent_step(net: RecurrentNet, tx: Optimizers):
+def make_recurrent_step(net: RecurrentNet, tx: Optimizers, settings: UpdateRule = UpdateRule()):
     """step(state, x, y, mask, resets, following) -> (state, metric sums): one window, both updates at once.
 
-    `following` = (y, mask, resets) of the next window (see window_grads).
+    `following` = (y, mask, resets) of the next window (see window_grads); `settings` gives sg.scale and the SG
+    warm-up.
     """
     def step(state: RecurrentState, x, y, mask, resets, following):
-        # During the SG warm-up the core trains as truncated BPTT while M already learns its targets.
-        scale = (net.sg_scale if not net.sg_warmup
-                 else jnp.where(state.step < net.sg_warmup, 0.0, net.sg_scale).astype(jnp.float32))
+        # During the SG warm-up no update uses ĝ: the core trains as truncated BPTT while M learns its targets.
+        scale = (settings.sg_scale if not settings.warmup_steps
+                 else jnp.where(state.step < settings.warmup_steps, 0.0, settings.sg_scale).astype(jnp.float32))
         d_core, d_sg, s_T, sums = window_grads(net, state.params, state.carry, x, y, mask, resets, following,
                                                scale)
         updates, core_opt = tx.modules.update(d_core, state.opt_state["core"], state.params["core"])
-        params = {"core": optax.apply_updates(state.params["core"], updates), "sg": state.params["sg"]}
-        opt = {"core": core_opt, "sg": state.opt_state["sg"]}
-        if net.sg_model is not None:
-            sg_updates, opt["sg"] = tx.sg.update(d_sg, state.opt_state["sg"], state.params["sg"])
-            params["sg"] = optax.apply_updates(state.params["sg"], sg_updates)
+        sg_updates, sg_opt = tx.sg.update(d_sg, state.opt_state["sg"], state.params["sg"])
+        params = {"core": optax.apply_updates(state.params["core"], updates),
+                  "sg": optax.apply_updates(state.params["sg"], sg_updates)}
+        opt = {"core": core_opt, "sg": sg_opt}
         sums["grad_norm"] = optax.global_norm(d_core)
         return RecurrentState(state.step + 1, params, opt, jax.lax.stop_gradient(s_T)), sums
     return step

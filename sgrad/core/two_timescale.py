@@ -5,9 +5,10 @@ input. Every T steps B (another LSTM) reads only A's hidden state and must say
 how many ones A saw in those T steps, so it needs A to count. B's gradient at
 A's state is what would teach A that, but B ticks on its own clock; with the
 DNI, a model M at A's output predicts it (ĝ = M(h_A)), A applies ĝ at once, and
-M learns from the gradients B actually sends. `sg_scale = 0` is the same system
-with the DNI cut (A never hears from B); `synthetic=False` (mode=backprop) hands A B's true
-gradient, i.e. A waits for B: the locked upper bound.
+M learns from the gradients B actually sends. What A steps along at its output is
+the mode's `link` (sgrad/modes/): M's prediction times sg.scale (dni; scale 0 is
+the same system with the DNI cut, A never hears from B), or B's true gradient
+(backprop: A waits for B, the locked upper bound).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from flax import struct
 from sgrad.core.dni import agreement, regression_grads
 from sgrad.models.lstm import LSTMCore
 from sgrad.core.optim import Optimizers
+from sgrad.core.step import UpdateRule
 from sgrad.core.recurrent import flat_carry, split_carry
 
 PyTree = Any
@@ -44,9 +46,8 @@ def stream(rng: np.random.Generator, batch: int, steps: int, period: int, bits: 
 class TwoClockNet:
     a: LSTMCore            # outputs: A's own prediction
     b: LSTMCore            # one step per tick; outputs: count classes 0..T*bits
-    sg_model: nn.Module    # M: h_A -> predicted dL_B/dh_A
-    synthetic: bool = True  # False: A waits for B's true gradient (backprop); True: A applies M's prediction
-    sg_scale: float = 1.0
+    sg_model: nn.Module    # M: h_A -> predicted dL_B/dh_A (it learns in every mode, so its fit is always logged)
+    rule: Any              # sgrad.modes.ModeRule: its `link` is what A steps along at its output
 
 
 @struct.dataclass
@@ -70,8 +71,9 @@ def init_two_clock(net: TwoClockNet, key, batch: int, bits: int, tx: Optimizers)
     return TwoClockState(jnp.zeros((), jnp.int32), params, opt, sa, sb)
 
 
-def two_clock_grads(net: TwoClockNet, params: PyTree, carry_a, carry_b, x, y_a, y_b):
-    """Gradients of A (own loss + the link at its last state), B and M, the new carries and metric sums."""
+def two_clock_grads(net: TwoClockNet, params: PyTree, carry_a, carry_b, x, y_a, y_b, scale: float = 1.0):
+    """Gradients of A (own loss + the link at its last state), B and M, the new carries and metric sums;
+    `scale` is sg.scale."""
     batch, period = x.shape[0], x.shape[1]
     no_reset = jnp.zeros(x.shape[:2])
 
@@ -93,8 +95,8 @@ def two_clock_grads(net: TwoClockNet, params: PyTree, carry_a, carry_b, x, y_a, 
         params["b"], jax.lax.stop_gradient(h_a))
     pred, vjp_sg = jax.vjp(lambda q: net.sg_model.apply({"params": q}, jax.lax.stop_gradient(h_a), None, False),
                            params["sg"])
-    # A never sees g_h in DNI mode: M regresses it, and A steps along M's prediction.
-    link = net.sg_scale * pred if net.synthetic else g_h
+    # Under DNI A never sees g_h: M regresses it, and A steps along M's prediction (the mode's link).
+    link = net.rule.link(pred, g_h, scale)
     cot_s = jnp.concatenate([jnp.zeros_like(link), link], axis=-1)
     d_a, _ = vjp_a((jnp.ones(()), cot_s))
     (d_sg,), (sg_loss,) = regression_grads([pred], [vjp_sg], [g_h])
@@ -105,9 +107,10 @@ def two_clock_grads(net: TwoClockNet, params: PyTree, carry_a, carry_b, x, y_a, 
     return {"a": scale(d_a), "b": scale(d_b), "sg": d_sg}, s_a, s_b, metrics
 
 
-def make_two_clock_step(net: TwoClockNet, tx: Optimizers):
+def make_two_clock_step(net: TwoClockNet, tx: Optimizers, settings: UpdateRule = UpdateRule()):
     def step(state: TwoClockState, x, y_a, y_b):
-        grads, s_a, s_b, metrics = two_clock_grads(net, state.params, state.carry_a, state.carry_b, x, y_a, y_b)
+        grads, s_a, s_b, metrics = two_clock_grads(net, state.params, state.carry_a, state.carry_b, x, y_a, y_b,
+                                                   settings.sg_scale)
         params, opt = {}, {}
         for name, t in (("a", tx.modules), ("b", tx.modules), ("sg", tx.sg)):
             updates, opt[name] = t.update(grads[name], state.opt_state[name], state.params[name])

@@ -68,10 +68,14 @@ def placed(program: Callable, placements) -> Callable:
             recent.pop(next(iter(recent)))
         return out
 
-    def run(*args):
+    def place(args):
         # `placements` is a prefix of `args`: one sharding may stand for a whole pytree (the state).
-        return program(*jax.tree.map(lambda sharding, arg: jax.tree.map(lambda a: put(a, sharding), arg),
-                                     tuple(placements), args))
+        return jax.tree.map(lambda sharding, arg: jax.tree.map(lambda a: put(a, sharding), arg),
+                            tuple(placements), args)
+
+    def run(*args):
+        return program(*place(args))
+    run.lower = lambda *args: program.lower(*place(args))
     return run
 
 
@@ -101,10 +105,18 @@ class ChunkRunner:
         return self._zeros[0]
 
     def __call__(self, state, *args):
+        state, _, metrics = self._whole(self.program, state, *args)
+        return state, metrics
+
+    def compiled(self, state, *args):
+        """The program runner(state, *args) runs, compiled: XLA's cost and memory analyses of a chunk (on a mesh,
+        per device)."""
+        return self._whole(self.program.lower, state, *args).compile()
+
+    def _whole(self, call, state, *args):
         *data, n = args
         n = np.int32(n)
-        state, _, metrics = self.program(state, self.zeros(state, *data), *data, np.int32(0), n, np.bool_(True), n)
-        return state, metrics
+        return call(state, self.zeros(state, *data), *data, np.int32(0), n, np.bool_(True), n)
 
 
 def chunk_fn(train_step, mean: jnp.ndarray, std: jnp.ndarray):

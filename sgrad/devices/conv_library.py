@@ -33,15 +33,20 @@ _CHOSEN: dict[tuple, str] = {}
 
 def jit(fn: Callable, **jit_kwargs) -> Callable:
     """`jax.jit(fn, **jit_kwargs)`, compiled with the faster convolution library here (decided at the first
-    call, from the arguments' shapes)."""
+    call, from the arguments' shapes). Like a jitted function it has `lower(*args)` (XLA's cost and memory
+    analyses of the program it runs)."""
     compiled = None
 
-    @functools.wraps(fn)
-    def call(*args):
+    def jitted(*args):
         nonlocal compiled
         if compiled is None:
             compiled = jax.jit(fn, compiler_options=compiler_options(fn, *args), **jit_kwargs)
-        return compiled(*args)
+        return compiled
+
+    @functools.wraps(fn)
+    def call(*args):
+        return jitted(*args)(*args)
+    call.lower = lambda *args: jitted(*args).lower(*args)
     return call
 
 

@@ -19,7 +19,7 @@ from jax.experimental import multihost_utils
 from jax.flatten_util import ravel_pytree
 
 from sgrad.core.optim import Optimizers
-from sgrad.core.step import TrainState
+from sgrad.core.step import TrainState, UpdateRule
 from sgrad.models.network import Network, activation_shapes
 from sgrad.modes import RULES
 
@@ -41,14 +41,13 @@ class Pipeline:
 
     net: Network
     tx: Optimizers
-    sg_scale: float
+    settings: UpdateRule                      # sg.scale and the run's seed (dropout: models.network.dropout_rng)
     batch: int                                # examples per device per tick (the batch / replicas)
     out_shapes: tuple[tuple[int, ...], ...]   # module i's activation, without the batch axis
     sizes: tuple[int, ...]                    # flat state length of each stage
     unravel: tuple[Callable, ...]
     width: int                                # A: the widest activation sent between devices
     replicas: int = 1                         # copies of the pipeline, each on 1/replicas of the batch
-    seed: int = 0                             # the run's, for dropout (models.network.dropout_rng)
 
     @property
     def k(self) -> int:
@@ -57,6 +56,11 @@ class Pipeline:
     @property
     def rule(self) -> Any:
         return self.net.rule
+
+    @property
+    def stage(self) -> Any:
+        """The mode's pipeline protocol (sgrad.modes.rule.Stage)."""
+        return self.net.rule.stage
 
     def tree(self, i: int, flat: jnp.ndarray) -> dict:
         """Stage i's state from its padded row."""
@@ -92,7 +96,7 @@ def gather(trees: Sequence[dict], step) -> TrainState:
 
 
 def build_pipeline(net: Network, tx: Optimizers, state: TrainState, input_shape: Sequence[int],
-                   batch: int, sg_scale: float = 1.0, replicas: int = 1, seed: int = 0
+                   batch: int, settings: UpdateRule = UpdateRule(), replicas: int = 1
                    ) -> tuple[Pipeline, PipelineState]:
     """The layout of a decoupled network over len(net.modules) x `replicas` devices and its initial state.
 
@@ -111,8 +115,8 @@ def build_pipeline(net: Network, tx: Optimizers, state: TrainState, input_shape:
     flats, unravels = zip(*(ravel_pytree(t) for t in trees))
     out_shapes = activation_shapes(net.modules, input_shape)
     width = max(int(np.prod(s)) for s in out_shapes[:-1])
-    pipe = Pipeline(net, tx, sg_scale, batch // replicas, out_shapes, tuple(int(f.size) for f in flats),
-                    tuple(unravels), width, replicas, seed)
+    pipe = Pipeline(net, tx, settings, batch // replicas, out_shapes, tuple(int(f.size) for f in flats),
+                    tuple(unravels), width, replicas)
     stage = jnp.stack([jnp.pad(f, (0, max(pipe.sizes) - f.size)) for f in flats])
     msg = jnp.zeros((k, batch, width + 2), jnp.float32)
     no_label = msg.at[..., -2].set(-1.0)

@@ -39,7 +39,7 @@ def make_runner(parallel: str, net, tx, state: TrainState, rule: UpdateRule,
     """
     devices = list(devices or jax.devices())
     if parallel == "pipeline":
-        pipe, pstate = build_pipeline(net, tx, state, input_shape, batch, rule.sg_scale, replicas, rule.seed)
+        pipe, pstate = build_pipeline(net, tx, state, input_shape, batch, rule, replicas)
         run = make_pipeline_runner(pipe, partial(preprocess, mean=mean, std=std), devices)
         return run, pstate, partial(to_train_state, pipe)
     if parallel == "data":

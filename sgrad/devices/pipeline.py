@@ -49,26 +49,26 @@ def device_tick(pipe: Pipeline, i: int, preprocess: Callable, flat, fwd, bwd, pa
     Messages are [B, A+2]: the activation (or SG target) zero-padded to A, then
     the label (-1: nothing valid) or valid flag, then the example index.
     """
-    rule = pipe.rule
+    stage = pipe.stage
     tree = pipe.tree(i, flat)
     arrived = fwd[:, -2].astype(jnp.int32)
-    if i == 0 or rule.synthetic_inputs:
+    if i == 0 or stage.reads_input:
         # Complete unlocking: every device reads minibatch t itself, nothing waits for the device below.
         idx_in, h_in, y_in, ok_in = idx_B, preprocess(xs[idx_B]), ys[idx_B], feed
     else:
         idx_in = fwd[:, -1].astype(jnp.int32)
         h_in, y_in, ok_in = unpad(fwd[:, :-2], pipe.out_shapes[i - 1]), arrived, arrived[0] >= 0
     out_shape = pipe.out_shapes[i] if i < pipe.k - 1 else pipe.out_shapes[i - 1]  # last: nothing to regress
-    older = past[rule.lag - 1]
+    older = past[stage.lag - 1]
     # Device i's input is minibatch step - i (every device's own with synthetic inputs): its dropout key.
-    rng = dropout_rng(pipe.seed, step if rule.synthetic_inputs else step - i)
+    rng = dropout_rng(pipe.settings.seed, step if stage.reads_input else step - i)
     tick = Tick(h_in, y_in, ok_in, unpad(older[:, :-2], out_shape), older[:, -2].astype(jnp.int32),
                 unpad(bwd[:, :-2], out_shape), bwd[0, -2] > 0, rng=rng)
-    if rule.synthetic_inputs and i > 0:
+    if stage.reads_input and i > 0:
         # The activation module i-1 produced last tick, and the input it came from: I_i's regression pair.
         tick = tick._replace(past_x=preprocess(xs[fwd[:, -1].astype(jnp.int32)]),
                              si_target=unpad(fwd[:, :-2], pipe.out_shapes[i - 1]), si_target_ok=arrived[0] >= 0)
-    tree, h, d_in, metrics = rule.stage(pipe, i, tree, tick)
+    tree, h, d_in, metrics = stage.tick(pipe, i, tree, tick)
     if pipe.replicas > 1:
         tree = {key: jax.lax.pmean(value, DATA_AXIS) if key.endswith("_stats") else value
                 for key, value in tree.items()}
@@ -78,7 +78,7 @@ def device_tick(pipe: Pipeline, i: int, preprocess: Callable, flat, fwd, bwd, pa
     label = jnp.where(ok_in, y_in, -1)
     out = (jnp.zeros_like(fwd) if i == pipe.k - 1 else
            jnp.concatenate([pad(h, pipe.width), columns(label, idx_in)], axis=1))
-    if i == 0 or not rule.sends_back:
+    if i == 0 or not stage.sends_back:
         back = jnp.zeros_like(bwd)
     else:
         back = jnp.concatenate([pad(d_in, pipe.width), columns(ok_in, 0)], axis=1)
@@ -92,13 +92,13 @@ def _exchange(pipe: Pipeline, out, back, forward_perm, backward_perm):
     results/bench/pipeline_profile.md). A mode that sends nothing back (dgl) has only the forward one.
     """
     fwd = jax.lax.ppermute(out, PIPE_AXIS, forward_perm)
-    return fwd, jax.lax.ppermute(back, PIPE_AXIS, backward_perm) if pipe.rule.sends_back else back
+    return fwd, jax.lax.ppermute(back, PIPE_AXIS, backward_perm) if pipe.stage.sends_back else back
 
 
 def _metrics(pipe: Pipeline, sums, ys):
     if pipe.replicas > 1:
         sums = jax.lax.pmean(sums, DATA_AXIS)
-    metrics = pipe.rule.stage_metrics(jax.lax.all_gather(sums, PIPE_AXIS), pipe.k)
+    metrics = pipe.stage.metrics(jax.lax.all_gather(sums, PIPE_AXIS), pipe.k)
     return metrics if is_classes(ys) else {k: v for k, v in metrics.items() if "accuracy" not in k}
 
 
@@ -156,7 +156,7 @@ def locked_chunk_fn(pipe: Pipeline, preprocess: Callable):
     cotangent that came back last tick), overlapping the top's forward. One backward ppermute then carries every
     device's cotangent down, to be used next tick.
     """
-    k, rule = pipe.k, pipe.rule
+    k, protocol = pipe.k, pipe.stage
     forward_perm = [(j, j + 1) for j in range(k - 1)]
     backward_perm = [(j + 1, j) for j in range(k - 1)]
     # Module r's new batch statistics, from its forward sub-step to its update: one padded row for any r.
@@ -175,7 +175,7 @@ def locked_chunk_fn(pipe: Pipeline, preprocess: Callable):
 
             def forward(r, msg):
                 h_in = x if r == 0 else unpad(msg, pipe.out_shapes[r - 1])
-                fwd = run_module(pipe, r, pipe.tree(r, flat), h_in, dropout_rng(pipe.seed, s.step))
+                fwd = run_module(pipe, r, pipe.tree(r, flat), h_in, dropout_rng(pipe.settings.seed, s.step))
                 stats = ravel_pytree(fwd.stats[0])[0].astype(jnp.float32)
                 return pad(fwd.activations[0], pipe.width), jnp.pad(stats, (0, stats_size - stats.size))
 
@@ -195,14 +195,14 @@ def locked_chunk_fn(pipe: Pipeline, preprocess: Callable):
                     h_in = x if i == 0 else unpad(inbox, pipe.out_shapes[i - 1])
                     values, unravel = ravel_pytree(tree["module_stats"])
                     ran = (unpad(ran_h, pipe.out_shapes[i]), unravel(ran_stats[:values.size]))
-                tree, h, d_in, metrics = rule.stage(pipe, i, tree, LockedTick(h_in, x, y, s.step, ran))
+                tree, h, d_in, metrics = protocol.tick(pipe, i, tree, LockedTick(h_in, x, y, s.step, ran))
                 back = pad(d_in, pipe.width) if i > 0 else zeros_msg
                 return repack(flat, tree), back, metrics
 
             flat, back, metrics = jax.lax.switch(me, [partial(stage, i) for i in range(k)], flat, msg, inbox,
                                                  ran_h, ran_stats)
             arrived = jax.lax.ppermute(back, PIPE_AXIS, backward_perm)
-            receive = [lambda f, a, i=i: repack(f, rule.receive(pipe, i, pipe.tree(i, f),
+            receive = [lambda f, a, i=i: repack(f, protocol.receive(pipe, i, pipe.tree(i, f),
                                                                 unpad(a, pipe.out_shapes[min(i, k - 2)])))
                        for i in range(k)]
             flat = jax.lax.switch(me, receive, flat, arrived)
@@ -229,7 +229,7 @@ def make_pipeline_runner(pipe: Pipeline, preprocess: Callable, devices: Sequence
                          "model.dni_every or model.modules for the paper's networks, fewer from your "
                          "model._target_ with model=custom)")
     if pipe.replicas > 1:
-        if pipe.rule.schedule == "locked":
+        if pipe.stage.schedule == "locked":
             raise ValueError(f"replicas={pipe.replicas}: mode={pipe.rule.name}'s stash holds whole minibatches, "
                              "so its pipeline cannot be replicated over the batch (replicas=1)")
         pipe = dataclasses.replace(pipe, tx=Optimizers(*map(_mean_over_replicas, pipe.tx)))
@@ -238,7 +238,7 @@ def make_pipeline_runner(pipe: Pipeline, preprocess: Callable, devices: Sequence
     state_spec = PipelineState(P(), P(PIPE_AXIS), message, message, P(PIPE_AXIS, None, DATA_AXIS))
     per_device = P((PIPE_AXIS, DATA_AXIS))
     specs = (state_spec, per_device, P(), P(), P(None, DATA_AXIS), P(), P(), P(), P())
-    chunk = (locked_chunk_fn(pipe, preprocess) if pipe.rule.schedule == "locked" else
+    chunk = (locked_chunk_fn(pipe, preprocess) if pipe.stage.schedule == "locked" else
              unlocked_chunk_fn(pipe, preprocess, feed_every))
     sharded = conv_library.jit(jax.shard_map(chunk, mesh=mesh, in_specs=specs,
                                              out_specs=(state_spec, per_device, P()), check_vma=False),

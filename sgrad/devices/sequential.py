@@ -24,16 +24,16 @@ def run_sequential(pipe: Pipeline, state: TrainState, xs, ys, idx_TxB, preproces
     """Ticks over rows of idx_TxB, as the pipeline runs them (`feed_every` as in its runner)."""
     k = pipe.k
     trees = [stage_tree(state, i, i == k - 1) for i in range(k)]
-    if pipe.rule.schedule == "locked":
+    if pipe.stage.schedule == "locked":
         return _run_locked(pipe, trees, state.step, xs, ys, idx_TxB, preprocess)
-    rule, lag, full = pipe.rule, pipe.rule.lag, pipe.rule.synthetic_inputs
+    stage, lag, full = pipe.stage, pipe.stage.lag, pipe.stage.reads_input
     false = jnp.asarray(False)
     zeros = lambda shape: jnp.zeros((pipe.batch, *shape))
     no_y = jnp.zeros((pipe.batch,), jnp.int32)
     inbox = [(None, None, false, None)] * k  # (h, y, ok, input x) sent by device i-1 last tick
     targets = [(None, false)] * k           # SG target sent back by device i+1 last tick
     past = [[(None, None)] * 2 for _ in range(k)]  # own outputs (h, y), newest first
-    tick_fn = [conv_library.jit(partial(rule.stage, pipe, i)) for i in range(k)]
+    tick_fn = [conv_library.jit(partial(stage.tick, pipe, i)) for i in range(k)]
     step = int(state.step)
     for t in range(len(idx_TxB)):
         x_t, y_t, fed = preprocess(xs[idx_TxB[t]]), ys[idx_TxB[t]], jnp.asarray(step % feed_every == 0)
@@ -47,11 +47,11 @@ def run_sequential(pipe: Pipeline, state: TrainState, xs, ys, idx_TxB, preproces
                 if h_in is None:  # nothing has arrived yet: zeros, masked out by ok
                     h_in, y_in = zeros(pipe.out_shapes[i - 1]), no_y
             old_h, old_y = past[i][lag - 1]
-            target, target_ok = targets[i] if rule.sends_back else (None, false)
+            target, target_ok = targets[i] if stage.sends_back else (None, false)
             shape = pipe.out_shapes[min(i, k - 2)]
             tick = Tick(h_in, y_in, ok, zeros(shape) if old_h is None else old_h, no_y if old_y is None else old_y,
                         zeros(shape) if target is None else target, target_ok,
-                        rng=dropout_rng(pipe.seed, step if full else step - i))
+                        rng=dropout_rng(pipe.settings.seed, step if full else step - i))
             if full and i > 0:
                 tick = tick._replace(past_x=x_t if x_prev is None else x_prev,
                                      si_target=zeros(pipe.out_shapes[i - 1]) if h_prev is None else h_prev,
@@ -68,8 +68,8 @@ def run_sequential(pipe: Pipeline, state: TrainState, xs, ys, idx_TxB, preproces
 
 def _run_locked(pipe: Pipeline, trees: list, step, xs, ys, idx_TxB, preprocess: Callable) -> TrainState:
     """A forward-locked mode's ticks: stages in order of i, then every cotangent delivered."""
-    rule = pipe.rule
-    tick_fn = [conv_library.jit(partial(rule.stage, pipe, i)) for i in range(pipe.k)]
+    stage = pipe.stage
+    tick_fn = [conv_library.jit(partial(stage.tick, pipe, i)) for i in range(pipe.k)]
     step = jnp.asarray(step, jnp.int32)
     for idx in idx_TxB:
         x, y = preprocess(xs[idx]), ys[idx]
@@ -77,6 +77,6 @@ def _run_locked(pipe: Pipeline, trees: list, step, xs, ys, idx_TxB, preprocess: 
         for i in range(pipe.k):
             trees[i], h, d_in, _ = tick_fn[i](trees[i], LockedTick(h, x, y, step))
             sent.append(d_in)
-        trees = [rule.receive(pipe, i, t, sent[i + 1] if i < pipe.k - 1 else None) for i, t in enumerate(trees)]
+        trees = [stage.receive(pipe, i, t, sent[i + 1] if i < pipe.k - 1 else None) for i, t in enumerate(trees)]
         step = step + 1
     return gather(trees, step)

@@ -33,10 +33,10 @@ class Network:
     input_models: tuple[nn.Module, ...] = ()
     loss: LossFn = cross_entropy
 
-    @property
-    def conditioned(self) -> bool:
-        """cDNI: M_i also sees one-hot(y)."""
-        return self.rule.conditioned
+    def interface_label(self, y: jnp.ndarray):
+        """What the interface models see of the targets y: one-hot labels, or the target itself, where the mode
+        conditions on them (cDNI); else None."""
+        return self.rule.label(lambda: condition(y, self.num_classes))
 
 
 @functools.cache
@@ -83,6 +83,12 @@ def _init(model: nn.Module, key: jax.Array, *inputs) -> PyTree:
     return model.init(key, *inputs, **mode_flag(model, False))
 
 
+def init_params(model: nn.Module | None, key: jax.Array, *inputs) -> PyTree:
+    """A model's parameters for `inputs`, or () where a mode puts no model (an LSTM's boundary under backprop):
+    an empty tree that every optimizer and update passes through unchanged."""
+    return () if model is None else _init(model, key, *inputs)["params"]
+
+
 def init_variables(net: Network, key: jax.Array, x: jnp.ndarray, y: jnp.ndarray | None = None
                    ) -> tuple[dict, dict]:
     """Params and batch stats as {"modules": (per module), "interface": (per interface), "si": (input models)}.
@@ -101,7 +107,7 @@ def init_variables(net: Network, key: jax.Array, x: jnp.ndarray, y: jnp.ndarray 
         acts.append(h)
     if y is None:
         y = jnp.zeros((x.shape[0],), jnp.int32)
-    label = condition(y, net.num_classes) if net.conditioned else None
+    label = net.interface_label(y)
     interface = [_split(_init(m, k, h, label))
                  for m, h, k in zip(net.interface_models, acts, keys[len(net.modules):])]
     inputs = [_split(_init(m, k, x))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sgrad.core import dni
+from sgrad.core import dni, recurrent
 from sgrad.models.network import dropout_rng
 from sgrad.modes.rule import ModeRule
 
@@ -13,6 +13,11 @@ def _grads(net, state, x, y, settings):
     return grads, stats, state.carry, metrics
 
 
+def _link(predicted, true, scale):
+    """Two clocks: A waits for B's true gradient at its output (the locked upper bound)."""
+    return true
+
+
 # No pipeline stage: a module that waits for the gradient from the top cannot run ahead of it.
 RULE = ModeRule("backprop", "the true gradient, backpropagated through every module above", _grads,
-                parallel=("none", "data"), tasks=("classification", "sequence", "two_clocks"))
+                window=recurrent.bptt_window_grads, link=_link, parallel=("none", "data"))

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from sgrad.core import delayed
 from sgrad.core.step import masked_update
 from sgrad.models.network import dropout_rng
-from sgrad.modes.rule import ModeRule
+from sgrad.modes.rule import ModeRule, Stage
 from sgrad.modes.stage import SLOT, no_metrics, run_module, task_loss, task_means
 
 
@@ -33,7 +33,7 @@ def stage(pipe, i: int, tree: dict, t):
     metrics = no_metrics()
     new = dict(tree)
     if t.ran is None:
-        fwd = run_module(pipe, i, tree, t.h_in, dropout_rng(pipe.seed, t.step))
+        fwd = run_module(pipe, i, tree, t.h_in, dropout_rng(pipe.settings.seed, t.step))
         h, new_stats = fwd.activations[0], fwd.stats[0]
     else:  # module i < K-1's forward pass ran earlier in the tick; its backward is the stash's, not this one's
         h, new_stats = t.ran
@@ -43,7 +43,7 @@ def stage(pipe, i: int, tree: dict, t):
     else:
         grads, d_in, new["carry"] = delayed.module_step(net.modules[i], tree["module_stats"], tree["carry"], t.step,
                                                         t.x, t.y, t.h_in, tree["module"],
-                                                        delayed.dropout_at(pipe.seed, i))
+                                                        delayed.dropout_at(pipe.settings.seed, i))
         active = t.step >= delayed.delay(k, i)
     new["module"], new["module_opt"], _ = masked_update(pipe.tx.modules, grads, tree["module_opt"], tree["module"],
                                                         active)
@@ -81,8 +81,9 @@ def delayed_rule(name: str, summary: str, keep_weights: bool) -> ModeRule:
 
     # The stash holds whole minibatches, so data parallelism (which splits them) is not offered.
     return ModeRule(name, summary, _grads, init_carry=init_carry, module_active=_module_active, probe=probe,
-                    probe_ready=probe_ready, stage=stage, schedule="locked", sends_back=True, receive=receive,
-                    stage_metrics=lambda sums, k: task_means(sums), parallel=("none", "pipeline"),
+                    probe_ready=probe_ready,
+                    stage=Stage(stage, lambda sums, k: task_means(sums), "locked", sends_back=True, receive=receive),
+                    parallel=("none", "pipeline"),
                     refusals=refusals, diagnostic=(f"{name}/cosine", "cosine(delayed update, current gradient)"))
 
 

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from sgrad.core import greedy
 from sgrad.core.step import masked_update
 from sgrad.models.network import dropout_rng
-from sgrad.modes.rule import ModeRule
+from sgrad.modes.rule import ModeRule, Stage
 from sgrad.modes.stage import SLOT, keep_if, no_metrics, run_module, slot_means, step_module, task_loss, task_means
 
 
@@ -47,5 +47,4 @@ def _stage_metrics(sums_KxM, k: int):
 
 
 RULE = ModeRule("dgl", "the gradient of its own auxiliary classifier's loss on h_i (Decoupled Greedy Learning)",
-                _grads, interface="aux", stage=stage, schedule="unlocked", sends_back=False,
-                stage_metrics=_stage_metrics, diagnostic=("aux/accuracy", "auxiliary classifier accuracy"))
+                _grads, interface="aux", stage=Stage(stage, _stage_metrics, "unlocked"), diagnostic=("aux/accuracy", "auxiliary classifier accuracy"))

@@ -7,11 +7,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from sgrad.core import dni
-from sgrad.models.loss import condition
+from sgrad.core import dni, recurrent
 from sgrad.core.step import masked_update
 from sgrad.models.network import apply, dropout_rng
-from sgrad.modes.rule import ModeRule
+from sgrad.modes.rule import ModeRule, Stage
 from sgrad.modes.stage import SLOT, keep_if, no_metrics, run_module, slot_means, step_module, task_loss, task_means
 
 
@@ -46,13 +45,12 @@ def stage(pipe, i: int, tree: dict, t):
     pipeline is exactly that step."""
     net, last = pipe.net, i == pipe.k - 1
     new, metrics = dict(tree), no_metrics()
-    onehot = lambda y: condition(y, net.num_classes) if net.conditioned else None
     if not last:
         model = net.interface_models[i]
 
         def sg_out(q):
             # Only the output is used: the running BN statistics were updated when ĝ was predicted.
-            return apply(model, q, tree["interface_stats"], (t.past_h, onehot(t.past_y)), True)[0]
+            return apply(model, q, tree["interface_stats"], (t.past_h, net.interface_label(t.past_y)), True)[0]
 
         pred, vjp = jax.vjp(sg_out, tree["interface"])
         (g_sg,), (sg_loss,) = dni.regression_grads([pred], [vjp], [t.target])
@@ -60,7 +58,7 @@ def stage(pipe, i: int, tree: dict, t):
         metrics[SLOT["sg_loss"]] = jnp.where(t.target_ok, sg_loss, 0.0)
         metrics[SLOT["sg_valid"]] = t.target_ok.astype(jnp.float32)
     h_in = t.h_in
-    if net.rule.synthetic_inputs and i > 0:
+    if pipe.rule.synthetic_inputs and i > 0:
         si_model = net.input_models[i - 1]
         si_out = lambda q, x: apply(si_model, q, tree["si_stats"], (x,), True)
         pred, vjp = jax.vjp(lambda q: si_out(q, t.past_x)[0], tree["si"])
@@ -75,10 +73,10 @@ def stage(pipe, i: int, tree: dict, t):
     if last:
         cot, factor = task_loss(pipe, h, t.y_in, t.ok_in, metrics), 1.0 / pipe.batch
     else:
-        cot, sg_stats = apply(model, tree["interface"], tree["interface_stats"], (h, onehot(t.y_in)), True)
+        cot, sg_stats = apply(model, tree["interface"], tree["interface_stats"], (h, net.interface_label(t.y_in)), True)
         new["interface_stats"] = keep_if(t.ok_in, sg_stats, tree["interface_stats"])
         # The VJP is linear in the cotangent: scaling the update leaves the SG target (d_in) unscaled.
-        factor = pipe.sg_scale / pipe.batch
+        factor = pipe.settings.sg_scale / pipe.batch
         metrics[SLOT["sg_norm"]] = jnp.where(t.ok_in, jnp.sqrt(jnp.sum(cot ** 2) / pipe.batch), 0.0)
     new, d_in = step_module(pipe, tree, new, fwd, cot, factor, t.ok_in, metrics)
     new["module_stats"] = keep_if(t.ok_in, fwd.stats[0], tree["module_stats"])
@@ -97,14 +95,22 @@ def _full_stage_metrics(sums_KxM, k: int):
     return _stage_metrics(sums_KxM, k, synthetic_inputs=True)
 
 
+def _link(predicted, true, scale):
+    """Two clocks: A steps along M's prediction of B's gradient at once, never waiting for B's."""
+    return scale * predicted
+
+
 def _rule(name: str, summary: str, conditioned: bool, synthetic_inputs: bool) -> ModeRule:
+    # Complete unlocking has no sequence task (a window's input is the stream itself); cDNI has no two-clock
+    # task (B's target is not A's to see).
     return ModeRule(
         name, summary, _grads, interface="sg", conditioned=conditioned, synthetic_inputs=synthetic_inputs,
-        module_active=_module_active, probe=_probe, stage=stage, schedule="unlocked", sends_back=True,
-        stage_metrics=_full_stage_metrics if synthetic_inputs else _stage_metrics,
-        diagnostic=("sg/cosine", "cosine(ĝ_i, true gradient)"),
-        tasks=("classification",) if synthetic_inputs else (("classification", "sequence", "two_clocks") if not
-                                                           conditioned else ("classification", "sequence")))
+        window=None if synthetic_inputs else recurrent.dni_window_grads,
+        link=_link if not (conditioned or synthetic_inputs) else None,
+        module_active=_module_active, probe=_probe,
+        stage=Stage(stage, _full_stage_metrics if synthetic_inputs else _stage_metrics, "unlocked", sends_back=True,
+                    lag=1 if synthetic_inputs else 2, reads_input=synthetic_inputs),
+        diagnostic=("sg/cosine", "cosine(ĝ_i, true gradient)"))
 
 
 RULES = (

@@ -1,7 +1,9 @@
-"""The record of one gradient mode: everything the step, the pipeline, the tasks and the checks ask of a mode.
+"""The record of one gradient mode: what each module's gradient is in every task, and (optionally) how it runs as
+a pipeline.
 
 A mode is to sgrad what a GradientTransformation is to optax: a few pure functions in one record, looked up
-once (`sgrad.modes.RULES[name]`), so nothing downstream branches on which mode it is.
+once (`sgrad.modes.RULES[name]`), so nothing downstream branches on which mode it is. `ModeRule` is the
+algorithm; `Stage` the pipeline protocol of a mode that can run one module per device.
 """
 
 from __future__ import annotations
@@ -29,15 +31,36 @@ def _no_refusals(settings) -> list[tuple[str, Any, str]]:
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
+class Stage:
+    """A mode as a pipeline, one module per device (sgrad/devices/pipeline.py, sgrad/modes/stage.py).
+
+      tick(pipe, i, tree, tick) -> (tree, h_out, input cotangent, metric slots): device i's share of a tick
+      metrics(per-device sums [K, M], K) -> metric names
+      receive(pipe, i, tree, cotangent) -> tree: the locked schedule's between-ticks update
+    """
+
+    tick: Callable
+    metrics: Callable
+    schedule: str = "unlocked"    # "unlocked" (minibatch t-i on device i) or "locked" (one step in order of i)
+    sends_back: bool = False      # device i sends device i-1 a cotangent each tick
+    receive: Callable | None = None
+    lag: int = 2                  # ticks between sending an activation and receiving its SG target
+    reads_input: bool = False     # module i > 1 reads the minibatch itself (complete unlocking's I_i(x))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
 class ModeRule:
     """One gradient mode. `grads` is the heart; every other field has the default a locked, stateless mode needs.
 
     Signatures (net: models.network.Network, settings: core.step.UpdateRule):
-      grads(net, state, x, y, settings) -> (grads, new_stats, new_carry, metrics)
+      grads(net, state, x, y, settings) -> (grads, new_stats, new_carry, metrics)  feed-forward modules
+      window(net, params, s0, x, y, mask, resets, following, scale) -> (core grads, SG grads, s_T, sums)  an
+        LSTM trained in windows (sgrad/core/recurrent.py); None: the mode has no sequence task
+      link(predicted, true, scale) -> what network A steps along at its output in the two-clock task
+        (sgrad/core/two_timescale.py); None: no two-clock task
       init_carry(net, params, stats, x, y) -> what the mode carries between steps (TrainState.carry)
       module_active(net, step, settings, active) -> which modules step now (active: update_prob's draw)
       probe(net, state, x, y, settings) -> diagnostics against the true gradient; probe_ready(name, step, K) filters them
-      stage(ctx, i, tree, tick) -> pipeline: device i's tick (sgrad/modes/stage.py)
       refusals(settings) -> [(key, value, what is allowed)] for settings this mode cannot honour
     """
 
@@ -45,19 +68,16 @@ class ModeRule:
     summary: str                                  # one line for --help and errors
     grads: Callable
     interface: str | None = None                  # what sits on module i's output: "sg", "aux" or nothing
-    conditioned: bool = False                     # the interface model also sees one-hot(y) (cDNI)
+    conditioned: bool = False                     # the interface model also sees the target y (cDNI)
     synthetic_inputs: bool = False                # complete unlocking: module i > 1 runs on I_i(x)
+    window: Callable | None = None
+    link: Callable | None = None
     init_carry: Callable = _no_carry
     module_active: Callable = _every_module
     probe: Callable | None = None
     probe_ready: Callable = _always_ready
-    stage: Callable | None = None                 # None: cannot be pipelined (update-locked)
-    schedule: str = "unlocked"                    # pipeline: "unlocked" (minibatch t-i on device i) or "locked"
-    sends_back: bool = False                      # pipeline: device i sends device i-1 a cotangent each tick
-    receive: Callable | None = None               # locked schedule: (tree, cotangent) -> tree, between ticks
-    stage_metrics: Callable | None = None         # pipeline: (per-device sums [K, M], K) -> metric names
+    stage: Stage | None = None                    # None: cannot be pipelined (update-locked)
     parallel: tuple[str, ...] = ("none", "data", "pipeline")
-    tasks: tuple[str, ...] = ("classification",)  # experiment families that have this mode
     refusals: Callable = _no_refusals
     diagnostic: tuple[str, str] | None = None     # (per-module metric family, what to call it on a plot)
 
@@ -67,6 +87,17 @@ class ModeRule:
         return self.interface == "sg"
 
     @property
-    def lag(self) -> int:
-        """Pipeline ticks between sending an activation and receiving its SG target."""
-        return 1 if self.synthetic_inputs else 2
+    def tasks(self) -> tuple[str, ...]:
+        """The experiment families this mode has: feed-forward classification always, the others where it says
+        what to do in them."""
+        return ("classification",) + (("sequence",) if self.window else ()) + (("two_clocks",) if self.link else ())
+
+    @property
+    def interface_name(self) -> str:
+        """What to call the model on an interface in messages."""
+        return {"sg": "SG model", "aux": "auxiliary classifier"}.get(self.interface, "model")
+
+    def label(self, make: Callable[[], Any]) -> Any:
+        """What an interface model sees of the target: `make()` for a conditioned mode, else None (the one place
+        that decides it, for every task)."""
+        return make() if self.conditioned else None

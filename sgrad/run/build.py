@@ -109,7 +109,7 @@ def module_sizes(cfg, layers, input_shape: tuple[int, ...], num_classes: int) ->
         return even_sizes(len(layers), cfg.model.dni_every)
     rule = mode_rule(cfg)
     batch = cfg.trainer.batch_size
-    label = jax.ShapeDtypeStruct((batch, num_classes), jnp.float32) if rule.conditioned else None
+    label = rule.label(lambda: jax.ShapeDtypeStruct((batch, num_classes), jnp.float32))
     make = interface_models(cfg, num_classes).get(rule.interface)
 
     def choose(cost):
@@ -160,8 +160,7 @@ def build_recurrent_net(cfg, output_dim: int, loss: str) -> RecurrentNet:
     core = LSTMCore(cfg.model.hidden, output_dim, aux=rule.synthetic and cfg.sg.aux)
     # The state's SG model has no batch norm: one boundary per step gives a small, correlated batch.
     sg = DenseSynthetic(cfg.sg.hidden_layers, cfg.sg.width, batch_norm=False) if rule.synthetic else None
-    return RecurrentNet(core, sg, loss, cfg.sg.discount, cfg.sg.aux_weight, conditioned=rule.conditioned,
-                        sg_scale=cfg.sg.scale, sg_warmup=cfg.sg.warmup_steps, squash_cell=cfg.sg.squash_cell)
+    return RecurrentNet(core, sg, loss, rule, cfg.sg.discount, cfg.sg.aux_weight, squash_cell=cfg.sg.squash_cell)
 
 
 def build_two_clock_net(cfg) -> TwoClockNet:
@@ -169,7 +168,7 @@ def build_two_clock_net(cfg) -> TwoClockNet:
     bits, period, hidden = cfg.dataset.bits, cfg.trainer.bptt, cfg.model.hidden
     return TwoClockNet(LSTMCore(hidden, bits), LSTMCore(hidden, period * bits + 1),
                        DenseSynthetic(cfg.sg.hidden_layers, cfg.sg.width, batch_norm=False),
-                       mode_rule(cfg).synthetic, cfg.sg.scale)
+                       mode_rule(cfg))
 
 
 def task_family(cfg) -> str:
@@ -194,7 +193,7 @@ def check(cfg: Any) -> None:
            "data": " (its carry holds whole minibatches, which data parallelism would split)"}.get(parallel, "")
     require(parallel in rule.parallel, "parallel", parallel, f"one of {', '.join(rule.parallel)} for mode={name}{why}")
     if parallel == "pipeline":
-        require(cfg.replicas == 1 or rule.schedule != "locked", "replicas", cfg.replicas,
+        require(cfg.replicas == 1 or rule.stage.schedule != "locked", "replicas", cfg.replicas,
                 f"1 for mode={name} (its stash holds whole minibatches, which replicas would split)")
         # Each device updates from what it has at once; anything that waits for the true gradient would lock it.
         require(cfg.trainer.update_prob == 1.0, "trainer.update_prob", cfg.trainer.update_prob,

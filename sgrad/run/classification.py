@@ -143,8 +143,7 @@ class ClassificationTask:
 
     def divergence_detail(self, state) -> str:
         params = self._view(state).params
-        interface = {"sg": "SG model", "aux": "auxiliary classifier"}.get(self.rule.interface, "model")
-        groups = (("modules", "module", 1), ("interface", f"{interface} of interface", 1),
+        groups = (("modules", "module", 1), ("interface", f"{self.rule.interface_name} of interface", 1),
                   ("si", "synthetic input model of module", 2))
         return non_finite_parameters((f"{label} {i}", p) for group, label, first in groups
                                      for i, p in enumerate(params[group], start=first))

@@ -16,7 +16,7 @@ import numpy as np
 
 from sgrad.devices.chunk import summed_chunk_runner
 from sgrad.data.text import TextStream, load_char_corpus, load_text_corpus
-from sgrad.run.build import build_recurrent_net, build_train_optimizer
+from sgrad.run.build import build_recurrent_net, build_train_optimizer, update_settings
 from sgrad.core.recurrent import (LN2, RecurrentState, future_gradient_probe, init_recurrent,
                              make_recurrent_step, window)
 from sgrad.data.copy import CopyTask
@@ -54,12 +54,12 @@ class SequenceTask:
         self.net = build_recurrent_net(cfg, self.stream.output_dim, "bits" if self.copy else "softmax")
         self.total_steps = t.steps
         self.steps_per_epoch = None if self.copy else self.stream.windows_per_epoch
-        self.probe_every = cfg.log.grad_probe_every if self.net.sg_model is not None else 0
+        self.probe_every = cfg.log.grad_probe_every if self.net.rule.diagnostic else 0
         self.final_metrics = (["curriculum/solved", "train/error_per_bit"] if self.copy
                               else ["valid/bpc", "test/bpc", "sg/cosine"])
         self.name = f"{self.mode_name} T={t.bptt}"
         self._tx = build_train_optimizer(cfg, t.steps)
-        net, step_fn = self.net, make_recurrent_step(self.net, self._tx)
+        net, step_fn = self.net, make_recurrent_step(self.net, self._tx, update_settings(cfg))
 
         # A chunk is generated one window longer than it trains on, so that every window sees the one after it.
         self.runner = summed_chunk_runner(step_fn, lambda x, y, mask, resets, i: (
@@ -109,7 +109,7 @@ class SequenceTask:
         out = {"train/loss": sums["nats"] / units, "train/bits_per_unit": sums["nats"] / units / LN2,
                "train/error_rate": sums["wrong"] / units, "train/grad_norm": sums["grad_norm"] / n,
                "watch/perf/steps_per_sec": n / max(seconds, 1e-9)}
-        if self.net.sg_model is not None:
+        if "sg_loss" in sums:
             out["sg/loss"] = sums["sg_loss"] / (n * batch)
             out["sg/norm"] = sums["sg_norm"] / (n * batch)
             if "aux_loss" in sums:

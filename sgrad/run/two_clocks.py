@@ -9,7 +9,7 @@ import numpy as np
 
 from sgrad.devices.chunk import summed_chunk_runner
 from sgrad.core.two_timescale import init_two_clock, make_two_clock_step, stream
-from sgrad.run.build import build_train_optimizer, build_two_clock_net
+from sgrad.run.build import build_train_optimizer, build_two_clock_net, update_settings
 from sgrad.run.task import non_finite_parameters
 
 
@@ -29,7 +29,7 @@ class TwoClockTask:
         self.total_steps = t.steps
         self.name = f"two clocks {self.mode_name} scale={cfg.sg.scale}"
         self._tx = build_train_optimizer(cfg, t.steps)
-        step_fn = make_two_clock_step(self.net, self._tx)
+        step_fn = make_two_clock_step(self.net, self._tx, update_settings(cfg))
 
         self.runner = summed_chunk_runner(step_fn, lambda x, y_a, y_b, i: (x[i], y_a[i], y_b[i]))
 

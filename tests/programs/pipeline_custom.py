@@ -49,7 +49,7 @@ for mode in sorted(name for name, rule in RULES.items() if rule.stage is not Non
         if jax.tree.leaves(getattr(got, part)):
             d = max_diff(getattr(got, part), getattr(ref, part))
             assert d < 1e-5, (mode, part, d)
-    if pipe.rule.schedule == "locked":
+    if pipe.stage.schedule == "locked":
         single, _ = make_chunk_runner(net.train_step, mean, std)(fresh(), xs, ys, idx, np.int32(T))
         assert max_diff(got.params, single.params) < 1e-5, mode
     assert np.isfinite(float(metrics["loss"]))

@@ -101,7 +101,7 @@ if K == 3:
                                    pre(xs[:B]), ys[:B])
         T = 10
         idx = rng.integers(0, 128, (T, B)).astype(np.int32)
-        pipe, state = build_pipeline(net, tx, fresh(), (36,), B, seed=5)
+        pipe, state = build_pipeline(net, tx, fresh(), (36,), B, UpdateRule(seed=5))
         state, _ = make_pipeline_runner(pipe, pre, jax.devices())(state, xs, ys, idx, np.int32(T))
         got = to_train_state(pipe, state)
         ref = run_sequential(pipe, fresh(), xs, ys, idx, pre)

@@ -1,0 +1,217 @@
+"""One row of the parallel tables: a network in a mode on N devices (parallel = data or pipeline), timed beside its
+own one-device baseline, with the parts the cost model needs and each program's memory per device; and the table.
+
+Used by scripts/bench_devices.py (N CPU devices in one process) and scripts/bench_processes.py (K processes,
+one core each).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from omegaconf import OmegaConf
+
+from bench_networks import paper_cfg, setup
+from sgrad.core.step import make_train_step
+from sgrad.devices.chunk import make_chunk_runner, preprocess
+from sgrad.devices.parallel import make_runner
+from sgrad.models.network import activation_shapes
+from sgrad.modes import RULES
+from sgrad.run.provenance import git_commit, machine
+from timing import chunk_seconds, collective_seconds, memory, side_by_side
+
+
+def bench_parallel(cfg, spec: str, parallel: str, devices: int, chunk: int, chunks: int, replicas: int = 1,
+                   parts: bool = True) -> dict:
+    """Examples/s of `sgrad-train parallel=... [replicas=R]` on the first `devices` devices (ticks count as
+    steps), `spec` naming the row's mode (bench_networks); `parts`: also what each device computes, timed alone
+    (part_seconds)."""
+    cfg = OmegaConf.merge(cfg, {"trainer": {"log_every": chunk}})
+    net, tx, state, shape, xs, ys, idx, (mean, std), settings = setup(cfg)
+    if parallel == "data":
+        from jax.flatten_util import ravel_pytree
+        bucket = ravel_pytree((state.params, state.stats))[0].size  # before the runner donates the state
+    baseline, alone = None, None
+    if parallel != "none" and jax.process_index() == 0:
+        alone = jax.tree.map(jnp.copy, state)  # for part_seconds: the runners donate their state
+        # The same network from the same start (its own copy: the runners donate their state) on this process's
+        # own device, timed chunk for chunk beside the parallel runner.
+        b_run, b_state, _ = make_runner("none", net, tx, jax.tree.map(jnp.copy, state), settings,
+                                        shape, cfg.trainer.batch_size, mean, std, jax.local_devices()[:1])
+        baseline = [b_run, b_state, xs, ys, jax.device_put(idx, jax.local_devices()[0])]
+    run, state, _ = make_runner(parallel, net, tx, state, settings, shape,
+                                cfg.trainer.batch_size, mean, std, jax.devices()[:devices], replicas)
+    # XLA's memory analysis of each compiled chunk, per device (before the timing donates the states).
+    mem = memory(run.compiled(state, xs, ys, idx, np.int32(len(idx))))
+    base_mem = memory(baseline[0].compiled(*baseline[1:], np.int32(len(idx)))) if baseline else {}
+    if parallel == "none":
+        per_chunk, base_chunk = chunk_seconds(run, state, xs, ys, idx, chunks) / chunks, None
+    else:
+        per_chunk, base_chunk = side_by_side([run, state, xs, ys, idx], baseline, chunks)
+    examples = chunk * cfg.trainer.batch_size
+    row = {"mode": spec, "parallel": parallel, "devices": devices, "modules": len(net.modules),
+           "replicas": replicas, "width": int(cfg.model.width),
+           "split": "+".join(str(len(m.layers)) for m in net.modules),
+           "examples_per_sec": examples / per_chunk, **mem}
+    if base_chunk is not None:
+        row["baseline_examples_per_sec"] = examples / base_chunk
+        row.update({f"baseline_{key}": value for key, value in base_mem.items()})
+    if parallel == "data" and devices > 1:
+        # The step's one collective (sgrad.core.step.bucket_mean), timed alone at its size: what the data
+        # parallel step pays on top of half the compute, the bound the link sets.
+        row["allreduce_sec"] = collective_seconds(bucket, jax.devices()[:devices])
+        row["bucket_floats"] = int(bucket)
+    if parallel == "pipeline" and devices > 1 and net.rule.stage.schedule == "unlocked":
+        # One message of a tick ([B, A+2], sgrad/devices/layout.py) timed alone; a tick sends one each way
+        # (forward only when nothing goes back).
+        width = max(int(np.prod(s)) for s in activation_shapes(net.modules, shape)[:-1])
+        size = cfg.trainer.batch_size // replicas * (width + 2)
+        row["message_sec"] = collective_seconds(size, jax.devices()[:devices], permute=True)
+        row["messages"] = 2 if net.rule.stage.sends_back else 1
+    if parts and jax.process_index() == 0 and devices > 1:
+        row.update(part_seconds(cfg, settings, parallel, devices, replicas, net, tx, alone, shape, xs, ys, idx,
+                                mean, std))
+    return row
+
+
+def part_seconds(cfg, settings, parallel: str, devices: int, replicas: int, net, tx, state, shape, xs, ys, idx,
+                 mean, std) -> dict:
+    """What one device of a parallel row computes, timed alone on this process's device: the cost model's inputs
+    (scripts/crossover.py). Data: the one-device step on its 1/N of the batch (`shard_sec`). Unlocked pipeline:
+    each device's tick as the pipeline's program runs it, in a compiled loop of len(idx) ticks without the
+    messages: its branch of the lax.switch over stages (unpack its padded state and messages, the mode's stage,
+    repack; `stage_sec`, one per device), and the same tick outside any switch (`stage_alone_sec`): the
+    difference is what XLA's conditional costs (it copies its operands and results, the stage's flat state)."""
+    batch, device = cfg.trainer.batch_size, jax.local_devices()[:1]
+    if parallel == "data":
+        run = make_chunk_runner(make_train_step(net, tx, settings), mean, std)
+        part = idx[:, :batch // devices]
+        return {"shard_sec": chunk_seconds(run, state, xs, ys, jax.device_put(part, device[0]), 3) / (3 * len(part))}
+    if parallel != "pipeline" or net.rule.stage.schedule != "unlocked" or replicas > 1:
+        return {}
+    from sgrad.devices.layout import build_pipeline
+    from sgrad.devices.pipeline import device_tick
+    pipe, ps = build_pipeline(net, tx, state, shape, batch, settings, replicas)
+    branches = [partial(device_tick, pipe, i, partial(preprocess, mean=mean, std=std)) for i in range(pipe.k)]
+    idx = jax.device_put(idx[:, :pipe.batch])
+    switched, alone = [], []
+    for i in range(pipe.k):
+        def ticks(carry, xs, ys, idx, n, me=None, i=i):
+            def tick(j, carry):
+                flat, fwd, bwd, past = carry
+                args = (flat, fwd, bwd, past, xs, ys, idx[j], jnp.bool_(True), j)
+                flat, out, back, _ = (branches[i](*args) if me is None else jax.lax.switch(me, branches, *args))
+                # The messages the device sends stand in for those it would receive (same shapes).
+                return flat, out, back, jnp.stack([out, past[0]])
+            return jax.lax.fori_loop(0, n, tick, carry), jnp.zeros(())
+        carry = lambda: (jnp.copy(ps.stage_KxS[i]), ps.fwd_KxBxA2[i], ps.bwd_KxBxA2[i], ps.past_Kx2xBxA2[i])
+        run = jax.jit(ticks, donate_argnums=0)
+        alone.append(chunk_seconds(run, carry(), xs, ys, idx, 3) / (3 * len(idx)))
+        run = jax.jit(lambda c, xs, ys, idx, n, i=i: ticks(c, xs, ys, idx, n, jnp.int32(i) + 0 * n),
+                      donate_argnums=0)
+        switched.append(chunk_seconds(run, carry(), xs, ys, idx, 3) / (3 * len(idx)))
+    return {"stage_sec": switched, "stage_alone_sec": alone}
+
+
+def device_rows(n: int, specs: list[str], layers: int, batch: int, chunk: int, chunks: int,
+                kinds: tuple[str, ...] = ("none", "data", "pipeline"), width: int | None = None,
+                replicas: int = 1, parts: bool = True) -> list[dict]:
+    """The network split into n modules: `none` on one device, `data` and `pipeline` on n (those of `kinds`).
+    With replicas R > 1 also n/R modules: `none` on one device and a pipeline of them x R copies on n.
+    `parts`: each row also times its devices' parts alone (the cost model's inputs, part_seconds)."""
+    rows = []
+    for spec in specs:
+        mode = spec.split(":")[0]
+        accepts = RULES[mode].parallel  # e.g. ddg's stash holds whole minibatches: no data parallelism
+        # Every parallel row carries its own one-device baseline, timed beside it (bench_parallel).
+        plans = [(n, p, n, 1) for p in ("data", "pipeline") if n > 1 and p in accepts and p in kinds]
+        plans = plans or [(n, "none", 1, 1)]
+        if replicas > 1 and n % replicas == 0 and n // replicas >= 2 and "pipeline" in accepts \
+                and "pipeline" in kinds and RULES[mode].stage and RULES[mode].stage.schedule == "unlocked":
+            plans += [(n // replicas, "pipeline", n, replicas)]
+        for modules, parallel, d, r in plans:
+            if parallel not in kinds:
+                continue
+            cfg = paper_cfg("fcn", layers, spec, batch, width)
+            if modules > 1:  # modules of balanced measured cost (sgrad/models/partition.py), on one device or n
+                cfg.model.partition, cfg.model.modules = "profiled", modules
+            row = {**bench_parallel(cfg, spec, parallel, d, chunk, chunks, r, parts), "process_devices": n}
+            new = [row]
+            if "baseline_examples_per_sec" in row:
+                measured_beside = ("allreduce_sec", "bucket_floats", "message_sec", "messages", "shard_sec",
+                                   "stage_sec", "stage_alone_sec", "peak_mib", "temp_mib")
+                new.insert(0, {**{k: v for k, v in row.items() if k not in measured_beside}, "parallel": "none",
+                               "devices": 1, "replicas": 1, "examples_per_sec": row["baseline_examples_per_sec"],
+                               **{key: row[f"baseline_{key}"] for key in ("peak_mib", "temp_mib")
+                                  if f"baseline_{key}" in row}})
+            rows += new
+            if jax.process_index() == 0:
+                for printed in new:
+                    print(json.dumps(printed), flush=True)
+    return rows
+
+
+def write_table(args, script: str, title: str, how: str, grouping: str, rows: list[dict]) -> None:
+    """The --devices / --processes markdown: each row's examples/s and its ratio to `none` on the same split."""
+    m = machine()
+    lines = [f"# {title}", "",
+             f"Machine: {m['cpu']} ({m['cpu_count']} CPUs), platform {m['platform']}, jax {m['jax']}; {how}",
+             f"Commit: {git_commit()}.", f"Command: `python scripts/{script} {' '.join(sys.argv[1:])}`.",
+             "", f"FCN, {args.layers} layers of width {args.width or 256} with batch norm, batch {args.batch}, Adam; DNI SG = "
+             f"2×1024 hidden layers, cDNI SG = linear on [h, one-hot y], `dni:sg.hidden_layers=0` = DNI with a linear SG, "
+             f"DGL = a "
+             f"linear auxiliary classifier per interface, DDG = delayed true gradients (no data-parallel row: its "
+             f"stash holds whole minibatches). {grouping} Pipeline examples/s count "
+             f"minibatches fed per tick; `pipeline × R replicas` is K/R modules, each on R devices that split the "
+             f"batch (`parallel=pipeline replicas=R`), next to `none` with the same K/R modules. Each parallel row is timed beside its own `none` row (the row above it: the same network "
+             "on one of the devices, process 0's with several processes), their chunks alternating, after a warm-up "
+             f"chunk of each: median chunk of {args.chunks} chunks of {args.chunk} steps.",
+             "Data rows: `all-reduce` is the step's one collective (its gradients, batch statistics and metrics in "
+             "one flat bucket) timed alone at its size in the same processes (ten in one compiled loop, per "
+             "collective), and `bound` the speed-up a data "
+             "parallel step could reach if it paid only that on top of 1/N of the one-device step: "
+             "T1 / (T1/N + all-reduce).",
+             "Memory: XLA's analysis of each row's compiled chunk, per device: `peak` its arguments (the state, "
+             "the whole random training set of 8192 examples, the chunk's indices), outputs and working buffers "
+             "at the worst point; `working` the buffers alone (activations kept for a backward pass, messages).",
+             "", "| mode | devices | layers per module | parallel | examples/s | × one device | all-reduce (ms) | bound × "
+             "| peak MiB / device | working MiB / device |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        base = r.get("baseline_examples_per_sec", r["examples_per_sec"])
+        extra = "| | |"
+        if "allreduce_sec" in r:
+            t1 = int(args.batch) / base
+            extra = f"| {r['allreduce_sec'] * 1e3:.2f} | {t1 / (t1 / r['devices'] + r['allreduce_sec']):.2f} |"
+        parallel = r["parallel"] + (f" × {r['replicas']} replicas" if r.get("replicas", 1) > 1 else "")
+        lines.append(f"| {r['mode']} | {r['devices']} | {r['split']} | {parallel} | "
+                     f"{r['examples_per_sec']:.0f} | {r['examples_per_sec'] / base:.2f} {extra} "
+                     f"{r.get('peak_mib', float('nan')):.1f} | {r.get('temp_mib', float('nan')):.1f} |")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.out}")
+
+
+def worker_args(args) -> list[str]:
+    """What a worker process is given on its command line: the rows' network and timing."""
+    return ["--modes", args.modes, "--layers", str(args.layers), "--batch", args.batch, "--chunk", str(args.chunk),
+            "--chunks", str(args.chunks), *(["--width", str(args.width)] if args.width else []),
+            "--replicas", str(args.replicas)]
+
+
+def add_row_arguments(ap) -> None:
+    """The options both parallel benchmarks take."""
+    ap.add_argument("--modes", default="backprop,dni,cdni,dni:sg.hidden_layers=0",
+                    help="comma list of MODE[:KEY=VALUE...] (a mode and the overrides of its row)")
+    ap.add_argument("--layers", type=int, default=4, help="FCN depth")
+    ap.add_argument("--width", type=int, help="FCN hidden width (default 256)")
+    ap.add_argument("--batch", default="256")
+    ap.add_argument("--chunk", type=int, default=50, help="steps per compiled chunk")
+    ap.add_argument("--chunks", type=int, default=4, help="timed chunks after the warm-up")
+    ap.add_argument("--replicas", type=int, default=1, help="also a pipeline of N/R modules x R copies over the "
+                    "batch (parallel=pipeline replicas=R)")

@@ -1,0 +1,119 @@
+"""How sgrad's benchmarks measure: the machine's matmul peak, a compiled chunk of steps (alone, or side by side
+with its baseline), one collective, and XLA's own analyses of a compiled program (FLOPs, memory per device).
+
+Shared by scripts/bench.py (one device), scripts/parallel_rows.py (several devices or processes) and the
+profile_* scripts.
+"""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
+
+MiB = 2 ** 20
+
+
+def matmul_peak(n: int = 2048, repeats: int = 20) -> float:
+    """Achieved float32 FLOP/s of an n x n matmul chain: the reference 'peak' of this machine."""
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32) / np.sqrt(n)
+
+    @jax.jit
+    def chain(a):
+        return jax.lax.fori_loop(0, repeats, lambda _, x: x @ b, a)
+    chain(a).block_until_ready()
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        chain(a).block_until_ready()
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 * repeats / best
+
+
+def chunk_seconds(run_chunk, state, xs, ys, idx, chunks: int) -> float:
+    """Seconds for `chunks` chunks, as `chunks` x the median chunk, after a warm-up chunk that compiles.
+
+    The median, because this kind of shared VM slows down for seconds at a time; each chunk is waited on,
+    one sync per chunk of steps.
+    """
+    n_steps = np.int32(len(idx))
+    state, m = run_chunk(state, xs, ys, idx, n_steps)
+    jax.block_until_ready(m)
+    times = []
+    for _ in range(chunks):
+        t = time.perf_counter()
+        state, m = run_chunk(state, xs, ys, idx, n_steps)
+        jax.block_until_ready((state, m))
+        times.append(time.perf_counter() - t)
+    return float(np.median(times)) * chunks
+
+
+def side_by_side(parallel: list, baseline: list | None, chunks: int) -> tuple[float, float | None]:
+    """Median seconds per chunk of a parallel runner and of its one-device baseline, their chunks alternating
+    (baseline, parallel, baseline, parallel, ...) after two warm-up chunks of each, so that the machine's drift
+    falls on both alike. `parallel` / `baseline` are [run, state, xs, ys, idx]; with several processes only
+    process 0 runs the baseline (on its own device) while the others wait."""
+    sync = (lambda: multihost_utils.sync_global_devices("bench")) if jax.process_count() > 1 else (lambda: None)
+
+    def chunk(box) -> float:
+        t = time.perf_counter()
+        box[1], m = box[0](box[1], *box[2:], np.int32(len(box[4])))
+        jax.block_until_ready((box[1], m))
+        return time.perf_counter() - t
+    for box in (baseline, parallel):
+        if box is not None:
+            chunk(box)  # compiles
+            chunk(box)  # the state now lives where the runner leaves it: a first call with it may compile again
+        sync()
+    times_b, times_p = [], []
+    for _ in range(chunks):
+        if baseline is not None:
+            times_b.append(chunk(baseline))
+        sync()
+        times_p.append(chunk(parallel))
+        sync()
+    return float(np.median(times_p)), float(np.median(times_b)) if times_b else None
+
+
+def collective_seconds(size: int, devices, repeats: int = 5, permute: bool = False, loop: int = 10) -> float:
+    """Seconds of one pmean (or with `permute`, one ring ppermute) of f32[size] over `devices`, paid as a
+    compiled loop pays it: `loop` collectives in one shard_map program (median of `repeats`), so a call's
+    dispatch is not counted."""
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+    mesh = jax.make_mesh((len(devices),), ("d",), devices=devices)
+    n = len(devices)
+    collective = ((lambda a: jax.lax.ppermute(a, "d", [(j, (j + 1) % n) for j in range(n)])) if permute else
+                  (lambda a: jax.lax.pmean(a, "d")))
+    many = lambda a: jax.lax.fori_loop(0, loop, lambda _, a: collective(a), a)
+    reduce = jax.jit(jax.shard_map(many, mesh=mesh, in_specs=P("d"), out_specs=P("d"), check_vma=False))
+    a = jax.device_put(jnp.ones((len(devices) * size,), jnp.float32), NamedSharding(mesh, P("d")))
+    jax.block_until_ready(reduce(a))
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        jax.block_until_ready(reduce(a))
+        times.append(time.perf_counter() - t)
+    return float(np.median(times)) / loop
+
+
+def flops(compiled) -> float:
+    """FLOPs of one call of a compiled program, from XLA's cost analysis (0 where the backend gives none). XLA
+    counts a loop body once: compile one step, not a chunk, to count a step."""
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost.get("flops", 0.0)) if cost else 0.0
+
+
+def memory(compiled) -> dict[str, float]:
+    """XLA's memory analysis of a compiled program, per device, in MiB: `peak_mib` (its arguments, outputs and
+    working buffers at the worst point) and `temp_mib` (the working buffers alone: the activations a step keeps
+    for its backward pass live there)."""
+    stats = compiled.memory_analysis()
+    if stats is None:
+        return {}
+    return {"peak_mib": stats.peak_memory_in_bytes / MiB, "temp_mib": stats.temp_size_in_bytes / MiB}
