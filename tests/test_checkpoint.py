@@ -211,6 +211,7 @@ def test_multirun_reports_the_failed_job_and_keeps_the_others(idx_dir, tmp_path)
     assert all(Path(w).is_file() and Path(w).parent == sweep / "report" for w in wrote)
 
 
+@pytest.mark.slow  # an end-to-end run through the CLI
 def test_resuming_from_another_run_logs_no_orbax_option_warnings(idx_dir, tmp_path, caplog):
     train_and_evaluate(_cfg(idx_dir, "trainer.steps=40", "checkpoint.every=40"), tmp_path / "a")
     with caplog.at_level(logging.WARNING):

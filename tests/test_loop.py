@@ -216,6 +216,7 @@ def test_cli_sweep_names_tensorboard_runs_by_what_varies_and_writes_hparams(tmp_
         assert "train/loss" in acc.Tags()["scalars"]
 
 
+@pytest.mark.slow  # an end-to-end run through the CLI
 def test_cli_error_inside_the_run_is_printed_once_and_leaves_no_stub(tmp_path):
     res = _cli("dataset=idx", f"dataset.dir={tmp_path / 'nowhere'}", f"hydra.run.dir={tmp_path / 'run'}")
     assert res.returncode == 2
@@ -412,7 +413,7 @@ def test_a_stop_inside_a_chunk_resumes_exactly_in_every_parallel_layout(idx_dir,
 
 # A real network whose step takes about a second here (an FCN of 4096-wide layers at batch 512), logged once in 12
 # steps: before dispatches were bounded in time, a stop signal waited for the whole chunk.
-SLOW_STEP = ["mode=dni", "model.width=4096", "model.layers=4", "sg.width=1024", "trainer.batch_size=512",
+SLOW_STEP = ["mode=dni", "model.width=4096", "model.layers=4", "sg.width=1024", "trainer.batch_size=256",
              "trainer.steps=12", "trainer.log_every=12", "checkpoint.every=100", "trainer.eval_every=100",
              "log.grad_probe_every=0"]
 
