@@ -411,10 +411,10 @@ def test_a_stop_inside_a_chunk_resumes_exactly_in_every_parallel_layout(idx_dir,
     assert out.split() == ["data", "ok", "pipeline", "ok", "pipeline-ddg", "ok", "pipeline-replicas", "ok"], out
 
 
-# A real network whose step takes about a second here (an FCN of 4096-wide layers at batch 512), logged once in 12
+# A real network whose step takes about a second here (an FCN of 4096-wide layers at batch 256), logged once in 8
 # steps: before dispatches were bounded in time, a stop signal waited for the whole chunk.
 SLOW_STEP = ["mode=dni", "model.width=4096", "model.layers=4", "sg.width=1024", "trainer.batch_size=256",
-             "trainer.steps=12", "trainer.log_every=12", "checkpoint.every=100", "trainer.eval_every=100",
+             "trainer.steps=8", "trainer.log_every=8", "checkpoint.every=100", "trainer.eval_every=100",
              "log.grad_probe_every=0"]
 
 
@@ -461,7 +461,7 @@ def test_sigterm_inside_a_long_chunk_stops_within_seconds_with_a_checkpoint_and_
     proc.wait(timeout=60)
     took = time.time() - sent
     assert proc.returncode == 143 and took < 30, (proc.returncode, took)
-    assert f"at step {announced};" in stopped and 0 < announced < 12, (said, stopped)
+    assert f"at step {announced};" in stopped and 0 < announced < 8, (said, stopped)
     assert (run / "checkpoints" / str(announced) / "chunk_sums.npz").is_file()
     again = subprocess.run(_tiny_cli(idx_dir, run, *SLOW_STEP), cwd=ROOT, capture_output=True, text=True,
                            timeout=600)
