@@ -178,7 +178,9 @@ def write_table(args, script: str, title: str, how: str, grouping: str, rows: li
              "T1 / (T1/N + all-reduce).",
              "Memory: XLA's analysis of each row's compiled chunk, per device: `peak` its arguments (the state, "
              "the whole random training set of 8192 examples, the chunk's indices), outputs and working buffers "
-             "at the worst point; `working` the buffers alone (activations kept for a backward pass, messages).",
+             "at the worst point; `working` the buffers alone (activations kept for a backward pass, messages). "
+             "On CPU `peak` comes from a heap simulation of the program's top level and can fall below `working` "
+             "for a compiled loop: read `working` there.",
              "", "| mode | devices | layers per module | parallel | examples/s | × one device | all-reduce (ms) | bound × "
              "| peak MiB / device | working MiB / device |",
              "|---|---|---|---|---|---|---|---|---|---|"]

@@ -19,5 +19,5 @@ assert len(pipe["stage_sec"]) == len(pipe["stage_alone_sec"]) == 2 and min(pipe[
 assert data["shard_sec"] > 0 and data["allreduce_sec"] > 0, data
 assert all(r["examples_per_sec"] > 0 for r in rows)
 # Every row, the one-device baselines too, has its compiled program's memory per device.
-assert all(r["peak_mib"] > r["temp_mib"] > 0 for r in rows), rows
+assert all(r["peak_mib"] > 0 and r["temp_mib"] > 0 for r in rows), rows
 print([(r["mode"], r["parallel"], r["devices"], r["modules"], r["replicas"]) for r in rows])
