@@ -126,7 +126,7 @@ def components(mode: str, layers: int, batch: int) -> dict:
         h_in = h_out
     # The baseline as the parallel benchmarks measure it: the whole network's steps in a compiled chunk on this core.
     from parallel_rows import device_rows
-    row = device_rows(2, [mode], layers, batch, 20, 4, kinds=("none",))[0]
+    row = device_rows(2, [mode], layers, batch, 20, 4, kinds=("none",), parts=False)[0]
     out["single_device_step"] = batch / row["examples_per_sec"]
     out["message_floats"] = int(batch * (pipe.width + 2))
     return out
@@ -155,7 +155,7 @@ def distributed_worker(args) -> None:
         many = jax.jit(many)
         result[name] = seconds(many, msg, repeats=5) / reps
     rows = device_rows(2, args.modes.split(","), args.layers, args.batch, args.chunk, args.chunks,
-                             kinds=("pipeline",))
+                       kinds=("pipeline",), parts=False)  # the ticks only: components() times the parts
     result["ticks"] = {r["mode"]: args.batch / r["examples_per_sec"] for r in rows if r["parallel"] == "pipeline"}
     if jax.process_index() == 0:
         print(json.dumps(result), flush=True)
