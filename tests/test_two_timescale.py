@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from conftest import make_cfg
 from sgrad.modes import RULES
@@ -80,6 +81,7 @@ def _b_loss(net, pb, carry_b, h, yb):
     return optax.softmax_cross_entropy_with_integer_labels(logits[:, 0], yb).sum()
 
 
+@pytest.mark.slow  # a learning run of both networks (the oracle test above checks the link itself)
 def test_b_learns_to_count_only_through_the_dni(tmp_path):
     acc = {}
     for scale in (1.0, 0.0):
