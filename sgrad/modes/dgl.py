@@ -47,4 +47,5 @@ def _stage_metrics(sums_KxM, k: int):
 
 
 RULE = ModeRule("dgl", "the gradient of its own auxiliary classifier's loss on h_i (Decoupled Greedy Learning)",
-                _grads, interface="aux", stage=Stage(stage, _stage_metrics, "unlocked"), diagnostic=("aux/accuracy", "auxiliary classifier accuracy"))
+                _grads, interface="aux", stage=Stage(stage, _stage_metrics, "unlocked"),
+                diagnostic=("aux/accuracy", "auxiliary classifier accuracy"))

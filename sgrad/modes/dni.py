@@ -109,7 +109,7 @@ def _rule(name: str, summary: str, conditioned: bool, synthetic_inputs: bool) ->
         link=_link if not (conditioned or synthetic_inputs) else None,
         module_active=_module_active, probe=_probe,
         stage=Stage(stage, _full_stage_metrics if synthetic_inputs else _stage_metrics, "unlocked", sends_back=True,
-                    lag=1 if synthetic_inputs else 2, reads_input=synthetic_inputs),
+                    reads_input=synthetic_inputs),
         diagnostic=("sg/cosine", "cosine(ĝ_i, true gradient)"))
 
 

@@ -44,8 +44,13 @@ class Stage:
     schedule: str = "unlocked"    # "unlocked" (minibatch t-i on device i) or "locked" (one step in order of i)
     sends_back: bool = False      # device i sends device i-1 a cotangent each tick
     receive: Callable | None = None
-    lag: int = 2                  # ticks between sending an activation and receiving its SG target
     reads_input: bool = False     # module i > 1 reads the minibatch itself (complete unlocking's I_i(x))
+
+    @property
+    def lag(self) -> int:
+        """Ticks between sending an activation and receiving its SG target: one when the device above reads the
+        minibatch itself instead of waiting a tick for the activation."""
+        return 1 if self.reads_input else 2
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
