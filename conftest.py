@@ -68,6 +68,28 @@ def make_cfg(*overrides: str):
     return copy.deepcopy(_composed(tuple(overrides)))
 
 
+def randomized_interface(params: dict, key) -> dict:
+    """`params` with every interface-model parameter (zero output layers included) drawn at random, so that
+    synthetic gradients are non-trivial."""
+    import jax
+    leaves, tree = jax.tree.flatten(params["interface"])
+    leaves = [0.3 * jax.random.normal(k, l.shape) for k, l in zip(jax.random.split(key, len(leaves)), leaves)]
+    return {**params, "interface": jax.tree.unflatten(tree, leaves)}
+
+
+def composed_loss(net, module_params, stats, x, y, eps=None):
+    """Independent reference for the rule's tests: the modules as one composed function (train mode), eps[i]
+    added to module i's output, the mean cross-entropy over every label (a class, or a token per position)."""
+    import optax
+    from sgrad.models.network import apply
+    h = x
+    for i, (f, p, s) in enumerate(zip(net.modules, module_params, stats["modules"])):
+        h, _ = apply(f, p, s, (h,), True)
+        if eps is not None and i < len(eps):
+            h = h + eps[i]
+    return optax.softmax_cross_entropy_with_integer_labels(h, y).mean()
+
+
 def sgd_states(net, params, stats, batches, lr: float) -> list:
     """The train step of `net`'s mode run over `batches` with plain SGD (modules and interface models): the state
     before every step and after the last, starting from what the mode carries for the first batch."""

@@ -2,6 +2,7 @@
 
     python scripts/bench.py [--models fcn3,fcn4,fcn6,cnn4] [--batch 64,256] [--out results/bench/single_device.md]
     python scripts/bench.py --exp bench_peer_mlp --modes backprop,dni,cdni,dgl,ddg
+    python scripts/bench.py --exp text_transformer --modes backprop,dni,cdni,dgl,ddg,fr  (tokens/s)
 
 Times the same compiled chunk of steps that `sgrad-train` runs (data on the device, batches gathered inside
 jit), after a warm-up chunk, and reads one step's FLOPs and memory from XLA's cost and memory analyses of that
@@ -40,7 +41,10 @@ def bench_one(cfg, spec: str, chunk: int, chunks: int) -> dict:
     runner = make_chunk_runner(train_step, mean, std)
     elapsed = chunk_seconds(runner, state, xs, ys, jax.device_put(idx), chunks)
     steps = chunk * chunks
+    # A Transformer's example is a window of model.context tokens.
+    tokens = cfg.model.context if model == "transformer" else None
     return {"model": f"{model}{layers}", "mode": spec, "batch": batch, "steps_per_sec": steps / elapsed,
+            "tokens_per_sec": tokens and steps * batch * tokens / elapsed,
             "examples_per_sec": steps * batch / elapsed, "flops_per_sec": flops(step) * steps / elapsed,
             **memory(step)}
 
@@ -101,13 +105,16 @@ def main() -> None:
              "at the measured matmul peak. Memory is XLA's analysis of one step compiled alone (per device): `peak` "
              "its arguments (parameters, optimizer and batch), outputs and working buffers at the worst point, "
              "`working` the buffers alone (the activations kept for the backward pass live there).",
-             "", "| model | batch | mode | steps/s | examples/s | GFLOP/s | % of matmul peak | steps/s at the peak "
-             "| peak MiB | working MiB |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "A Transformer's example is a window of `model.context` tokens (tokens/s = examples/s × context).",
+             "", "| model | batch | mode | steps/s | examples/s | tokens/s | GFLOP/s | % of matmul peak | "
+             "steps/s at the peak | peak MiB | working MiB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         bound = peak_steps(r, peak)
         lines.append(f"| {r['model']} | {r['batch']} | {r['mode']} | {r['steps_per_sec']:.1f} | "
-                     f"{r['examples_per_sec']:.0f} | {r['flops_per_sec'] / 1e9:.1f} | "
+                     f"{r['examples_per_sec']:.0f} | "
+                     f"{'–' if r['tokens_per_sec'] is None else format(r['tokens_per_sec'], '.0f')} | "
+                     f"{r['flops_per_sec'] / 1e9:.1f} | "
                      f"{100 * r['flops_per_sec'] / peak:.0f}% | {bound:.{0 if bound >= 10 else 1}f} | "
                      f"{r.get('peak_mib', float('nan')):.1f} | {r.get('temp_mib', float('nan')):.1f} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)

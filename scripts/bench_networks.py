@@ -37,18 +37,28 @@ def exp_cfg(exp: str, spec: str):
     return compose_config(f"+exp={exp}", *spec_overrides(spec))
 
 
+TOKENS = 113  # the vocabulary of Debian's fortunes text (what +exp=text_transformer trains on)
+
+
 def setup(cfg, examples: int = 8192):
-    """The decoupled network, random uint8 data on the device and the initial state: what every row starts from.
+    """The decoupled network, random data on the device (uint8 images, or token windows for a Transformer) and the
+    initial state: what every row starts from.
 
     Returns (network, optimizers, state, input shape, xs, ys, idx [log_every, batch], (mean, std), settings)."""
     model = str(cfg.model.name)
     batch = cfg.trainer.batch_size
-    shape = (32, 32, 3) if model == "cnn" else (28, 28, 1)
-    decoupled = build_decoupled(cfg, shape, 10, 10_000)
     rng = np.random.default_rng(0)
-    xs = jax.device_put(rng.integers(0, 256, (examples, *shape), dtype=np.uint8))
-    ys = jax.device_put(rng.integers(0, 10, examples).astype(np.int32))
-    mean, std = jnp.full((shape[-1],), 0.5), jnp.full((shape[-1],), 0.25)
+    if model == "transformer":  # windows of random token ids over a character-sized vocabulary
+        shape, classes = (cfg.model.context,), TOKENS
+        xs = jax.device_put(rng.integers(0, classes, (examples, *shape)).astype(np.int32))
+        ys = jax.device_put(rng.integers(0, classes, (examples, *shape)).astype(np.int32))
+        mean, std = jnp.zeros(1), jnp.ones(1)
+    else:
+        shape, classes = (32, 32, 3) if model == "cnn" else (28, 28, 1), 10
+        xs = jax.device_put(rng.integers(0, 256, (examples, *shape), dtype=np.uint8))
+        ys = jax.device_put(rng.integers(0, classes, examples).astype(np.int32))
+        mean, std = jnp.full((shape[-1],), 0.5), jnp.full((shape[-1],), 0.25)
+    decoupled = build_decoupled(cfg, shape, classes, 10_000)
     idx = rng.integers(0, examples, (cfg.trainer.log_every, batch)).astype(np.int32)
     state = decoupled.init(jax.random.key(0), preprocess(xs[:batch], mean, std), ys[:batch])
     return (decoupled.network, decoupled.tx, state, shape, xs, ys, idx, (mean, std), decoupled.settings)

@@ -3,8 +3,9 @@
     python scripts/report.py MULTIRUN_DIR [--out DIR] [--paper FILE.yaml]
 
 Reads each run's summary.json, .hydra/config.yaml and metrics.jsonl; writes
-table.md (rows: mode, columns: layers, mean ± std test error over seeds),
-runs.csv (one row per run), curves.png (test error vs step, one panel per depth),
+table.md (rows: mode, columns: layers, mean ± std test error over seeds; for language models validation
+bits per character, with test BPC and tokens/s beside it), runs.csv (one row per run), curves.png (the same
+measure vs step, one panel per depth),
 diagnostics.png (each decoupled mode's per-module signal at the deepest network: SG cosine to the true
 gradient, DGL's auxiliary accuracy, DDG's delayed-vs-current cosine; mean over seeds)
 and provenance.md (the sweep command, commit and machine). Nothing is typed in by hand.
@@ -18,6 +19,7 @@ import argparse
 import csv
 import json
 import statistics
+import dataclasses
 from collections import defaultdict
 from pathlib import Path
 
@@ -30,13 +32,32 @@ MODES = ("backprop", *(name for name in RULES if name != "backprop"))
 # Per-module signals each decoupled mode logs, and what to call them on a plot.
 DIAGNOSTICS = dict(rule.diagnostic for rule in RULES.values() if rule.diagnostic)
 FIELDS = ("run", "status", "dataset", "model", "layers", "mode", "seed", "step", "test/error", "test/accuracy",
-          "train/loss", "wall_seconds", "commit", "overrides")
+          "valid/bpc", "test/bpc", "watch/perf/tokens_per_sec", "train/loss", "wall_seconds", "commit", "overrides")
+
+
+@dataclasses.dataclass(frozen=True)
+class Measure:
+    """What the table and curves compare runs by (lower is better)."""
+
+    key: str        # in summary.json and metrics.jsonl
+    label: str
+    scale: float    # shown as value * scale
+    digits: int
+
+
+ERROR = Measure("test/error", "test error (%)", 100.0, 2)
+BPC = Measure("valid/bpc", "validation bits per character", 1.0, 3)
+
+
+def measure_of(runs: list[dict]) -> Measure:
+    """Validation BPC for language-model runs (model=transformer), test error otherwise."""
+    return BPC if any(BPC.key in r for r in runs) else ERROR
 # Swept keys that have their own place in the table (columns, rows, spread over seeds).
 PLACED = {"model.layers", "mode", "seed"}
 
 
 def load_runs(root: Path) -> list[dict]:
-    runs = []
+    runs, keys = [], (ERROR.key, BPC.key)
     for summary_path in sorted(root.rglob("summary.json")):
         run_dir = summary_path.parent
         summary = json.loads(summary_path.read_text())
@@ -46,8 +67,9 @@ def load_runs(root: Path) -> list[dict]:
         if metrics.exists():
             for line in metrics.read_text().splitlines():
                 row = json.loads(line)
-                if "test/error" in row:
-                    curve.append((row["step"], row["test/error"]))
+                for key in keys:
+                    if key in row:
+                        curve.append((row["step"], row[key]))
                 for key, value in row.items():
                     if key.rsplit("/", 1)[0] in DIAGNOSTICS and value is not None:
                         diagnostics[key].append((row["step"], value))
@@ -73,15 +95,15 @@ def _label_variants(runs: list[dict]) -> None:
         r["row"] = r["mode"] + (f" ({extra})" if extra else "")
 
 
-def _mean_std(values: list[float], seeds: int = 1) -> str:
-    """Mean ± std in %; a cell with fewer runs than the sweep has seeds says how many it has."""
+def _mean_std(values: list[float], seeds: int = 1, scale: float = 100.0, digits: int = 2) -> str:
+    """Mean ± std (in % by default); a cell with fewer runs than the sweep has seeds says how many it has."""
     if not values:
         return "–"
-    pct = [100 * v for v in values]
+    pct = [scale * v for v in values]
     fewer = f" (n={len(pct)})" if len(pct) < seeds else ""
     if len(pct) == 1:
-        return f"{pct[0]:.2f}{fewer}"
-    return f"{statistics.mean(pct):.2f} ± {statistics.stdev(pct):.2f}{fewer}"
+        return f"{pct[0]:.{digits}f}{fewer}"
+    return f"{statistics.mean(pct):.{digits}f} ± {statistics.stdev(pct):.{digits}f}{fewer}"
 
 
 def missing_jobs(root: Path) -> list[str]:
@@ -107,18 +129,22 @@ def missing_jobs(root: Path) -> list[str]:
 
 
 def table(runs: list[dict], paper: dict | None = None, missing: list[str] = ()) -> str:
-    """Markdown: test error (%) by mode (rows) and depth (columns), mean ± std over seeds."""
+    """Markdown: the runs' measure (test error in %, or validation BPC) by mode (rows) and depth (columns), mean ±
+    std over seeds; language models add test BPC and tokens/s per mode."""
+    m_ = measure_of(runs)
     depths = sorted({r["layers"] for r in runs})
     order = {m: i for i, m in enumerate(MODES)}
     modes = sorted({r["row"] for r in runs}, key=lambda row: (order.get(row.split()[0], 9), row))
     cells = defaultdict(list)
     for r in runs:
-        if r.get("status") == "completed" and isinstance(r.get("test/error"), float):
-            cells[(r["row"], r["layers"])].append(r["test/error"])
+        if r.get("status") == "completed" and isinstance(r.get(m_.key), float):
+            cells[(r["row"], r["layers"])].append(r[m_.key])
     seeds = sorted({r["seed"] for r in runs})
-    head = "| test error (%) | " + " | ".join(f"{d} layers" for d in depths) + " |"
+    unit = "blocks" if all(r.get("model") == "transformer" for r in runs) else "layers"
+    head = f"| {m_.label} | " + " | ".join(f"{d} {unit}" for d in depths) + " |"
     rule = "|---|" + "---|" * len(depths)
-    rows = [f"| {m} | " + " | ".join(_mean_std(cells[(m, d)], len(seeds)) for d in depths) + " |" for m in modes]
+    rows = [f"| {m} | " + " | ".join(_mean_std(cells[(m, d)], len(seeds), m_.scale, m_.digits) for d in depths) + " |"
+            for m in modes]
     if paper:
         rows += [f"| {m} (paper) | " + " | ".join(str(paper[m].get(d, "–")) for d in depths) + " |"
                  for m in modes if m in paper]
@@ -128,14 +154,22 @@ def table(runs: list[dict], paper: dict | None = None, missing: list[str] = ()) 
 
     gaps = [row for row in modes if not row.startswith("backprop") and baseline(row) in modes]
     if gaps:
-        rows += ["", "| error minus backprop's (points) | " + " | ".join(f"{d} layers" for d in depths) + " |", rule]
+        name = "error minus backprop's (points)" if m_ is ERROR else "BPC minus backprop's"
+        rows += ["", f"| {name} | " + " | ".join(f"{d} {unit}" for d in depths) + " |", rule]
         for row in gaps:
             diffs = []
             for d in depths:
                 ours, theirs = cells[(row, d)], cells[(baseline(row), d)]
-                diffs.append(f"{100 * (statistics.mean(ours) - statistics.mean(theirs)):+.2f}"
+                diffs.append(f"{m_.scale * (statistics.mean(ours) - statistics.mean(theirs)):+.{m_.digits}f}"
                              if ours and theirs else "–")
             rows.append(f"| {row} | " + " | ".join(diffs) + " |")
+    if m_ is BPC:
+        done = [r for r in runs if r.get("status") == "completed"]
+        rows += ["", "| per mode, all depths | test BPC | tokens/s (training, last chunk) |", "|---|---|---|"]
+        for m in modes:
+            mine = [r for r in done if r["row"] == m]
+            rows.append(f"| {m} | {_mean_std([r['test/bpc'] for r in mine], len(seeds), 1.0, 3)} | "
+                        f"{_mean_std([r['watch/perf/tokens_per_sec'] for r in mine], len(seeds), 1.0, 0)} |")
     common = set.intersection(*(set(r["overrides"].split()) for r in runs))
     shared = " ".join(o for o in runs[0]["overrides"].split() if o in common and o.split("=")[0] not in PLACED)
     note = f"\nAll runs: `{shared}`." if shared else ""
@@ -161,6 +195,7 @@ def plot_curves(runs: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    m_ = measure_of(runs)
     depths = sorted({r["layers"] for r in runs})
     fig, axes = plt.subplots(1, len(depths), figsize=(4.5 * len(depths), 3.6), squeeze=False, sharey=True)
     rows = sorted({r["row"] for r in runs})
@@ -170,15 +205,17 @@ def plot_curves(runs: list[dict], path: Path) -> None:
             for i, r in enumerate(x for x in runs if x["layers"] == depth and x["row"] == row and x["curve"]):
                 steps, errs = zip(*r["curve"])
                 # Markers, so that a run evaluated once or twice still shows.
-                ax.plot(steps, [100 * e for e in errs], color=colors[row], alpha=0.85, marker="o", ms=3,
+                ax.plot(steps, [m_.scale * e for e in errs], color=colors[row], alpha=0.85, marker="o", ms=3,
                         label=row if i == 0 else None)
         # your own model (model=custom) is counted in the modules it was cut into, the paper's in layers
-        unit = "modules" if all(r.get("model") == "custom" for r in runs if r["layers"] == depth) else "layers"
+        unit = {"custom": "modules", "transformer": "blocks"}.get(
+            next((r.get("model") for r in runs if r["layers"] == depth), ""), "layers")
         ax.set_title(f"{depth} {unit}")
-        ax.set_xlabel("training step (test set: every trainer.eval_every steps and at the end)")
+        held_out = "validation" if m_ is BPC else "test"
+        ax.set_xlabel(f"training step ({held_out} set: every trainer.eval_every steps and at the end)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    axes[0][0].set_ylabel("test error (%)")
+    axes[0][0].set_ylabel(m_.label)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -33,14 +33,15 @@ ModelFor = Callable[[tuple[int, ...]], nn.Module]  # activation shape (no batch 
 
 def paper_sg_model(shape: tuple[int, ...], conditioned: bool = False) -> nn.Module:
     """The paper's SG model (sec. 4.1), zero-initialised output layer: for DNI 2 x 1024 Linear -> BN -> ReLU on flat
-    activations, two 128-channel 5x5 convs on feature maps; for cDNI (the label as input) a linear map."""
+    activations (and per position on sequences [T, D]), two 128-channel 5x5 convs on feature maps; for cDNI (the
+    label as input) a linear map."""
     hidden = 0 if conditioned else 2
-    return DenseSynthetic(hidden, 1024) if len(shape) == 1 else ConvSynthetic(hidden, 128, 5)
+    return ConvSynthetic(hidden, 128, 5) if len(shape) == 3 else DenseSynthetic(hidden, 1024)
 
 
 def linear_aux_head(outputs: int | tuple[int, ...]) -> ModelFor:
     """DGL's default head: (2x2 average pooling for feature maps, then) a linear map to the network's output (the
-    class logits, or an output of shape `outputs`)."""
+    class logits, or an output of shape `outputs`); on sequences, LayerNorm and a linear map per position."""
     return lambda shape: AuxClassifier(outputs, 0, 256, 2)
 
 

@@ -30,9 +30,6 @@ def test_device_sweep_measures_every_parallel_mode(tmp_path):
                        ("cdni", "none", 1, 4, 1), ("cdni", "data", 4, 4, 1),
                        ("cdni", "none", 1, 4, 1), ("cdni", "pipeline", 4, 4, 1),
                        ("cdni", "none", 1, 2, 1), ("cdni", "pipeline", 4, 2, 2),
-                       ("dgl", "none", 1, 4, 1), ("dgl", "data", 4, 4, 1),
-                       ("dgl", "none", 1, 4, 1), ("dgl", "pipeline", 4, 4, 1),
-                       ("dgl", "none", 1, 2, 1), ("dgl", "pipeline", 4, 2, 2),
                        ("ddg", "none", 1, 4, 1), ("ddg", "pipeline", 4, 4, 1)])
 
 

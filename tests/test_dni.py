@@ -3,10 +3,9 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
-from conftest import MODELS, make_cfg
+from conftest import MODELS, composed_loss, make_cfg, randomized_interface
 from sgrad.core import dni
 from sgrad.models.network import apply
 from sgrad.models.network import init_variables
@@ -26,22 +25,11 @@ def _setup(mode="dni", *extra, seed=0, randomize_sg=False, model="fcn"):
     y = jax.random.randint(ky, (B,), 0, CLASSES)
     params, stats = init_variables(net, kp, x)
     if randomize_sg:
-        # Replace every SG parameter (zero output layers included) so synthetic gradients are non-trivial.
-        leaves, tree = jax.tree.flatten(params["interface"])
-        keys = jax.random.split(ks, len(leaves))
-        leaves = [0.3 * jax.random.normal(k, l.shape) for k, l in zip(keys, leaves)]
-        params = {**params, "interface": jax.tree.unflatten(tree, leaves)}
+        params = randomized_interface(params, ks)
     return cfg, net, params, stats, x, y
 
 
-def _full_loss(net, module_params, stats, x, y, eps=None):
-    """Independent reference: the network as one composed function (train-mode batch norm)."""
-    h = x
-    for i, (f, p, s) in enumerate(zip(net.modules, module_params, stats["modules"])):
-        h, _ = apply(f, p, s, (h,), True)
-        if eps is not None and i < len(eps):
-            h = h + eps[i]
-    return optax.softmax_cross_entropy_with_integer_labels(h, y).mean()
+_full_loss = composed_loss
 
 
 def _true_interface_grads(net, params, stats, x, y):

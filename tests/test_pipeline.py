@@ -29,6 +29,12 @@ def test_dgl_ddg_and_fr_pipelines_match_their_sequential_schedule_and_single_dev
 
 
 @pytest.mark.slow
+def test_transformer_pipelines_and_data_parallelism_match_their_references():
+    res = run_on_cpu_devices("pipeline_transformer", 2)
+    assert res.stdout.splitlines() == ["cdni ok", "ddg ok", "dgl ok", "dni ok", "fr ok", "data ok"]
+
+
+@pytest.mark.slow
 def test_pipeline_run_learns_and_resumes(idx_dir, tmp_path):
     res = run_on_cpu_devices("pipeline_train", 3, idx_dir, tmp_path)
     first, second = (json.loads(line) for line in res.stdout.splitlines()[-2:])

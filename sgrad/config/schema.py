@@ -37,6 +37,7 @@ class ModelName(enum.StrEnum):
     fcn = "fcn"
     cnn = "cnn"
     lstm = "lstm"
+    transformer = "transformer"
     custom = "custom"  # your own modules: model._target_ (sgrad.run.build.custom_modules)
 
 
@@ -97,6 +98,10 @@ class ModelConfig:
     kernel: int = 5
     pool: int = 3
     hidden: int = 256
+    # model=transformer: width is the model width, layers the blocks
+    heads: int = 4
+    context: int = 64       # tokens per training window (the attention span)
+    dropout: float = 0.0
     # model=custom: a function (num_classes, **args) -> Flax modules, instantiated by Hydra
     _target_: Optional[str] = None
     args: dict[str, Any] = field(default_factory=dict)
@@ -304,9 +309,22 @@ def validate(cfg: Any) -> None:
             f"a divisor of trainer.batch_size={cfg.trainer.batch_size}")
     require(cfg.checkpoint.keep >= 1, "checkpoint.keep", cfg.checkpoint.keep, "an integer >= 1")
     sequence_tasks = ("copy", "repeat_copy", "ptb_char", "text", "two_timescale")
-    if str(cfg.model.name) == "lstm" or str(cfg.dataset.name) in sequence_tasks:
+    text_tasks = ("ptb_char", "text")
+    if str(cfg.model.name) == "transformer":
+        require(str(cfg.dataset.name) in text_tasks, "dataset.name", str(cfg.dataset.name),
+                f"one of {', '.join(text_tasks)} for model.name=transformer")
+        require(cfg.trainer.bptt == 0, "trainer.bptt", cfg.trainer.bptt,
+                "0 for model=transformer (model.context sets its window)")
+        require(cfg.model.context >= 2, "model.context", cfg.model.context, "an integer >= 2")
+        require(cfg.model.heads >= 1 and cfg.model.width % cfg.model.heads == 0, "model.heads", cfg.model.heads,
+                f"a divisor of model.width={cfg.model.width}")
+        require(0.0 <= cfg.model.dropout < 1.0, "model.dropout", cfg.model.dropout, "in [0, 1)")
+        for key in ("valid_fraction", "test_fraction"):
+            require(0.0 < cfg.dataset[key] < 0.5, f"dataset.{key}", cfg.dataset[key], "a fraction in (0, 0.5)")
+    elif str(cfg.model.name) == "lstm" or str(cfg.dataset.name) in sequence_tasks:
         require(str(cfg.model.name) == "lstm", "model.name", str(cfg.model.name),
-               f"lstm for dataset.name={str(cfg.dataset.name)}")
+               f"lstm{' or transformer' if str(cfg.dataset.name) in text_tasks else ''} for "
+               f"dataset.name={str(cfg.dataset.name)}")
         require(str(cfg.dataset.name) in sequence_tasks, "dataset.name", str(cfg.dataset.name),
                f"one of {', '.join(sequence_tasks)} for model.name=lstm")
         require(cfg.trainer.epochs is None, "trainer.epochs", cfg.trainer.epochs,

@@ -150,6 +150,26 @@ def load_text_corpus(path: str | None, valid_fraction: float = 0.05, test_fracti
     return out
 
 
+def load_corpus(name: str, directory: str | None, download: bool = True, checksum: str | None = None,
+                url: str | None = None, valid_fraction: float = 0.05, test_fraction: float = 0.05,
+                progress: bool = True) -> dict[str, np.ndarray]:
+    """The corpus of `dataset=text` (any UTF-8 text, split by fraction) or `dataset=ptb_char`."""
+    if name == "text":
+        return load_text_corpus(directory, valid_fraction, test_fraction)
+    return load_char_corpus(directory, download, checksum, url, progress=progress)
+
+
+def token_windows(ids: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """Consecutive, non-overlapping windows of a split as examples for a model that sees a whole window at once:
+    tokens [N, window] and the next token at each position [N, window] (int32)."""
+    n = (len(ids) - 1) // window
+    if n < 1:
+        raise DatasetError(f"a split of {len(ids)} characters is too short for one window of {window} (model.context)")
+    x = ids[:n * window].reshape(n, window)
+    y = ids[1:n * window + 1].reshape(n, window)
+    return x.astype(np.int32), y.astype(np.int32)
+
+
 class TextStream:
     """The training text cut into `batch` rows read in windows of `window` characters, next char as target."""
 

@@ -15,9 +15,11 @@ from sgrad.core.step import TrainState
 from sgrad.devices import conv_library
 
 
-def preprocess(x_uint8: jnp.ndarray, mean: jnp.ndarray, std: jnp.ndarray) -> jnp.ndarray:
-    """uint8 pixels -> standardised float32, per channel."""
-    return (x_uint8.astype(jnp.float32) / 255.0 - mean) / std
+def preprocess(x: jnp.ndarray, mean: jnp.ndarray, std: jnp.ndarray) -> jnp.ndarray:
+    """uint8 pixels -> standardised float32, per channel; token ids (int32) pass as they are."""
+    if x.dtype != jnp.uint8:
+        return x
+    return (x.astype(jnp.float32) / 255.0 - mean) / std
 
 
 def zero_metrics(step, state, *args):

@@ -3,7 +3,7 @@
 Stages of different shapes (input layer, hidden layers, classifier, conv or dense) share one SPMD program:
 each device's parameters, interface model, batch statistics, optimizer states and carry are one flat,
 zero-padded row of `stage_KxS`, and a message between devices is [B, A+2]: the activation (or SG target)
-zero-padded to the widest, then a label / valid column and an example-index column.
+zero-padded to the widest, then a valid column and an example-index column (targets are read by index).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ class PipelineState:
 
     step: jnp.ndarray           # ticks run = minibatches fed
     stage_KxS: jnp.ndarray      # each stage's params, SG model, batch stats, optimizer states, carry; flat, padded
-    fwd_KxBxA2: jnp.ndarray     # activation + label (-1: none) + example index, arriving at device i next tick
+    fwd_KxBxA2: jnp.ndarray     # activation + valid (-1: none) + example index, arriving at device i next tick
     bwd_KxBxA2: jnp.ndarray     # SG target + valid column (+ unused), arriving at device i next tick
     past_Kx2xBxA2: jnp.ndarray  # each device's last two outgoing activations, newest first
 
@@ -119,8 +119,8 @@ def build_pipeline(net: Network, tx: Optimizers, state: TrainState, input_shape:
                     tuple(unravels), width, replicas)
     stage = jnp.stack([jnp.pad(f, (0, max(pipe.sizes) - f.size)) for f in flats])
     msg = jnp.zeros((k, batch, width + 2), jnp.float32)
-    no_label = msg.at[..., -2].set(-1.0)
-    return pipe, PipelineState(state.step, stage, no_label, msg, jnp.stack([no_label, no_label], axis=1))
+    nothing = msg.at[..., -2].set(-1.0)
+    return pipe, PipelineState(state.step, stage, nothing, msg, jnp.stack([nothing, nothing], axis=1))
 
 
 def repack(flat: jnp.ndarray, tree: dict) -> jnp.ndarray:

@@ -46,28 +46,30 @@ DATA_AXIS = "data"
 def device_tick(pipe: Pipeline, i: int, preprocess: Callable, flat, fwd, bwd, past, xs, ys, idx_B, feed, step):
     """Stage i's unlocked tick on its padded buffers: unpack the messages, run the rule's stage, pack the replies.
 
-    Messages are [B, A+2]: the activation (or SG target) zero-padded to A, then
-    the label (-1: nothing valid) or valid flag, then the example index.
+    Messages are [B, A+2]: the activation (or SG target) zero-padded to A, then a valid flag (1: an example,
+    -1: nothing), then the example index; a device reads an example's target from `ys` by that index, so targets
+    of any shape (a class, a token per position, a regression target) travel as one number.
     """
     stage = pipe.stage
     tree = pipe.tree(i, flat)
-    arrived = fwd[:, -2].astype(jnp.int32)
+    arrived = fwd[:, -2] >= 0
+    target_of = lambda idx: ys[idx.astype(jnp.int32)]
     if i == 0 or stage.reads_input:
         # Complete unlocking: every device reads minibatch t itself, nothing waits for the device below.
         idx_in, h_in, y_in, ok_in = idx_B, preprocess(xs[idx_B]), ys[idx_B], feed
     else:
         idx_in = fwd[:, -1].astype(jnp.int32)
-        h_in, y_in, ok_in = unpad(fwd[:, :-2], pipe.out_shapes[i - 1]), arrived, arrived[0] >= 0
+        h_in, y_in, ok_in = unpad(fwd[:, :-2], pipe.out_shapes[i - 1]), target_of(idx_in), arrived[0]
     out_shape = pipe.out_shapes[i] if i < pipe.k - 1 else pipe.out_shapes[i - 1]  # last: nothing to regress
     older = past[stage.lag - 1]
     # Device i's input is minibatch step - i (every device's own with synthetic inputs): its dropout key.
     rng = dropout_rng(pipe.settings.seed, step if stage.reads_input else step - i)
-    tick = Tick(h_in, y_in, ok_in, unpad(older[:, :-2], out_shape), older[:, -2].astype(jnp.int32),
+    tick = Tick(h_in, y_in, ok_in, unpad(older[:, :-2], out_shape), target_of(older[:, -1]),
                 unpad(bwd[:, :-2], out_shape), bwd[0, -2] > 0, rng=rng)
     if stage.reads_input and i > 0:
         # The activation module i-1 produced last tick, and the input it came from: I_i's regression pair.
         tick = tick._replace(past_x=preprocess(xs[fwd[:, -1].astype(jnp.int32)]),
-                             si_target=unpad(fwd[:, :-2], pipe.out_shapes[i - 1]), si_target_ok=arrived[0] >= 0)
+                             si_target=unpad(fwd[:, :-2], pipe.out_shapes[i - 1]), si_target_ok=arrived[0])
     tree, h, d_in, metrics = stage.tick(pipe, i, tree, tick)
     if pipe.replicas > 1:
         tree = {key: jax.lax.pmean(value, DATA_AXIS) if key.endswith("_stats") else value
@@ -75,9 +77,9 @@ def device_tick(pipe: Pipeline, i: int, preprocess: Callable, flat, fwd, bwd, pa
     flat = repack(flat, tree)
     columns = lambda a, b: jnp.stack([jnp.broadcast_to(a, (pipe.batch,)), jnp.broadcast_to(b, (pipe.batch,))],
                                      axis=1).astype(jnp.float32)
-    label = jnp.where(ok_in, y_in, -1)
+    valid = jnp.where(ok_in, 1.0, -1.0)
     out = (jnp.zeros_like(fwd) if i == pipe.k - 1 else
-           jnp.concatenate([pad(h, pipe.width), columns(label, idx_in)], axis=1))
+           jnp.concatenate([pad(h, pipe.width), columns(valid, idx_in)], axis=1))
     if i == 0 or not stage.sends_back:
         back = jnp.zeros_like(bwd)
     else:

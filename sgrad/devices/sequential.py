@@ -29,7 +29,7 @@ def run_sequential(pipe: Pipeline, state: TrainState, xs, ys, idx_TxB, preproces
     stage, lag, full = pipe.stage, pipe.stage.lag, pipe.stage.reads_input
     false = jnp.asarray(False)
     zeros = lambda shape: jnp.zeros((pipe.batch, *shape))
-    no_y = jnp.zeros((pipe.batch,), jnp.int32)
+    no_y = jnp.zeros((pipe.batch, *ys.shape[1:]), ys.dtype)  # the target of an empty slot (masked out)
     inbox = [(None, None, false, None)] * k  # (h, y, ok, input x) sent by device i-1 last tick
     targets = [(None, false)] * k           # SG target sent back by device i+1 last tick
     past = [[(None, None)] * 2 for _ in range(k)]  # own outputs (h, y), newest first

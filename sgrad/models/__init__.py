@@ -9,6 +9,7 @@ import jax.numpy as jnp
 
 from sgrad.models.cnn import ConvBlock
 from sgrad.models.fcn import Classifier, DenseBlock
+from sgrad.models.transformer import Block, Readout, TokenEmbedding
 
 
 class LayerGroup(nn.Module):
@@ -24,7 +25,7 @@ class LayerGroup(nn.Module):
 
 
 def build_layers(model_cfg, num_classes: int) -> list[nn.Module]:
-    """The network's layers, classifier last; `model.layers` counts them all."""
+    """The network's layers, classifier last; `model.layers` counts them all (a Transformer's: its blocks)."""
     hidden = model_cfg.layers - 1
     name = str(model_cfg.name)
     if name == "fcn":
@@ -35,8 +36,14 @@ def build_layers(model_cfg, num_classes: int) -> list[nn.Module]:
                       max_pool=(i == 0), batch_norm=model_cfg.batch_norm)
             for i in range(hidden)
         ]
+    elif name == "transformer":
+        # Layers are blocks: the first embeds the tokens before its block, the last reads out after its block.
+        blocks = [Block(model_cfg.width, model_cfg.heads, model_cfg.dropout) for _ in range(model_cfg.layers)]
+        blocks[0] = LayerGroup((TokenEmbedding(num_classes, model_cfg.width, model_cfg.context), blocks[0]))
+        blocks[-1] = LayerGroup((blocks[-1], Readout(num_classes)))
+        return blocks
     else:
-        raise ValueError(f"model.name={name!r}: allowed values are fcn, cnn")
+        raise ValueError(f"model.name={name!r}: allowed values are fcn, cnn, transformer")
     return body + [Classifier(num_classes)]
 
 

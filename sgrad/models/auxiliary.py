@@ -28,7 +28,8 @@ def adaptive_average_pool(h_BxHxWxC: jnp.ndarray, side: int) -> jnp.ndarray:
 
 
 class AuxClassifier(nn.Module):
-    """Conv activations: average-pool to pool x pool; then `hidden_layers` x (Linear -> BN -> ReLU) and a linear
+    """Conv activations: average-pool to pool x pool; sequences [B, T, D]: LayerNorm, and all that follows per
+    position; then `hidden_layers` x (Linear -> BN -> ReLU) and a linear
     map to what the network outputs: `outputs` class logits, or an output of shape `outputs` (hidden_layers=0: a
     linear head)."""
 
@@ -41,11 +42,16 @@ class AuxClassifier(nn.Module):
     @nn.compact
     def __call__(self, h: jnp.ndarray, label: jnp.ndarray | None, train: bool) -> jnp.ndarray:
         del label
+        shape = (self.outputs,) if isinstance(self.outputs, int) else tuple(self.outputs)
+        if h.ndim == 3:
+            # A sequence [B, T, D] (a causal Transformer's): a head per position, as the network's own readout.
+            # Flattening over T would let position t's prediction read the tokens after t.
+            z = hidden_stack(nn.LayerNorm()(h), self.hidden_layers, self.width, self.batch_norm, train)
+            return nn.Dense(shape[-1])(z)
         if h.ndim == 4:
             h = adaptive_average_pool(h, min(self.pool, h.shape[1], h.shape[2]))
         z = h.reshape(h.shape[0], -1)
         z = hidden_stack(z, self.hidden_layers, self.width, self.batch_norm, train)
-        shape = (self.outputs,) if isinstance(self.outputs, int) else tuple(self.outputs)
         return nn.Dense(math.prod(shape))(z).reshape(z.shape[0], *shape)
 
 

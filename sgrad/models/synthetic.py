@@ -16,7 +16,9 @@ zeros = nn.initializers.zeros
 
 
 class DenseSynthetic(nn.Module):
-    """SG model for flat activations [B, D]: `hidden_layers` x (Linear -> BN -> ReLU), then zero Linear."""
+    """SG model for flat activations [B, D]: `hidden_layers` x (Linear -> BN -> ReLU), then zero Linear. On a
+    sequence of vectors [B, T, D] (a Transformer's) it is the same model at every position, with the label of
+    that position ([B, T, C]) for cDNI."""
 
     hidden_layers: int
     width: int
@@ -57,8 +59,8 @@ class ConvSynthetic(nn.Module):
 
 
 def build_sg_model(sg_cfg, activation_ndim: int) -> nn.Module:
-    """The SG model that fits an activation of rank `activation_ndim` (2: dense, 4: conv)."""
-    if activation_ndim == 2:
+    """The SG model that fits an activation of rank `activation_ndim` (2: dense, 3: dense per position, 4: conv)."""
+    if activation_ndim in (2, 3):
         return DenseSynthetic(sg_cfg.hidden_layers, sg_cfg.width, sg_cfg.batch_norm)
     if activation_ndim == 4:
         return ConvSynthetic(sg_cfg.hidden_layers, sg_cfg.conv_channels, sg_cfg.kernel, sg_cfg.batch_norm)

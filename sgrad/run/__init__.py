@@ -8,7 +8,8 @@ from typing import Any
 
 
 def build_task(cfg: Any, dataset=None, text: dict | None = None):
-    """The task of this experiment family: sequences (model=lstm), two clocks, or classification."""
+    """The task of this experiment family: sequences (model=lstm), two clocks, language modelling
+    (model=transformer), or classification."""
     from sgrad.run.build import task_family
     family = task_family(cfg)
     if family == "two_clocks":
@@ -17,6 +18,9 @@ def build_task(cfg: Any, dataset=None, text: dict | None = None):
     if family == "sequence":
         from sgrad.run.sequence import SequenceTask
         return SequenceTask(cfg, text)
+    if str(cfg.model.name) == "transformer":
+        from sgrad.run.language_model import LanguageModelTask
+        return LanguageModelTask(cfg, text)
     from sgrad.run.classification import ClassificationTask
     return ClassificationTask(cfg, dataset)
 

@@ -203,6 +203,10 @@ def check(cfg: Any) -> None:
                    "gradient from the module above)")
     for key, value, allowed in rule.refusals(update_settings(cfg)):
         require(False, key, value, allowed)
+    if str(cfg.model.name) == "transformer":
+        # Synthetic inputs I_i(x) would map token ids to a block's activations: no such model here.
+        require(not rule.synthetic_inputs, "mode", name, "one of " + ", ".join(
+            n for n, r in sorted(RULES.items()) if family in r.tasks and not r.synthetic_inputs) + " for model=transformer")
     if str(cfg.model.name) == "custom":
         _locate_target(cfg.model._target_)
     if family != "classification":

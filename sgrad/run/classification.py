@@ -51,9 +51,9 @@ def pad_eval(x: np.ndarray, y: np.ndarray, batch: int):
     nb = -(-n // batch)
     pad = nb * batch - n
     xp = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)]) if pad else x
-    yp = np.concatenate([y, np.zeros((pad,), y.dtype)]) if pad else y
+    yp = np.concatenate([y, np.zeros((pad, *y.shape[1:]), y.dtype)]) if pad else y
     mask = np.arange(nb * batch) < n
-    return (xp.reshape(nb, batch, *x.shape[1:]), yp.reshape(nb, batch), mask.reshape(nb, batch))
+    return (xp.reshape(nb, batch, *x.shape[1:]), yp.reshape(nb, batch, *y.shape[1:]), mask.reshape(nb, batch))
 
 
 class ClassificationTask:

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sgrad.devices.chunk import summed_chunk_runner
-from sgrad.data.text import TextStream, load_char_corpus, load_text_corpus
+from sgrad.data.text import TextStream, load_corpus
 from sgrad.run.build import build_recurrent_net, build_train_optimizer, update_settings
 from sgrad.core.recurrent import (LN2, RecurrentState, future_gradient_probe, init_recurrent,
                              make_recurrent_step, window)
@@ -31,12 +31,8 @@ def build_stream(cfg, text: dict | None = None):
     if name in ("copy", "repeat_copy"):
         return CopyTask(name, d.bits, t.batch_size, t.bptt, cfg.seed, d.start_length, d.curriculum_threshold,
                         d.max_repeats)
-    if text is not None:
-        corpus = text
-    elif name == "text":
-        corpus = load_text_corpus(d.dir, d.valid_fraction, d.test_fraction)
-    else:
-        corpus = load_char_corpus(d.dir, d.download, d.checksum, d.url, progress=t.progress)
+    corpus = text if text is not None else load_corpus(name, d.dir, d.download, d.checksum, d.url, d.valid_fraction,
+                                                        d.test_fraction, t.progress)
     return TextStream(corpus, t.batch_size, t.bptt)
 
 

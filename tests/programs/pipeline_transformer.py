@@ -1,0 +1,74 @@
+"""A character Transformer (model=transformer, token inputs, [B, T, D] activations) pipelined over 2 CPU devices
+in every mode that can be pipelined: equal to the same schedule run in plain Python, and for the modes whose
+forward pass is locked (DDG, FR) to the single-device step as well; then data parallelism equals one device."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from conftest import make_cfg
+from sgrad import RULES
+from sgrad.core.step import UpdateRule, init_state, make_train_step
+from sgrad.devices.chunk import make_chunk_runner, preprocess
+from sgrad.devices.layout import build_pipeline, to_train_state
+from sgrad.devices.parallel import make_runner
+from sgrad.devices.pipeline import make_pipeline_runner
+from sgrad.devices.sequential import run_sequential
+from sgrad.models.network import init_variables
+from sgrad.run.build import build_network, build_train_optimizer
+
+assert jax.device_count() == 2
+rng = np.random.default_rng(0)
+B, T, V = 8, 8, 9
+xs = rng.integers(0, V, (64, T)).astype(np.int32)
+ys = rng.integers(0, V, (64, T)).astype(np.int32)
+mean, std = np.zeros(1, np.float32), np.ones(1, np.float32)
+pre = lambda x: preprocess(x, mean, std)
+sgd = ["optim.name=sgd", "optim.lr=0.01", "sg.optim.name=sgd", "sg.optim.lr=0.01"]
+
+
+def max_diff(a, b):
+    """The largest difference, relative to each leaf's scale (batch-norm variances run to tens)."""
+    return max(float(jnp.max(jnp.abs(x - y)) / (1.0 + jnp.max(jnp.abs(y))))
+               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def setup(mode, *extra):
+    cfg = make_cfg("dataset=text", "model=transformer", f"mode={mode}", "model.layers=2", "model.width=16",
+                   "model.heads=2", f"model.context={T}", "sg.width=16", "sg.hidden_layers=1", *sgd, *extra)
+    net = build_network(cfg, (T,), V)
+    params, stats = init_variables(net, jax.random.key(1), jnp.asarray(xs[:B]), jnp.asarray(ys[:B]))
+    tx = build_train_optimizer(cfg, 100)
+
+    def fresh():  # the runners donate the state: every run starts from its own copy
+        return init_state(net, jax.tree.map(jnp.copy, params), jax.tree.map(jnp.copy, stats), tx, xs[:B], ys[:B])
+    return net, tx, fresh
+
+
+steps = 8
+idx = rng.integers(0, 64, (steps, B)).astype(np.int32)
+for mode in sorted(name for name, rule in RULES.items() if rule.stage is not None and not rule.synthetic_inputs):
+    net, tx, fresh = setup(mode)
+    pipe, state = build_pipeline(net, tx, fresh(), (T,), B)
+    state, metrics = make_pipeline_runner(pipe, pre, jax.devices())(state, xs, ys, idx, np.int32(steps))
+    got = to_train_state(pipe, state)
+    ref = run_sequential(pipe, fresh(), xs, ys, idx, pre)
+    assert max_diff(got.params["modules"][0], fresh().params["modules"][0]) > 0, mode
+    for part in ("params", "stats", "opt_state", "carry"):
+        if jax.tree.leaves(getattr(got, part)):
+            d = max_diff(getattr(got, part), getattr(ref, part))
+            assert d < 1e-5, (mode, part, d)
+    if pipe.stage.schedule == "locked":
+        single, _ = make_chunk_runner(make_train_step(net, tx), mean, std)(fresh(), xs, ys, idx, np.int32(steps))
+        assert max_diff(got.params, single.params) < 1e-5, mode
+    assert np.isfinite(float(metrics["loss"]))
+    print(mode, "ok")
+
+# Data parallelism: the batch split over the two devices, gradients averaged, equals the one-device step (SG
+# models without batch norm, whose statistics would be per device).
+net, tx, fresh = setup("cdni", "sg.batch_norm=false")
+runner, state, view = make_runner("data", net, tx, fresh(), UpdateRule(), (T,), B, mean, std)
+state, _ = runner(state, xs, ys, idx, np.int32(steps))
+single, _ = make_chunk_runner(make_train_step(net, tx), mean, std)(fresh(), xs, ys, idx, np.int32(steps))
+assert max_diff(view(state).params, single.params) < 1e-5
+print("data ok")
