@@ -3,6 +3,7 @@ its own one-process baseline.
 
     python scripts/bench_processes.py --processes 2 [--modes backprop,dni,cdni,dgl,ddg] [--width 2048]
         [--out results/bench/processes.md]
+    python scripts/bench_processes.py --processes 2 --exp text_transformer --batch 32 --modes backprop,cdni,dgl,dni
 
 Every device is its own process pinned to one core (taskset) with one CPU device, joined by jax.distributed over
 localhost with gloo collectives; the baseline is process 0 alone running parallel=none on its own device.
@@ -27,7 +28,7 @@ def worker(args) -> None:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(f"localhost:{args.port}", num_processes=args.processes, process_id=args.worker)
     device_rows(args.processes, args.modes.split(","), args.layers, int(args.batch), args.chunk, args.chunks,
-                kinds=("data", "pipeline"), width=args.width, replicas=args.replicas)
+                kinds=("data", "pipeline"), width=args.width, replicas=args.replicas, exp=args.exp)
 
 
 def main() -> None:

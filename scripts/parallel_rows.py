@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from omegaconf import OmegaConf
 
-from bench_networks import paper_cfg, setup
+from bench_networks import exp_cfg, paper_cfg, setup
 from sgrad.core.step import make_train_step
 from sgrad.devices.chunk import make_chunk_runner, preprocess
 from sgrad.devices.parallel import make_runner
@@ -120,10 +120,11 @@ def part_seconds(cfg, settings, parallel: str, devices: int, replicas: int, net,
 
 def device_rows(n: int, specs: list[str], layers: int, batch: int, chunk: int, chunks: int,
                 kinds: tuple[str, ...] = ("none", "data", "pipeline"), width: int | None = None,
-                replicas: int = 1, parts: bool = True) -> list[dict]:
+                replicas: int = 1, parts: bool = True, exp: str | None = None) -> list[dict]:
     """The network split into n modules: `none` on one device, `data` and `pipeline` on n (those of `kinds`).
     With replicas R > 1 also n/R modules: `none` on one device and a pipeline of them x R copies on n.
-    `parts`: each row also times its devices' parts alone (the cost model's inputs, part_seconds)."""
+    `parts`: each row also times its devices' parts alone (the cost model's inputs, part_seconds). `exp`: the
+    network of that preset (e.g. text_transformer) at `batch` instead of the paper's FCN."""
     rows = []
     for spec in specs:
         mode = spec.split(":")[0]
@@ -137,7 +138,11 @@ def device_rows(n: int, specs: list[str], layers: int, batch: int, chunk: int, c
         for modules, parallel, d, r in plans:
             if parallel not in kinds:
                 continue
-            cfg = paper_cfg("fcn", layers, spec, batch, width)
+            if exp:
+                cfg = exp_cfg(exp, spec)
+                cfg.trainer.batch_size = batch
+            else:
+                cfg = paper_cfg("fcn", layers, spec, batch, width)
             if modules > 1:  # modules of balanced measured cost (sgrad/models/partition.py), on one device or n
                 cfg.model.partition, cfg.model.modules = "profiled", modules
             row = {**bench_parallel(cfg, spec, parallel, d, chunk, chunks, r, parts), "process_devices": n}
@@ -162,7 +167,9 @@ def write_table(args, script: str, title: str, how: str, grouping: str, rows: li
     lines = [f"# {title}", "",
              f"Machine: {m['cpu']} ({m['cpu_count']} CPUs), platform {m['platform']}, jax {m['jax']}; {how}",
              f"Commit: {git_commit()}.", f"Command: `python scripts/{script} {' '.join(sys.argv[1:])}`.",
-             "", f"FCN, {args.layers} layers of width {args.width or 256} with batch norm, batch {args.batch}, Adam; DNI SG = "
+             "", (f"The preset `+exp={args.exp}` at batch {args.batch} (a Transformer's example is a window of "
+                  f"`model.context` tokens); its SG and DGL settings are the preset's. " if args.exp else "") +
+             f"FCN rows: {args.layers} layers of width {args.width or 256} with batch norm, batch {args.batch}, Adam; DNI SG = "
              f"2×1024 hidden layers, cDNI SG = linear on [h, one-hot y], `dni:sg.hidden_layers=0` = DNI with a linear SG, "
              f"DGL = a "
              f"linear auxiliary classifier per interface, DDG = delayed true gradients (no data-parallel row: its "
@@ -203,7 +210,7 @@ def worker_args(args) -> list[str]:
     """What a worker process is given on its command line: the rows' network and timing."""
     return ["--modes", args.modes, "--layers", str(args.layers), "--batch", args.batch, "--chunk", str(args.chunk),
             "--chunks", str(args.chunks), *(["--width", str(args.width)] if args.width else []),
-            "--replicas", str(args.replicas)]
+            "--replicas", str(args.replicas), *(["--exp", args.exp] if args.exp else [])]
 
 
 def add_row_arguments(ap) -> None:
@@ -211,6 +218,7 @@ def add_row_arguments(ap) -> None:
     ap.add_argument("--modes", default="backprop,dni,cdni,dni:sg.hidden_layers=0",
                     help="comma list of MODE[:KEY=VALUE...] (a mode and the overrides of its row)")
     ap.add_argument("--layers", type=int, default=4, help="FCN depth")
+    ap.add_argument("--exp", help="time this preset's network (e.g. text_transformer) instead of the paper's FCN")
     ap.add_argument("--width", type=int, help="FCN hidden width (default 256)")
     ap.add_argument("--batch", default="256")
     ap.add_argument("--chunk", type=int, default=50, help="steps per compiled chunk")

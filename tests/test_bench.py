@@ -21,6 +21,15 @@ def test_bench_measures_the_peer_preset_in_every_mode():
 
 
 @pytest.mark.slow
+def test_bench_measures_the_transformer_preset_in_tokens_per_second():
+    cfg = exp_cfg("text_transformer", "cdni")
+    cfg.model.layers, cfg.model.width, cfg.model.context, cfg.trainer.batch_size = 2, 32, 16, 8
+    row = bench.bench_one(cfg, "cdni", chunk=2, chunks=1)
+    assert row["model"] == "transformer2" and row["tokens_per_sec"] == pytest.approx(16 * row["examples_per_sec"])
+    assert row["flops_per_sec"] > 0 and row["temp_mib"] > 0
+
+
+@pytest.mark.slow
 def test_device_sweep_measures_every_parallel_mode(tmp_path):
     from conftest import run_on_cpu_devices
     # 4 devices: 4 modules (data, pipeline) and 2 modules x 2 replicas (pipeline) where the mode takes them, each

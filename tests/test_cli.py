@@ -20,7 +20,9 @@ from sgrad.run import train_and_evaluate
 
 ALL_EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "exp").glob("*.yaml"))
 RECURRENT = [e for e in ALL_EXPERIMENTS if e.startswith(("copy_", "repeat_copy_", "ptb_char_", "two_timescale"))]
-EXPERIMENTS = [e for e in ALL_EXPERIMENTS if e not in RECURRENT]
+TEXT = [e for e in ALL_EXPERIMENTS if e.startswith("text_")]  # feed-forward language models (model=transformer)
+IMAGES = [e for e in ALL_EXPERIMENTS if e not in RECURRENT + TEXT]
+EXPERIMENTS = IMAGES + TEXT
 TINY = ["model.width=16", "model.channels=4", "model.kernel=3", "sg.width=16", "sg.conv_channels=4",
         "sg.kernel=3", "trainer.steps=20", "trainer.batch_size=32", "trainer.log_every=10",
         "trainer.progress=false", "trainer.eval_batch_size=256", "log.grad_probe_every=10", "trainer.epochs=null"]
@@ -49,7 +51,7 @@ def _distinct_runs(experiments, *overrides):
     return chosen
 
 
-SMOKE_RUNS = _distinct_runs(EXPERIMENTS, "dataset=idx", "model.layers=3", *TINY)
+SMOKE_RUNS = _distinct_runs(IMAGES, "dataset=idx", "model.layers=3", *TINY)
 RECURRENT_RUNS = [e for e in _distinct_runs(RECURRENT, *RECURRENT_TINY) if not e.startswith("ptb_char")]
 
 
@@ -68,7 +70,7 @@ def test_defaults_are_the_paper_settings():
 def test_every_experiment_composes_and_builds(exp):
     cfg = _compose(f"+exp={exp}")
     check(cfg)
-    shape = (32, 32, 3) if cfg.dataset.name == "cifar10" else (28, 28, 1)
+    shape = {"cifar10": (32, 32, 3), "text": (cfg.model.context,)}.get(str(cfg.dataset.name), (28, 28, 1))
     net = build_network(cfg, shape, 10)
     modules = -(-cfg.model.layers // cfg.model.dni_every)
     assert len(net.modules) == modules

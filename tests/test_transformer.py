@@ -61,7 +61,7 @@ def test_oracle_synthetic_gradient_gives_the_backprop_update():
     _allclose(targets, tuple(oracle))
 
 
-@pytest.mark.parametrize("mode", ["dni", "cdni"])
+@pytest.mark.parametrize("mode", [pytest.param("dni", marks=pytest.mark.slow), "cdni"])
 def test_sg_target_is_the_vjp_of_the_block_above_at_its_own_synthetic_gradient(mode):
     _, net, params, stats, x, y = _setup(mode, randomize_sg=True)
     fwd = dni.forward(net.modules, params["modules"], stats["modules"], x)

@@ -109,7 +109,9 @@ def module_sizes(cfg, layers, input_shape: tuple[int, ...], num_classes: int) ->
         return even_sizes(len(layers), cfg.model.dni_every)
     rule = mode_rule(cfg)
     batch = cfg.trainer.batch_size
-    label = rule.label(lambda: jax.ShapeDtypeStruct((batch, num_classes), jnp.float32))
+    # What cDNI's SG models see: a label per example, or per position of a Transformer's window.
+    per_example = (batch, cfg.model.context) if str(cfg.model.name) == "transformer" else (batch,)
+    label = rule.label(lambda: jax.ShapeDtypeStruct((*per_example, num_classes), jnp.float32))
     make = interface_models(cfg, num_classes).get(rule.interface)
 
     def choose(cost):
