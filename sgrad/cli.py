@@ -123,6 +123,11 @@ def _run(cfg: DictConfig) -> float:
     except KeyboardInterrupt:
         if hydra_cfg.mode == RunMode.MULTIRUN:
             raise  # the sweep's own handler says how to resume the whole sweep
+        finished = _completed_summary(workdir)
+        if finished is not None:
+            # The signal came as the finished run handed its signals back: nothing was cut short.
+            print(f"sgrad-train: stop signal after the run completed; {workdir} is complete", file=sys.stderr)
+            return float(finished.get("objective", float("nan")))
         # Interrupted while loading data or building the network: nothing was trained, nothing is kept.
         discard_stub(workdir)
         if _START is not None:
@@ -156,6 +161,16 @@ def _run(cfg: DictConfig) -> float:
 
 def _interrupt(signum, frame):
     raise KeyboardInterrupt
+
+
+def _completed_summary(workdir) -> dict | None:
+    """The run's summary.json if it records a completed run, else None."""
+    import json
+    try:
+        summary = json.loads((Path(workdir) / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return summary if summary.get("status") == "completed" else None
 
 
 def typed_length_wins(argv: list[str]) -> list[str]:

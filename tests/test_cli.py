@@ -180,7 +180,7 @@ def test_cli_errors_exit_nonzero_with_one_line(tmp_path):
     assert res.returncode == 2
     assert res.stderr.strip().splitlines() == [
         "sgrad-train: unknown config key 'model.widht': keys under model are: "
-        "name, layers, width, batch_norm, dni_every, partition, modules, channels, kernel, pool, hidden, _target_, args"]
+        "name, layers, width, batch_norm, dni_every, partition, modules, channels, kernel, pool, hidden, heads, context, dropout, _target_, args"]
     res = _cli("dataset=idx", f"dataset.dir={tmp_path / 'none'}", f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path)
     assert res.returncode == 2
     assert "files not found in" in res.stderr and str(tmp_path / "none") in res.stderr

@@ -133,6 +133,7 @@ def test_cdni_uses_the_label_and_dni_does_not():
         assert differs == should_depend, mode
 
 
+@pytest.mark.slow  # the conv SG model (fcn: the fast tier's test above)
 def test_cdni_conv_sg_uses_the_label():
     _, net, params, stats, x, y = _setup(mode="cdni", model="cnn", randomize_sg=True)
     fwd = dni.forward(net.modules, params["modules"], stats["modules"], x)

@@ -300,6 +300,18 @@ def _tiny_cli(idx_dir, run, *extra) -> list[str]:
 
 
 @pytest.mark.slow
+def test_a_stop_signal_after_the_run_finished_leaves_it_complete_and_exits_zero(idx_dir, tmp_path):
+    from conftest import program_env
+    run = tmp_path / "run"
+    res = subprocess.run([sys.executable, str(ROOT / "tests" / "programs" / "late_stop.py"),
+                          *_tiny_cli(idx_dir, run, "trainer.steps=4", "trainer.log_every=2")[3:]],
+                         capture_output=True, text=True, timeout=300, env=program_env(), cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "stop signal after the run completed" in res.stderr and "start-up" not in res.stderr
+    assert json.loads((run / "summary.json").read_text())["status"] == "completed"
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
 def test_interrupt_during_start_up_is_one_line_and_leaves_no_run_dir(idx_dir, tmp_path, sig):
     import signal
@@ -350,7 +362,8 @@ def test_a_stop_signal_is_acknowledged_at_once_with_the_step_the_run_then_stops_
     assert running_when_said  # acknowledged before the chunk ended, not when the run stopped
     assert proc.returncode == 143
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["status"] == "preempted" and summary["step"] == announced and announced % 1500 == 0
+    # (At a chunk's end, or between two of its dispatches when a loaded machine splits the chunk by time.)
+    assert summary["status"] == "preempted" and summary["step"] == announced
     assert (run / "checkpoints" / str(announced)).is_dir()
 
 

@@ -255,7 +255,9 @@ def run(cfg: Any, workdir: str | Path, task: Task) -> dict:
         return out
 
     closing = [bar, writer, checkpoints]
-    with run_record(workdir, fields, closing, enabled=lead, earlier=earlier) as summary, stop_request:
+    # The stop signals stay with the loop until the run record is closed: a SIGTERM that lands while the summary of
+    # a finished run is written is a stop request with nothing left to stop, not an interruption of the writing.
+    with stop_request, run_record(workdir, fields, closing, enabled=lead, earlier=earlier) as summary:
         stop_request.plan = where_it_stops if lead else None
         stop_request.early = give_up if step < total else None
         if step < total:

@@ -6,6 +6,6 @@ set -euo pipefail
 sgrad-train -m +exp=text_transformer seed=0,1,2 mode=backprop,dgl,cdni,dni,ddg,fr trainer.progress=false \
     hydra.sweep.dir=multirun/transformer/fortunes
 python scripts/report.py multirun/transformer/fortunes --out results/decoupled/transformer/fortunes
-sgrad-train -m +exp=text_transformer dataset.dir=/usr/share/common-licenses seed=0 mode=backprop,dgl,cdni,dni \
+sgrad-train -m +exp=text_transformer dataset.dir=/usr/share/common-licenses seed=0 mode=backprop,dgl \
     trainer.progress=false hydra.sweep.dir=multirun/transformer/licenses
 python scripts/report.py multirun/transformer/licenses --out results/decoupled/transformer/licenses
