@@ -212,7 +212,7 @@ def plot_curves(runs: list[dict], path: Path) -> None:
             next((r.get("model") for r in runs if r["layers"] == depth), ""), "layers")
         ax.set_title(f"{depth} {unit}")
         held_out = "validation" if m_ is BPC else "test"
-        ax.set_xlabel(f"training step ({held_out} set: every trainer.eval_every steps and at the end)")
+        ax.set_xlabel(f"training step ({held_out} set: every trainer.eval_every steps, and at the end)", fontsize=7)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     axes[0][0].set_ylabel(m_.label)
