@@ -41,6 +41,7 @@ def _allclose(a, b, **kw):
     jax.tree.map(lambda u, v: np.testing.assert_allclose(np.asarray(u), np.asarray(v), **kw), a, b)
 
 
+@pytest.mark.slow  # the fast tier checks the rule itself on the FCN (tests/test_dni.py)
 def test_oracle_synthetic_gradient_gives_the_backprop_update():
     _, net, params, stats, x, y = _setup()
 
@@ -61,7 +62,8 @@ def test_oracle_synthetic_gradient_gives_the_backprop_update():
     _allclose(targets, tuple(oracle))
 
 
-@pytest.mark.parametrize("mode", [pytest.param("dni", marks=pytest.mark.slow), "cdni"])
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["dni", "cdni"])
 def test_sg_target_is_the_vjp_of_the_block_above_at_its_own_synthetic_gradient(mode):
     _, net, params, stats, x, y = _setup(mode, randomize_sg=True)
     fwd = dni.forward(net.modules, params["modules"], stats["modules"], x)
@@ -77,6 +79,7 @@ def test_sg_target_is_the_vjp_of_the_block_above_at_its_own_synthetic_gradient(m
         assert float(jnp.abs(expected).sum()) > 0
 
 
+@pytest.mark.slow  # the fast tier checks the rule itself on the FCN (tests/test_dni.py)
 def test_zero_initialised_sg_gives_zero_first_updates_below_it():
     cfg, net, params, stats, x, y = _setup()
     tx = build_train_optimizer(cfg, 100)
@@ -87,6 +90,7 @@ def test_zero_initialised_sg_gives_zero_first_updates_below_it():
                zip(jax.tree.leaves(params["modules"][-1]), jax.tree.leaves(new.params["modules"][-1])))
 
 
+@pytest.mark.slow  # the fast tier checks the rule itself on the FCN (tests/test_dni.py)
 def test_cdni_sg_model_reads_the_label_of_its_own_position_only():
     # Without batch norm: its batch statistics would tie every position's prediction to every other's labels.
     _, net, params, stats, x, y = _setup("cdni", "sg.batch_norm=false", randomize_sg=True)
