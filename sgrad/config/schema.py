@@ -319,8 +319,6 @@ def validate(cfg: Any) -> None:
         require(cfg.model.heads >= 1 and cfg.model.width % cfg.model.heads == 0, "model.heads", cfg.model.heads,
                 f"a divisor of model.width={cfg.model.width}")
         require(0.0 <= cfg.model.dropout < 1.0, "model.dropout", cfg.model.dropout, "in [0, 1)")
-        for key in ("valid_fraction", "test_fraction"):
-            require(0.0 < cfg.dataset[key] < 0.5, f"dataset.{key}", cfg.dataset[key], "a fraction in (0, 0.5)")
     elif str(cfg.model.name) == "lstm" or str(cfg.dataset.name) in sequence_tasks:
         require(str(cfg.model.name) == "lstm", "model.name", str(cfg.model.name),
                f"lstm{' or transformer' if str(cfg.dataset.name) in text_tasks else ''} for "
@@ -336,10 +334,11 @@ def validate(cfg: Any) -> None:
         require(cfg.dataset.start_length >= 1, "dataset.start_length", cfg.dataset.start_length, "an integer >= 1")
         require(cfg.dataset.max_repeats >= 1, "dataset.max_repeats", cfg.dataset.max_repeats, "an integer >= 1")
         require(0.0 <= cfg.sg.discount <= 1.0, "sg.discount", cfg.sg.discount, "in [0, 1]")
-        for key in ("valid_fraction", "test_fraction"):
-            require(0.0 < cfg.dataset[key] < 0.5, f"dataset.{key}", cfg.dataset[key], "a fraction in (0, 0.5)")
     else:
         require(cfg.trainer.bptt == 0, "trainer.bptt", cfg.trainer.bptt, "0 unless model.name=lstm")
+    if str(cfg.model.name) in ("lstm", "transformer") or str(cfg.dataset.name) in sequence_tasks:
+        for key in ("valid_fraction", "test_fraction"):
+            require(0.0 < cfg.dataset[key] < 0.5, f"dataset.{key}", cfg.dataset[key], "a fraction in (0, 0.5)")
     if str(cfg.model.name) == "custom":
         require(bool(cfg.model._target_), "model._target_", cfg.model._target_,
                 "a function's import path with model=custom (it returns your Flax modules)")
