@@ -15,7 +15,9 @@ from sgrad.run.build import check
 from sgrad.data.errors import DatasetError
 from sgrad.data.text import TextStream, load_char_corpus
 from sgrad.models.lstm import LSTMCore
-from sgrad.core.recurrent import RecurrentNet, dni_window, window, window_grads
+from sgrad.core.recurrent import (RecurrentNet, dni_window, future_gradient_probe, future_gradients, window,
+                                  window_grads)
+from sgrad.core.dni import agreement
 from sgrad.models.synthetic import DenseSynthetic
 from sgrad.data.copy import CopyTask, copy_episode, repeat_copy_episode
 from sgrad.run import train_and_evaluate
@@ -115,6 +117,41 @@ def test_oracle_synthetic_gradient_recovers_full_bptt_and_the_target_is_bootstra
     own = jax.grad(lambda s: window(net, params, s, *_slice(data, 0, 4))[0][0])(s0)
     np.testing.assert_allclose(target0, own, atol=1e-6)
     assert not np.allclose(target0, target, atol=1e-4)
+
+
+def _windows(data, size):
+    """[B, L, ...] -> [L/size, B, size, ...]: a stream cut into windows, as a chunk holds it."""
+    return tuple(jnp.swapaxes(d.reshape(d.shape[0], -1, size, *d.shape[2:]), 0, 1) for d in data)
+
+
+def test_the_probe_compares_sg_with_full_bptt_from_every_boundary_it_counts():
+    net, params, s0, data = _setup()
+    net = RecurrentNet(net.core, DenseSynthetic(0, 1, batch_norm=False), "bits", RULES["dni"], discount=0.5)
+    states, grads = future_gradients(net, params, s0, *_windows(data, 2))
+    s = s0
+    for k in range(4):
+        def rest(v, k=k):
+            # Windows k..3 chained by hand, window j weighted by γ^(j-k); row 0 restarts at step 5 (window 2).
+            total = 0.0
+            for j in range(k, 4):
+                (loss, _, v), _ = window(net, params, v, *_slice(data, 2 * j, 2 * j + 2))
+                total = total + 0.5 ** (j - k) * loss
+            return total
+        np.testing.assert_allclose(states[k], s, atol=1e-6)
+        np.testing.assert_allclose(grads[k], jax.grad(rest)(s), atol=1e-5)
+        (_, _, s), _ = window(net, params, s, *_slice(data, 2 * k, 2 * k + 2))
+    # M = the identity: ĝ is the state itself; the probe counts boundaries 1 and 2 of 4 (each followed by at least
+    # half the stream), ĝ silenced where the window after the boundary starts with a reset (none here).
+    sg = {"Dense_0": {"kernel": jnp.eye(s0.shape[1]), "bias": jnp.zeros(s0.shape[1])}}
+    got = future_gradient_probe(net, {"core": params, "sg": sg}, s0, *_windows(data, 2))
+    want = agreement(states[1:3], grads[1:3])
+    np.testing.assert_allclose((got["sg/cosine"], got["sg/norm_ratio"]), want, rtol=1e-5)
+    resets = _windows(data, 2)[3].at[1, 1, 0].set(1.0)  # row 1 starts a new sequence right after boundary 1
+    silenced = future_gradient_probe(net, {"core": params, "sg": sg}, s0, *_windows(data, 2)[:3], resets)
+    states_r, grads_r = future_gradients(net, params, s0, *_windows(data, 2)[:3], resets)
+    assert not np.asarray(grads_r[1, 1]).any()  # nothing after the reset depends on the state before it
+    want = agreement(states_r[1:3].at[0, 1].set(0.0), grads_r[1:3])
+    np.testing.assert_allclose((silenced["sg/cosine"], silenced["sg/norm_ratio"]), want, rtol=1e-5)
 
 
 def test_zero_initialised_sg_gives_the_truncated_bptt_update_first():

@@ -215,29 +215,54 @@ def make_recurrent_step(net: RecurrentNet, tx: Optimizers, settings: UpdateRule 
     return step
 
 
+def future_gradients(net: RecurrentNet, core_params: PyTree, s0: jnp.ndarray, x, y, mask, resets
+                     ) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """(states, gradients), each [W, B, 2H], over a stream of windows [W, B, T, ...] from the carry s0.
+
+    states[k] is the carry entering window k, and gradients[k] the true
+    gradient there of the loss from window k to the end of the stream, window
+    j weighted by γ^(j-k): the quantity ĝ(states[k]) stands for. One forward
+    pass and one backward pass through every window (full BPTT): each window's
+    VJP takes the next boundary's gradient, scaled by γ, as the carry's
+    cotangent.
+    """
+    def forward(s, inp):
+        (_, _, s_next), _ = window(net, core_params, s, *inp)
+        return s_next, s
+
+    _, states = jax.lax.scan(forward, s0, (x, y, mask, resets))
+
+    def backward(g_next, inp):
+        s, *data = inp
+        (_, aux, _), vjp, _ = jax.vjp(lambda v: window(net, core_params, v, *data), s, has_aux=True)
+        (g,) = vjp((jnp.ones(()), jnp.zeros_like(aux), net.discount * g_next))
+        return g, g
+
+    _, grads = jax.lax.scan(backward, jnp.zeros_like(s0), (states, x, y, mask, resets), reverse=True)
+    return states, grads
+
+
 def future_gradient_probe(net: RecurrentNet, params: PyTree, s0: jnp.ndarray, x, y, mask, resets
                           ) -> dict[str, jnp.ndarray]:
-    """Cosine and norm ratio of ĝ at a window boundary vs the true gradient of the loss that follows it.
+    """Cosine and norm ratio of ĝ against the true future gradient, over the window boundaries of a stream.
 
     The windows x etc. are [W, B, T, ...], the stream's continuation from the
-    carry s0 (the state training actually reaches, not a fresh one: M is only
-    ever trained on carried states). The first window moves s0 to s1; ĝ(s1) is
-    compared with the gradient at s1 of the next W-1 windows' losses, window k
-    weighted by γ^k: the quantity M's bootstrapped target estimates.
+    carry s0 (the state training reaches: M is only ever trained on carried
+    states). Boundaries 1..W/2 count, each followed by at least W/2 windows of
+    loss: every phase of a sequence (an episode's input and output parts, say)
+    where it falls on a boundary, not one phase alone. For episodes, the caller
+    makes W/2 windows cover the longest episode, so the gradient counted is the
+    episode's whole future. Both vectors are flattened over the counted
+    boundaries and the batch.
     """
-    (_, _, s1), _ = window(net, params["core"], s0, x[0], y[0], mask[0], resets[0])
+    states, g_true = future_gradients(net, params["core"], s0, x, y, mask, resets)
+    vocab = net.core.outputs
 
-    def future(s):
-        def body(carry, inp):
-            state, weight = carry
-            (loss, _, state), _ = window(net, params["core"], state, *inp)
-            return (state, weight * net.discount), weight * loss
-        _, losses = jax.lax.scan(body, (s, jnp.ones(())), (x[1:], y[1:], mask[1:], resets[1:]))
-        return losses.sum()
+    def predict(s, yk, mk, rk):
+        # ĝ is 0 where the window after the boundary starts a new sequence, as in training.
+        return (1.0 - rk[:, :1]) * synthetic_gradient(net, params["sg"], s, window_label(net, yk, mk, vocab))
 
-    g_true = jax.grad(future)(s1)
-    # ĝ is 0 where the next window starts a new sequence, as in training.
-    g_hat = (1.0 - resets[1][:, :1]) * synthetic_gradient(
-        net, params["sg"], s1, window_label(net, y[1], mask[1], net.core.outputs))
-    cosine, ratio = agreement(g_hat, g_true)
+    counted = slice(1, x.shape[0] // 2 + 1)
+    g_hat = jax.vmap(predict)(states[counted], y[counted], mask[counted], resets[counted])
+    cosine, ratio = agreement(g_hat, g_true[counted])
     return {"sg/cosine": cosine, "sg/norm_ratio": ratio}

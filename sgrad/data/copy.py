@@ -76,6 +76,12 @@ class CopyTask:
     def output_dim(self) -> int:
         return self.bits + (0 if self.kind == "copy" else 1)
 
+    @property
+    def longest_episode(self) -> int:
+        """Steps of the longest episode at the current level."""
+        n = self.level
+        return 2 * n + 1 if self.kind == "copy" else n + 1 + self.max_repeats * n + 1
+
     def episode(self, rng: np.random.Generator):
         if self.kind == "copy":
             return copy_episode(rng, self.level, self.bits)

@@ -127,8 +127,14 @@ class SequenceTask:
         return out
 
     def probe(self, state, step: int) -> dict[str, float]:
-        # The stream's own continuation from the carried state (probed, never trained on here).
-        p = self.stream.chunk(step, PROBE_WINDOWS)
+        # The stream's own continuation from the carried state (probed, never trained on here). On episodes the
+        # probe's first half must hold the longest episode, so that every boundary it counts has its whole
+        # future; rounded up to PROBE_WINDOWS so that the curriculum's levels share a few compiled probes.
+        windows = PROBE_WINDOWS
+        if self.copy:
+            needed = 2 * -(-self.stream.longest_episode // self.cfg.trainer.bptt)
+            windows = PROBE_WINDOWS * -(-needed // PROBE_WINDOWS)
+        p = self.stream.chunk(step, windows)
         return {k: float(v) for k, v in jax.device_get(
             self._probe(state.params, state.carry, p.x, p.y, p.mask, p.resets)).items()}
 
