@@ -154,6 +154,52 @@ def test_the_probe_compares_sg_with_full_bptt_from_every_boundary_it_counts():
     np.testing.assert_allclose((silenced["sg/cosine"], silenced["sg/norm_ratio"]), want, rtol=1e-5)
 
 
+def test_the_lambda_return_target_is_the_recursion_written_out_by_hand(lam=0.6):
+    # Windows of 2 steps: window 0 trains, windows 1-2 are read by the λ-return (trace_windows=2), window 3 only
+    # says whether the boundary before it continues. Row 0 restarts at step 5 (inside window 2).
+    net, params, s0, data = _setup()
+    dni_net = RecurrentNet(net.core, DenseSynthetic(0, 1, batch_norm=False), "bits", RULES["dni"], discount=0.9,
+                           trace_lambda=lam, trace_windows=2)
+    sg = jax.tree.map(lambda w: 0.1 * jax.random.normal(jax.random.key(3), w.shape),
+                      dni_net.sg_model.init(jax.random.key(1), s0, None, False)["params"])
+    windows = _windows(data, 2)
+    first = tuple(w[0] for w in windows)
+    ahead = tuple(w[1:] for w in windows)
+    following = (windows[1][1], windows[2][1], windows[3][1])
+    p = {"core": params, "sg": sg}
+    g_core, d_sg, _, _ = window_grads(dni_net, p, s0, *first, following, 1.0, ahead)
+    # M regresses toward the target written out by hand: its gradient is that regression's.
+    want = _lambda_target_by_hand(dni_net, params, sg, s0, data, lam)
+    pred, vjp = jax.vjp(lambda q: dni_net.sg_model.apply({"params": q}, s0, None, False), sg)
+    (want_sg,) = vjp(2.0 * (pred - want) / s0.shape[0])
+    assert _close(d_sg, want_sg, tol=1e-5)
+    # The core's own update does not change with λ.
+    one_window = RecurrentNet(dni_net.core, dni_net.sg_model, "bits", RULES["dni"], discount=0.9)
+    assert _close(g_core, window_grads(one_window, p, s0, *first, following)[0], tol=0)
+
+
+def _lambda_return_by_hand(net, params, sg, s1, data, lam):
+    """G^λ at the boundary before window 1, from windows 1 and 2 chained one at a time, ĝ after window 2."""
+    m = lambda s: net.sg_model.apply({"params": sg}, s, None, False)
+    keep = lambda j: 1.0 - data[3][:, 2 * j][:, None]   # ĝ is 0 before a window that starts a new sequence
+    step = lambda j, s: window(net, params, s, *_slice(data, 2 * j, 2 * j + 2))[0]
+    s2 = step(1, s1)[2]
+    s3 = step(2, s2)[2]
+    g3 = keep(3) * m(s3)
+    g2 = jax.grad(lambda s: step(2, s)[0] + 0.9 * jnp.vdot(g3, step(2, s)[2]))(s2)
+    mix = (1 - lam) * keep(2) * m(s2) + lam * g2
+    return jax.grad(lambda s: step(1, s)[0] + 0.9 * jnp.vdot(mix, step(1, s)[2]))(s1)
+
+
+def _lambda_target_by_hand(net, params, sg, s0, data, lam):
+    m = lambda s: net.sg_model.apply({"params": sg}, s, None, False)
+    step = lambda s: window(net, params, s, *_slice(data, 0, 2))[0]
+    s1 = step(s0)[2]
+    keep = 1.0 - data[3][:, 2][:, None]
+    mix = (1 - lam) * keep * m(s1) + lam * _lambda_return_by_hand(net, params, sg, s1, data, lam)
+    return jax.grad(lambda s: step(s)[0] + 0.9 * jnp.vdot(mix, step(s)[2]))(s0)
+
+
 def test_zero_initialised_sg_gives_the_truncated_bptt_update_first():
     net, params, s0, data = _setup()
     dni_net = RecurrentNet(net.core, DenseSynthetic(0, 1, batch_norm=False), "bits", RULES["dni"])
@@ -279,6 +325,10 @@ def test_char_corpus_download_verifies_the_checksum_and_caches(tmp_path):
     (["model.name=lstm", "dataset.name=two_timescale", "trainer.bptt=4", "mode=cdni"], "mode"),
     (["model.name=lstm", "dataset.name=mnist", "trainer.bptt=4"], "dataset.name"),
     (["model.name=fcn", "trainer.bptt=4"], "trainer.bptt"),
+    (["model.name=lstm", "dataset.name=copy", "trainer.bptt=4", "sg.trace_lambda=1.5"], "sg.trace_lambda"),
+    (["model.name=lstm", "dataset.name=copy", "trainer.bptt=4", "sg.trace_lambda=0.5", "sg.trace_windows=0"],
+     "sg.trace_windows"),
+    (["model.name=fcn", "sg.trace_lambda=0.5"], "sg.trace_lambda"),
 ])
 def test_recurrent_config_errors_name_the_key(overrides, key):
     with pytest.raises(ConfigError, match=key):

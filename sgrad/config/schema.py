@@ -147,6 +147,8 @@ class SGConfig:
     aux_weight: float = 1.0
     discount: float = 1.0
     squash_cell: bool = False
+    trace_lambda: float = 0.0
+    trace_windows: int = 4
     optim: OptimConfig = field(default_factory=OptimConfig)
 
 
@@ -334,8 +336,14 @@ def validate(cfg: Any) -> None:
         require(cfg.dataset.start_length >= 1, "dataset.start_length", cfg.dataset.start_length, "an integer >= 1")
         require(cfg.dataset.max_repeats >= 1, "dataset.max_repeats", cfg.dataset.max_repeats, "an integer >= 1")
         require(0.0 <= cfg.sg.discount <= 1.0, "sg.discount", cfg.sg.discount, "in [0, 1]")
+        require(0.0 <= cfg.sg.trace_lambda <= 1.0, "sg.trace_lambda", cfg.sg.trace_lambda,
+                "in [0, 1] (0: the paper's one-window bootstrapped target)")
+        require(cfg.sg.trace_windows >= 1, "sg.trace_windows", cfg.sg.trace_windows, "an integer >= 1")
     else:
         require(cfg.trainer.bptt == 0, "trainer.bptt", cfg.trainer.bptt, "0 unless model.name=lstm")
+    windowed = str(cfg.model.name) == "lstm" and str(cfg.dataset.name) in sequence_tasks[:-1]
+    require(windowed or cfg.sg.trace_lambda == 0.0, "sg.trace_lambda", cfg.sg.trace_lambda,
+            "0 unless model.name=lstm on copy, repeat_copy, ptb_char or text (the windowed LSTM's SG)")
     if str(cfg.model.name) in ("lstm", "transformer") or str(cfg.dataset.name) in sequence_tasks:
         for key in ("valid_fraction", "test_fraction"):
             require(0.0 < cfg.dataset[key] < 0.5, f"dataset.{key}", cfg.dataset[key], "a fraction in (0, 0.5)")

@@ -40,6 +40,8 @@ class RecurrentNet:
     discount: float = 1.0         # γ on the bootstrapped part of M's target
     aux_weight: float = 1.0       # DNI + Aux: weight of the core's own SG prediction loss
     squash_cell: bool = False     # M sees tanh(c) instead of the raw, unbounded cell state (see sg_input)
+    trace_lambda: float = 0.0     # λ of M's λ-return target (0: the one-window bootstrapped target)
+    trace_windows: int = 0        # windows after the boundary the λ-return reads (0 with λ = 0)
 
 
 def window_label(net: RecurrentNet, y: jnp.ndarray, mask: jnp.ndarray, vocab: int) -> jnp.ndarray | None:
@@ -102,13 +104,14 @@ def synthetic_gradient(net: RecurrentNet, sg_params: PyTree, s: jnp.ndarray, lab
 
 
 def dni_window(net: RecurrentNet, core_params: PyTree, predict: Callable, s0: jnp.ndarray, x, y, mask, resets,
-               scale=1.0):
+               scale=1.0, beyond: Callable | None = None):
     """The decoupled window: (core grads, SG target at s0, s_T, metric sums).
 
     The core steps along d(window loss + <ĝ, s_T> [+ aux loss]) with ĝ =
     predict(s_T) held constant; the target for M at s0 is the window loss's
     gradient at s0 plus γ·VJP of ĝ through the window, the aux loss left out.
     `predict` is M, or in tests an oracle; the core applies `scale`·ĝ (sg.scale), the target uses ĝ unscaled.
+    `beyond(s_T, ĝ)`, where given, is what the target carries back from s_T instead of ĝ (a λ-return).
     """
     batch = x.shape[0]
     fn = lambda p, s: window(net, p, s, x, y, mask, resets)
@@ -121,15 +124,16 @@ def dni_window(net: RecurrentNet, core_params: PyTree, predict: Callable, s0: jn
         d_aux = net.aux_weight * 2.0 * err / aux.shape[1]
         sums["aux_loss"] = net.aux_weight * jnp.sum(err ** 2) / aux.shape[1]
     d_core, target = vjp((jnp.ones(()), d_aux, scale * g_T))
-    if aux.shape[-1] or not isinstance(scale, float) or net.discount != scale:
+    if aux.shape[-1] or not isinstance(scale, float) or net.discount != scale or beyond is not None:
         # The target leaves out the aux loss and discounts ĝ (unscaled): a second backward pass.
-        _, target = vjp((jnp.ones(()), jnp.zeros_like(aux), net.discount * g_T))
+        back = g_T if beyond is None else jax.lax.stop_gradient(beyond(s_T, g_T))
+        _, target = vjp((jnp.ones(()), jnp.zeros_like(aux), net.discount * back))
     sums["sg_norm"] = jnp.sqrt(jnp.sum(g_T ** 2) / batch) * batch
     return jax.tree.map(lambda g: g / batch, d_core), target, s_T, sums
 
 
 def window_grads(net: RecurrentNet, params: PyTree, s0: jnp.ndarray, x, y, mask, resets, following=None,
-                 scale=1.0):
+                 scale=1.0, ahead=None):
     """The mode's window update (`net.rule.window`): (core grads, SG grads, s_T, metric sums).
 
     `params` = {"core": ..., "sg": ...}. `following` = (y, mask, resets) of the
@@ -137,13 +141,14 @@ def window_grads(net: RecurrentNet, params: PyTree, s0: jnp.ndarray, x, y, mask,
     after the boundary depends on s_T and ĝ is exactly 0 there; cDNI also
     conditions ĝ on its targets. The carry leaves a window with stop_gradient
     semantics: nothing differentiates across a boundary except through ĝ.
-    `scale` multiplies the ĝ the core applies (sg.scale; 0 during the SG warm-up).
+    `scale` multiplies the ĝ the core applies (sg.scale; 0 during the SG warm-up). `ahead` = (x, y, mask,
+    resets) of the net.trace_windows + 1 windows after this one, for M's λ-return target (lambda_return).
     """
-    return net.rule.window(net, params, s0, x, y, mask, resets, following, scale)
+    return net.rule.window(net, params, s0, x, y, mask, resets, following, scale, ahead)
 
 
 def bptt_window_grads(net: RecurrentNet, params: PyTree, s0: jnp.ndarray, x, y, mask, resets, following=None,
-                      scale=1.0):
+                      scale=1.0, ahead=None):
     """Truncated BPTT: the window loss alone, nothing from after the boundary (no SG grads)."""
     batch = x.shape[0]
     fn = lambda p: window(net, p, s0, x, y, mask, resets)
@@ -152,18 +157,63 @@ def bptt_window_grads(net: RecurrentNet, params: PyTree, s0: jnp.ndarray, x, y, 
     return jax.tree.map(lambda g: g / batch, d_core), (), s_T, sums
 
 
+def lambda_return(net: RecurrentNet, core_params: PyTree, predict: Callable, s: jnp.ndarray, ahead) -> jnp.ndarray:
+    """G^λ at the boundary s: the λ-return of the true gradient over the windows `ahead` that follow it.
+
+    ahead = (x, y, mask, resets), [n + 1, B, T, ...]: the n windows read and
+    the one after them (only its first-step reset and, for cDNI, its targets
+    are used). predict(s_j, y_j, mask_j, resets_j) is ĝ at the boundary before
+    window j. With G_j at the boundary before ahead window j:
+        G_j = d(window j's loss)/ds_j + γ Jᵀ [(1-λ) ĝ(s_j+1) + λ G_j+1],
+    and after the last window read, ĝ alone: λ = 1 is the n windows' true
+    gradient, bootstrapped by ĝ beyond them. This is the truncated λ-return of
+    TD learning (Sutton & Barto, 12.3) for gradients: the forward view of
+    Pemberton & Costa's BP(λ) (TMLR 2024), computed from windows the chunk
+    already holds instead of n windows late.
+    """
+    lam, n = net.trace_lambda, ahead[0].shape[0] - 1
+
+    def forward(state, inp):
+        (_, _, after), _ = window(net, core_params, state, *inp)
+        return after, state
+
+    last, states = jax.lax.scan(forward, s, tuple(a[:n] for a in ahead))
+    after = jnp.concatenate([states[1:], last[None]], 0)  # the boundary after each window read
+    g_hat = jax.vmap(predict)(after, *(a[1:] for a in ahead[1:]))
+
+    def backward(g_next, inp):
+        state, hat, *data = inp
+        (_, aux, _), vjp, _ = jax.vjp(lambda v: window(net, core_params, v, *data), state, has_aux=True)
+        (g,) = vjp((jnp.ones(()), jnp.zeros_like(aux), net.discount * ((1.0 - lam) * hat + lam * g_next)))
+        return g, None
+
+    g_1, _ = jax.lax.scan(backward, g_hat[-1], (states, g_hat, *(a[:n] for a in ahead)), reverse=True)
+    return g_1
+
+
 def dni_window_grads(net: RecurrentNet, params: PyTree, s0: jnp.ndarray, x, y, mask, resets, following=None,
-                     scale=1.0):
-    """The DNI window (dni_window) with ĝ = M(s_T), and M's regression toward its bootstrapped target at s0."""
+                     scale=1.0, ahead=None):
+    """The DNI window (dni_window) with ĝ = M(s_T), and M's regression toward its bootstrapped target at s0:
+    one window's (the paper's), or with `net.trace_lambda` > 0 the λ-return over the windows `ahead` (see
+    lambda_return; ahead[0] is the window after this one)."""
     batch = x.shape[0]
     vocab = net.core.outputs
+
+    def at(s, y_next, mask_next, resets_next):
+        # ĝ at a boundary, given the window after it: 0 where that window starts a new sequence (nothing after
+        # the boundary depends on the state), conditioned on its targets in cDNI.
+        label = window_label(net, y_next, mask_next, vocab)
+        return (1.0 - resets_next[:, :1]) * synthetic_gradient(net, params["sg"], s, label)
+
     if following is None:
-        next_label, carried = None, jnp.ones((batch, 1))
+        predict = lambda s: synthetic_gradient(net, params["sg"], s, None)
     else:
-        next_label = window_label(net, following[0], following[1], vocab)
-        carried = 1.0 - following[2][:, :1]
-    predict = lambda s: carried * synthetic_gradient(net, params["sg"], s, next_label)
-    d_core, target, s_T, sums = dni_window(net, params["core"], predict, s0, x, y, mask, resets, scale)
+        predict = lambda s: at(s, *following)
+    beyond = None
+    if net.trace_lambda > 0:
+        beyond = lambda s_T, g_T: (1.0 - net.trace_lambda) * g_T + net.trace_lambda * lambda_return(
+            net, params["core"], at, s_T, ahead)
+    d_core, target, s_T, sums = dni_window(net, params["core"], predict, s0, x, y, mask, resets, scale, beyond)
     label = window_label(net, y, mask, vocab)
     pred, sg_vjp = jax.vjp(lambda q: synthetic_gradient(net, q, s0, label), params["sg"])
     (d_sg,), (sg_loss,) = regression_grads([pred], [sg_vjp], [target])
@@ -196,15 +246,15 @@ def init_recurrent(net: RecurrentNet, key: jax.Array, batch: int, input_dim: int
 def make_recurrent_step(net: RecurrentNet, tx: Optimizers, settings: UpdateRule = UpdateRule()):
     """step(state, x, y, mask, resets, following) -> (state, metric sums): one window, both updates at once.
 
-    `following` = (y, mask, resets) of the next window (see window_grads); `settings` gives sg.scale and the SG
-    warm-up.
+    `following` = (y, mask, resets) of the next window and `ahead` the windows M's λ-return reads (see
+    window_grads); `settings` gives sg.scale and the SG warm-up.
     """
-    def step(state: RecurrentState, x, y, mask, resets, following):
+    def step(state: RecurrentState, x, y, mask, resets, following, ahead=None):
         # During the SG warm-up no update uses ĝ: the core trains as truncated BPTT while M learns its targets.
         scale = (settings.sg_scale if not settings.warmup_steps
                  else jnp.where(state.step < settings.warmup_steps, 0.0, settings.sg_scale).astype(jnp.float32))
         d_core, d_sg, s_T, sums = window_grads(net, state.params, state.carry, x, y, mask, resets, following,
-                                               scale)
+                                               scale, ahead)
         updates, core_opt = tx.modules.update(d_core, state.opt_state["core"], state.params["core"])
         sg_updates, sg_opt = tx.sg.update(d_sg, state.opt_state["sg"], state.params["sg"])
         params = {"core": optax.apply_updates(state.params["core"], updates),

@@ -59,7 +59,7 @@ class ModeRule:
 
     Signatures (net: models.network.Network, settings: core.step.UpdateRule):
       grads(net, state, x, y, settings) -> (grads, new_stats, new_carry, metrics)  feed-forward modules
-      window(net, params, s0, x, y, mask, resets, following, scale) -> (core grads, SG grads, s_T, sums)  an
+      window(net, params, s0, x, y, mask, resets, following, scale, ahead) -> (core grads, SG grads, s_T, sums)  an
         LSTM trained in windows (sgrad/core/recurrent.py); None: the mode has no sequence task
       link(predicted, true, scale) -> what network A steps along at its output in the two-clock task
         (sgrad/core/two_timescale.py); None: no two-clock task

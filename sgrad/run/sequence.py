@@ -57,9 +57,18 @@ class SequenceTask:
         self._tx = build_train_optimizer(cfg, t.steps)
         net, step_fn = self.net, make_recurrent_step(self.net, self._tx, update_settings(cfg))
 
-        # A chunk is generated one window longer than it trains on, so that every window sees the one after it.
-        self.runner = summed_chunk_runner(step_fn, lambda x, y, mask, resets, i: (
-            x[i], y[i], mask[i], resets[i], (y[i + 1], mask[i + 1], resets[i + 1])))
+        # A chunk is generated longer than it trains on, so that every window sees the one after it, and with
+        # sg.trace_lambda the trace_windows + 1 after it that M's λ-return target reads.
+        self.lookahead = net.trace_windows + 1 if net.trace_windows else 1
+
+        def batch_at(x, y, mask, resets, i):
+            following = (y[i + 1], mask[i + 1], resets[i + 1])
+            if not net.trace_windows:
+                return x[i], y[i], mask[i], resets[i], following
+            ahead = tuple(jax.lax.dynamic_slice_in_dim(a, i + 1, net.trace_windows + 1) for a in (x, y, mask, resets))
+            return x[i], y[i], mask[i], resets[i], following, ahead
+
+        self.runner = summed_chunk_runner(step_fn, batch_at)
 
         @jax.jit
         def probe(params, s0, x, y, mask, resets):
@@ -93,9 +102,10 @@ class SequenceTask:
         return saved["state"]
 
     def chunk_data(self, start: int, stop: int):
-        chunk = self.stream.chunk(start, self.cfg.trainer.log_every + 1)  # stops lie on the log_every grid
+        every = self.cfg.trainer.log_every  # stops lie on the log_every grid
+        chunk = self.stream.chunk(start, every + self.lookahead)
         if self.copy:
-            chunk.resets[-1, :, 0] = 1.0  # the next chunk starts fresh streams: nothing follows this one
+            chunk.resets[every:, :, 0] = 1.0  # the next chunk starts fresh streams: nothing follows this one
         return jax.device_put((chunk.x, chunk.y, chunk.mask, chunk.resets))
 
     def chunk_metrics(self, sums, start: int, stop: int, seconds: float) -> dict[str, float]:
