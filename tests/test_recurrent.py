@@ -400,3 +400,18 @@ def test_dni_on_real_text_is_no_worse_than_truncated_bptt(tmp_path):
         bpc[exp] = summary["valid/bpc"]
     assert bpc["ptb_char_backprop"] < 4.0, bpc  # it learned (uniform over ~110 symbols is 6.8 bits)
     assert bpc["ptb_char_dni"] <= bpc["ptb_char_backprop"] + 0.05, bpc
+
+
+def test_the_probe_table_lists_every_probe_and_the_late_mean(tmp_path):
+    import argparse
+
+    import recurrent_probe
+    args = argparse.Namespace(windows=1500, bptt=2, seed=0)
+    text = recurrent_probe.table([
+        {"name": "preset", "overrides": [], "cosine": [0.1, -0.2, 0.4], "solved": 3, "commit": "abc", "cpu": "x"},
+        {"name": "λ", "overrides": ["sg.trace_lambda=0.9"], "cosine": [0.3, 0.5], "solved": 4, "commit": "abc",
+         "cpu": "x"}], args)
+    assert "| setting | overrides | sg/cosine at window 500 | 1000 | 1500 | mean, second half | solved |" in text
+    assert "| preset | – | +0.10 | -0.20 | +0.40 | +0.10 | 3 |" in text  # mean of -0.2 and 0.4
+    assert "| λ | sg.trace_lambda=0.9 | +0.30 | +0.50 | | +0.50 | 4 |" in text
+    assert "Commit(s) abc" in text
