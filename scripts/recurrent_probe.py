@@ -31,6 +31,7 @@ SETTINGS = {
     "λ=0.9 over 8, core 3x slower": ["sg.trace_lambda=0.9", "sg.trace_windows=8", "optim.lr=3e-4",
                                      "sg.optim.lr=1e-3"],
     "cDNI (M sees the next window's targets)": ["mode=cdni"],
+    "cDNI, λ=0.9 over 8 windows": ["mode=cdni", "sg.trace_lambda=0.9", "sg.trace_windows=8"],
 }
 
 

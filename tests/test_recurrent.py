@@ -129,7 +129,7 @@ def test_the_probe_compares_sg_with_full_bptt_from_every_boundary_it_counts():
     net = RecurrentNet(net.core, DenseSynthetic(0, 1, batch_norm=False), "bits", RULES["dni"], discount=0.5)
     states, grads = future_gradients(net, params, s0, *_windows(data, 2))
     s = s0
-    for k in range(4):
+    for k in range(3):
         def rest(v, k=k):
             # Windows k..3 chained by hand, window j weighted by γ^(j-k); row 0 restarts at step 5 (window 2).
             total = 0.0
@@ -138,7 +138,8 @@ def test_the_probe_compares_sg_with_full_bptt_from_every_boundary_it_counts():
                 total = total + 0.5 ** (j - k) * loss
             return total
         np.testing.assert_allclose(states[k], s, atol=1e-6)
-        np.testing.assert_allclose(grads[k], jax.grad(rest)(s), atol=1e-5)
+        if k:  # the boundaries the probe counts
+            np.testing.assert_allclose(grads[k], jax.grad(rest)(s), atol=1e-5)
         (_, _, s), _ = window(net, params, s, *_slice(data, 2 * k, 2 * k + 2))
     # M = the identity: ĝ is the state itself; the probe counts boundaries 1 and 2 of 4 (each followed by at least
     # half the stream), ĝ silenced where the window after the boundary starts with a reset (none here).
