@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -36,7 +37,7 @@ SETTINGS = {
 
 
 def run(name: str, overrides: list[str], args) -> dict:
-    run_dir = args.workdir / name.split(" (")[0].split(":")[0].replace(" ", "_").replace(",", "")
+    run_dir = args.workdir / re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")  # Hydra parses the path: ASCII
     cmd = [sys.executable, "-m", "sgrad.cli", "+exp=copy_dni", f"trainer.bptt={args.bptt}",
            f"trainer.steps={args.windows}", "log.grad_probe_every=500", f"seed={args.seed}", "checkpoint.every=0",
            "trainer.progress=false", f"hydra.run.dir={run_dir}", *overrides]
