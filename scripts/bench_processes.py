@@ -20,6 +20,8 @@ from pathlib import Path
 
 import jax
 
+from sgrad.devices.processes import one_device_env
+
 from parallel_rows import add_row_arguments, device_rows, worker_args, write_table
 
 
@@ -46,7 +48,7 @@ def main() -> None:
     if k > len(cores):
         sys.exit(f"--processes {k}: only {len(cores)} cores to pin to (one process per core)")
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    env.pop("XLA_FLAGS", None)
+    env = one_device_env(env)
     port = str(20000 + os.getpid() % 20000)
     procs = [subprocess.Popen(["taskset", "-c", str(cores[i]), sys.executable, __file__, "--worker", str(i),
                                "--processes", str(k), "--port", port, *worker_args(args)],

@@ -27,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 
+from sgrad.devices.processes import one_device_env
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -115,7 +117,7 @@ def run_gloo(loop: int) -> list[dict]:
         port = s.getsockname()[1]
     env = {**os.environ, "JAX_COORDINATOR_ADDRESS": f"localhost:{port}", "JAX_NUM_PROCESSES": "2",
            "JAX_PLATFORMS": "cpu", "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo"}
-    env.pop("XLA_FLAGS", None)
+    env = one_device_env(env)
     cores = sorted(os.sched_getaffinity(0))
     procs = [subprocess.Popen(["taskset", "-c", str(cores[i % len(cores)]), sys.executable, __file__,
                                "--worker", "gloo", "--loop", str(loop)],
@@ -128,7 +130,7 @@ def run_gloo(loop: int) -> list[dict]:
 def run_mpi(python: str, loop: int) -> list[dict]:
     mpirun = Path(python).with_name("mpirun")
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    env.pop("XLA_FLAGS", None)
+    env = one_device_env(env)
     res = subprocess.run([str(mpirun), "-n", "2", "-bind-to", "core", python, __file__, "--worker", "mpi",
                           "--loop", str(loop)], env=env, capture_output=True, text=True)
     return _rows(res, "MPI")

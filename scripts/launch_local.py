@@ -20,6 +20,8 @@ import socket
 import subprocess
 import sys
 
+from sgrad.devices.processes import one_device_env
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -36,7 +38,7 @@ def main() -> None:
             "JAX_PLATFORMS": "cpu",
             # gloo unless the environment names another (JAX's "mpi" needs MPITRAMPOLINE_LIB: docs/parallelism.md)
             "JAX_CPU_COLLECTIVES_IMPLEMENTATION": os.environ.get("JAX_CPU_COLLECTIVES_IMPLEMENTATION", "gloo")}
-    base.pop("XLA_FLAGS", None)  # one device per process
+    base = one_device_env(base)
     print(f"launch_local: {n} processes of sgrad-train {' '.join(overrides)} distributed=true", flush=True)
     procs = []
     for i in range(n):

@@ -28,6 +28,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from sgrad.devices.processes import one_device_env
 
 
 def tick_bound(mode: str, one_way: float, stages: list[float]) -> tuple[float, float]:
@@ -192,7 +193,7 @@ def main() -> None:
     if len(cores) < 2:
         sys.exit("profile_pipeline.py needs two cores (one per pinned process)")
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    env.pop("XLA_FLAGS", None)
+    env = one_device_env(env)
     me = [sys.executable, __file__, "--layers", str(args.layers), "--batch", str(args.batch)]
     parts = {}
     for mode in args.modes.split(","):

@@ -38,6 +38,8 @@ import sys
 import time
 from pathlib import Path
 
+from sgrad.devices.processes import one_device_env
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_LAYOUTS = ("backprop:none,backprop:data,dni:data,dni:pipeline,cdni:data,cdni:pipeline,dgl:data,dgl:pipeline,"
                    "ddg:pipeline,fr:pipeline")
@@ -90,7 +92,7 @@ def run_one(mode: str, parallel: str, seed: int, args) -> None:
     cmd = launch(parallel, args, overrides(mode, parallel, seed, args, run_dir))
     env = dict(os.environ)
     if args.launch == "processes":
-        env.pop("XLA_FLAGS", None)  # one CPU device per process
+        env = one_device_env(env)
         env.setdefault("JAX_PLATFORMS", "cpu")
     # A run dir is resumed by a rerun; this measures fresh runs, so an earlier invocation's dir goes first.
     shutil.rmtree(run_dir, ignore_errors=True)

@@ -11,6 +11,8 @@ import sys
 
 import pytest
 
+from sgrad.devices.processes import one_device_env
+
 from conftest import ROOT, program_env
 
 
@@ -20,11 +22,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def test_a_one_device_process_keeps_every_xla_flag_but_the_device_count():
+    env = one_device_env({"XLA_FLAGS": "--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0",
+                          "HOME": "/h"})
+    assert env == {"XLA_FLAGS": "--xla_backend_optimization_level=0", "HOME": "/h"}
+    assert "XLA_FLAGS" not in one_device_env({"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+
+
 @pytest.mark.slow
 def test_pipeline_and_data_parallel_across_processes():
     port = str(_free_port())
-    env = program_env()
-    env.pop("XLA_FLAGS", None)  # one device per process
+    env = one_device_env(program_env())  # one device per process
     program = str(ROOT / "tests" / "programs" / "across_processes.py")
     procs = [subprocess.Popen([sys.executable, program, str(i), port], env=env, cwd=ROOT, text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in range(2)]
@@ -45,7 +53,7 @@ def _slurm_processes(tmp_path, idx_dir, *extra, start_gap=1.2):
     base = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo",
             "SLURM_JOB_ID": job, "SLURM_NTASKS": "2", "SLURM_STEP_NODELIST": "localhost",
             "SLURM_STEP_NUM_NODES": "1"}
-    base.pop("XLA_FLAGS", None)
+    base = one_device_env(base)
     args = [sys.executable, "-m", "sgrad.cli", "dataset=idx", f"dataset.dir={idx_dir}", "mode=dni", "parallel=data",
             "distributed=true", "model.width=16", "sg.width=16", "trainer.batch_size=32", "trainer.log_every=10",
             "trainer.eval_every=20", "trainer.progress=false", "checkpoint.every=20", "log.grad_probe_every=20",
@@ -112,8 +120,7 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path, idx_dir):
 @pytest.mark.slow
 def test_the_readme_recipe_runs_one_run_as_two_processes_on_this_machine(idx_dir, tmp_path):
     run = tmp_path / "run"
-    env = {**os.environ}
-    env.pop("XLA_FLAGS", None)
+    env = one_device_env()
     res = subprocess.run([sys.executable, str(ROOT / "scripts" / "launch_local.py"), "2", "+debug=tiny",
                           "dataset=idx", f"dataset.dir={idx_dir}", "parallel=data", "trainer.steps=20",
                           "trainer.log_every=10", "trainer.progress=false", f"hydra.run.dir={run}"],
