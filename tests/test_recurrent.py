@@ -124,6 +124,7 @@ def _windows(data, size):
     return tuple(jnp.swapaxes(d.reshape(d.shape[0], -1, size, *d.shape[2:]), 0, 1) for d in data)
 
 
+@pytest.mark.slow  # a diagnostic, not the update rule: 8 s of compiling
 def test_the_probe_compares_sg_with_full_bptt_from_every_boundary_it_counts():
     net, params, s0, data = _setup()
     net = RecurrentNet(net.core, DenseSynthetic(0, 1, batch_norm=False), "bits", RULES["dni"], discount=0.5)
