@@ -25,7 +25,8 @@ def variant(summary: dict) -> str:
     if summary["mode"] == "backprop":
         return "backprop (truncated BPTT)"
     name = "cDNI" if summary["mode"] == "cdni" else "DNI"
-    return name + (" + aux" if summary.get("aux") else "")
+    name += " + aux" if summary.get("aux") else ""
+    return name + (f", λ-return λ={summary['trace_lambda']:g}" if summary.get("trace_lambda") else "")
 
 
 LINKS = {"backprop": "B's true gradient (A waits for B)", "dni": "DNI", "cut": "DNI cut (sg.scale=0)"}
@@ -67,6 +68,14 @@ def two_clock_report(runs: list[dict], out: Path) -> list[str]:
     return lines
 
 
+def bpc_cell(values: list[tuple[float, float]]) -> str:
+    """'valid / test' bits per character of one run, or their mean ± std over several seeds."""
+    v, t = np.array(values).T
+    if len(values) == 1:
+        return f"{v[0]:.3f} / {t[0]:.3f}"
+    return f"{v.mean():.3f} ± {v.std():.3f} / {t.mean():.3f} ± {t.std():.3f} ({len(values)} seeds)"
+
+
 def collect(paths: list[Path]) -> list[dict]:
     runs = []
     for root in paths:
@@ -100,13 +109,17 @@ def main() -> None:
     copy = "max_length_solved" in runs[0]
     windows = sorted({r["bptt"] for r in runs})
     order = ["backprop (truncated BPTT)", "DNI", "DNI + aux", "cDNI", "cDNI + aux"]
+    order += sorted({variant(r) for r in runs} - set(order))
     cells: dict[tuple[str, int], list[str]] = defaultdict(list)
+    bpc: dict[tuple[str, int], list[tuple[float, float]]] = defaultdict(list)
     for r in runs:
         if copy:
             value = str(r["max_length_solved"]) + ("" if r["status"] == "completed" else f" ({r['status']})")
+            cells[(variant(r), r["bptt"])].append(value)
         else:
-            value = f"{r.get('valid/bpc', float('nan')):.3f} / {r.get('test/bpc', float('nan')):.3f}"
-        cells[(variant(r), r["bptt"])].append(value)
+            bpc[(variant(r), r["bptt"])].append((r.get("valid/bpc", float("nan")), r.get("test/bpc", float("nan"))))
+    for key, values in bpc.items():
+        cells[key] = [bpc_cell(values)]
     args.out.mkdir(parents=True, exist_ok=True)
     what = "longest sequence length N solved" if copy else "valid / test bits per character"
     tasks = sorted({r["dataset"] for r in runs})
@@ -120,7 +133,7 @@ def main() -> None:
             lines.append(f"| {v} | " + " | ".join(", ".join(cells.get((v, t), ["–"])) for t in windows) + " |")
     (args.out / "table.md").write_text("\n".join(lines) + "\n")
     with open(args.out / "runs.csv", "w") as f:
-        keys = ["dataset", "mode", "aux", "bptt", "hidden", "seed", "step", "status", "max_length_solved",
+        keys = ["dataset", "mode", "aux", "trace_lambda", "bptt", "hidden", "seed", "step", "status", "max_length_solved",
                 "valid/bpc", "test/bpc", "wall_seconds", "commit", "dir"]
         f.write(",".join(keys) + "\n")
         for r in runs:
@@ -134,7 +147,8 @@ def main() -> None:
         ("valid/bpc", "valid bits per char"), ("sg/cosine", "cosine(ĝ, true future gradient)")]
     fig, axes = plt.subplots(len(panels), len(windows), figsize=(3.2 * len(windows), 3.0 * len(panels)),
                              sharey="row", squeeze=False)
-    colours = dict(zip(order, ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")))
+    colours = dict(zip(order, ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown",
+                               "tab:pink", "tab:olive")))
     for row_axes, (key, label) in zip(axes, panels):
         for ax, t in zip(row_axes, windows):
             for r in runs:

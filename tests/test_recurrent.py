@@ -417,3 +417,12 @@ def test_the_probe_table_lists_every_probe_and_the_late_mean(tmp_path):
     assert "| preset | – | +0.10 | -0.20 | +0.40 | +0.10 | 3 |" in text  # mean of -0.2 and 0.4
     assert "| λ | sg.trace_lambda=0.9 | +0.30 | +0.50 | | +0.50 | 4 |" in text
     assert "Commit(s) abc" in text
+
+
+def test_the_recurrent_report_names_lambda_returns_and_averages_seeds():
+    import report_recurrent
+    assert report_recurrent.variant({"mode": "dni", "aux": True, "trace_lambda": 0.9}) == "DNI + aux, λ-return λ=0.9"
+    assert report_recurrent.variant({"mode": "dni", "aux": False, "trace_lambda": 0.0}) == "DNI"
+    assert report_recurrent.bpc_cell([(2.5, 2.6)]) == "2.500 / 2.600"
+    assert report_recurrent.bpc_cell([(2.0, 3.0), (2.2, 3.0), (2.4, 3.0)]) == \
+        "2.200 ± 0.163 / 3.000 ± 0.000 (3 seeds)"

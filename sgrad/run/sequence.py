@@ -165,6 +165,7 @@ class SequenceTask:
         cfg = self.cfg
         return {"mode": self.mode_name, "dataset": str(cfg.dataset.name), "model": "lstm",
                 "hidden": cfg.model.hidden, "bptt": cfg.trainer.bptt, "aux": bool(cfg.sg.aux), "seed": cfg.seed,
+                "trace_lambda": float(cfg.sg.trace_lambda) if self.net.trace_windows else 0.0,
                 **({"max_length_solved": self.stream.solved} if self.copy else {})}
 
     def objective(self, summary: dict) -> float:
