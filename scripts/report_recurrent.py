@@ -145,7 +145,8 @@ def main() -> None:
     # Copy: the curriculum against time steps seen. Text: validation BPC and sg/cosine against steps.
     panels = [("curriculum/length", "curriculum length N")] if copy else [
         ("valid/bpc", "valid bits per char"), ("sg/cosine", "cosine(ĝ, true future gradient)")]
-    fig, axes = plt.subplots(len(panels), len(windows), figsize=(3.2 * len(windows), 3.0 * len(panels)),
+    width = max(3.2 * len(windows), 6.4)  # one T still leaves the legend room
+    fig, axes = plt.subplots(len(panels), len(windows), figsize=(width, 3.0 * len(panels)),
                              sharey="row", squeeze=False)
     colours = dict(zip(order, ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown",
                                "tab:pink", "tab:olive")))
@@ -163,8 +164,11 @@ def main() -> None:
             ax.grid(alpha=0.3)
         row_axes[0].set_ylabel(label)
     handles = {h.get_label(): h for ax in axes.flat for h in ax.get_lines()}
-    fig.legend(handles.values(), handles.keys(), loc="upper center", ncol=len(handles), fontsize=8)
-    fig.tight_layout(rect=(0, 0, 1, 0.92))
+    # As many legend columns as fit the width (about 2.2 inches a label); more labels wrap onto a second row.
+    ncol = max(1, min(len(handles), int(width // 2.2)))
+    rows = -(-len(handles) // ncol)
+    fig.legend(handles.values(), handles.keys(), loc="upper center", ncol=ncol, fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.04 * rows - 0.04))
     fig.savefig(args.out / "curves.png", dpi=110)
     print("\n".join(lines))
     for name in ("table.md", "runs.csv", "curves.png"):
