@@ -171,24 +171,37 @@ def lambda_return(net: RecurrentNet, core_params: PyTree, predict: Callable, s: 
     Pemberton & Costa's BP(λ) (TMLR 2024), computed from windows the chunk
     already holds instead of n windows late.
     """
-    lam, n = net.trace_lambda, ahead[0].shape[0] - 1
+    n = ahead[0].shape[0] - 1
+    read = tuple(a[:n] for a in ahead)
+    states, last = _carries(net, core_params, s, read)
+    after = jnp.concatenate([states[1:], last[None]], 0)  # the boundary after each window read
+    g_hat = jax.vmap(predict)(after, *(a[1:] for a in ahead[1:]))
+    return _returns(net, core_params, states, read, g_hat, net.trace_lambda, g_hat[-1])[0]
 
+
+def _carries(net: RecurrentNet, core_params: PyTree, s: jnp.ndarray, windows) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """(the carry entering each window [W, B, 2H], the carry after the last) through windows [W, B, T, ...]."""
     def forward(state, inp):
         (_, _, after), _ = window(net, core_params, state, *inp)
         return after, state
 
-    last, states = jax.lax.scan(forward, s, tuple(a[:n] for a in ahead))
-    after = jnp.concatenate([states[1:], last[None]], 0)  # the boundary after each window read
-    g_hat = jax.vmap(predict)(after, *(a[1:] for a in ahead[1:]))
+    last, states = jax.lax.scan(forward, s, windows)
+    return states, last
 
+
+def _returns(net: RecurrentNet, core_params: PyTree, states: jnp.ndarray, windows, g_hat: jnp.ndarray, lam,
+             g_end: jnp.ndarray) -> jnp.ndarray:
+    """G_j at the carry entering each window j, last window first (one backward sweep):
+    G_j = d(window j's loss)/ds_j + γ Jᵀ [(1-λ) g_hat_j + λ G_j+1], with G after the last window = g_end;
+    g_hat_j is ĝ at the boundary after window j."""
     def backward(g_next, inp):
         state, hat, *data = inp
         (_, aux, _), vjp, _ = jax.vjp(lambda v: window(net, core_params, v, *data), state, has_aux=True)
         (g,) = vjp((jnp.ones(()), jnp.zeros_like(aux), net.discount * ((1.0 - lam) * hat + lam * g_next)))
-        return g, None
+        return g, g
 
-    g_1, _ = jax.lax.scan(backward, g_hat[-1], (states, g_hat, *(a[:n] for a in ahead)), reverse=True)
-    return g_1
+    _, grads = jax.lax.scan(backward, g_end, (states, g_hat, *windows), reverse=True)
+    return grads
 
 
 def dni_window_grads(net: RecurrentNet, params: PyTree, s0: jnp.ndarray, x, y, mask, resets, following=None,
@@ -272,24 +285,13 @@ def future_gradients(net: RecurrentNet, core_params: PyTree, s0: jnp.ndarray, x,
     states[k] is the carry entering window k, and gradients[k] the true
     gradient there of the loss from window k to the end of the stream, window
     j weighted by γ^(j-k): the quantity ĝ(states[k]) stands for. One forward
-    pass and one backward pass through every window (full BPTT): each window's
-    VJP takes the next boundary's gradient, scaled by γ, as the carry's
-    cotangent.
+    pass and one backward pass through every window (full BPTT), as a λ-return
+    with λ = 1.
     """
-    def forward(s, inp):
-        (_, _, s_next), _ = window(net, core_params, s, *inp)
-        return s_next, s
-
-    _, states = jax.lax.scan(forward, s0, (x, y, mask, resets))
-
-    def backward(g_next, inp):
-        s, *data = inp
-        (_, aux, _), vjp, _ = jax.vjp(lambda v: window(net, core_params, v, *data), s, has_aux=True)
-        (g,) = vjp((jnp.ones(()), jnp.zeros_like(aux), net.discount * g_next))
-        return g, g
-
-    _, grads = jax.lax.scan(backward, jnp.zeros_like(s0), (states, x, y, mask, resets), reverse=True)
-    return states, grads
+    windows = (x, y, mask, resets)
+    states, _ = _carries(net, core_params, s0, windows)
+    # λ = 1: the true gradient all the way, nothing after the stream.
+    return states, _returns(net, core_params, states, windows, jnp.zeros_like(states), 1.0, jnp.zeros_like(s0))
 
 
 def future_gradient_probe(net: RecurrentNet, params: PyTree, s0: jnp.ndarray, x, y, mask, resets
