@@ -341,7 +341,7 @@ def validate(cfg: Any) -> None:
         require(cfg.sg.trace_windows >= 1, "sg.trace_windows", cfg.sg.trace_windows, "an integer >= 1")
     else:
         require(cfg.trainer.bptt == 0, "trainer.bptt", cfg.trainer.bptt, "0 unless model.name=lstm")
-    windowed = str(cfg.model.name) == "lstm" and str(cfg.dataset.name) in sequence_tasks[:-1]
+    windowed = str(cfg.model.name) == "lstm" and str(cfg.dataset.name) in ("copy", "repeat_copy", *text_tasks)
     require(windowed or cfg.sg.trace_lambda == 0.0, "sg.trace_lambda", cfg.sg.trace_lambda,
             "0 unless model.name=lstm on copy, repeat_copy, ptb_char or text (the windowed LSTM's SG)")
     if str(cfg.model.name) in ("lstm", "transformer") or str(cfg.dataset.name) in sequence_tasks:

@@ -163,9 +163,9 @@ def build_recurrent_net(cfg, output_dim: int, loss: str) -> RecurrentNet:
     # The state's SG model has no batch norm: one boundary per step gives a small, correlated batch.
     sg = DenseSynthetic(cfg.sg.hidden_layers, cfg.sg.width, batch_norm=False) if rule.synthetic else None
     # λ = 0 is the one-window target: no window after the boundary is read.
-    trace = (cfg.sg.trace_lambda, cfg.sg.trace_windows if cfg.sg.trace_lambda > 0 and rule.synthetic else 0)
+    windows = cfg.sg.trace_windows if cfg.sg.trace_lambda > 0 and rule.synthetic else 0
     return RecurrentNet(core, sg, loss, rule, cfg.sg.discount, cfg.sg.aux_weight, squash_cell=cfg.sg.squash_cell,
-                        trace_lambda=trace[0], trace_windows=trace[1])
+                        trace_lambda=float(cfg.sg.trace_lambda), trace_windows=windows)
 
 
 def build_two_clock_net(cfg) -> TwoClockNet:

@@ -59,13 +59,13 @@ class SequenceTask:
 
         # A chunk is generated longer than it trains on, so that every window sees the one after it, and with
         # sg.trace_lambda the trace_windows + 1 after it that M's λ-return target reads.
-        self.lookahead = net.trace_windows + 1 if net.trace_windows else 1
+        self.lookahead = net.trace_windows + 1
 
         def batch_at(x, y, mask, resets, i):
             following = (y[i + 1], mask[i + 1], resets[i + 1])
             if not net.trace_windows:
                 return x[i], y[i], mask[i], resets[i], following
-            ahead = tuple(jax.lax.dynamic_slice_in_dim(a, i + 1, net.trace_windows + 1) for a in (x, y, mask, resets))
+            ahead = tuple(jax.lax.dynamic_slice_in_dim(a, i + 1, self.lookahead) for a in (x, y, mask, resets))
             return x[i], y[i], mask[i], resets[i], following, ahead
 
         self.runner = summed_chunk_runner(step_fn, batch_at)
@@ -165,7 +165,7 @@ class SequenceTask:
         cfg = self.cfg
         return {"mode": self.mode_name, "dataset": str(cfg.dataset.name), "model": "lstm",
                 "hidden": cfg.model.hidden, "bptt": cfg.trainer.bptt, "aux": bool(cfg.sg.aux), "seed": cfg.seed,
-                "trace_lambda": float(cfg.sg.trace_lambda) if self.net.trace_windows else 0.0,
+                "trace_lambda": self.net.trace_lambda if self.net.trace_windows else 0.0,
                 **({"max_length_solved": self.stream.solved} if self.copy else {})}
 
     def objective(self, summary: dict) -> float:
