@@ -56,6 +56,7 @@ class Partition(enum.StrEnum):
 class OptimName(enum.StrEnum):
     adam = "adam"
     sgd = "sgd"
+    rls = "rls"  # sg.optim of the LSTM's linear SG model only: refit by least squares (sgrad/core/least_squares.py)
 
 
 class Schedule(enum.StrEnum):
@@ -129,6 +130,8 @@ class OptimConfig:
     decay_factor: float = 0.1
     warmup_steps: int = 0
     clip_norm: float = 0.0
+    forget: float = 0.98     # name=rls: weight β of the previous window's fit (memory about 1/(1-β) windows)
+    ridge: float = 0.01      # name=rls: weight of the fit's ||W||² penalty
 
 
 @dataclass
@@ -353,6 +356,10 @@ def validate(cfg: Any) -> None:
     require(cfg.aux.hidden_layers >= 0, "aux.hidden_layers", cfg.aux.hidden_layers, "an integer >= 0 (0 = linear)")
     require(cfg.aux.width >= 1, "aux.width", cfg.aux.width, "an integer >= 1")
     require(cfg.aux.pool >= 1, "aux.pool", cfg.aux.pool, "an integer >= 1")
+    require(str(cfg.optim.name) != "rls", "optim.name", cfg.optim.name, "adam or sgd (rls is for sg.optim)")
+    if str(cfg.sg.optim.name) == "rls":
+        require(0.0 < cfg.sg.optim.forget <= 1.0, "sg.optim.forget", cfg.sg.optim.forget, "a float in (0, 1]")
+        require(cfg.sg.optim.ridge > 0, "sg.optim.ridge", cfg.sg.optim.ridge, "a float > 0")
     for prefix, optim in (("optim", cfg.optim), ("sg.optim", cfg.sg.optim)):
         require(optim.lr > 0, f"{prefix}.lr", optim.lr, "a float > 0")
         require(0 < optim.decay_factor, f"{prefix}.decay_factor", optim.decay_factor, "a float > 0")

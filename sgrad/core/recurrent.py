@@ -103,6 +103,13 @@ def synthetic_gradient(net: RecurrentNet, sg_params: PyTree, s: jnp.ndarray, lab
     return net.sg_model.apply({"params": sg_params}, state, label, False)
 
 
+def sg_features(net: RecurrentNet, s: jnp.ndarray, label=None) -> jnp.ndarray:
+    """What M's first layer reads at the boundary s: its view of the state, and cDNI's label after it (as
+    DenseSynthetic concatenates them). A least-squares M (sg.optim.name=rls) is fit on these."""
+    state = sg_input(jax.lax.stop_gradient(s), net.squash_cell)
+    return state if label is None else jnp.concatenate([state, label], axis=-1)
+
+
 def dni_window(net: RecurrentNet, core_params: PyTree, predict: Callable, s0: jnp.ndarray, x, y, mask, resets,
                scale=1.0, beyond: Callable | None = None):
     """The decoupled window: (core grads, SG target at s0, s_T, metric sums).
@@ -269,7 +276,9 @@ def make_recurrent_step(net: RecurrentNet, tx: Optimizers, settings: UpdateRule 
         d_core, d_sg, s_T, sums = window_grads(net, state.params, state.carry, x, y, mask, resets, following,
                                                scale, ahead)
         updates, core_opt = tx.modules.update(d_core, state.opt_state["core"], state.params["core"])
-        sg_updates, sg_opt = tx.sg.update(d_sg, state.opt_state["sg"], state.params["sg"])
+        # M's regression reads the carry this window started from (a least-squares M needs what it read).
+        inputs = sg_features(net, state.carry, window_label(net, y, mask, net.core.outputs))
+        sg_updates, sg_opt = tx.sg.update(d_sg, state.opt_state["sg"], state.params["sg"], inputs=inputs)
         params = {"core": optax.apply_updates(state.params["core"], updates),
                   "sg": optax.apply_updates(state.params["sg"], sg_updates)}
         opt = {"core": core_opt, "sg": sg_opt}

@@ -23,6 +23,7 @@ from sgrad.models import build_layers, group_layers
 from sgrad.models.auxiliary import build_aux_classifier
 from sgrad.models.lstm import LSTMCore
 from sgrad.models.partition import balanced_sizes, even_sizes, flops, interface_cost, layer_costs, seconds
+from sgrad.core.least_squares import forgetting_least_squares
 from sgrad.models.synthetic import DenseSynthetic, build_sg_model
 from sgrad.models.synthetic_input import build_input_model
 from sgrad.modes import RULES, ModeRule, rule_for
@@ -64,8 +65,10 @@ def build_optimizer(optim_cfg, total_steps: int) -> optax.GradientTransformation
         tx = optax.sgd(lr, momentum=optim_cfg.momentum or None, nesterov=optim_cfg.nesterov)
         if optim_cfg.weight_decay > 0:
             tx = optax.chain(optax.add_decayed_weights(optim_cfg.weight_decay), tx)
+    elif kind == "rls":
+        return forgetting_least_squares(optim_cfg.forget, optim_cfg.ridge)
     else:
-        raise ValueError(f"optim.name={kind!r}: allowed values are adam, sgd")
+        raise ValueError(f"optim.name={kind!r}: allowed values are adam, sgd, rls")
     if optim_cfg.clip_norm > 0:
         tx = optax.chain(optax.clip_by_global_norm(optim_cfg.clip_norm), tx)
     return tx
@@ -208,6 +211,10 @@ def check(cfg: Any) -> None:
                    "gradient from the module above)")
     for key, value, allowed in rule.refusals(update_settings(cfg)):
         require(False, key, value, allowed)
+    if str(cfg.sg.optim.name) == "rls":
+        require(str(cfg.model.name) == "lstm" and rule.synthetic and cfg.sg.hidden_layers == 0, "sg.optim.name",
+                cfg.sg.optim.name, "adam or sgd; rls only with model.name=lstm, a synthetic-gradient mode and "
+                "sg.hidden_layers=0 (it refits a linear SG model)")
     if str(cfg.model.name) == "transformer":
         # Synthetic inputs I_i(x) would map token ids to a block's activations: no such model here.
         require(not rule.synthetic_inputs, "mode", name, "one of " + ", ".join(
