@@ -3,6 +3,7 @@
     python scripts/bench.py [--models fcn3,fcn4,fcn6,cnn4] [--batch 64,256] [--out results/bench/single_device.md]
     python scripts/bench.py --exp bench_peer_mlp --modes backprop,dni,cdni,dgl,ddg
     python scripts/bench.py --exp text_transformer --modes backprop,dni,cdni,dgl,ddg,fr  (tokens/s)
+    python scripts/bench.py --exp copy_dni --modes backprop,dni,cdni  (the LSTM: a step is one window)
 
 Times the same compiled chunk of steps that `sgrad-train` runs (data on the device, batches gathered inside
 jit), after a warm-up chunk, and reads one step's FLOPs and memory from XLA's cost and memory analyses of that
@@ -15,10 +16,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from functools import partial
 from pathlib import Path
 
 import jax
+import numpy as np
 from omegaconf import OmegaConf
 
 from bench_networks import exp_cfg, paper_cfg, setup
@@ -47,6 +50,29 @@ def bench_one(cfg, spec: str, chunk: int, chunks: int) -> dict:
             "tokens_per_sec": tokens and steps * batch * tokens / elapsed,
             "examples_per_sec": steps * batch / elapsed, "flops_per_sec": flops(step) * steps / elapsed,
             **memory(step)}
+
+
+def bench_sequence(cfg, spec: str, chunk: int, chunks: int) -> dict:
+    """One row for the LSTM of a sequence preset (+exp=copy_dni, ...): the chunk of windows `sgrad-train` runs,
+    on the task's own generated data. A step is one window of trainer.bptt time steps of every sequence."""
+    from sgrad.run.sequence import SequenceTask
+    cfg = OmegaConf.merge(cfg, {"trainer": {"log_every": chunk}, "log": {"grad_probe_every": 0}})
+    task = SequenceTask(cfg)
+    state, data = task.init(), task.chunk_data(0, chunk)
+    step = jax.jit(lambda s, *d: task.step(s, *task.batch_at(*d, 0))).lower(state, *data).compile()
+    n = np.int32(chunk)
+    state, m = task.runner(state, *data, n)  # compiles
+    times = []
+    for _ in range(chunks):
+        t = time.perf_counter()
+        state, m = task.runner(state, *data, n)
+        jax.block_until_ready((state, m))
+        times.append(time.perf_counter() - t)
+    elapsed = float(np.median(times)) * chunks
+    steps, batch, window = chunk * chunks, cfg.trainer.batch_size, cfg.trainer.bptt
+    return {"model": f"lstm{cfg.model.hidden}", "mode": spec, "batch": batch, "steps_per_sec": steps / elapsed,
+            "tokens_per_sec": steps * batch * window / elapsed, "examples_per_sec": steps * batch / elapsed,
+            "flops_per_sec": flops(step) * steps / elapsed, **memory(step)}
 
 
 def peak_steps(row: dict, peak: float) -> float:
@@ -78,7 +104,7 @@ def main() -> None:
             for batch in map(int, args.batch.split(",")):
                 configs += [(paper_cfg(model, layers, spec, batch), spec) for spec in args.modes.split(",")]
     for cfg, spec in configs:
-        r = bench_one(cfg, spec, args.chunk, args.chunks)
+        r = (bench_sequence if str(cfg.model.name) == "lstm" else bench_one)(cfg, spec, args.chunk, args.chunks)
         rows.append(r)
         batch, mode = r["batch"], r["mode"]
         print(f"{r['model']:6s} batch {batch:4d} {mode:9s} {r['steps_per_sec']:9.1f} steps/s "
@@ -105,7 +131,9 @@ def main() -> None:
              "at the measured matmul peak. Memory is XLA's analysis of one step compiled alone (per device): `peak` "
              "its arguments (parameters, optimizer and batch), outputs and working buffers at the worst point, "
              "`working` the buffers alone (the activations kept for the backward pass live there).",
-             "A Transformer's example is a window of `model.context` tokens (tokens/s = examples/s × context).",
+             "A Transformer's example is a window of `model.context` tokens (tokens/s = examples/s × context); an "
+             "LSTM's step is one window of `trainer.bptt` time steps of each of the batch's sequences (tokens/s: "
+             "time steps/s, summed over the batch).",
              "", "| model | batch | mode | steps/s | examples/s | tokens/s | GFLOP/s | % of matmul peak | "
              "steps/s at the peak | peak MiB | working MiB |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -26,6 +26,7 @@ def variant(summary: dict) -> str:
         return "backprop (truncated BPTT)"
     name = "cDNI" if summary["mode"] == "cdni" else "DNI"
     name += " + aux" if summary.get("aux") else ""
+    name += ", M by least squares" if summary.get("sg_optim") == "rls" else ""
     return name + (f", λ-return λ={summary['trace_lambda']:g}" if summary.get("trace_lambda") else "")
 
 
@@ -133,7 +134,7 @@ def main() -> None:
             lines.append(f"| {v} | " + " | ".join(", ".join(cells.get((v, t), ["–"])) for t in windows) + " |")
     (args.out / "table.md").write_text("\n".join(lines) + "\n")
     with open(args.out / "runs.csv", "w") as f:
-        keys = ["dataset", "mode", "aux", "trace_lambda", "bptt", "hidden", "seed", "step", "status", "max_length_solved",
+        keys = ["dataset", "mode", "aux", "trace_lambda", "sg_optim", "bptt", "hidden", "seed", "step", "status", "max_length_solved",
                 "valid/bpc", "test/bpc", "wall_seconds", "commit", "dir"]
         f.write(",".join(keys) + "\n")
         for r in runs:

@@ -30,6 +30,16 @@ def test_bench_measures_the_transformer_preset_in_tokens_per_second():
 
 
 @pytest.mark.slow
+def test_bench_measures_the_lstm_preset_in_windows_and_time_steps():
+    cfg = exp_cfg("copy_dni", "dni")
+    cfg.model.hidden, cfg.trainer.batch_size = 16, 4
+    row = bench.bench_sequence(cfg, "dni", chunk=3, chunks=1)
+    assert row["model"] == "lstm16" and row["batch"] == 4
+    assert row["tokens_per_sec"] == pytest.approx(cfg.trainer.bptt * row["examples_per_sec"])
+    assert row["flops_per_sec"] > 0 and row["peak_mib"] > 0
+
+
+@pytest.mark.slow
 def test_device_sweep_measures_every_parallel_mode(tmp_path):
     from conftest import run_on_cpu_devices
     # 4 devices: 4 modules (data, pipeline) and 2 modules x 2 replicas (pipeline) where the mode takes them, each

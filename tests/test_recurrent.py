@@ -6,6 +6,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from conftest import make_cfg
@@ -15,9 +16,11 @@ from sgrad.run.build import check
 from sgrad.data.errors import DatasetError
 from sgrad.data.text import TextStream, load_char_corpus
 from sgrad.models.lstm import LSTMCore
-from sgrad.core.recurrent import (RecurrentNet, dni_window, future_gradient_probe, future_gradients, window,
-                                  window_grads)
-from sgrad.core.dni import agreement
+from sgrad.core.recurrent import (RecurrentNet, RecurrentState, dni_window, future_gradient_probe, future_gradients,
+                                  make_recurrent_step, synthetic_gradient, window, window_grads, window_label)
+from sgrad.core.dni import agreement, regression_grads
+from sgrad.core.least_squares import forgetting_least_squares
+from sgrad.core.optim import Optimizers
 from sgrad.models.synthetic import DenseSynthetic
 from sgrad.data.copy import CopyTask, copy_episode, repeat_copy_episode
 from sgrad.run import train_and_evaluate
@@ -212,6 +215,56 @@ def test_zero_initialised_sg_gives_the_truncated_bptt_update_first():
     assert any(np.abs(np.asarray(v)).max() > 0 for v in jax.tree.leaves(d_sg))  # but M already learns
 
 
+def test_least_squares_m_is_the_forgetting_ridge_fit_of_every_target_so_far(forget=0.7, ridge=0.05):
+    model = DenseSynthetic(0, 1, batch_norm=False)
+    rng = np.random.default_rng(3)
+    xs = [jnp.asarray(rng.normal(size=(16, 5)).astype(np.float32)) for _ in range(4)]
+    ys = [jnp.asarray(rng.normal(size=(16, 5)).astype(np.float32)) for _ in range(4)]
+    params = model.init(jax.random.key(0), xs[0], None, False)["params"]
+    tx = forgetting_least_squares(forget, ridge)
+    state = tx.init(params)
+    for t, (x, y) in enumerate(zip(xs, ys)):
+        pred, vjp = jax.vjp(lambda q: model.apply({"params": q}, x, None, False), params)
+        (grads,), _ = regression_grads([pred], [vjp], [y])
+        updates, state = tx.update(grads, state, params, inputs=x)
+        params = jax.tree.map(lambda p, u: p + u, params, updates)
+        # The weighted ridge regression on windows 0..t written out: window k weighted forget^(t-k), mean over rows.
+        a = ridge * np.eye(6)
+        c = np.zeros((6, 5))
+        for k in range(t + 1):
+            xk = np.concatenate([np.asarray(xs[k], np.float64), np.ones((16, 1))], 1)
+            a += forget ** (t - k) * xk.T @ xk / 16
+            c += forget ** (t - k) * xk.T @ np.asarray(ys[k], np.float64) / 16
+        w = np.linalg.solve(a, c)
+        np.testing.assert_allclose(params["Dense_0"]["kernel"], w[:-1], atol=2e-4)
+        np.testing.assert_allclose(params["Dense_0"]["bias"], w[-1], atol=2e-4)
+
+
+@pytest.mark.parametrize("mode", ["dni", "cdni"])
+def test_a_least_squares_m_fits_its_target_at_the_carry_it_read(mode):
+    net, params, s0, data = _setup(batch=24, hidden=3)
+    rnet = RecurrentNet(net.core, DenseSynthetic(0, 1, batch_norm=False), "bits", RULES[mode])
+    label = None if mode == "dni" else jnp.zeros((24, 4 * 4))
+    sg = rnet.sg_model.init(jax.random.key(1), s0, label, False)["params"]
+    sg = jax.tree.map(lambda w: 0.1 * jax.random.normal(jax.random.key(2), w.shape), sg)
+    p = {"core": params, "sg": sg}
+    tx = Optimizers(optax.sgd(0.0), forgetting_least_squares(1.0, 1e-6))
+    state = RecurrentState(jnp.zeros((), jnp.int32), p, {"core": tx.modules.init(params), "sg": tx.sg.init(sg)}, s0)
+    first, rest = _slice(data, 0, 4), _slice(data, 4, 8)
+    following = (rest[1], rest[2], jnp.zeros_like(rest[3]))
+    # M's target at s0 with ĝ(s_T) from M as it was before the step.
+    g_T = synthetic_gradient(rnet, sg, window(rnet, params, s0, *first)[0][2], window_label(rnet, *following[:2], 4))
+    _, target, _, _ = dni_window(rnet, params, lambda s: g_T, s0, *first)
+    new, _ = make_recurrent_step(rnet, tx)(state, *first, following)
+    # One window, no forgetting, a negligible ridge: M is the least-squares fit of the targets on what it read.
+    feats = [np.asarray(s0)] + ([] if mode == "dni" else [np.asarray(window_label(rnet, first[1], first[2], 4))])
+    x = np.concatenate(feats + [np.ones((24, 1))], 1).astype(np.float64)
+    w = np.linalg.lstsq(x, np.asarray(target, np.float64), rcond=None)[0]
+    fit = new.params["sg"]["Dense_0"]
+    np.testing.assert_allclose(fit["kernel"], w[:-1], atol=2e-3)
+    np.testing.assert_allclose(fit["bias"], w[-1], atol=2e-3)
+
+
 def test_cdni_conditions_on_the_next_window_and_a_reset_silences_the_sg():
     net, params, s0, data = _setup()
     cnet = RecurrentNet(net.core, DenseSynthetic(0, 1, batch_norm=False), "bits", RULES["cdni"])
@@ -331,6 +384,14 @@ def test_char_corpus_download_verifies_the_checksum_and_caches(tmp_path):
     (["model.name=lstm", "dataset.name=copy", "trainer.bptt=4", "sg.trace_lambda=0.5", "sg.trace_windows=0"],
      "sg.trace_windows"),
     (["model.name=fcn", "sg.trace_lambda=0.5"], "sg.trace_lambda"),
+    (["model.name=lstm", "dataset.name=copy", "trainer.bptt=4", "optim.name=rls"], "optim.name"),
+    (["model.name=lstm", "dataset.name=copy", "trainer.bptt=4", "sg.optim.name=rls", "sg.hidden_layers=1"],
+     "sg.optim.name"),
+    (["model.name=lstm", "dataset.name=copy", "trainer.bptt=4", "sg.optim.name=rls", "mode=backprop",
+      "sg.hidden_layers=0"], "sg.optim.name"),
+    (["model.name=fcn", "sg.optim.name=rls", "sg.hidden_layers=0"], "sg.optim.name"),
+    (["model.name=lstm", "dataset.name=copy", "trainer.bptt=4", "sg.optim.name=rls", "sg.hidden_layers=0",
+      "sg.optim.forget=0"], "sg.optim.forget"),
 ])
 def test_recurrent_config_errors_name_the_key(overrides, key):
     with pytest.raises(ConfigError, match=key):
@@ -423,6 +484,8 @@ def test_the_recurrent_report_names_lambda_returns_and_averages_seeds():
     import report_recurrent
     assert report_recurrent.variant({"mode": "dni", "aux": True, "trace_lambda": 0.9}) == "DNI + aux, λ-return λ=0.9"
     assert report_recurrent.variant({"mode": "dni", "aux": False, "trace_lambda": 0.0}) == "DNI"
+    assert report_recurrent.variant({"mode": "cdni", "aux": False, "trace_lambda": 0.9, "sg_optim": "rls"}) == \
+        "cDNI, M by least squares, λ-return λ=0.9"
     assert report_recurrent.bpc_cell([(2.5, 2.6)]) == "2.500 / 2.600"
     assert report_recurrent.bpc_cell([(2.0, 3.0), (2.2, 3.0), (2.4, 3.0)]) == \
         "2.200 ± 0.163 / 3.000 ± 0.000 (3 seeds)"

@@ -68,6 +68,7 @@ class SequenceTask:
             ahead = tuple(jax.lax.dynamic_slice_in_dim(a, i + 1, self.lookahead) for a in (x, y, mask, resets))
             return x[i], y[i], mask[i], resets[i], following, ahead
 
+        self.step, self.batch_at = step_fn, batch_at  # step i of a chunk: step(state, *batch_at(*data, i))
         self.runner = summed_chunk_runner(step_fn, batch_at)
 
         @jax.jit
@@ -166,6 +167,7 @@ class SequenceTask:
         return {"mode": self.mode_name, "dataset": str(cfg.dataset.name), "model": "lstm",
                 "hidden": cfg.model.hidden, "bptt": cfg.trainer.bptt, "aux": bool(cfg.sg.aux), "seed": cfg.seed,
                 "trace_lambda": self.net.trace_lambda if self.net.trace_windows else 0.0,
+                "sg_optim": str(cfg.sg.optim.name) if self.net.sg_model is not None else None,
                 **({"max_length_solved": self.stream.solved} if self.copy else {})}
 
     def objective(self, summary: dict) -> float:
