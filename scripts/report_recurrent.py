@@ -77,13 +77,22 @@ def bpc_cell(values: list[tuple[float, float]]) -> str:
     return f"{v.mean():.3f} ± {v.std():.3f} / {t.mean():.3f} ± {t.std():.3f} ({len(values)} seeds)"
 
 
+def solved_cell(values: list[str]) -> str:
+    """The longest length each seed solved, and their mean where there are several and every run completed."""
+    if len(values) > 1 and all(v.isdigit() for v in values):
+        return f"{', '.join(values)} (mean {np.mean([int(v) for v in values]):.1f})"
+    return ", ".join(values)
+
+
 def collect(paths: list[Path]) -> list[dict]:
     runs = []
     for root in paths:
         for f in sorted(root.rglob("summary.json")):
             s = json.loads(f.read_text())
             if s.get("model") == "lstm":
-                runs.append({**s, "dir": f.parent})
+                config = json.loads((f.parent / "run_config.json").read_text())  # the run's whole flat config
+                sg_optim = config["sg.optim.name"] if s["mode"] != "backprop" else None
+                runs.append({**s, "sg_optim": sg_optim, "dir": f.parent})
     return runs
 
 
@@ -121,6 +130,8 @@ def main() -> None:
             bpc[(variant(r), r["bptt"])].append((r.get("valid/bpc", float("nan")), r.get("test/bpc", float("nan"))))
     for key, values in bpc.items():
         cells[key] = [bpc_cell(values)]
+    if copy:
+        cells = {key: [solved_cell(values)] for key, values in cells.items()}
     args.out.mkdir(parents=True, exist_ok=True)
     what = "longest sequence length N solved" if copy else "valid / test bits per character"
     tasks = sorted({r["dataset"] for r in runs})

@@ -486,6 +486,8 @@ def test_the_recurrent_report_names_lambda_returns_and_averages_seeds():
     assert report_recurrent.variant({"mode": "dni", "aux": False, "trace_lambda": 0.0}) == "DNI"
     assert report_recurrent.variant({"mode": "cdni", "aux": False, "trace_lambda": 0.9, "sg_optim": "rls"}) == \
         "cDNI, M by least squares, λ-return λ=0.9"
+    assert report_recurrent.solved_cell(["3", "5", "4"]) == "3, 5, 4 (mean 4.0)"
+    assert report_recurrent.solved_cell(["3", "2 (diverged)"]) == "3, 2 (diverged)"
     assert report_recurrent.bpc_cell([(2.5, 2.6)]) == "2.500 / 2.600"
     assert report_recurrent.bpc_cell([(2.0, 3.0), (2.2, 3.0), (2.4, 3.0)]) == \
         "2.200 ± 0.163 / 3.000 ± 0.000 (3 seeds)"

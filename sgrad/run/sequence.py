@@ -167,7 +167,6 @@ class SequenceTask:
         return {"mode": self.mode_name, "dataset": str(cfg.dataset.name), "model": "lstm",
                 "hidden": cfg.model.hidden, "bptt": cfg.trainer.bptt, "aux": bool(cfg.sg.aux), "seed": cfg.seed,
                 "trace_lambda": self.net.trace_lambda if self.net.trace_windows else 0.0,
-                "sg_optim": str(cfg.sg.optim.name) if self.net.sg_model is not None else None,
                 **({"max_length_solved": self.stream.solved} if self.copy else {})}
 
     def objective(self, summary: dict) -> float:
