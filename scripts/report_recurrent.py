@@ -27,6 +27,7 @@ def variant(summary: dict) -> str:
     name = "cDNI" if summary["mode"] == "cdni" else "DNI"
     name += " + aux" if summary.get("aux") else ""
     name += ", M by least squares" if summary.get("sg_optim") == "rls" else ""
+    name += ", oracle ĝ (true gradient of the windows ahead)" if summary.get("oracle") else ""
     return name + (f", λ-return λ={summary['trace_lambda']:g}" if summary.get("trace_lambda") else "")
 
 
@@ -92,7 +93,7 @@ def collect(paths: list[Path]) -> list[dict]:
             if s.get("model") == "lstm":
                 config = json.loads((f.parent / "run_config.json").read_text())  # the run's whole flat config
                 sg_optim = config["sg.optim.name"] if s["mode"] != "backprop" else None
-                runs.append({**s, "sg_optim": sg_optim, "dir": f.parent})
+                runs.append({**s, "sg_optim": sg_optim, "oracle": config.get("sg.oracle", False), "dir": f.parent})
     return runs
 
 
@@ -145,7 +146,7 @@ def main() -> None:
             lines.append(f"| {v} | " + " | ".join(", ".join(cells.get((v, t), ["–"])) for t in windows) + " |")
     (args.out / "table.md").write_text("\n".join(lines) + "\n")
     with open(args.out / "runs.csv", "w") as f:
-        keys = ["dataset", "mode", "aux", "trace_lambda", "sg_optim", "bptt", "hidden", "seed", "step", "status", "max_length_solved",
+        keys = ["dataset", "mode", "aux", "trace_lambda", "sg_optim", "oracle", "bptt", "hidden", "seed", "step", "status", "max_length_solved",
                 "valid/bpc", "test/bpc", "wall_seconds", "commit", "dir"]
         f.write(",".join(keys) + "\n")
         for r in runs:

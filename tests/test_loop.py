@@ -426,7 +426,7 @@ def test_a_stop_inside_a_chunk_resumes_exactly_in_every_parallel_layout(idx_dir,
 
 # A real network whose step takes about a second here (an FCN of 4096-wide layers at batch 256), logged once in 8
 # steps: before dispatches were bounded in time, a stop signal waited for the whole chunk.
-SLOW_STEP = ["mode=dni", "model.width=4096", "model.layers=4", "sg.width=1024", "trainer.batch_size=256",
+SLOW_STEP = ["mode=dni", "model.width=2560", "model.layers=4", "sg.width=512", "trainer.batch_size=256",
              "trainer.steps=8", "trainer.log_every=8", "checkpoint.every=100", "trainer.eval_every=100",
              "log.grad_probe_every=0"]
 

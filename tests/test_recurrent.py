@@ -205,6 +205,27 @@ def _lambda_target_by_hand(net, params, sg, s0, data, lam):
     return jax.grad(lambda s: step(s)[0] + 0.9 * jnp.vdot(mix, step(s)[2]))(s0)
 
 
+def test_the_oracle_steps_the_core_along_the_true_gradient_of_the_windows_ahead():
+    net, params, s0, data = _setup()
+    onet = RecurrentNet(net.core, DenseSynthetic(0, 1, batch_norm=False), "bits", RULES["dni"], trace_windows=2,
+                        oracle=True)
+    sg = onet.sg_model.init(jax.random.key(1), s0, None, False)["params"]
+    sg = jax.tree.map(lambda w: 0.1 * jax.random.normal(jax.random.key(2), w.shape), sg)  # M is not what steps
+    ahead = tuple(jnp.stack([d[:, 2:4], d[:, 4:6], d[:, 6:8]]) for d in data)  # 2 windows read, 1 after them
+    following = tuple(d[:, 2:4] for d in data[1:])
+    got, _, _, _ = window_grads(onet, {"core": params, "sg": sg}, s0, *_slice(data, 0, 2), following, 1.0, ahead)
+
+    def loss(p0):  # the first window's parameters, the two windows after it at fixed parameters (BPTT by hand)
+        (l0, _, s), _ = window(net, p0, s0, *_slice(data, 0, 2))
+        (l1, _, s), _ = window(net, params, s, *_slice(data, 2, 4))
+        (l2, _, _), _ = window(net, params, s, *_slice(data, 4, 6))
+        return l0 + l1 + l2
+    want = jax.tree.map(lambda g: g / s0.shape[0], jax.grad(loss)(params))
+    assert _close(got, want)
+    g_bp, _, _, _ = window_grads(net, {"core": params, "sg": ()}, s0, *_slice(data, 0, 2))
+    assert not _close(got, g_bp)  # the windows ahead did reach it
+
+
 def test_zero_initialised_sg_gives_the_truncated_bptt_update_first():
     net, params, s0, data = _setup()
     dni_net = RecurrentNet(net.core, DenseSynthetic(0, 1, batch_norm=False), "bits", RULES["dni"])
@@ -240,8 +261,7 @@ def test_least_squares_m_is_the_forgetting_ridge_fit_of_every_target_so_far(forg
         np.testing.assert_allclose(params["Dense_0"]["bias"], w[-1], atol=2e-4)
 
 
-@pytest.mark.parametrize("mode", ["dni", "cdni"])
-def test_a_least_squares_m_fits_its_target_at_the_carry_it_read(mode):
+def test_a_least_squares_m_fits_its_target_at_the_carry_and_label_it_read(mode="cdni"):
     net, params, s0, data = _setup(batch=24, hidden=3)
     rnet = RecurrentNet(net.core, DenseSynthetic(0, 1, batch_norm=False), "bits", RULES[mode])
     label = None if mode == "dni" else jnp.zeros((24, 4 * 4))
@@ -384,6 +404,8 @@ def test_char_corpus_download_verifies_the_checksum_and_caches(tmp_path):
     (["model.name=lstm", "dataset.name=copy", "trainer.bptt=4", "sg.trace_lambda=0.5", "sg.trace_windows=0"],
      "sg.trace_windows"),
     (["model.name=fcn", "sg.trace_lambda=0.5"], "sg.trace_lambda"),
+    (["model.name=fcn", "sg.oracle=true"], "sg.oracle"),
+    (["model.name=lstm", "dataset.name=copy", "trainer.bptt=4", "sg.oracle=true", "mode=backprop"], "sg.oracle"),
     (["model.name=lstm", "dataset.name=copy", "trainer.bptt=4", "optim.name=rls"], "optim.name"),
     (["model.name=lstm", "dataset.name=copy", "trainer.bptt=4", "sg.optim.name=rls", "sg.hidden_layers=1"],
      "sg.optim.name"),
@@ -486,7 +508,11 @@ def test_the_recurrent_report_names_lambda_returns_and_averages_seeds():
     assert report_recurrent.variant({"mode": "dni", "aux": False, "trace_lambda": 0.0}) == "DNI"
     assert report_recurrent.variant({"mode": "cdni", "aux": False, "trace_lambda": 0.9, "sg_optim": "rls"}) == \
         "cDNI, M by least squares, λ-return λ=0.9"
+    assert report_recurrent.variant({"mode": "dni", "aux": False, "trace_lambda": 0.0, "oracle": True}) == \
+        "DNI, oracle ĝ (true gradient of the windows ahead)"
     assert report_recurrent.solved_cell(["3", "5", "4"]) == "3, 5, 4 (mean 4.0)"
+    assert report_recurrent.variant({"mode": "dni", "aux": False, "trace_lambda": 0.0, "oracle": True}) == \
+        "DNI, oracle ĝ (true gradient of the windows ahead)"
     assert report_recurrent.solved_cell(["3", "2 (diverged)"]) == "3, 2 (diverged)"
     assert report_recurrent.bpc_cell([(2.5, 2.6)]) == "2.500 / 2.600"
     assert report_recurrent.bpc_cell([(2.0, 3.0), (2.2, 3.0), (2.4, 3.0)]) == \

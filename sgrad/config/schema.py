@@ -152,6 +152,9 @@ class SGConfig:
     squash_cell: bool = False
     trace_lambda: float = 0.0
     trace_windows: int = 4
+    # model=lstm: the core steps along the true gradient of the next trace_windows windows instead of ĝ (a
+    # diagnostic: DNI with a perfect M, to tell a short budget from a wrong ĝ)
+    oracle: bool = False
     optim: OptimConfig = field(default_factory=OptimConfig)
 
 
@@ -347,6 +350,8 @@ def validate(cfg: Any) -> None:
     windowed = str(cfg.model.name) == "lstm" and str(cfg.dataset.name) in ("copy", "repeat_copy", *text_tasks)
     require(windowed or cfg.sg.trace_lambda == 0.0, "sg.trace_lambda", cfg.sg.trace_lambda,
             "0 unless model.name=lstm on copy, repeat_copy, ptb_char or text (the windowed LSTM's SG)")
+    require(windowed or not cfg.sg.oracle, "sg.oracle", cfg.sg.oracle,
+            "false unless model.name=lstm on copy, repeat_copy, ptb_char or text (the windowed LSTM's SG)")
     if str(cfg.model.name) in ("lstm", "transformer") or str(cfg.dataset.name) in sequence_tasks:
         for key in ("valid_fraction", "test_fraction"):
             require(0.0 < cfg.dataset[key] < 0.5, f"dataset.{key}", cfg.dataset[key], "a fraction in (0, 0.5)")

@@ -41,7 +41,8 @@ class RecurrentNet:
     aux_weight: float = 1.0       # DNI + Aux: weight of the core's own SG prediction loss
     squash_cell: bool = False     # M sees tanh(c) instead of the raw, unbounded cell state (see sg_input)
     trace_lambda: float = 0.0     # λ of M's λ-return target (0: the one-window bootstrapped target)
-    trace_windows: int = 0        # windows after the boundary the λ-return reads (0 with λ = 0)
+    trace_windows: int = 0        # windows after the boundary the λ-return (or the oracle) reads
+    oracle: bool = False          # the core steps along the true gradient of those windows instead of ĝ
 
 
 def window_label(net: RecurrentNet, y: jnp.ndarray, mask: jnp.ndarray, vocab: int) -> jnp.ndarray | None:
@@ -186,6 +187,15 @@ def lambda_return(net: RecurrentNet, core_params: PyTree, predict: Callable, s: 
     return _returns(net, core_params, states, read, g_hat, net.trace_lambda, g_hat[-1])[0]
 
 
+def true_future(net: RecurrentNet, core_params: PyTree, s: jnp.ndarray, ahead) -> jnp.ndarray:
+    """The true gradient at the boundary s of the loss of the n windows `ahead` read (see lambda_return),
+    nothing after them: what a perfect M would give when the future ends there (sg.oracle)."""
+    n = ahead[0].shape[0] - 1
+    read = tuple(a[:n] for a in ahead)
+    states, _ = _carries(net, core_params, s, read)
+    return _returns(net, core_params, states, read, jnp.zeros_like(states), 1.0, jnp.zeros_like(s))[0]
+
+
 def _carries(net: RecurrentNet, core_params: PyTree, s: jnp.ndarray, windows) -> tuple[jnp.ndarray, jnp.ndarray]:
     """(the carry entering each window [W, B, 2H], the carry after the last) through windows [W, B, T, ...]."""
     def forward(state, inp):
@@ -225,7 +235,10 @@ def dni_window_grads(net: RecurrentNet, params: PyTree, s0: jnp.ndarray, x, y, m
         label = window_label(net, y_next, mask_next, vocab)
         return (1.0 - resets_next[:, :1]) * synthetic_gradient(net, params["sg"], s, label)
 
-    if following is None:
+    if net.oracle:
+        # A perfect M over the windows ahead: how far DNI could go were ĝ right (M still learns as set).
+        predict = lambda s: true_future(net, params["core"], s, ahead)
+    elif following is None:
         predict = lambda s: synthetic_gradient(net, params["sg"], s, None)
     else:
         predict = lambda s: at(s, *following)
