@@ -173,6 +173,7 @@ def main() -> None:
                     ax.plot([row["step"] * (t if copy else 1) for row in rows], [row[key] for row in rows],
                             color=colours[variant(r)], label=variant(r), lw=1, marker="" if copy else ".")
             ax.set_title(f"T={t}")
+            ax.xaxis.set_major_locator(plt.MaxNLocator(4))  # side by side, long tick labels would run together
             ax.set_xlabel("time steps seen" if copy else "training steps (windows)")
             ax.grid(alpha=0.3)
         row_axes[0].set_ylabel(label)
