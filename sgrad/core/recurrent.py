@@ -191,9 +191,7 @@ def true_future(net: RecurrentNet, core_params: PyTree, s: jnp.ndarray, ahead) -
     """The true gradient at the boundary s of the loss of the n windows `ahead` read (see lambda_return),
     nothing after them: what a perfect M would give when the future ends there (sg.oracle)."""
     n = ahead[0].shape[0] - 1
-    read = tuple(a[:n] for a in ahead)
-    states, _ = _carries(net, core_params, s, read)
-    return _returns(net, core_params, states, read, jnp.zeros_like(states), 1.0, jnp.zeros_like(s))[0]
+    return future_gradients(net, core_params, s, *(a[:n] for a in ahead))[1][0]
 
 
 def _carries(net: RecurrentNet, core_params: PyTree, s: jnp.ndarray, windows) -> tuple[jnp.ndarray, jnp.ndarray]:

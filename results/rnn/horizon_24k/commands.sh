@@ -9,10 +9,11 @@ run() {  # name overrides...
     checkpoint.every=0 trainer.progress=false hydra.run.dir=outputs/rnn_horizon_24k/$name
 }
 export -f run
-for seed in 0 1 2; do
-  echo "rlsl_s$seed +exp=copy_dni sg.optim.name=rls sg.trace_lambda=0.9 sg.trace_windows=8 seed=$seed"
-done > /tmp/jobs_24k
-for seed in 0 1 2; do echo "bptt_s$seed +exp=copy_backprop seed=$seed"; done >> /tmp/jobs_24k
-for seed in 0 1 2; do echo "aux_s$seed +exp=copy_dni_aux seed=$seed"; done >> /tmp/jobs_24k
-xargs -P2 -L1 bash -c 'run "$@"' _ < /tmp/jobs_24k
+{
+  for seed in 0 1 2; do
+    echo "rlsl_s$seed +exp=copy_dni sg.optim.name=rls sg.trace_lambda=0.9 sg.trace_windows=8 seed=$seed"
+  done
+  for seed in 0 1 2; do echo "bptt_s$seed +exp=copy_backprop seed=$seed"; done
+  for seed in 0 1 2; do echo "aux_s$seed +exp=copy_dni_aux seed=$seed"; done
+} | xargs -P2 -L1 bash -c 'run "$@"' _
 python scripts/report_recurrent.py outputs/rnn_horizon_24k --out results/rnn/horizon_24k
