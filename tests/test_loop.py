@@ -424,11 +424,13 @@ def test_a_stop_inside_a_chunk_resumes_exactly_in_every_parallel_layout(idx_dir,
     assert out.split() == ["data", "ok", "pipeline", "ok", "pipeline-ddg", "ok", "pipeline-replicas", "ok"], out
 
 
-# A real network whose step takes about a second here (an FCN of 4096-wide layers at batch 256), logged once in 8
-# steps: before dispatches were bounded in time, a stop signal waited for the whole chunk.
+# A real network whose step takes a third of a second or more here (an FCN of 2560-wide layers at batch 256), logged
+# once in 24 steps: before dispatches were bounded in time, a stop signal waited for the whole chunk. The chunk is
+# long enough that two dispatches of ~2 s in flight when the signal lands do not finish it.
+SLOW_STEPS = 24
 SLOW_STEP = ["mode=dni", "model.width=2560", "model.layers=4", "sg.width=512", "trainer.batch_size=256",
-             "trainer.steps=8", "trainer.log_every=8", "checkpoint.every=100", "trainer.eval_every=100",
-             "log.grad_probe_every=0"]
+             f"trainer.steps={SLOW_STEPS}", f"trainer.log_every={SLOW_STEPS}", "checkpoint.every=100",
+             "trainer.eval_every=100", "log.grad_probe_every=0"]
 
 
 def _start(idx_dir, run) -> tuple[subprocess.Popen, "queue.Queue[str]"]:
@@ -465,7 +467,6 @@ def test_sigterm_inside_a_long_chunk_stops_within_seconds_with_a_checkpoint_and_
     proc, lines = _start(idx_dir, run)
     pace = _wait_for(lines, proc, "s per step")  # the first steps ran: the pace is measured
     assert float(pace.split("training: ")[1].split()[0]) > 0.3, pace  # a slow network indeed
-    time.sleep(1.0)
     proc.send_signal(signal.SIGTERM)
     sent = time.time()
     said = _wait_for(lines, proc, "will stop at step", timeout=30)
@@ -474,7 +475,7 @@ def test_sigterm_inside_a_long_chunk_stops_within_seconds_with_a_checkpoint_and_
     proc.wait(timeout=60)
     took = time.time() - sent
     assert proc.returncode == 143 and took < 30, (proc.returncode, took)
-    assert f"at step {announced};" in stopped and 0 < announced < 8, (said, stopped)
+    assert f"at step {announced};" in stopped and 0 < announced < SLOW_STEPS, (said, stopped)
     assert (run / "checkpoints" / str(announced) / "chunk_sums.npz").is_file()
     again = subprocess.run(_tiny_cli(idx_dir, run, *SLOW_STEP), cwd=ROOT, capture_output=True, text=True,
                            timeout=600)
