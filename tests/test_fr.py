@@ -75,7 +75,7 @@ def _differs(a, b):
     return any(not np.allclose(u, v, rtol=1e-3, atol=1e-5) for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
-@pytest.mark.parametrize("model", ["fcn", "cnn"])
+@pytest.mark.parametrize("model", ["fcn", pytest.param("cnn", marks=pytest.mark.slow)])  # the same schedule
 def test_fr_follows_the_papers_schedule_step_by_step(model):
     net, params, stats = _setup(layers=4 if model == "fcn" else 3, model=model)
     batches = _batches(7)

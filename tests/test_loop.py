@@ -19,6 +19,7 @@ from sgrad.run.metrics import read_jsonl
 from sgrad.run import build_task, train_and_evaluate
 from sgrad.run.loop import eval_every
 from sgrad.run.rundir import check_run_dir, differing_keys, record_config
+from sgrad.run.pacing import DISPATCH_SECONDS
 from sgrad.run.record import Preempted
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -424,10 +425,10 @@ def test_a_stop_inside_a_chunk_resumes_exactly_in_every_parallel_layout(idx_dir,
     assert out.split() == ["data", "ok", "pipeline", "ok", "pipeline-ddg", "ok", "pipeline-replicas", "ok"], out
 
 
-# A real network whose step takes a third of a second or more here (an FCN of 2560-wide layers at batch 256), logged
-# once in 24 steps: before dispatches were bounded in time, a stop signal waited for the whole chunk. The chunk is
-# long enough that two dispatches of ~2 s in flight when the signal lands do not finish it.
-SLOW_STEPS = 24
+# A real network whose step takes about 0.3 s here (an FCN of 2560-wide layers at batch 256), logged once in 32 steps:
+# before dispatches were bounded in time, a stop signal waited for the whole chunk. The chunk is long enough that
+# the two dispatches of ~2 s in flight when the signal lands do not finish it.
+SLOW_STEPS = 32
 SLOW_STEP = ["mode=dni", "model.width=2560", "model.layers=4", "sg.width=512", "trainer.batch_size=256",
              f"trainer.steps={SLOW_STEPS}", f"trainer.log_every={SLOW_STEPS}", "checkpoint.every=100",
              "trainer.eval_every=100", "log.grad_probe_every=0"]
@@ -458,15 +459,15 @@ def _wait_for(lines, proc, text: str, timeout: float = 300) -> str:
 
 
 @pytest.mark.slow
-def test_sigterm_inside_a_long_chunk_stops_within_seconds_with_a_checkpoint_and_resumes_exactly(idx_dir, tmp_path):
+def test_sigterm_inside_a_long_chunk_stops_within_seconds_with_a_checkpoint_and_resumes_there(idx_dir, tmp_path):
+    # That the resumed run equals an uninterrupted one, stopped inside a chunk, is the stop tests' above (every
+    # task family and layout); here: a real signal on a slow network is honoured within seconds, and resumed.
     import signal
-    ref = tmp_path / "ref"
-    res = subprocess.run(_tiny_cli(idx_dir, ref, *SLOW_STEP), cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-2000:]
     run = tmp_path / "run"
     proc, lines = _start(idx_dir, run)
     pace = _wait_for(lines, proc, "s per step")  # the first steps ran: the pace is measured
-    assert float(pace.split("training: ")[1].split()[0]) > 0.3, pace  # a slow network indeed
+    # A long chunk indeed: several dispatches of DISPATCH_SECONDS, so a stop that waited for its end would show.
+    assert float(pace.split("training: ")[1].split()[0]) * SLOW_STEPS > 3 * DISPATCH_SECONDS, pace
     proc.send_signal(signal.SIGTERM)
     sent = time.time()
     said = _wait_for(lines, proc, "will stop at step", timeout=30)
@@ -481,7 +482,8 @@ def test_sigterm_inside_a_long_chunk_stops_within_seconds_with_a_checkpoint_and_
                            timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]
     assert f"resuming from the checkpoint at step {announced}" in again.stdout + again.stderr
-    assert_same_run(run, ref)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["step"] == SLOW_STEPS, summary
 
 
 @pytest.mark.slow

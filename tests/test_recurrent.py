@@ -159,6 +159,7 @@ def test_the_probe_compares_sg_with_full_bptt_from_every_boundary_it_counts():
     np.testing.assert_allclose((silenced["sg/cosine"], silenced["sg/norm_ratio"]), want, rtol=1e-5)
 
 
+@pytest.mark.slow  # λ-return targets, an opt-in setting
 def test_the_lambda_return_target_is_the_recursion_written_out_by_hand(lam=0.6):
     # Windows of 2 steps: window 0 trains, windows 1-2 are read by the λ-return (trace_windows=2), window 3 only
     # says whether the boundary before it continues. Row 0 restarts at step 5 (inside window 2).
@@ -205,6 +206,7 @@ def _lambda_target_by_hand(net, params, sg, s0, data, lam):
     return jax.grad(lambda s: step(s)[0] + 0.9 * jnp.vdot(mix, step(s)[2]))(s0)
 
 
+@pytest.mark.slow  # sg.oracle, a diagnostic
 def test_the_oracle_steps_the_core_along_the_true_gradient_of_the_windows_ahead():
     net, params, s0, data = _setup()
     onet = RecurrentNet(net.core, DenseSynthetic(0, 1, batch_norm=False), "bits", RULES["dni"], trace_windows=2,
@@ -261,6 +263,7 @@ def test_least_squares_m_is_the_forgetting_ridge_fit_of_every_target_so_far(forg
         np.testing.assert_allclose(params["Dense_0"]["bias"], w[-1], atol=2e-4)
 
 
+@pytest.mark.slow  # one real step of sg.optim.name=rls; its fit is the fast test above
 def test_a_least_squares_m_fits_its_target_at_the_carry_and_label_it_read(mode="cdni"):
     net, params, s0, data = _setup(batch=24, hidden=3)
     rnet = RecurrentNet(net.core, DenseSynthetic(0, 1, batch_norm=False), "bits", RULES[mode])
