@@ -9,9 +9,9 @@ sys.path.insert(0, str(ROOT / "scripts"))  # the benchmarks are scripts, not mod
 from parallel_rows import device_rows  # noqa: E402
 
 # The parts (the cost model's inputs) of one data and one pipeline row; the sweep itself without them.
-# One mode of each kind of row: data only (backprop), unlocked pipeline (cdni; dgl's rows are the same code), locked
+# One mode of each kind of row: data and unlocked pipeline (cdni; backprop's and dgl's rows are the same code), locked
 # pipeline (ddg).
-rows = device_rows(int(sys.argv[1]), ["backprop", "cdni", "ddg"], 4, 32, chunk=2, chunks=1,
+rows = device_rows(int(sys.argv[1]), ["cdni", "ddg"], 4, 32, chunk=2, chunks=1,
                    replicas=int(sys.argv[2]), parts=False)
 assert not any("stage_sec" in r or "shard_sec" in r for r in rows)
 parts = device_rows(2, ["cdni"], 4, 32, chunk=2, chunks=1)
