@@ -93,7 +93,7 @@ def components(mode: str, layers: int, batch: int) -> dict:
             row["optimizer"] += seconds(jax.jit(lambda g, o, p: tx.sg.update(g, o, p)),
                                         jax.tree.map(jnp.ones_like, tree["interface"]), tree["interface_opt"], tree["interface"], repeats=20)
             if rule.interface == "aux":
-                head = jax.jit(lambda q, s, h: greedy.head_step(model, q, s, h, y))
+                head = jax.jit(lambda q, s, h: greedy.head_step(model, q, s, h, y, net.loss))
                 row["interface"] = seconds(head, tree["interface"], tree["interface_stats"], h_out, repeats=20)
             else:
                 label = net.interface_label(y)

@@ -139,3 +139,11 @@ def test_pipeline_profile_writes_every_mode(tmp_path):
     # The split follows each layer's measured cost, which a busy machine can move (1+3 or 2+2).
     assert "ms one way" in report and re.search(r"\| cdni \| \d\+\d \| 1 \|", report) \
         and re.search(r"\| ddg \| \d\+\d \| 0 \|", report), report
+
+
+@pytest.mark.slow
+def test_pipeline_profile_times_an_auxiliary_classifier_too():
+    # The profile test above runs cdni (an SG model) and ddg (none); dgl's interface is a classifier head.
+    import profile_pipeline
+    parts = profile_pipeline.components("dgl", 4, 16)
+    assert parts["stages"][0]["interface"] > 0 and parts["stages"][-1]["interface"] == 0, parts
