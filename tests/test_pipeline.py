@@ -23,15 +23,15 @@ def test_pipeline_matches_sequential_schedule_and_single_device_step(devices):
 @pytest.mark.parametrize("devices", [2, 3])
 def test_dgl_ddg_and_fr_pipelines_match_their_sequential_schedule_and_single_device_step(devices):
     res = run_on_cpu_devices("pipeline_dgl_ddg", devices, devices)
-    expected = ["dgl fcn ok", "dgl cnn ok", "ddg fcn ok", "ddg cnn ok", "fr fcn ok"]
-    assert res.stdout.splitlines() == (expected if devices == 2 else ["dgl fcn ok", "ddg fcn ok", "fr fcn ok",
-                                                                      "ddg dropout ok", "fr dropout ok"])
+    expected = (["dgl cnn ok", "ddg cnn ok"] if devices == 2 else
+                ["dgl fcn ok", "ddg fcn ok", "fr fcn ok", "ddg dropout ok", "fr dropout ok"])
+    assert res.stdout.splitlines() == expected
 
 
 @pytest.mark.slow
 def test_transformer_pipelines_and_data_parallelism_match_their_references():
     res = run_on_cpu_devices("pipeline_transformer", 2)
-    assert res.stdout.splitlines() == ["cdni ok", "ddg ok", "dgl ok", "fr ok", "data ok"]
+    assert res.stdout.splitlines() == ["cdni ok", "ddg ok", "dgl ok", "data ok"]
 
 
 @pytest.mark.slow

@@ -50,10 +50,11 @@ def moved(a, b):
     return all(max_diff(x, y) > 0 for x, y in zip(list(a["modules"]) + list(a["interface"]), list(b["modules"]) + list(b["interface"])))
 
 
-# Conv stages at two devices only (CI time); more devices add middle stages, which the FCN cases cover.
+# Conv stages at two devices, FCN stages at three (CI time): three devices hold every role two do (the bottom
+# sending up, the top sending back) and a middle stage besides.
 cases = [("dgl", "fcn", (6, 6, 1)), ("dgl", "cnn", (8, 8, 1)), ("ddg", "fcn", (6, 6, 1)), ("ddg", "cnn", (8, 8, 1)),
          ("fr", "fcn", (6, 6, 1))]
-for mode, model, shape in [c for c in cases if K == 2 or c[1] == "fcn"]:
+for mode, model, shape in [c for c in cases if (c[1] == "cnn") == (K == 2)]:
     net, tx, fresh, xs, ys, pre, (mean, std) = setup(mode, model, shape)
     T = 3 * K + 4
     idx = rng.integers(0, 128, (T, B)).astype(np.int32)
