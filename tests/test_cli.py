@@ -117,6 +117,7 @@ def test_every_recurrent_experiment_runs_on_tiny_settings(exp, tmp_path):
     (["dataset=imagenet"], "dataset must be one of cifar10, copy, fashion_mnist, idx, kmnist, mnist, ptb_char, repeat_copy"),
     (["+exp=nope"], "exp must be one of"),
     (["optim.name=adamw"], "optim.name must be adam, sgd"),
+    (["sg.trace=backward"], "sg.trace must be forward, accumulate"),
     (["model.name=resnet"], "model.name must be fcn, cnn, lstm"),
     (["model.layers=abc"], "model.layers must be a value of type int"),
     (["trainer.epochs=x"], "trainer.epochs must be a value of type int or null"),

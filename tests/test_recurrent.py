@@ -93,11 +93,11 @@ def test_one_window_over_the_whole_sequence_is_full_bptt():
     net, params, s0, data = _setup()
     batch = s0.shape[0]
     full = jax.tree.map(lambda g: g / batch, jax.grad(lambda p: _full_bptt_loss(net, p, s0, data))(params))
-    grads, _, _, _ = window_grads(net, {"core": params, "sg": ()}, s0, *data)
+    grads, _, _, _, _ = window_grads(net, {"core": params, "sg": ()}, s0, *data)
     assert _close(grads, full)
     # Truncation really cuts: two windows of 4 do not give the full gradient.
-    g1, _, s4, _ = window_grads(net, {"core": params, "sg": ()}, s0, *_slice(data, 0, 4))
-    g2, _, _, _ = window_grads(net, {"core": params, "sg": ()}, s4, *_slice(data, 4, 8))
+    g1, _, s4, _, _ = window_grads(net, {"core": params, "sg": ()}, s0, *_slice(data, 0, 4))
+    g2, _, _, _, _ = window_grads(net, {"core": params, "sg": ()}, s4, *_slice(data, 4, 8))
     assert not _close(jax.tree.map(jnp.add, g1, g2), full)
 
 
@@ -110,7 +110,7 @@ def test_oracle_synthetic_gradient_recovers_full_bptt_and_the_target_is_bootstra
     # The true gradient of all loss after the boundary w.r.t. the state there.
     future = jax.grad(lambda s: window(net, params, s, *_slice(data, 4, 8))[0][0])(s4)
     g1, target, _, _ = dni_window(net, params, lambda s: future, s0, *_slice(data, 0, 4))
-    g2, _, _, _ = window_grads(net, {"core": params, "sg": ()}, s4, *_slice(data, 4, 8))
+    g2, _, _, _, _ = window_grads(net, {"core": params, "sg": ()}, s4, *_slice(data, 4, 8))
     assert _close(jax.tree.map(jnp.add, g1, g2), full)
     # M's target at s0 = d(window loss)/ds0 + VJP of ĝ through the window: with the oracle, the full gradient.
     np.testing.assert_allclose(target, jax.grad(full_loss, argnums=1)(params, s0), atol=1e-5)
@@ -173,7 +173,7 @@ def test_the_lambda_return_target_is_the_recursion_written_out_by_hand(lam=0.6):
     ahead = tuple(w[1:] for w in windows)
     following = (windows[1][1], windows[2][1], windows[3][1])
     p = {"core": params, "sg": sg}
-    g_core, d_sg, _, _ = window_grads(dni_net, p, s0, *first, following, 1.0, ahead)
+    g_core, d_sg, _, _, _ = window_grads(dni_net, p, s0, *first, following, 1.0, ahead)
     # M regresses toward the target written out by hand: its gradient is that regression's.
     want = _lambda_target_by_hand(dni_net, params, sg, s0, data, lam)
     pred, vjp = jax.vjp(lambda q: dni_net.sg_model.apply({"params": q}, s0, None, False), sg)
@@ -206,6 +206,58 @@ def _lambda_target_by_hand(net, params, sg, s0, data, lam):
     return jax.grad(lambda s: step(s)[0] + 0.9 * jnp.vdot(mix, step(s)[2]))(s0)
 
 
+@pytest.mark.parametrize("lam", [0.7, pytest.param(1.0, marks=pytest.mark.slow)])
+def test_accumulate_bp_lambda_sums_to_the_forward_view_update_written_out_by_hand(lam, gamma=0.9):
+    # Four windows of 2 steps and a fifth that only follows the fourth; row 0 restarts inside window 2, row 1 at
+    # the start of window 2 (ĝ before it is 0, and nothing after it depends on the states before it).
+    net, params, s0, data = _setup(length=10)
+    data = (*data[:3], data[3].at[1, 4].set(1.0))
+    acc = RecurrentNet(net.core, DenseSynthetic(0, 1, batch_norm=False), "bits", RULES["dni"], discount=gamma,
+                       trace_lambda=lam, trace="accumulate")
+    sg = jax.tree.map(lambda w: 0.1 * jax.random.normal(jax.random.key(3), w.shape),
+                      acc.sg_model.init(jax.random.key(1), s0, None, False)["params"])
+    p, windows = {"core": params, "sg": sg}, _windows(data, 2)
+    at = lambda k: tuple(w[k] for w in windows)
+    trace = jax.tree.map(lambda w: jnp.zeros((3, s0.shape[1]) + w.shape), sg)
+    total, s, firsts = None, s0, []
+    for k in range(4):  # θ held fixed: BP(λ)'s online updates summed over the stream
+        _, d_sg, s, trace, _ = window_grads(acc, p, s, *at(k), at(k + 1)[1:], 1.0, None, trace)
+        total = d_sg if total is None else jax.tree.map(jnp.add, total, d_sg)
+        firsts.append(d_sg)
+    # The forward view, from n-window returns chained by hand: G^λ_k = (1-λ) Σ_n λ^(n-1) G^(n)_k + λ^(N-1) G^(N)_k,
+    # ĝ bootstrapping after window 3, each boundary's ĝ masked where the window after it restarts.
+    keep = lambda k: 1.0 - windows[3][k][:, :1]
+    m = lambda q, s, k: keep(k) * acc.sg_model.apply({"params": q}, s, None, False)
+    states = [s0]
+    for k in range(4):
+        states.append(window(net, params, states[-1], *at(k))[0][2])
+
+    def n_window_return(k, n):
+        def ahead(s):
+            loss = 0.0
+            for i in range(n):
+                (l, _, s), _ = window(net, params, s, *at(k + i))
+                loss = loss + gamma ** i * l
+            return loss + gamma ** n * jnp.vdot(m(sg, states[k + n], k + n), s)
+        return jax.grad(ahead)(states[k])
+
+    def forward_loss(q):
+        loss = 0.0
+        for k in range(4):
+            left = 4 - k
+            g = sum((1 - lam) * lam ** (n - 1) * n_window_return(k, n) for n in range(1, left))
+            g = g + lam ** (left - 1) * n_window_return(k, left)
+            loss = loss + jnp.sum((m(q, states[k], k) - g) ** 2) / s0.shape[0]
+        return loss
+    want = jax.grad(forward_loss)(sg)
+    assert _close(total, want, tol=1e-5)
+    # The first window's update (an empty trace) is the paper's one-window regression; the later ones are not.
+    paper = RecurrentNet(net.core, acc.sg_model, "bits", RULES["dni"], discount=gamma)
+    assert _close(firsts[0], window_grads(paper, p, s0, *at(0), at(1)[1:])[1], tol=1e-6)
+    _, second, _, _, _ = window_grads(paper, p, states[1], *at(1), at(2)[1:])
+    assert not _close(firsts[1], second, tol=1e-4)
+
+
 @pytest.mark.slow  # sg.oracle, a diagnostic
 def test_the_oracle_steps_the_core_along_the_true_gradient_of_the_windows_ahead():
     net, params, s0, data = _setup()
@@ -215,7 +267,7 @@ def test_the_oracle_steps_the_core_along_the_true_gradient_of_the_windows_ahead(
     sg = jax.tree.map(lambda w: 0.1 * jax.random.normal(jax.random.key(2), w.shape), sg)  # M is not what steps
     ahead = tuple(jnp.stack([d[:, 2:4], d[:, 4:6], d[:, 6:8]]) for d in data)  # 2 windows read, 1 after them
     following = tuple(d[:, 2:4] for d in data[1:])
-    got, _, _, _ = window_grads(onet, {"core": params, "sg": sg}, s0, *_slice(data, 0, 2), following, 1.0, ahead)
+    got, _, _, _, _ = window_grads(onet, {"core": params, "sg": sg}, s0, *_slice(data, 0, 2), following, 1.0, ahead)
 
     def loss(p0):  # the first window's parameters, the two windows after it at fixed parameters (BPTT by hand)
         (l0, _, s), _ = window(net, p0, s0, *_slice(data, 0, 2))
@@ -224,7 +276,7 @@ def test_the_oracle_steps_the_core_along_the_true_gradient_of_the_windows_ahead(
         return l0 + l1 + l2
     want = jax.tree.map(lambda g: g / s0.shape[0], jax.grad(loss)(params))
     assert _close(got, want)
-    g_bp, _, _, _ = window_grads(net, {"core": params, "sg": ()}, s0, *_slice(data, 0, 2))
+    g_bp, _, _, _, _ = window_grads(net, {"core": params, "sg": ()}, s0, *_slice(data, 0, 2))
     assert not _close(got, g_bp)  # the windows ahead did reach it
 
 
@@ -232,8 +284,8 @@ def test_zero_initialised_sg_gives_the_truncated_bptt_update_first():
     net, params, s0, data = _setup()
     dni_net = RecurrentNet(net.core, DenseSynthetic(0, 1, batch_norm=False), "bits", RULES["dni"])
     sg = dni_net.sg_model.init(jax.random.key(1), s0, None, False)["params"]
-    g_bp, _, _, _ = window_grads(net, {"core": params, "sg": ()}, s0, *_slice(data, 0, 4))
-    g_dni, d_sg, _, _ = window_grads(dni_net, {"core": params, "sg": sg}, s0, *_slice(data, 0, 4))
+    g_bp, _, _, _, _ = window_grads(net, {"core": params, "sg": ()}, s0, *_slice(data, 0, 4))
+    g_dni, d_sg, _, _, _ = window_grads(dni_net, {"core": params, "sg": sg}, s0, *_slice(data, 0, 4))
     assert _close(g_dni, g_bp, tol=0)
     assert any(np.abs(np.asarray(v)).max() > 0 for v in jax.tree.leaves(d_sg))  # but M already learns
 
@@ -298,12 +350,12 @@ def test_cdni_conditions_on_the_next_window_and_a_reset_silences_the_sg():
     p = {"core": params, "sg": sg}
     first, rest = _slice(data, 0, 4), _slice(data, 4, 8)
     following = (rest[1], rest[2], jnp.zeros_like(rest[3]))
-    g_a, _, _, _ = window_grads(cnet, p, s0, *first, following)
-    g_b, _, _, _ = window_grads(cnet, p, s0, *first, (1.0 - rest[1], rest[2], following[2]))
+    g_a, _, _, _, _ = window_grads(cnet, p, s0, *first, following)
+    g_b, _, _, _, _ = window_grads(cnet, p, s0, *first, (1.0 - rest[1], rest[2], following[2]))
     assert not _close(g_a, g_b)  # other targets after the boundary, another synthetic gradient
     reset = (rest[1], rest[2], jnp.ones_like(rest[3]))
-    g_reset, _, _, _ = window_grads(cnet, p, s0, *first, reset)
-    g_bptt, _, _, _ = window_grads(net, {"core": params, "sg": ()}, s0, *first)
+    g_reset, _, _, _, _ = window_grads(cnet, p, s0, *first, reset)
+    g_bptt, _, _, _, _ = window_grads(net, {"core": params, "sg": ()}, s0, *first)
     assert _close(g_reset, g_bptt)  # the state is zeroed after the boundary: the future gradient is exactly 0
 
 
@@ -336,6 +388,22 @@ def test_copy_task_learns(tmp_path, mode, extra):
     if mode != "backprop":
         assert [r["step"] for r in rows if "sg/cosine" in r] == [300, 600]
         assert all(r["sg/loss"] >= 0 for r in rows if "sg/loss" in r)
+
+
+def test_accumulate_bp_lambda_learns_copy_and_refuses_a_trace_beyond_memory(tmp_path):
+    summary = train_and_evaluate(_copy_cfg(tmp_path, "dni", "sg.trace=accumulate", "sg.trace_lambda=0.9"), tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert summary["status"] == "completed" and summary["max_length_solved"] >= 1, summary
+    assert summary["sg_trace"] == "accumulate" and summary["trace_lambda"] == 0.9
+    best = min(r["train/error_per_bit"] for r in rows if "train/error_per_bit" in r)
+    assert best < 0.3 and rows[0]["train/error_per_bit"] > 1.5 * best
+    assert all(np.isfinite(r["sg/loss"]) and r["sg/loss"] >= 0 for r in rows if "sg/loss" in r)
+    # The paper's 256 units: 64 x 512 x (512 x 513) floats, 34 GiB.
+    from sgrad.run.sequence import SequenceTask
+    with pytest.raises(ConfigError, match=r"model.hidden=256 .*accumulate.* GiB here"):
+        SequenceTask(make_cfg("model.name=lstm", "dataset.name=copy", "mode=dni", "trainer.bptt=2",
+                              "trainer.batch_size=64", "sg.hidden_layers=0", "sg.trace=accumulate",
+                              "sg.trace_lambda=0.9"))
 
 
 def _write_ptb(folder, text_lines):
@@ -417,6 +485,12 @@ def test_char_corpus_download_verifies_the_checksum_and_caches(tmp_path):
     (["model.name=fcn", "sg.optim.name=rls", "sg.hidden_layers=0"], "sg.optim.name"),
     (["model.name=lstm", "dataset.name=copy", "trainer.bptt=4", "sg.optim.name=rls", "sg.hidden_layers=0",
       "sg.optim.forget=0"], "sg.optim.forget"),
+    (["model.name=lstm", "dataset.name=copy", "trainer.bptt=4", "sg.trace=accumulate", "mode=backprop"], "sg.trace"),
+    (["model.name=fcn", "sg.trace=accumulate"], "sg.trace"),
+    (["model.name=lstm", "dataset.name=copy", "trainer.bptt=4", "sg.trace=accumulate", "sg.optim.name=rls",
+      "sg.hidden_layers=0"], "sg.optim.name"),
+    (["model.name=lstm", "dataset.name=copy", "trainer.bptt=4", "sg.trace=accumulate", "sg.oracle=true"],
+     "sg.oracle"),
 ])
 def test_recurrent_config_errors_name_the_key(overrides, key):
     with pytest.raises(ConfigError, match=key):

@@ -59,6 +59,12 @@ class OptimName(enum.StrEnum):
     rls = "rls"  # sg.optim of the LSTM's linear SG model only: refit by least squares (sgrad/core/least_squares.py)
 
 
+class TraceKind(enum.StrEnum):
+    """How the LSTM's M learns from the gradients beyond one window (sg.trace_lambda > 0)."""
+    forward = "forward"        # regress onto the λ-return over the next sg.trace_windows windows (read ahead)
+    accumulate = "accumulate"  # accumulate BP(λ): per-example eligibility traces, online (Pemberton & Costa 2024)
+
+
 class Schedule(enum.StrEnum):
     constant = "constant"
     piecewise = "piecewise"
@@ -152,6 +158,7 @@ class SGConfig:
     squash_cell: bool = False
     trace_lambda: float = 0.0
     trace_windows: int = 4
+    trace: TraceKind = TraceKind.forward
     # model=lstm: the core steps along the true gradient of the next trace_windows windows instead of ĝ (a
     # diagnostic: DNI with a perfect M, to tell a short budget from a wrong ĝ)
     oracle: bool = False
@@ -350,6 +357,13 @@ def validate(cfg: Any) -> None:
     windowed = str(cfg.model.name) == "lstm" and str(cfg.dataset.name) in ("copy", "repeat_copy", *text_tasks)
     require(windowed or cfg.sg.trace_lambda == 0.0, "sg.trace_lambda", cfg.sg.trace_lambda,
             "0 unless model.name=lstm on copy, repeat_copy, ptb_char or text (the windowed LSTM's SG)")
+    accumulate = str(cfg.sg.trace) == "accumulate"
+    require(windowed or not accumulate, "sg.trace", str(cfg.sg.trace),
+            "forward unless model.name=lstm on copy, repeat_copy, ptb_char or text (the windowed LSTM's SG)")
+    require(not (accumulate and cfg.sg.oracle), "sg.oracle", cfg.sg.oracle,
+            "false with sg.trace=accumulate (the oracle reads the windows ahead; accumulate BP(λ) reads none)")
+    require(not (accumulate and str(cfg.sg.optim.name) == "rls"), "sg.optim.name", str(cfg.sg.optim.name),
+            "adam or sgd with sg.trace=accumulate (rls refits M onto targets; BP(λ)'s update has none)")
     require(windowed or not cfg.sg.oracle, "sg.oracle", cfg.sg.oracle,
             "false unless model.name=lstm on copy, repeat_copy, ptb_char or text (the windowed LSTM's SG)")
     if str(cfg.model.name) in ("lstm", "transformer") or str(cfg.dataset.name) in sequence_tasks:

@@ -43,6 +43,7 @@ class RecurrentNet:
     trace_lambda: float = 0.0     # λ of M's λ-return target (0: the one-window bootstrapped target)
     trace_windows: int = 0        # windows after the boundary the λ-return (or the oracle) reads
     oracle: bool = False          # the core steps along the true gradient of those windows instead of ĝ
+    trace: str = "forward"        # how M learns beyond one window: "forward" (λ-return) or "accumulate" (BP(λ))
 
 
 def window_label(net: RecurrentNet, y: jnp.ndarray, mask: jnp.ndarray, vocab: int) -> jnp.ndarray | None:
@@ -141,8 +142,8 @@ def dni_window(net: RecurrentNet, core_params: PyTree, predict: Callable, s0: jn
 
 
 def window_grads(net: RecurrentNet, params: PyTree, s0: jnp.ndarray, x, y, mask, resets, following=None,
-                 scale=1.0, ahead=None):
-    """The mode's window update (`net.rule.window`): (core grads, SG grads, s_T, metric sums).
+                 scale=1.0, ahead=None, trace=()):
+    """The mode's window update (`net.rule.window`): (core grads, SG grads, s_T, M's trace, metric sums).
 
     `params` = {"core": ..., "sg": ...}. `following` = (y, mask, resets) of the
     next window: where it starts with a reset the state is zeroed, so nothing
@@ -151,18 +152,20 @@ def window_grads(net: RecurrentNet, params: PyTree, s0: jnp.ndarray, x, y, mask,
     semantics: nothing differentiates across a boundary except through ĝ.
     `scale` multiplies the ĝ the core applies (sg.scale; 0 during the SG warm-up). `ahead` = (x, y, mask,
     resets) of the net.trace_windows + 1 windows after this one, for M's λ-return target (lambda_return).
+    `trace` is M's eligibility trace at s0 with sg.trace=accumulate (init_trace; () otherwise), returned decayed
+    to s_T (accumulate_sg_grads).
     """
-    return net.rule.window(net, params, s0, x, y, mask, resets, following, scale, ahead)
+    return net.rule.window(net, params, s0, x, y, mask, resets, following, scale, ahead, trace)
 
 
 def bptt_window_grads(net: RecurrentNet, params: PyTree, s0: jnp.ndarray, x, y, mask, resets, following=None,
-                      scale=1.0, ahead=None):
+                      scale=1.0, ahead=None, trace=()):
     """Truncated BPTT: the window loss alone, nothing from after the boundary (no SG grads)."""
     batch = x.shape[0]
     fn = lambda p: window(net, p, s0, x, y, mask, resets)
     (_, aux, s_T), vjp, sums = jax.vjp(fn, params["core"], has_aux=True)
     (d_core,) = vjp((jnp.ones(()), jnp.zeros_like(aux), jnp.zeros_like(s_T)))
-    return jax.tree.map(lambda g: g / batch, d_core), (), s_T, sums
+    return jax.tree.map(lambda g: g / batch, d_core), (), s_T, trace, sums
 
 
 def lambda_return(net: RecurrentNet, core_params: PyTree, predict: Callable, s: jnp.ndarray, ahead) -> jnp.ndarray:
@@ -220,18 +223,19 @@ def _returns(net: RecurrentNet, core_params: PyTree, states: jnp.ndarray, window
 
 
 def dni_window_grads(net: RecurrentNet, params: PyTree, s0: jnp.ndarray, x, y, mask, resets, following=None,
-                     scale=1.0, ahead=None):
+                     scale=1.0, ahead=None, trace=()):
     """The DNI window (dni_window) with ĝ = M(s_T), and M's regression toward its bootstrapped target at s0:
     one window's (the paper's), or with `net.trace_lambda` > 0 the λ-return over the windows `ahead` (see
-    lambda_return; ahead[0] is the window after this one)."""
+    lambda_return; ahead[0] is the window after this one); with net.trace = "accumulate", BP(λ)'s update from
+    the eligibility `trace` instead (accumulate_sg_grads)."""
     batch = x.shape[0]
     vocab = net.core.outputs
 
-    def at(s, y_next, mask_next, resets_next):
+    def at(s, y_next, mask_next, resets_next, sg_params=params["sg"]):
         # ĝ at a boundary, given the window after it: 0 where that window starts a new sequence (nothing after
         # the boundary depends on the state), conditioned on its targets in cDNI.
         label = window_label(net, y_next, mask_next, vocab)
-        return (1.0 - resets_next[:, :1]) * synthetic_gradient(net, params["sg"], s, label)
+        return (1.0 - resets_next[:, :1]) * synthetic_gradient(net, sg_params, s, label)
 
     if net.oracle:
         # A perfect M over the windows ahead: how far DNI could go were ĝ right (M still learns as set).
@@ -241,15 +245,61 @@ def dni_window_grads(net: RecurrentNet, params: PyTree, s0: jnp.ndarray, x, y, m
     else:
         predict = lambda s: at(s, *following)
     beyond = None
-    if net.trace_lambda > 0:
+    if net.trace_lambda > 0 and net.trace == "forward":
         beyond = lambda s_T, g_T: (1.0 - net.trace_lambda) * g_T + net.trace_lambda * lambda_return(
             net, params["core"], at, s_T, ahead)
     d_core, target, s_T, sums = dni_window(net, params["core"], predict, s0, x, y, mask, resets, scale, beyond)
+    if net.trace == "accumulate":
+        d_sg, trace, sums["sg_loss"] = accumulate_sg_grads(net, params, at, trace, s0, x, y, mask, resets, target)
+        return d_core, d_sg, s_T, trace, sums
     label = window_label(net, y, mask, vocab)
     pred, sg_vjp = jax.vjp(lambda q: synthetic_gradient(net, q, s0, label), params["sg"])
     (d_sg,), (sg_loss,) = regression_grads([pred], [sg_vjp], [target])
     sums["sg_loss"] = sg_loss * batch
-    return d_core, d_sg, s_T, sums
+    return d_core, d_sg, s_T, trace, sums
+
+
+def accumulate_sg_grads(net: RecurrentNet, params: PyTree, at: Callable, trace: PyTree, s0: jnp.ndarray,
+                        x, y, mask, resets, target: jnp.ndarray) -> tuple[PyTree, PyTree, jnp.ndarray]:
+    """Accumulate BP(λ) (Pemberton & Costa, TMLR 2024): M's gradient at the boundary s0 from its eligibility
+    trace, and the trace carried to s_T. Returns (M's grads, trace at s_T, summed squared TD error).
+
+    With ĝ_k = M(s_k) at boundary k (masked as `at` masks it), J_k = ds_k/ds_k-1
+    (one window, per sequence) and the one-window TD error
+        δ_k = target_k - ĝ_k,   target_k = d(window loss)/ds_k + γ J_k+1ᵀ ĝ_k+1,
+    the λ-return's error is G^λ_k - ĝ_k = Σ_j (γλ)^j J_k+1ᵀ…J_k+jᵀ δ_k+j, so the
+    forward view's update Σ_k (dĝ_k/dθ)ᵀ (ĝ_k - G^λ_k) regroups by δ into
+        Σ_k -E_kᵀ δ_k,   E_k = γλ J_k E_k-1 + dĝ_k/dθ,
+    a trace per sequence for each output of M and each of its parameters
+    ([B, 2H, *param]). The sum of these updates over a stream equals the
+    forward view's when θ stays fixed (the test checks it); training changes
+    θ between windows, which is BP(λ)'s online approximation. Units as
+    regression_grads: 2·mean over the batch.
+    """
+    batch, n = s0.shape
+    # ĝ at s0 and its Jacobian in M's parameters, one sequence at a time.
+    one = lambda q, s, yb, mb, rb: at(s[None], yb[None], mb[None], rb[None], q)[0]
+    per_sequence = (None, 0, 0, 0, 0)
+    g0 = jax.vmap(one, per_sequence)(params["sg"], s0, y, mask, resets)
+    jac = jax.vmap(jax.jacrev(one), per_sequence)(params["sg"], s0, y, mask, resets)
+    elig = jax.tree.map(jnp.add, trace, jac)
+    delta = jax.lax.stop_gradient(target) - g0
+    grads = jax.tree.map(lambda e: -2.0 / batch * jnp.einsum("bk...,bk->...", e, delta), elig)
+    # Carry the trace across this window: J = ds_T/ds0 per sequence, one JVP per state unit.
+    _, push = jax.linearize(lambda s: window(net, params["core"], s, x, y, mask, resets)[0][2], s0)
+    units = jnp.broadcast_to(jnp.eye(n, dtype=s0.dtype)[:, None, :], (n, batch, n))
+    jac_s = jax.vmap(push, out_axes=-1)(units)  # [B, out, in]
+    decay = net.discount * net.trace_lambda
+    trace = jax.tree.map(lambda e: decay * jnp.einsum("bmk,bk...->bm...", jac_s, e), elig)
+    return grads, jax.lax.stop_gradient(trace), jnp.sum(delta ** 2)
+
+
+def init_trace(net: RecurrentNet, sg_params: PyTree, batch: int) -> PyTree:
+    """M's eligibility trace at the first boundary (zeros, [B, 2H, *param]), or () unless net.trace = accumulate."""
+    if net.trace != "accumulate":
+        return ()
+    n = 2 * net.core.hidden
+    return jax.tree.map(lambda p: jnp.zeros((batch, n) + p.shape, p.dtype), sg_params)
 
 
 @struct.dataclass
@@ -258,6 +308,7 @@ class RecurrentState:
     params: PyTree      # {"core": ..., "sg": ... or ()}
     opt_state: PyTree
     carry: jnp.ndarray  # [B, 2H] the stream's state at the next window boundary
+    trace: PyTree = ()  # M's eligibility trace at that boundary (sg.trace=accumulate; init_trace)
 
 
 def init_recurrent(net: RecurrentNet, key: jax.Array, batch: int, input_dim: int, tx: Optimizers,
@@ -271,7 +322,7 @@ def init_recurrent(net: RecurrentNet, key: jax.Array, batch: int, input_dim: int
     sg = init_params(net.sg_model, k2, s0, label)
     params = {"core": core, "sg": sg}
     opt = {"core": tx.modules.init(core), "sg": tx.sg.init(sg)}
-    return RecurrentState(jnp.zeros((), jnp.int32), params, opt, s0)
+    return RecurrentState(jnp.zeros((), jnp.int32), params, opt, s0, init_trace(net, sg, batch))
 
 
 def make_recurrent_step(net: RecurrentNet, tx: Optimizers, settings: UpdateRule = UpdateRule()):
@@ -284,8 +335,8 @@ def make_recurrent_step(net: RecurrentNet, tx: Optimizers, settings: UpdateRule 
         # During the SG warm-up no update uses ĝ: the core trains as truncated BPTT while M learns its targets.
         scale = (settings.sg_scale if not settings.warmup_steps
                  else jnp.where(state.step < settings.warmup_steps, 0.0, settings.sg_scale).astype(jnp.float32))
-        d_core, d_sg, s_T, sums = window_grads(net, state.params, state.carry, x, y, mask, resets, following,
-                                               scale, ahead)
+        d_core, d_sg, s_T, trace, sums = window_grads(net, state.params, state.carry, x, y, mask, resets,
+                                                      following, scale, ahead, state.trace)
         updates, core_opt = tx.modules.update(d_core, state.opt_state["core"], state.params["core"])
         # M's regression reads the carry this window started from (a least-squares M needs what it read).
         inputs = sg_features(net, state.carry, window_label(net, y, mask, net.core.outputs))
@@ -294,7 +345,7 @@ def make_recurrent_step(net: RecurrentNet, tx: Optimizers, settings: UpdateRule 
                   "sg": optax.apply_updates(state.params["sg"], sg_updates)}
         opt = {"core": core_opt, "sg": sg_opt}
         sums["grad_norm"] = optax.global_norm(d_core)
-        return RecurrentState(state.step + 1, params, opt, jax.lax.stop_gradient(s_T)), sums
+        return RecurrentState(state.step + 1, params, opt, jax.lax.stop_gradient(s_T), trace), sums
     return step
 
 

@@ -166,9 +166,12 @@ def build_recurrent_net(cfg, output_dim: int, loss: str) -> RecurrentNet:
     # The state's SG model has no batch norm: one boundary per step gives a small, correlated batch.
     sg = DenseSynthetic(cfg.sg.hidden_layers, cfg.sg.width, batch_norm=False) if rule.synthetic else None
     # λ = 0 is the one-window target: no window after the boundary is read (unless the oracle reads them).
-    windows = cfg.sg.trace_windows if (cfg.sg.trace_lambda > 0 or cfg.sg.oracle) and rule.synthetic else 0
+    # Accumulate BP(λ) reads no window ahead either: its traces look back.
+    forward = cfg.sg.trace_lambda > 0 and str(cfg.sg.trace) == "forward"
+    windows = cfg.sg.trace_windows if (forward or cfg.sg.oracle) and rule.synthetic else 0
     return RecurrentNet(core, sg, loss, rule, cfg.sg.discount, cfg.sg.aux_weight, squash_cell=cfg.sg.squash_cell,
-                        trace_lambda=float(cfg.sg.trace_lambda), trace_windows=windows, oracle=bool(cfg.sg.oracle))
+                        trace_lambda=float(cfg.sg.trace_lambda), trace_windows=windows, oracle=bool(cfg.sg.oracle),
+                        trace=str(cfg.sg.trace) if rule.synthetic else "forward")
 
 
 def build_two_clock_net(cfg) -> TwoClockNet:
@@ -213,6 +216,8 @@ def check(cfg: Any) -> None:
         require(False, key, value, allowed)
     require(rule.synthetic or not cfg.sg.oracle, "sg.oracle", cfg.sg.oracle,
             f"false with mode={name} (the oracle stands in for a synthetic gradient)")
+    require(rule.synthetic or str(cfg.sg.trace) != "accumulate", "sg.trace", str(cfg.sg.trace),
+            f"forward with mode={name} (accumulate BP(λ) trains a synthetic gradient model)")
     if str(cfg.sg.optim.name) == "rls":
         require(str(cfg.model.name) == "lstm" and rule.synthetic and cfg.sg.hidden_layers == 0, "sg.optim.name",
                 cfg.sg.optim.name, "adam or sgd; rls only with model.name=lstm, a synthetic-gradient mode and "

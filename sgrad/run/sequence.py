@@ -19,10 +19,12 @@ from sgrad.data.text import TextStream, load_corpus
 from sgrad.run.build import build_recurrent_net, build_train_optimizer, update_settings
 from sgrad.core.recurrent import (LN2, RecurrentState, future_gradient_probe, init_recurrent,
                              make_recurrent_step, window)
+from sgrad.config.schema import require
 from sgrad.data.copy import CopyTask
 from sgrad.run.task import non_finite_parameters
 
 PROBE_WINDOWS = 8
+TRACE_GIB = 2  # largest eligibility trace sg.trace=accumulate may keep (it also needs about twice this to update)
 
 
 def build_stream(cfg, text: dict | None = None):
@@ -55,6 +57,13 @@ class SequenceTask:
                               else ["valid/bpc", "test/bpc", "sg/cosine"])
         self.name = f"{self.mode_name} T={t.bptt}"
         self._tx = build_train_optimizer(cfg, t.steps)
+        if self.net.trace == "accumulate":
+            # BP(λ)'s trace is batch x 2·hidden x M's parameter count: quadratic in the state, so check it fits.
+            trace = jax.eval_shape(self.init).trace
+            gib = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(trace)) / 2 ** 30
+            require(gib <= TRACE_GIB, "model.hidden", cfg.model.hidden,
+                    f"small enough for sg.trace=accumulate's eligibility trace (trainer.batch_size x 2·hidden x the "
+                    f"SG model's parameters: {gib:.2f} GiB here, at most {TRACE_GIB} GiB), e.g. model.hidden=32")
         net, step_fn = self.net, make_recurrent_step(self.net, self._tx, update_settings(cfg))
 
         # A chunk is generated longer than it trains on, so that every window sees the one after it, and with
@@ -166,7 +175,8 @@ class SequenceTask:
         cfg = self.cfg
         return {"mode": self.mode_name, "dataset": str(cfg.dataset.name), "model": "lstm",
                 "hidden": cfg.model.hidden, "bptt": cfg.trainer.bptt, "aux": bool(cfg.sg.aux), "seed": cfg.seed,
-                "trace_lambda": self.net.trace_lambda if self.net.trace_windows else 0.0,
+                "trace_lambda": self.net.trace_lambda if self.net.trace_windows or self.net.trace == "accumulate" else 0.0,
+                "sg_trace": self.net.trace,
                 **({"max_length_solved": self.stream.solved} if self.copy else {})}
 
     def objective(self, summary: dict) -> float:
