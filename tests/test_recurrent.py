@@ -17,7 +17,7 @@ from sgrad.data.errors import DatasetError
 from sgrad.data.text import TextStream, load_char_corpus
 from sgrad.models.lstm import LSTMCore
 from sgrad.core.recurrent import (RecurrentNet, RecurrentState, dni_window, future_gradient_probe, future_gradients,
-                                  make_recurrent_step, synthetic_gradient, window, window_grads, window_label)
+                                  init_trace, make_recurrent_step, synthetic_gradient, window, window_grads, window_label)
 from sgrad.core.dni import agreement, regression_grads
 from sgrad.core.least_squares import forgetting_least_squares
 from sgrad.core.optim import Optimizers
@@ -218,7 +218,7 @@ def test_accumulate_bp_lambda_sums_to_the_forward_view_update_written_out_by_han
                       acc.sg_model.init(jax.random.key(1), s0, None, False)["params"])
     p, windows = {"core": params, "sg": sg}, _windows(data, 2)
     at = lambda k: tuple(w[k] for w in windows)
-    trace = jax.tree.map(lambda w: jnp.zeros((3, s0.shape[1]) + w.shape), sg)
+    trace = init_trace(acc, sg, 3)
     total, s, firsts = None, s0, []
     for k in range(4):  # θ held fixed: BP(λ)'s online updates summed over the stream
         _, d_sg, s, trace, _ = window_grads(acc, p, s, *at(k), at(k + 1)[1:], 1.0, None, trace)
@@ -491,6 +491,8 @@ def test_char_corpus_download_verifies_the_checksum_and_caches(tmp_path):
       "sg.hidden_layers=0"], "sg.optim.name"),
     (["model.name=lstm", "dataset.name=copy", "trainer.bptt=4", "sg.trace=accumulate", "sg.oracle=true"],
      "sg.oracle"),
+    (["model.name=lstm", "dataset.name=copy", "trainer.bptt=4", "sg.trace=accumulate", "sg.hidden_layers=1"],
+     "sg.hidden_layers"),
 ])
 def test_recurrent_config_errors_name_the_key(overrides, key):
     with pytest.raises(ConfigError, match=key):

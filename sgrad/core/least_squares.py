@@ -28,6 +28,8 @@ import jax.numpy as jnp
 import jax.scipy.linalg
 import optax
 
+from sgrad.models.synthetic import linear_layer, stacked
+
 PyTree = Any
 
 
@@ -36,33 +38,18 @@ class LeastSquaresState(NamedTuple):
     cross: jnp.ndarray   # C [d+1, o]
 
 
-def _layer(params: PyTree) -> str:
-    """The name of the one Dense layer of a linear M (DenseSynthetic with no hidden layers)."""
-    leaves = jax.tree_util.tree_leaves_with_path(params)
-    names = {jax.tree_util.keystr(path[-1:]) for path, _ in leaves}
-    if len(leaves) != 2 or names != {"['kernel']", "['bias']"}:
-        raise ValueError("sg.optim.name=rls fits a linear SG model (one Dense layer: sg.hidden_layers=0); "
-                         f"got parameters {[jax.tree_util.keystr(p) for p, _ in leaves]}")
-    (name,) = params.keys()
-    return name
-
-
-def _stack(layer: dict) -> jnp.ndarray:
-    return jnp.concatenate([layer["kernel"], layer["bias"][None]], axis=0)
-
-
 def forgetting_least_squares(forget: float, ridge: float) -> optax.GradientTransformationExtraArgs:
     """Recursive least squares with forgetting factor `forget` (β) and a `ridge` on W (see the module text)."""
 
     def init(params):
-        w = _stack(params[_layer(params)])
+        w = stacked(params[linear_layer(params, 'sg.optim.name=rls fits')])
         return LeastSquaresState(jnp.zeros((w.shape[0], w.shape[0]), w.dtype), jnp.zeros_like(w))
 
     def update(grads, state, params=None, *, inputs=None, **_):
         if params is None or inputs is None:
             raise ValueError("sg.optim.name=rls needs the SG model's parameters and its inputs")
-        name = _layer(params)
-        w, g = _stack(params[name]), _stack(grads[name])
+        name = linear_layer(params, 'sg.optim.name=rls fits')
+        w, g = stacked(params[name]), stacked(grads[name])
         x = jnp.concatenate([inputs, jnp.ones_like(inputs[:, :1])], axis=-1).astype(w.dtype)
         batch_gram = x.T @ x / x.shape[0]
         gram = forget * state.gram + batch_gram

@@ -6,13 +6,33 @@ zero synthetic gradients (the paper's initialisation, sec. 3 / supplement A).
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from sgrad.models.convolution import conv
 from sgrad.models.fcn import hidden_stack
 
 zeros = nn.initializers.zeros
+
+
+def linear_layer(params: Any, who: str) -> str:
+    """The name of the one Dense layer of a linear M (DenseSynthetic with no hidden layers); `who` begins the
+    error for any other model ("sg.optim.name=rls fits")."""
+    leaves = jax.tree_util.tree_leaves_with_path(params)
+    names = {jax.tree_util.keystr(path[-1:]) for path, _ in leaves}
+    if len(leaves) != 2 or names != {"['kernel']", "['bias']"}:
+        raise ValueError(f"{who} a linear SG model (one Dense layer: sg.hidden_layers=0); "
+                         f"got parameters {[jax.tree_util.keystr(p) for p, _ in leaves]}")
+    (name,) = params.keys()
+    return name
+
+
+def stacked(layer: dict) -> jnp.ndarray:
+    """A Dense layer's kernel [d, o] with its bias as one more row: W̃ [d+1, o], so that M(x) = [x, 1] W̃."""
+    return jnp.concatenate([layer["kernel"], layer["bias"][None]], axis=0)
 
 
 class DenseSynthetic(nn.Module):

@@ -218,6 +218,8 @@ def check(cfg: Any) -> None:
             f"false with mode={name} (the oracle stands in for a synthetic gradient)")
     require(rule.synthetic or str(cfg.sg.trace) != "accumulate", "sg.trace", str(cfg.sg.trace),
             f"forward with mode={name} (accumulate BP(λ) trains a synthetic gradient model)")
+    require(str(cfg.sg.trace) != "accumulate" or cfg.sg.hidden_layers == 0, "sg.hidden_layers", cfg.sg.hidden_layers,
+            "0 with sg.trace=accumulate (its traces are kept for a linear SG model)")
     if str(cfg.sg.optim.name) == "rls":
         require(str(cfg.model.name) == "lstm" and rule.synthetic and cfg.sg.hidden_layers == 0, "sg.optim.name",
                 cfg.sg.optim.name, "adam or sgd; rls only with model.name=lstm, a synthetic-gradient mode and "
