@@ -28,6 +28,8 @@ def variant(summary: dict) -> str:
     name += " + aux" if summary.get("aux") else ""
     name += ", M by least squares" if summary.get("sg_optim") == "rls" else ""
     name += ", oracle ĝ (true gradient of the windows ahead)" if summary.get("oracle") else ""
+    if summary.get("sg_trace") == "accumulate":
+        return name + f", accumulate BP(λ) λ={summary.get('trace_lambda', 0.0):g}"
     return name + (f", λ-return λ={summary['trace_lambda']:g}" if summary.get("trace_lambda") else "")
 
 
@@ -146,7 +148,7 @@ def main() -> None:
             lines.append(f"| {v} | " + " | ".join(", ".join(cells.get((v, t), ["–"])) for t in windows) + " |")
     (args.out / "table.md").write_text("\n".join(lines) + "\n")
     with open(args.out / "runs.csv", "w") as f:
-        keys = ["dataset", "mode", "aux", "trace_lambda", "sg_optim", "oracle", "bptt", "hidden", "seed", "step", "status", "max_length_solved",
+        keys = ["dataset", "mode", "aux", "trace_lambda", "sg_trace", "sg_optim", "oracle", "bptt", "hidden", "seed", "step", "status", "max_length_solved",
                 "valid/bpc", "test/bpc", "wall_seconds", "commit", "dir"]
         f.write(",".join(keys) + "\n")
         for r in runs:

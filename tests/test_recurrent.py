@@ -584,6 +584,8 @@ def test_the_probe_table_lists_every_probe_and_the_late_mean(tmp_path):
 def test_the_recurrent_report_names_lambda_returns_and_averages_seeds():
     import report_recurrent
     assert report_recurrent.variant({"mode": "dni", "aux": True, "trace_lambda": 0.9}) == "DNI + aux, λ-return λ=0.9"
+    assert (report_recurrent.variant({"mode": "dni", "trace_lambda": 0.9, "sg_trace": "accumulate"})
+            == "DNI, accumulate BP(λ) λ=0.9")
     assert report_recurrent.variant({"mode": "dni", "aux": False, "trace_lambda": 0.0}) == "DNI"
     assert report_recurrent.variant({"mode": "cdni", "aux": False, "trace_lambda": 0.9, "sg_optim": "rls"}) == \
         "cDNI, M by least squares, λ-return λ=0.9"
