@@ -33,6 +33,13 @@ SETTINGS = {
                                      "sg.optim.lr=1e-3"],
     "cDNI (M sees the next window's targets)": ["mode=cdni"],
     "cDNI, λ=0.9 over 8 windows": ["mode=cdni", "sg.trace_lambda=0.9", "sg.trace_windows=8"],
+    "M by least squares, λ=0.9 over 8 windows": ["sg.optim.name=rls", "sg.trace_lambda=0.9", "sg.trace_windows=8"],
+    "cDNI, M by least squares, λ=0.9 over 8": ["mode=cdni", "sg.optim.name=rls", "sg.trace_lambda=0.9",
+                                              "sg.trace_windows=8"],
+    # Accumulate BP(λ)'s trace holds only a small core (batch x 2H x M's parameters): 32 units, beside the preset's
+    # one-window target on the same core.
+    "32 units: preset (one-window target)": ["model.hidden=32"],
+    "32 units: accumulate BP(λ), λ=0.9": ["model.hidden=32", "sg.trace=accumulate", "sg.trace_lambda=0.9"],
 }
 
 
