@@ -66,6 +66,27 @@ def test_eval_every_null_means_once_per_epoch_for_every_task(idx_dir, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_text_stream_resumes_with_m_s_eligibility_trace(tmp_path):
+    # Text never resets, so accumulate BP(λ)'s trace crosses chunks and checkpoints (on Copy every chunk starts
+    # fresh sequences and the trace carried into it meets a zero TD error): a resume must restore it exactly.
+    vocab = ["a", "b", "c"]
+    corpus = {"train": "abcab" * 300, "valid": "abcba" * 20, "test": "cabab" * 20}
+    ids = {k: np.array([vocab.index(c) for c in v], "int32") for k, v in corpus.items()}
+    ids["vocab"] = np.array(vocab)
+    cfg = lambda *extra: _copy_cfg("dataset.name=text", "trainer.batch_size=4", "sg.trace=accumulate",
+                                   "sg.trace_lambda=0.9", "trainer.eval_every=40", *extra)
+    train_and_evaluate(cfg(), tmp_path / "ref", text=ids)
+    run = tmp_path / "run"
+    preempt_when_checkpointed(run)
+    with pytest.raises(Preempted):
+        train_and_evaluate(cfg("trainer.steps=400", "checkpoint.every=10"), run, text=ids)
+    again = train_and_evaluate(cfg(), run, text=ids)
+    assert again["status"] == "completed" and again["step"] == 40
+    drop = lambda rows: [{k: v for k, v in r.items() if not k.startswith("watch/perf/")} for r in rows]
+    assert drop(read_jsonl(run / "metrics.jsonl")) == drop(read_jsonl(tmp_path / "ref" / "metrics.jsonl"))
+
+
+@pytest.mark.slow
 def test_recurrent_run_preempted_resumes_with_no_duplicate_steps(tmp_path):
     ref = train_and_evaluate(_copy_cfg(), tmp_path / "ref")
     run = tmp_path / "run"
