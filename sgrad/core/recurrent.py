@@ -232,11 +232,11 @@ def dni_window_grads(net: RecurrentNet, params: PyTree, s0: jnp.ndarray, x, y, m
     batch = x.shape[0]
     vocab = net.core.outputs
 
-    def at(s, y_next, mask_next, resets_next, sg_params=params["sg"]):
+    def at(s, y_next, mask_next, resets_next):
         # ĝ at a boundary, given the window after it: 0 where that window starts a new sequence (nothing after
         # the boundary depends on the state), conditioned on its targets in cDNI.
         label = window_label(net, y_next, mask_next, vocab)
-        return (1.0 - resets_next[:, :1]) * synthetic_gradient(net, sg_params, s, label)
+        return (1.0 - resets_next[:, :1]) * synthetic_gradient(net, params["sg"], s, label)
 
     if net.oracle:
         # A perfect M over the windows ahead: how far DNI could go were ĝ right (M still learns as set).
