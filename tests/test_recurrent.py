@@ -391,7 +391,8 @@ def test_copy_task_learns(tmp_path, mode, extra):
 
 
 def test_accumulate_bp_lambda_learns_copy_and_refuses_a_trace_beyond_memory(tmp_path):
-    summary = train_and_evaluate(_copy_cfg(tmp_path, "dni", "sg.trace=accumulate", "sg.trace_lambda=0.9"), tmp_path)
+    summary = train_and_evaluate(_copy_cfg(tmp_path, "dni", "sg.trace=accumulate", "sg.trace_lambda=0.9",
+                                           "model.hidden=16"), tmp_path)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert summary["status"] == "completed" and summary["max_length_solved"] >= 1, summary
     assert summary["sg_trace"] == "accumulate" and summary["trace_lambda"] == 0.9
