@@ -7,9 +7,8 @@ step, next to a cost model that predicts them from quantities measured in the sa
 Each point runs `scripts/bench_processes.py --processes 2` (two processes pinned to one core each, jax.distributed +
 gloo) on the paper's FCN at that width and batch: `data` (backprop, cDNI) and `pipeline` (cDNI, DGL), each
 timed chunk for chunk beside process 0 alone (one process, the baseline), and in the same processes times the
-collectives alone and what each device computes, every process its own part at the same time (as the parallel step
-runs them: sharing the memory bus).
-The model predicts a parallel step from what each device computes and sends, each part timed in the same
+collectives alone and what each device computes alone.
+The model predicts a parallel step from what each device computes and sends, each part timed alone in the same
 processes (scripts/parallel_rows.py part_seconds, scripts/timing.py collective_seconds):
 
   data      T(B/N) + all-reduce(gradients and statistics)       T(B/N): the one-device step on 1/N of the batch
@@ -81,8 +80,7 @@ def write(points: list[dict], out: Path, argv: list[str]) -> None:
              "each, jax.distributed over localhost with gloo collectives.",
              f"Commit: {git_commit()}.", f"Command: `python scripts/crossover.py {' '.join(argv)}`.", "",
              "Paper FCN (batch norm, Adam), split into 2 modules by measured cost (`model.partition=profiled`). "
-             "T1: one process's step. Model (a step's parts, timed in the same processes, every process its own part at "
-             "once): data = the "
+             "T1: one process's step. Model (a step's parts, each timed alone in the same processes): data = the "
              "one-device step on half the batch + the all-reduce; pipeline = the slowest device's tick "
              "(its branch of the pipeline's switch, without messages) + messages × one message's ppermute "
              "(`scripts/crossover.py`).",

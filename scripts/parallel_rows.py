@@ -37,9 +37,8 @@ def bench_parallel(cfg, spec: str, parallel: str, devices: int, chunk: int, chun
         from jax.flatten_util import ravel_pytree
         bucket = ravel_pytree((state.params, state.stats))[0].size  # before the runner donates the state
     baseline, alone = None, None
-    if parallel != "none":
-        alone = jax.tree.map(jnp.copy, state)  # for part_seconds: the runners donate their state
     if parallel != "none" and jax.process_index() == 0:
+        alone = jax.tree.map(jnp.copy, state)  # for part_seconds: the runners donate their state
         # The same network from the same start (its own copy: the runners donate their state) on this process's
         # own device, timed chunk for chunk beside the parallel runner.
         b_run, b_state, _ = make_runner("none", net, tx, jax.tree.map(jnp.copy, state), settings,
@@ -74,20 +73,15 @@ def bench_parallel(cfg, spec: str, parallel: str, devices: int, chunk: int, chun
         size = cfg.trainer.batch_size // replicas * (width + 2)
         row["message_sec"] = collective_seconds(size, jax.devices()[:devices], permute=True)
         row["messages"] = 2 if net.rule.stage.sends_back else 1
-    if parts and devices > 1:
-        # Every process times its part at once: in the parallel step every core computes at the same time,
-        # sharing the memory bus and caches, which a part timed while the other cores idle leaves out.
-        times = part_seconds(cfg, settings, parallel, devices, replicas, net, tx, alone, shape, xs, ys, idx, mean,
-                             std)
-        if jax.process_index() == 0:
-            row.update(times)
+    if parts and jax.process_index() == 0 and devices > 1:
+        row.update(part_seconds(cfg, settings, parallel, devices, replicas, net, tx, alone, shape, xs, ys, idx,
+                                mean, std))
     return row
 
 
 def part_seconds(cfg, settings, parallel: str, devices: int, replicas: int, net, tx, state, shape, xs, ys, idx,
                  mean, std) -> dict:
-    """What one device of a parallel row computes, timed on this process's device while every other process
-    times its own (parallel_rows calls it on all of them): the cost model's inputs
+    """What one device of a parallel row computes, timed alone on this process's device: the cost model's inputs
     (scripts/crossover.py). Data: the one-device step on its 1/N of the batch (`shard_sec`). Unlocked pipeline:
     each device's tick as the pipeline's program runs it, in a compiled loop of len(idx) ticks without the
     messages: its branch of the lax.switch over stages (unpack its padded state and messages, the mode's stage,
