@@ -1,6 +1,6 @@
 """How far the LSTM's synthetic gradient agrees with the true future gradient on Copy, setting by setting.
 
-    python scripts/recurrent_probe.py [--windows 6000] [--bptt 2] [--seed 0] [--only NAME,NAME]
+    python scripts/recurrent_probe.py [--windows 6000] [--bptt 2] [--seed 0] [--only NAME [--only NAME ...]]
                                       [--workdir outputs/recurrent_probe] [--out results/rnn/sg_probe.md]
 
 Each setting is one run of `sgrad-train +exp=copy_dni trainer.bptt=T trainer.steps=W log.grad_probe_every=500`
@@ -85,11 +85,15 @@ def main() -> None:
     ap.add_argument("--windows", type=int, default=6000)
     ap.add_argument("--bptt", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--only", help="comma-separated setting names (default: all)")
+    ap.add_argument("--only", action="append", help="a setting's name, repeated for several (default: all; the "
+                    "names hold commas)")
     ap.add_argument("--workdir", type=Path, default=Path("outputs/recurrent_probe"))
     ap.add_argument("--out", type=Path, default=Path("results/rnn/sg_probe.md"))
     args = ap.parse_args()
-    chosen = SETTINGS if not args.only else {k: SETTINGS[k] for k in args.only.split(",")}
+    unknown = set(args.only or ()) - set(SETTINGS)
+    if unknown:
+        sys.exit(f"--only {sorted(unknown)}: not a setting; the settings are {list(SETTINGS)}")
+    chosen = SETTINGS if not args.only else {k: SETTINGS[k] for k in args.only}
     results = [run(name, overrides, args) for name, overrides in chosen.items()]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(table(results, args))
