@@ -132,18 +132,18 @@ def test_pipeline_profile_writes_every_mode(tmp_path):
     import subprocess
     out = tmp_path / "profile.md"
     res = subprocess.run([sys.executable, str(Path(__file__).resolve().parent.parent / "scripts" / "profile_pipeline.py"),
-                          "--modes", "cdni,ddg", "--batch", "16", "--chunk", "2", "--chunks", "1", "--out", str(out)],
+                          "--modes", "cdni", "--batch", "16", "--chunk", "2", "--chunks", "1", "--out", str(out)],
                          capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-2000:]
     report = out.read_text()
     # The split follows each layer's measured cost, which a busy machine can move (1+3 or 2+2).
-    assert "ms one way" in report and re.search(r"\| cdni \| \d\+\d \| 1 \|", report) \
-        and re.search(r"\| ddg \| \d\+\d \| 0 \|", report), report
+    assert "ms one way" in report and re.search(r"\| cdni \| \d\+\d \| 1 \|", report), report
 
 
 @pytest.mark.slow
 def test_pipeline_profile_times_an_auxiliary_classifier_too():
-    # The profile test above runs cdni (an SG model) and ddg (none); dgl's interface is a classifier head.
+    # The profile test above runs cdni (an SG model); dgl's interface is a classifier head, and its last stage has
+    # none (as every stage of ddg).
     import profile_pipeline
     parts = profile_pipeline.components("dgl", 4, 16)
     assert parts["stages"][0]["interface"] > 0 and parts["stages"][-1]["interface"] == 0, parts
