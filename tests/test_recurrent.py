@@ -389,6 +389,7 @@ def test_copy_task_learns(tmp_path, mode, extra):
         assert all(r["sg/loss"] >= 0 for r in rows if "sg/loss" in r)
 
 
+@pytest.mark.slow  # an opt-in setting's learning run; its update is the fast equivalence test's
 def test_accumulate_bp_lambda_learns_copy_and_refuses_a_trace_beyond_memory(tmp_path):
     summary = train_and_evaluate(_copy_cfg(tmp_path, "dni", "sg.trace=accumulate", "sg.trace_lambda=0.9",
                                            "model.hidden=16"), tmp_path)
