@@ -42,13 +42,14 @@ def test_bench_measures_the_lstm_preset_in_windows_and_time_steps():
 @pytest.mark.slow
 def test_device_sweep_measures_every_parallel_mode(tmp_path):
     from conftest import run_on_cpu_devices
-    # 4 devices: 4 modules (data, pipeline) and 2 modules x 2 replicas (pipeline) where the mode takes them, each
-    # row after its own one-device baseline (the same network, timed beside it).
+    # 4 devices: 4 modules (pipeline) and 2 modules x 2 replicas (pipeline) where the mode takes them, then the
+    # parts of a data and a pipeline row on 2, each row after its own one-device baseline (timed beside it).
     out = run_on_cpu_devices("bench_device_rows", 4, 4, 2).stdout.strip().splitlines()[-1]
-    assert out == str([("cdni", "none", 1, 4, 1), ("cdni", "data", 4, 4, 1),
-                       ("cdni", "none", 1, 4, 1), ("cdni", "pipeline", 4, 4, 1),
+    assert out == str([("cdni", "none", 1, 4, 1), ("cdni", "pipeline", 4, 4, 1),
                        ("cdni", "none", 1, 2, 1), ("cdni", "pipeline", 4, 2, 2),
-                       ("ddg", "none", 1, 4, 1), ("ddg", "pipeline", 4, 4, 1)])
+                       ("ddg", "none", 1, 4, 1), ("ddg", "pipeline", 4, 4, 1),
+                       ("cdni", "none", 1, 2, 1), ("cdni", "data", 2, 2, 1),
+                       ("cdni", "none", 1, 2, 1), ("cdni", "pipeline", 2, 2, 1)])
 
 
 def test_pipeline_cost_model_formulas():
