@@ -47,7 +47,8 @@ DEFAULT_LAYOUTS = ("backprop:none,backprop:data,dni:data,dni:pipeline,cdni:data,
 
 def overrides(mode: str, parallel: str, seed: int, args, run_dir: Path) -> list[str]:
     out = ["dataset=fashion_mnist", "model=fcn", f"model.layers={args.layers}", f"mode={mode}",
-           f"trainer.batch_size={args.batch}", "optim.lr=1e-3", f"trainer.steps={args.steps}",
+           f"trainer.batch_size={args.batch}", "optim.lr=1e-3", f"optim.schedule={args.schedule}",
+           f"trainer.steps={args.steps}",
            f"trainer.eval_every={args.eval_every}", f"trainer.log_every={args.eval_every}", "trainer.progress=false",
            "log.grad_probe_every=0", "checkpoint.every=0", f"seed={seed}", f"parallel={parallel}",
            f"hydra.run.dir={run_dir}"]
@@ -173,7 +174,8 @@ def write(runs: list[dict], layouts: list[tuple[str, str]], args, argv: list[str
              f"Command: `python scripts/time_to_accuracy.py {' '.join(argv)}`" + (
                  " (the report, from the run dirs of the same command without --report-only)" if args.report_only
                  else "") + ".", "",
-             f"Fashion-MNIST, FCN {args.layers}×256 with batch norm, batch {args.batch}, Adam 1e-3, at most "
+             f"Fashion-MNIST, FCN {args.layers}×256 with batch norm, batch {args.batch}, Adam 1e-3"
+             f"{' decaying to 0 over the budget (cosine)' if args.schedule == 'cosine' else ''}, at most "
              f"{args.steps} steps, the test set evaluated every {args.eval_every} steps; decoupled modes as 2 modules "
              f"of balanced measured cost in every layout. Seconds are the run's training seconds "
              f"(`watch/perf/train_seconds`: compilation included, evaluation and start-up not) until the first "
@@ -244,6 +246,8 @@ def main() -> None:
     ap.add_argument("--eval-every", type=int, default=20)
     ap.add_argument("--layers", type=int, default=8)
     ap.add_argument("--batch", type=int, default=1024)
+    ap.add_argument("--schedule", choices=("constant", "cosine"), default="constant",
+                    help="the learning rate: constant, or cosine decay to 0 over --steps (the same for every run)")
     ap.add_argument("--layouts", default=DEFAULT_LAYOUTS, help="mode:parallel pairs, comma-separated")
     ap.add_argument("--launch", choices=("processes", "devices"), default="processes")
     ap.add_argument("--workdir", type=Path, default=Path("outputs/time_to_accuracy"))

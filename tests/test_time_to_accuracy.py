@@ -40,7 +40,8 @@ def test_the_report_gives_a_ratio_to_backprop_on_one_process_only_where_every_se
         # Reaches the lower target with both seeds, the higher with one only.
         write_run(runs / f"dni_pipeline_seed{seed}", [(20, 3.0, 0.86), (40, 6.0, 0.90 if seed == 0 else 0.87)])
     args = types.SimpleNamespace(workdir=runs, targets=[0.85, 0.89], out=tmp_path / "report", launch="processes",
-                                 report_only=True, layers=8, batch=1024, steps=40, eval_every=20)
+                                 report_only=True, layers=8, batch=1024, steps=40, eval_every=20,
+                                 schedule="cosine")
     layouts = [("backprop", "none"), ("backprop", "data"), ("dni", "pipeline")]
     tta.write(tta.collect(args, layouts, [0, 1]), layouts, args, ["--report-only"])
     table = (tmp_path / "report.md").read_text()
@@ -49,4 +50,12 @@ def test_the_report_gives_a_ratio_to_backprop_on_one_process_only_where_every_se
     assert "| dni | pipeline | 2 | 1/2 | 40 | 6.0 | – |" in table  # one seed short: no ratio
     # At 85 %: backprop's 11.0 s on average (its first evaluation above it is its second) against dni's 3.0.
     assert "| dni | pipeline | 2/2 | 3.0 ± 0.0 | 3.67 |" in table
+    assert "batch 1024, Adam 1e-3 decaying to 0 over the budget (cosine), at most 40 steps" in table
     assert (tmp_path / "report.png").stat().st_size > 0
+
+
+def test_every_run_gets_the_same_schedule_over_the_same_budget(tmp_path):
+    args = types.SimpleNamespace(layers=8, batch=4096, schedule="cosine", steps=700, eval_every=20)
+    for mode, parallel in (("backprop", "none"), ("cdni", "pipeline")):
+        cmd = tta.overrides(mode, parallel, 0, args, tmp_path)
+        assert {"optim.schedule=cosine", "trainer.steps=700", "trainer.batch_size=4096"} <= set(cmd), cmd
