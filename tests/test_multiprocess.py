@@ -8,6 +8,7 @@ import time
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -134,3 +135,38 @@ def test_the_readme_recipe_runs_one_run_as_two_processes_on_this_machine(idx_dir
     # Joined: each process has one CPU device (one_device_env), the run saw both (a log line of gloo's said so
     # only on an idle machine).
     assert summary["machine/device_count"] == 2, summary
+
+
+def _stop_once_training(cmd, run: Path, cwd: Path, skip_logs: int) -> tuple[dict, str]:
+    """Start `cmd`, SIGTERM it once its training runs (the log's `skip_logs`+1-th pace line), wait: (summary, stderr)."""
+    import signal
+    proc = subprocess.Popen(cmd, cwd=cwd, env=one_device_env(program_env()), text=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while ((run / "sgrad.log").read_text() if (run / "sgrad.log").exists() else "").count("s per step") <= skip_logs:
+        assert time.time() < deadline and proc.poll() is None, proc.stderr.read()[-3000:] if proc.poll() else ""
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=300)[1]
+    assert proc.returncode == 128 + signal.SIGTERM and "Traceback" not in err, err[-3000:]
+    return json.loads((run / "summary.json").read_text()), err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", ["mode=cdni parallel=pipeline", "mode=dni parallel=data"])
+def test_sigterm_inside_a_logged_chunk_across_processes_saves_its_running_sums_and_resumes(idx_dir, tmp_path, layout):
+    # A pipeline's running sums have one row per device, so they span both processes (data parallelism's are
+    # replicated over them); a stop inside a logged chunk must gather them whole into its checkpoint (it once
+    # failed there, and the preempted run lost its checkpoint), and a resumed run must place them back.
+    run = tmp_path / "run"
+    cmd = [sys.executable, str(ROOT / "scripts" / "launch_local.py"), "2", "+debug=tiny", "dataset=idx",
+           f"dataset.dir={idx_dir}", *layout.split(), "model.partition=balanced", "model.modules=2",
+           "trainer.steps=1000000", "trainer.log_every=1000000", "trainer.eval_every=1000000", "checkpoint.every=0",
+           "log.grad_probe_every=0", f"hydra.run.dir={run}"]
+    summary, err = _stop_once_training(cmd, run, tmp_path, 0)
+    assert summary["status"] == "preempted" and 0 < summary["step"] < 1000000, summary
+    saved = run / "checkpoints" / str(summary["step"])
+    assert (saved / "commit_success.txt").is_file() and (saved / "chunk_sums.npz").is_file(), err[-3000:]
+    again, err = _stop_once_training(cmd, run, tmp_path, 1)
+    assert f"resuming from the checkpoint at step {summary['step']}" in (run / "sgrad.log").read_text()
+    assert again["status"] == "preempted" and again["step"] > summary["step"], (again, summary)

@@ -103,11 +103,14 @@ def _agree(flag: int, steps: int) -> tuple[int, int]:
 
 
 def _host_copy(tree: Any) -> Any:
-    """`tree` on the host, also where its arrays span the devices of several processes."""
+    """`tree` on the host, also where its arrays span the devices of several processes (a pipeline's sums: one
+    row per device)."""
     if jax.process_count() == 1:
         return jax.device_get(tree)
     from jax.experimental import multihost_utils
-    return multihost_utils.process_allgather(tree)
+    # tiled: each global array whole, as one process would hold it (stacking is refused for arrays that span
+    # processes, and would add a process axis to those that do not).
+    return multihost_utils.process_allgather(tree, tiled=True)
 
 
 def _grid(step: int, every: list[int], total: int) -> tuple[int, int]:
