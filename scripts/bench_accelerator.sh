@@ -4,7 +4,8 @@
 #     paper's 3-layer CNN at 128 channels, batch 256 and 1024) -> results/bench/accelerator_<kind>.md;
 #  2. with two or more devices, parallel=data and parallel=pipeline over all of them (FCN 8x256, batch 1024),
 #     and with four or more an even count also a pipeline x 2 replicas -> results/bench/accelerator_<kind>_devices.md;
-#  3. time to accuracy on Fashion-MNIST (scripts/time_to_accuracy.py, FCN 8x256, batch 1024, 2 seeds): backprop and
+#  3. time to accuracy on Fashion-MNIST (scripts/time_to_accuracy.py's recipe: FCN 8x256, batch 4096, Adam decaying
+#     over 700 steps, 2 seeds): backprop and
 #     every decoupled mode on one device and, with two or more, in its data and pipeline layouts over them
 #     -> results/bench/accelerator_<kind>_time_to_accuracy.md/.png.
 # SGRAD_BENCH_OUT=DIR writes elsewhere (SGRAD_BENCH_RUNS=DIR: the time-to-accuracy run dirs, outputs/ by
@@ -25,7 +26,7 @@ else
     single=(--models fcn4,fcn6,cnn3 --batch 256,1024 --chunk 50 --chunks 4
             --modes backprop,dni,cdni,dni:sg.hidden_layers=0,dgl,ddg)
     multi=(--layers 8 --batch 1024 --chunk 50 --chunks 4 --modes backprop,dni,cdni,dgl,ddg)
-    tta=(--seeds 0,1)
+    tta=(--seeds 0,1)  # the script's own recipe (its defaults), as results/bench/time_to_accuracy.md ran it
     one=backprop:none,dni:none,cdni:none,dgl:none,ddg:none,fr:none
     several=backprop:data,dni:data,dni:pipeline,cdni:data,cdni:pipeline,dgl:data,dgl:pipeline,ddg:pipeline,fr:pipeline
 fi

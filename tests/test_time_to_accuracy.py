@@ -29,7 +29,7 @@ def test_the_crossing_is_the_first_evaluation_at_or_above_each_target_in_trainin
     assert got["hits"][0.87] == {"steps": 40, "seconds": 6.0}
     assert got["hits"][0.89] == {"steps": 80, "seconds": 8.0}
     assert got["hits"][0.95] == {"steps": None, "seconds": None}
-    assert got["first_chunk"] == 5.0 and got["best"] == 0.90
+    assert got["first_chunk"] == 5.0 and got["best"] == 0.90 and got["pace"] == (8.0 - 5.0) / (80 - 20)
 
 
 def test_the_report_gives_a_ratio_to_backprop_on_one_process_only_where_every_seed_reached_the_target(tmp_path):
@@ -47,6 +47,7 @@ def test_the_report_gives_a_ratio_to_backprop_on_one_process_only_where_every_se
     table = (tmp_path / "report.md").read_text()
     assert "| backprop | none | 1 | 2/2 | 40 ± 0 | 11.0 ± 1.4 | 1.00 |" in table
     assert "| backprop | data | 2 | 2/2 | 40 ± 0 | 6.0 ± 1.4 | 1.83 |" in table  # 11 / 6
+    assert table.split("| backprop | data |")[1].split("\n")[0].endswith("| 0.150 ± 0.035 |")  # (5-2.5)/20, (7-3.5)/20
     assert "| dni | pipeline | 2 | 1/2 | 40 | 6.0 | – |" in table  # one seed short: no ratio
     # At 85 %: backprop's 11.0 s on average (its first evaluation above it is its second) against dni's 3.0.
     assert "| dni | pipeline | 2/2 | 3.0 ± 0.0 | 3.67 |" in table
