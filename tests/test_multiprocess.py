@@ -143,7 +143,7 @@ def _stop_once_training(cmd, run: Path, cwd: Path, skip_logs: int, rank: int | N
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("layout", ["mode=cdni parallel=pipeline", "mode=dni parallel=data"])
+@pytest.mark.parametrize("layout", ["mode=cdni parallel=pipeline", "mode=cdni parallel=data"])
 def test_sigterm_inside_a_logged_chunk_across_processes_saves_its_running_sums_and_resumes(idx_dir, tmp_path, layout):
     # A pipeline's running sums have one row per device, so they span both processes (data parallelism's are
     # replicated over them); a stop inside a logged chunk must gather them whole into its checkpoint (it once
