@@ -143,18 +143,17 @@ def _stop_once_training(cmd, run: Path, cwd: Path, skip_logs: int, rank: int | N
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("layout", ["mode=cdni parallel=pipeline", "mode=cdni parallel=data"])
-def test_sigterm_inside_a_logged_chunk_across_processes_saves_its_running_sums_and_resumes(idx_dir, tmp_path, layout):
-    # A pipeline's running sums have one row per device, so they span both processes (data parallelism's are
-    # replicated over them); a stop inside a logged chunk must gather them whole into its checkpoint (it once
-    # failed there, and the preempted run lost its checkpoint), and a resumed run must place them back.
+def test_sigterm_inside_a_logged_chunk_across_processes_saves_its_running_sums_and_resumes(idx_dir, tmp_path):
+    # A pipeline's running sums have one row per device, so they span both processes (data parallelism's, replicated
+    # over them, take the same gather); a stop inside a logged chunk must gather them whole into its checkpoint (it
+    # once failed there, and the preempted run lost its checkpoint), and a resumed run must place them back.
     run = tmp_path / "run"
     cmd = [sys.executable, str(ROOT / "scripts" / "launch_local.py"), "2", "+debug=tiny", "dataset=idx",
-           f"dataset.dir={idx_dir}", *layout.split(), "model.partition=balanced", "model.modules=2",
+           f"dataset.dir={idx_dir}", "mode=cdni", "parallel=pipeline", "model.partition=balanced", "model.modules=2",
            "trainer.steps=1000000", "trainer.log_every=1000000", "trainer.eval_every=1000000", "checkpoint.every=0",
            "log.grad_probe_every=0", f"hydra.run.dir={run}"]
-    # Data parallelism: the signal reaches process 1 only (not the writer); both stop at one step with a checkpoint.
-    summary, err = _stop_once_training(cmd, run, tmp_path, 0, rank=1 if "parallel=data" in layout else None)
+    # The signal reaches process 1 only (not the writer): both stop at one step with a checkpoint.
+    summary, err = _stop_once_training(cmd, run, tmp_path, 0, rank=1)
     assert summary["status"] == "preempted" and 0 < summary["step"] < 1000000, summary
     assert "Resume with: sgrad-train" in err, err[-3000:]
     saved = run / "checkpoints" / str(summary["step"])

@@ -29,9 +29,9 @@ def test_dgl_ddg_and_fr_pipelines_match_their_sequential_schedule_and_single_dev
 
 
 @pytest.mark.slow
-def test_transformer_pipelines_and_data_parallelism_match_their_references():
+def test_transformer_pipelines_match_their_references():
     res = run_on_cpu_devices("pipeline_transformer", 2)
-    assert res.stdout.splitlines() == ["cdni ok", "ddg ok", "data ok"]
+    assert res.stdout.splitlines() == ["cdni ok", "ddg ok"]
 
 
 @pytest.mark.slow

@@ -1,6 +1,7 @@
 """A character Transformer (model=transformer, token inputs, [B, T, D] activations) pipelined over 2 CPU devices
 in cDNI and DDG (the unlocked and the locked schedule): equal to the same schedule run in plain Python,
-and for the locked one (DDG) to the single-device step as well; then data parallelism equals one device."""
+and for the locked one (DDG) to the single-device step as well (data parallelism is model-agnostic: its equality
+with one device is tests/test_parallel.py's)."""
 
 import jax
 import jax.numpy as jnp
@@ -8,10 +9,9 @@ import numpy as np
 
 from conftest import make_cfg
 from sgrad import RULES
-from sgrad.core.step import UpdateRule, init_state, make_train_step
+from sgrad.core.step import init_state, make_train_step
 from sgrad.devices.chunk import make_chunk_runner, preprocess
 from sgrad.devices.layout import build_pipeline, to_train_state
-from sgrad.devices.parallel import make_runner
 from sgrad.devices.pipeline import make_pipeline_runner
 from sgrad.devices.sequential import run_sequential
 from sgrad.models.network import init_variables
@@ -68,12 +68,3 @@ for mode in sorted(name for name, rule in RULES.items()
         assert max_diff(got.params, single.params) < 1e-5, mode
     assert np.isfinite(float(metrics["loss"]))
     print(mode, "ok")
-
-# Data parallelism: the batch split over the two devices, gradients averaged, equals the one-device step (SG
-# models without batch norm, whose statistics would be per device).
-net, tx, fresh = setup("cdni", "sg.batch_norm=false")
-runner, state, view = make_runner("data", net, tx, fresh(), UpdateRule(), (T,), B, mean, std)
-state, _ = runner(state, xs, ys, idx, np.int32(steps))
-single, _ = make_chunk_runner(make_train_step(net, tx), mean, std)(fresh(), xs, ys, idx, np.int32(steps))
-assert max_diff(view(state).params, single.params) < 1e-5
-print("data ok")
