@@ -26,7 +26,7 @@ else
     single=(--models fcn4,fcn6,cnn3 --batch 256,1024 --chunk 50 --chunks 4
             --modes backprop,dni,cdni,dni:sg.hidden_layers=0,dgl,ddg)
     multi=(--layers 8 --batch 1024 --chunk 50 --chunks 4 --modes backprop,dni,cdni,dgl,ddg)
-    tta=(--seeds 0,1)  # the script's own recipe (its defaults), as results/bench/time_to_accuracy.md ran it
+    tta=(--seeds 0,1)  # the script's own recipe (its defaults), as results/bench/time_to_accuracy_b4096.md ran it
     one=backprop:none,dni:none,cdni:none,dgl:none,ddg:none,fr:none
     several=backprop:data,dni:data,dni:pipeline,cdni:data,cdni:pipeline,dgl:data,dgl:pipeline,ddg:pipeline,fr:pipeline
 fi

@@ -21,8 +21,8 @@ processes pinned to a core each (`scripts/launch_local.py`, jax.distributed); `-
 using all its devices (a machine with several accelerators).
 
 A run stops (SIGTERM, sgrad's preemption) once it reaches the highest target, so the budget `--steps` (which also
-sets the schedule's length) only bounds the runs that do not; the lower targets are read off the same runs. Runs go seed by seed, every layout once per
-seed (A B C ... A B C ...), so the VM's drift spreads over all of them. Time is the run's own
+sets the schedule's length) only bounds the runs that do not; the lower targets are read off the same runs. Runs go
+seed by seed, every layout once per seed (A B C ... A B C ...), so the VM's drift spreads over all of them. Time is the run's own
 `watch/perf/train_seconds`: seconds spent training (the first chunk's compilation included; evaluation, which runs
 every `--eval-every` steps so the crossing is seen, and start-up not); the run's wall clock is reported beside it.
 `--report-only` rewrites the report from the run dirs of an earlier invocation.
@@ -77,12 +77,11 @@ def launch(parallel: str, args, cmd: list[str]) -> list[str]:
 
 def crossing(run_dir: Path, targets: list[float]) -> dict:
     """The run's curve (test accuracy against training seconds) and where it first reaches each target."""
-    seconds, curve, first, timed = 0.0, [], None, []
+    seconds, curve, timed = 0.0, [], []
     for line in (run_dir / "metrics.jsonl").read_text().splitlines():
         row = json.loads(line)
-        seconds = row.get("watch/perf/train_seconds", seconds)
-        first = seconds if first is None and "watch/perf/train_seconds" in row else first
         if "watch/perf/train_seconds" in row:
+            seconds = row["watch/perf/train_seconds"]
             timed.append((row["step"], seconds))
         if row.get("test/accuracy") is not None:
             curve.append((row["step"], seconds, row["test/accuracy"]))
@@ -90,7 +89,8 @@ def crossing(run_dir: Path, targets: list[float]) -> dict:
     for target in targets:
         hit = next(((s, t) for s, t, a in curve if a >= target), None)
         hits[target] = {"steps": hit[0] if hit else None, "seconds": hit[1] if hit else None}
-    # The pace once compiled: training seconds per step after the first chunk.
+    # The first chunk's seconds (its compilation in them), then the pace once compiled: seconds per step after it.
+    first = timed[0][1] if timed else None
     pace = (timed[-1][1] - timed[0][1]) / (timed[-1][0] - timed[0][0]) if len(timed) > 1 else None
     return {"curve": curve, "hits": hits, "first_chunk": first, "best": max((a for *_, a in curve), default=None),
             "pace": pace}
@@ -193,7 +193,8 @@ def write(runs: list[dict], layouts: list[tuple[str, str]], args, argv: list[str
              f"of balanced measured cost in every layout. Seconds are the run's training seconds "
              f"(`watch/perf/train_seconds`: compilation included, evaluation and start-up not) until the first "
              f"evaluation at or above the target; `first chunk (s)` is the part of them the first chunk took (its "
-             f"compilation and its {args.eval_every} steps), `s / step` the training seconds per step after it; `wall (s)` is the run's own wall clock (summary.json: "
+             f"compilation and its {args.eval_every} steps), `s / step` the training seconds per step after it; "
+             f"`wall (s)` is the run's own wall clock (summary.json: "
              f"evaluations and compilation included, process start-up not) until it stopped, at the target "
              f"(SIGTERM) or at the end of its budget. Seeds {', '.join(map(str, seeds))}, one layout after "
              f"another within each seed. `× backprop on one process`: its mean seconds to the target over this "

@@ -48,7 +48,7 @@ def test_pipeline_and_data_parallel_across_processes():
         assert [line for line in out.splitlines() if line.endswith(" ok")] == ["pipeline ok", "data ok"], out
 
 
-def _slurm_processes(tmp_path, idx_dir, *extra, start_gap=1.2):
+def _slurm_processes(tmp_path, idx_dir, *extra):
     """Two `sgrad-train distributed=true` processes joined as SLURM would join them (one CPU device each)."""
     job = str(50_000 + (os.getpid() + len(extra)) % 10_000)
     base = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo",
@@ -64,7 +64,7 @@ def _slurm_processes(tmp_path, idx_dir, *extra, start_gap=1.2):
         env = {**base, "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank)}
         procs.append(subprocess.Popen(args, env=env, cwd=tmp_path, text=True, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE))
-        time.sleep(start_gap)
+        time.sleep(1.2)  # a second apart: each process composes its own timestamped Hydra run dir
     return procs
 
 
