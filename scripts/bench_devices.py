@@ -17,6 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from sgrad.devices.processes import device_count_env
 from parallel_rows import add_row_arguments, device_rows, worker_args, write_table
 
 
@@ -33,8 +34,7 @@ def main() -> None:
         return
     rows = []
     for n in map(int, args.devices.split(",")):
-        env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}",
-               "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu")}
+        env = {**device_count_env(n), "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu")}
         res = subprocess.run([sys.executable, __file__, "--worker", str(n), *worker_args(args)], env=env,
                              capture_output=True, text=True)
         if res.returncode:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from sgrad.devices.processes import one_device_env
+from sgrad.devices.processes import device_count_env, one_device_env
 
 from conftest import ROOT, program_env
 
@@ -23,11 +23,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_a_one_device_process_keeps_every_xla_flag_but_the_device_count():
+def test_a_worker_process_keeps_every_xla_flag_but_the_device_count():
     env = one_device_env({"XLA_FLAGS": "--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0",
                           "HOME": "/h"})
     assert env == {"XLA_FLAGS": "--xla_backend_optimization_level=0", "HOME": "/h"}
     assert "XLA_FLAGS" not in one_device_env({"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+    # bench_devices.py's workers: the count replaced, the compile options kept.
+    assert device_count_env(3, env)["XLA_FLAGS"] == \
+        "--xla_force_host_platform_device_count=3 --xla_backend_optimization_level=0"
+    assert device_count_env(2, {})["XLA_FLAGS"] == "--xla_force_host_platform_device_count=2"
 
 
 @pytest.mark.slow
@@ -99,25 +103,6 @@ def test_two_cli_processes_write_one_run(tmp_path, idx_dir):
     assert json.loads((run / "summary.json").read_text())["status"] == "completed"
 
 
-@pytest.mark.slow
-def test_the_readme_recipe_runs_one_run_as_two_processes_on_this_machine(idx_dir, tmp_path):
-    run = tmp_path / "run"
-    env = one_device_env()
-    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "launch_local.py"), "2", "+debug=tiny",
-                          "dataset=idx", f"dataset.dir={idx_dir}", "parallel=data", "trainer.steps=20",
-                          "trainer.log_every=10", "trainer.progress=false", f"hydra.run.dir={run}"],
-                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
-    summary = json.loads((run / "summary.json").read_text())
-    assert summary["status"] == "completed" and summary["step"] == 20
-    # One writer: each logged step once, though two processes trained.
-    lines = (run / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(line)["step"] for line in lines if "train/loss" in line] == [10, 20]
-    # Joined: each process has one CPU device (one_device_env), the run saw both (a log line of gloo's said so
-    # only on an idle machine).
-    assert summary["machine/device_count"] == 2, summary
-
-
 def _process_of_rank(launcher: int, rank: int) -> int:
     """The pid of launch_local.py's process `rank` (its JAX_PROCESS_ID)."""
     children = Path(f"/proc/{launcher}/task/{launcher}/children").read_text().split()
@@ -152,9 +137,12 @@ def test_sigterm_inside_a_logged_chunk_across_processes_saves_its_running_sums_a
            f"dataset.dir={idx_dir}", "mode=cdni", "parallel=pipeline", "model.partition=balanced", "model.modules=2",
            "trainer.steps=1000000", "trainer.log_every=1000000", "trainer.eval_every=1000000", "checkpoint.every=0",
            "log.grad_probe_every=0", f"hydra.run.dir={run}"]
-    # The signal reaches process 1 only (not the writer): both stop at one step with a checkpoint.
+    # The README's recipe for one machine (scripts/launch_local.py); the signal reaches process 1 only (not the
+    # writer): both stop at one step with a checkpoint.
     summary, err = _stop_once_training(cmd, run, tmp_path, 0, rank=1)
     assert summary["status"] == "preempted" and 0 < summary["step"] < 1000000, summary
+    # Joined: each process has one CPU device (one_device_env), the run saw both.
+    assert summary["machine/device_count"] == 2, summary
     assert "Resume with: sgrad-train" in err, err[-3000:]
     saved = run / "checkpoints" / str(summary["step"])
     assert (saved / "commit_success.txt").is_file() and (saved / "chunk_sums.npz").is_file(), err[-3000:]

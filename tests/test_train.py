@@ -24,15 +24,17 @@ def _train(idx_dir, tmp_path, *overrides):
     return train_and_evaluate(cfg, tmp_path)
 
 
-# Every mode learns on the FCN in the fast tier; the CNN runs are slow (the CNN's step is checked fast against the
-# rules in tests/test_dni.py and tests/test_decoupled.py, and its compiled chunk against its steps below).
-_cnn = lambda mode: pytest.param("cnn", mode, marks=pytest.mark.slow)
+# The FCN learns in backprop, DNI, cDNI, DGL and DDG in the fast tier; complete unlocking, FR and the CNN runs are
+# slow (their steps are checked against their rules in the fast tier: tests/test_dni.py, tests/test_decoupled.py,
+# tests/test_fr.py).
+_slow = lambda model, mode: pytest.param(model, mode, marks=pytest.mark.slow)
+_cnn = lambda mode: _slow("cnn", mode)
 
 
 @pytest.mark.parametrize("model, mode", [("fcn", mode) for mode in ("backprop", "dni", "cdni")]
                          + [_cnn(mode) for mode in ("backprop", "dni", "cdni")]
-                         + [("fcn", "dni_full"), ("fcn", "cdni_full")]
-                         + [("fcn", "dgl"), _cnn("dgl"), ("fcn", "ddg"), _cnn("ddg"), ("fcn", "fr")])
+                         + [_slow("fcn", "dni_full"), _slow("fcn", "cdni_full")]
+                         + [("fcn", "dgl"), _cnn("dgl"), ("fcn", "ddg"), _cnn("ddg"), _slow("fcn", "fr")])
 def test_every_mode_learns(idx_dir, tmp_path, mode, model):
     layers = 4 if model == "fcn" else 3
     summary = _train(idx_dir, tmp_path, f"mode={mode}", f"model.name={model}", f"model.layers={layers}",
@@ -138,6 +140,7 @@ def _tiny_runner_inputs(cfg, shape):
     return make_train_step(net, tx), xs, ys, mean, std, idx, fresh
 
 
+@pytest.mark.slow  # a CNN: its convolutions compile slowly (the FCN's chunk: the fast tier's chunk tests)
 @pytest.mark.parametrize("library", ["eigen", "ynnpack"])
 def test_a_conv_networks_compiled_chunk_equals_its_steps_one_by_one(library, monkeypatch):
     # The chunk's loop compiles the convolutions' gradients (sgrad/models/convolution.py) with the library the

@@ -108,6 +108,7 @@ def _prefix_outputs(fn, x, t):
     return fn(x)[:, :t + 1], fn(other)[:, :t + 1], fn(other)[:, t + 1:] - fn(x)[:, t + 1:]
 
 
+@pytest.mark.slow  # 9 s of compiling, for a property of the network rather than of a mode
 def test_the_network_and_its_dgl_heads_never_read_a_later_token():
     _, net, params, stats, x, y = _setup("dgl")
     out = lambda x: dni.predict(net, params, stats, x)

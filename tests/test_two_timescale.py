@@ -53,6 +53,7 @@ def _close(a, b):
     return all(np.allclose(u, v, atol=1e-6, rtol=1e-4) for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
+@pytest.mark.slow  # 11 s of compiling
 def test_oracle_link_equals_backprop_through_b_and_a_cut_link_leaves_a_alone():
     net, state, carry_a, x, ya, yb = _setup()
     p = state.params

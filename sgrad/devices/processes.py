@@ -16,3 +16,11 @@ def one_device_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
     if flags:
         env["XLA_FLAGS"] = " ".join(flags)
     return env
+
+
+def device_count_env(n: int, env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """`env` for a process that must see `n` CPU devices: XLA's forced device count set to `n`, every other flag
+    the caller set kept (as one_device_env)."""
+    env = one_device_env(env)
+    env["XLA_FLAGS"] = f"{DEVICE_COUNT_FLAG}={n} {env.get('XLA_FLAGS', '')}".strip()
+    return env

@@ -8,11 +8,11 @@ from conftest import ROOT
 sys.path.insert(0, str(ROOT / "scripts"))  # the benchmarks are scripts, not modules of the package
 from parallel_rows import device_rows  # noqa: E402
 
-# One mode of each kind of pipeline row: unlocked (cdni; dgl's rows are the same code) and locked (ddg), and a
-# pipeline of replicas; the sweep itself without the parts (the cost model's inputs). The data rows (the same
+# A pipeline row (every mode's row is the same code: cdni's) and a pipeline of replicas; the sweep itself
+# without the parts (the cost model's inputs). The data rows (the same
 # program at 4 devices as at 2) and the parts of a data and a pipeline row: the accelerator script's test
 # (bench_devices.py on 2 devices).
-rows = device_rows(int(sys.argv[1]), ["cdni", "ddg"], 4, 32, chunk=2, chunks=1, kinds=("pipeline",),
+rows = device_rows(int(sys.argv[1]), ["cdni"], 4, 32, chunk=2, chunks=1, kinds=("pipeline",),
                    replicas=int(sys.argv[2]), parts=False)
 assert not any("stage_sec" in r or "shard_sec" in r for r in rows)
 assert all(r["examples_per_sec"] > 0 for r in rows)
