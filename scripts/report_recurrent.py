@@ -3,8 +3,10 @@
     python scripts/report_recurrent.py RUN_DIRS_OR_SWEEP_DIRS... --out results/rnn/copy
 
 Rows: backprop / DNI / DNI + aux; columns: the truncation window T; cells: the
-longest sequence length solved (copy tasks) or validation/test bits per
-character (ptb_char). Curves: curriculum length against sequence steps seen.
+longest sequence length solved (copy tasks), validation/test bits per
+character (ptb_char, text) or test accuracy (images read pixel by pixel). Curves:
+curriculum length against sequence steps seen, or the evaluation and sg/cosine
+against windows.
 Two-clock runs (dataset two_timescale) get B's final accuracy per link instead.
 """
 
@@ -80,6 +82,13 @@ def bpc_cell(values: list[tuple[float, float]]) -> str:
     return f"{v.mean():.3f} ± {v.std():.3f} / {t.mean():.3f} ± {t.std():.3f} ({len(values)} seeds)"
 
 
+def accuracy_cell(values: list[float]) -> str:
+    """Test accuracy of one run, or the mean ± std over several seeds."""
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{np.mean(values):.3f} ± {np.std(values):.3f} ({len(values)} seeds)"
+
+
 def solved_cell(values: list[str]) -> str:
     """The longest length each seed solved, and their mean where there are several and every run completed."""
     if len(values) > 1 and all(v.isdigit() for v in values):
@@ -120,23 +129,31 @@ def main() -> None:
         print("\n".join(lines))
         return
     copy = "max_length_solved" in runs[0]
+    images = "pixels_per_step" in runs[0]
     windows = sorted({r["bptt"] for r in runs})
     order = ["backprop (truncated BPTT)", "DNI", "DNI + aux", "cDNI", "cDNI + aux"]
     order += sorted({variant(r) for r in runs} - set(order))
     cells: dict[tuple[str, int], list[str]] = defaultdict(list)
     bpc: dict[tuple[str, int], list[tuple[float, float]]] = defaultdict(list)
+    accuracy: dict[tuple[str, int], list[float]] = defaultdict(list)
     for r in runs:
         if copy:
             value = str(r["max_length_solved"]) + ("" if r["status"] == "completed" else f" ({r['status']})")
             cells[(variant(r), r["bptt"])].append(value)
+        elif images:
+            accuracy[(variant(r), r["bptt"])].append(r.get("test/accuracy", float("nan")))
         else:
             bpc[(variant(r), r["bptt"])].append((r.get("valid/bpc", float("nan")), r.get("test/bpc", float("nan"))))
     for key, values in bpc.items():
         cells[key] = [bpc_cell(values)]
+    for key, values in accuracy.items():
+        cells[key] = [accuracy_cell(values)]
     if copy:
         cells = {key: [solved_cell(values)] for key, values in cells.items()}
     args.out.mkdir(parents=True, exist_ok=True)
-    what = "longest sequence length N solved" if copy else "valid / test bits per character"
+    what = ("longest sequence length N solved" if copy else
+            f"test accuracy, {runs[0]['pixels_per_step']} pixel(s) a step" if images else
+            "valid / test bits per character")
     tasks = sorted({r["dataset"] for r in runs})
     lines = [f"# {', '.join(tasks)}: {what}", "",
              f"Steps per run (windows of T): {', '.join(sorted({str(r['step']) for r in runs}))}; "
@@ -149,7 +166,7 @@ def main() -> None:
     (args.out / "table.md").write_text("\n".join(lines) + "\n")
     with open(args.out / "runs.csv", "w") as f:
         keys = ["dataset", "mode", "aux", "trace_lambda", "sg_trace", "sg_optim", "oracle", "bptt", "hidden", "seed", "step", "status", "max_length_solved",
-                "valid/bpc", "test/bpc", "wall_seconds", "commit", "dir"]
+                "valid/bpc", "test/bpc", "pixels_per_step", "test/accuracy", "wall_seconds", "commit", "dir"]
         f.write(",".join(keys) + "\n")
         for r in runs:
             f.write(",".join(str(r.get(k, "")) for k in keys) + "\n")
@@ -157,9 +174,11 @@ def main() -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    # Copy: the curriculum against time steps seen. Text: validation BPC and sg/cosine against steps.
-    panels = [("curriculum/length", "curriculum length N")] if copy else [
-        ("valid/bpc", "valid bits per char"), ("sg/cosine", "cosine(ĝ, true future gradient)")]
+    # Copy: the curriculum against time steps seen. Text (images): validation BPC (test accuracy) and sg/cosine
+    # against steps.
+    cosine = ("sg/cosine", "cosine(ĝ, true future gradient)")
+    panels = ([("curriculum/length", "curriculum length N")] if copy else
+              [("test/accuracy", "test accuracy"), cosine] if images else [("valid/bpc", "valid bits per char"), cosine])
     width = max(3.2 * len(windows), 6.4)  # one T still leaves the legend room
     fig, axes = plt.subplots(len(panels), len(windows), figsize=(width, 3.0 * len(panels)),
                              sharey="row", squeeze=False)

@@ -71,6 +71,10 @@ class Schedule(enum.StrEnum):
     cosine = "cosine"
 
 
+# The image datasets model=lstm reads as sequences, pixels_per_step at a time (sgrad/data/pixels.py).
+LSTM_IMAGE_DATASETS = ("mnist", "fashion_mnist", "kmnist", "cifar10", "idx")
+
+
 @dataclass
 class DatasetConfig:
     name: DatasetName = DatasetName.mnist
@@ -89,6 +93,9 @@ class DatasetConfig:
     start_length: int = 1
     max_repeats: int = 5
     curriculum_threshold: float = 0.15
+    # model=lstm on an image dataset (Sequential MNIST): pixels read per time step, in raster order (1: pixel by
+    # pixel; 28 on MNIST: row by row)
+    pixels_per_step: int = 1
 
 
 @dataclass
@@ -323,8 +330,9 @@ def validate(cfg: Any) -> None:
     require(cfg.trainer.batch_size % cfg.replicas == 0, "replicas", cfg.replicas,
             f"a divisor of trainer.batch_size={cfg.trainer.batch_size}")
     require(cfg.checkpoint.keep >= 1, "checkpoint.keep", cfg.checkpoint.keep, "an integer >= 1")
-    sequence_tasks = ("copy", "repeat_copy", "ptb_char", "text", "two_timescale")
     text_tasks = ("ptb_char", "text")
+    image_tasks = LSTM_IMAGE_DATASETS
+    sequence_tasks = ("copy", "repeat_copy", "ptb_char", "text", "two_timescale")
     if str(cfg.model.name) == "transformer":
         require(str(cfg.dataset.name) in text_tasks, "dataset.name", str(cfg.dataset.name),
                 f"one of {', '.join(text_tasks)} for model.name=transformer")
@@ -338,8 +346,10 @@ def validate(cfg: Any) -> None:
         require(str(cfg.model.name) == "lstm", "model.name", str(cfg.model.name),
                f"lstm{' or transformer' if str(cfg.dataset.name) in text_tasks else ''} for "
                f"dataset.name={str(cfg.dataset.name)}")
-        require(str(cfg.dataset.name) in sequence_tasks, "dataset.name", str(cfg.dataset.name),
-               f"one of {', '.join(sequence_tasks)} for model.name=lstm")
+        require(str(cfg.dataset.name) in sequence_tasks + image_tasks, "dataset.name", str(cfg.dataset.name),
+               f"one of {', '.join(sequence_tasks + image_tasks)} for model.name=lstm")
+        require(cfg.dataset.pixels_per_step >= 1, "dataset.pixels_per_step", cfg.dataset.pixels_per_step,
+                "an integer >= 1 (1: pixel by pixel)")
         require(cfg.trainer.epochs is None, "trainer.epochs", cfg.trainer.epochs,
                 "null for model=lstm (a sequence run counts windows: set trainer.steps)")
         require(cfg.trainer.bptt >= 1, "trainer.bptt", cfg.trainer.bptt,
@@ -354,18 +364,19 @@ def validate(cfg: Any) -> None:
         require(cfg.sg.trace_windows >= 1, "sg.trace_windows", cfg.sg.trace_windows, "an integer >= 1")
     else:
         require(cfg.trainer.bptt == 0, "trainer.bptt", cfg.trainer.bptt, "0 unless model.name=lstm")
-    windowed = str(cfg.model.name) == "lstm" and str(cfg.dataset.name) in ("copy", "repeat_copy", *text_tasks)
+    windowed = str(cfg.model.name) == "lstm" and str(cfg.dataset.name) in ("copy", "repeat_copy", *text_tasks,
+                                                                          *image_tasks)
     require(windowed or cfg.sg.trace_lambda == 0.0, "sg.trace_lambda", cfg.sg.trace_lambda,
-            "0 unless model.name=lstm on copy, repeat_copy, ptb_char or text (the windowed LSTM's SG)")
+            "0 unless model.name=lstm on copy, repeat_copy, ptb_char, text or images (the windowed LSTM's SG)")
     accumulate = str(cfg.sg.trace) == "accumulate"
     require(windowed or not accumulate, "sg.trace", str(cfg.sg.trace),
-            "forward unless model.name=lstm on copy, repeat_copy, ptb_char or text (the windowed LSTM's SG)")
+            "forward unless model.name=lstm on copy, repeat_copy, ptb_char, text or images (the windowed LSTM's SG)")
     require(not (accumulate and cfg.sg.oracle), "sg.oracle", cfg.sg.oracle,
             "false with sg.trace=accumulate (the oracle reads the windows ahead; accumulate BP(λ) reads none)")
     require(not (accumulate and str(cfg.sg.optim.name) == "rls"), "sg.optim.name", str(cfg.sg.optim.name),
             "adam or sgd with sg.trace=accumulate (rls refits M onto targets; BP(λ)'s update has none)")
     require(windowed or not cfg.sg.oracle, "sg.oracle", cfg.sg.oracle,
-            "false unless model.name=lstm on copy, repeat_copy, ptb_char or text (the windowed LSTM's SG)")
+            "false unless model.name=lstm on copy, repeat_copy, ptb_char, text or images (the windowed LSTM's SG)")
     if str(cfg.model.name) in ("lstm", "transformer") or str(cfg.dataset.name) in sequence_tasks:
         for key in ("valid_fraction", "test_fraction"):
             require(0.0 < cfg.dataset[key] < 0.5, f"dataset.{key}", cfg.dataset[key], "a fraction in (0, 0.5)")

@@ -1,4 +1,5 @@
-"""Sequence tasks for `model=lstm` (Copy, Repeat Copy, character text) as a task of the run loop.
+"""Sequence tasks for `model=lstm` (Copy, Repeat Copy, character text, images read pixel by pixel) as a task of
+the run loop.
 
 Each chunk of windows is generated on the host (a pure function of seed, step
 and curriculum level) and run as one compiled loop; the curriculum moves
@@ -19,8 +20,9 @@ from sgrad.data.text import TextStream, load_corpus
 from sgrad.run.build import build_recurrent_net, build_train_optimizer, update_settings
 from sgrad.core.recurrent import (LN2, RecurrentState, future_gradient_probe, init_recurrent,
                              make_recurrent_step, window)
-from sgrad.config.schema import require
+from sgrad.config.schema import LSTM_IMAGE_DATASETS, require
 from sgrad.data.copy import CopyTask
+from sgrad.data.pixels import PixelStream
 from sgrad.run.task import non_finite_parameters
 
 PROBE_WINDOWS = 8
@@ -28,11 +30,16 @@ TRACE_GIB = 2  # largest eligibility trace sg.trace=accumulate may keep (it also
 
 
 def build_stream(cfg, text: dict | None = None):
-    """The stream of windows for `dataset.name`: a CopyTask curriculum or a character corpus."""
+    """The stream of windows for `dataset.name`: a CopyTask curriculum, images as pixel sequences, or a character
+    corpus."""
     name, t, d = str(cfg.dataset.name), cfg.trainer, cfg.dataset
     if name in ("copy", "repeat_copy"):
         return CopyTask(name, d.bits, t.batch_size, t.bptt, cfg.seed, d.start_length, d.curriculum_threshold,
                         d.max_repeats)
+    if name in LSTM_IMAGE_DATASETS:
+        from sgrad.data.datasets import load_dataset
+        images = load_dataset(name, d.dir, d.download, d.num_classes, t.progress)
+        return PixelStream(images, t.batch_size, t.bptt, d.pixels_per_step, cfg.seed)
     corpus = text if text is not None else load_corpus(name, d.dir, d.download, d.checksum, d.url, d.valid_fraction,
                                                         d.test_fraction, t.progress)
     return TextStream(corpus, t.batch_size, t.bptt)
@@ -49,11 +56,13 @@ class SequenceTask:
         self.mode_name = str(cfg.mode)
         self.stream = build_stream(cfg, text)
         self.copy = isinstance(self.stream, CopyTask)
+        self.images = isinstance(self.stream, PixelStream)
         self.net = build_recurrent_net(cfg, self.stream.output_dim, "bits" if self.copy else "softmax")
         self.total_steps = t.steps
         self.steps_per_epoch = None if self.copy else self.stream.windows_per_epoch
         self.probe_every = cfg.log.grad_probe_every if self.net.rule.diagnostic else 0
         self.final_metrics = (["curriculum/solved", "train/error_per_bit"] if self.copy
+                              else ["test/accuracy", "train/error_rate", "sg/cosine"] if self.images
                               else ["valid/bpc", "test/bpc", "sg/cosine"])
         self.name = f"{self.mode_name} T={t.bptt}"
         self._tx = build_train_optimizer(cfg, t.steps)
@@ -86,13 +95,14 @@ class SequenceTask:
 
         @jax.jit
         def evaluate_stream(params, x, y, mask, resets):
-            """Summed nats and units over consecutive windows [W, B, T, ...], the state carried (no updates)."""
+            """Summed nats, units and wrong predictions over consecutive windows [W, B, T, ...], the state carried
+            (no updates)."""
             def body(s, inp):
                 (_, _, s), sums = window(net, params["core"], s, *inp)
-                return s, (sums["nats"], sums["units"])
+                return s, (sums["nats"], sums["units"], sums["wrong"])
             s0 = jnp.zeros((x.shape[1], 2 * net.core.hidden))
-            _, (nats, units) = jax.lax.scan(body, s0, (x, y, mask, resets))
-            return nats.sum(), units.sum()
+            _, sums = jax.lax.scan(body, s0, (x, y, mask, resets))
+            return tuple(a.sum() for a in sums)
 
         self._probe, self._evaluate = probe, evaluate_stream
 
@@ -140,9 +150,12 @@ class SequenceTask:
     def evaluate(self, state, step: int) -> dict[str, float]:
         if self.copy:
             return {}  # generated episodes: the chunk metrics are already unseen data
+        if self.images:
+            nats, units, wrong = (float(v) for v in self._evaluate(state.params, *self.stream.eval_windows()))
+            return {"test/loss": nats / units, "test/accuracy": 1.0 - wrong / units}
         out = {}
         for split in ("valid", "test"):
-            nats, units = (float(v) for v in self._evaluate(state.params, *self.stream.eval_windows(split)))
+            nats, units, _ = (float(v) for v in self._evaluate(state.params, *self.stream.eval_windows(split)))
             out[f"{split}/bpc"] = nats / units / LN2
         return out
 
@@ -159,12 +172,15 @@ class SequenceTask:
             self._probe(state.params, state.carry, p.x, p.y, p.mask, p.resets)).items()}
 
     def eval_line(self, step: int, train: dict, ev: dict) -> str:
-        line = f"step {step}: train bits/unit {train.get('train/bits_per_unit', float('nan')):.4f}"
+        line = (f"step {step}: train error {train.get('train/error_rate', float('nan')):.4f}" if self.images else
+                f"step {step}: train bits/unit {train.get('train/bits_per_unit', float('nan')):.4f}")
         if self.copy:
             line += f", curriculum length {self.stream.level} (solved {self.stream.solved})"
         if "sg/cosine" in train:
             line += f", sg/cosine {train['sg/cosine']:.3f}"
-        if ev:
+        if ev and self.images:
+            line += f" | test accuracy {ev['test/accuracy']:.4f}"
+        elif ev:
             line += f" | valid bpc {ev['valid/bpc']:.4f} test bpc {ev['test/bpc']:.4f}"
         return line
 
@@ -177,9 +193,12 @@ class SequenceTask:
                 "hidden": cfg.model.hidden, "bptt": cfg.trainer.bptt, "aux": bool(cfg.sg.aux), "seed": cfg.seed,
                 "trace_lambda": self.net.trace_lambda if self.net.trace_windows or self.net.trace == "accumulate" else 0.0,
                 "sg_trace": self.net.trace,
-                **({"max_length_solved": self.stream.solved} if self.copy else {})}
+                **({"max_length_solved": self.stream.solved} if self.copy else {}),
+                **({"pixels_per_step": self.stream.per_step} if self.images else {})}
 
     def objective(self, summary: dict) -> float:
         if self.copy:
             return -float(summary.get("max_length_solved", 0))
+        if self.images:
+            return 1.0 - float(summary.get("test/accuracy", float("nan")))
         return float(summary.get("test/bpc", float("nan")))
