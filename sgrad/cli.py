@@ -133,12 +133,8 @@ def _run(cfg: DictConfig) -> float:
         if _START is not None:
             _START.restore()
         print(f"sgrad-train: interrupted during start-up, before any step was trained; "
-              f"{'the run dir is as it was' if _START is not None else 'no run dir was left'}", file=sys.stderr,
-              flush=True)
-        # Nothing is left to keep; the interpreter's teardown could wait on threads a half-started runtime left
-        # running, and a stop during start-up must end the process: exit at once.
-        logging.shutdown()
-        os._exit(130)
+              f"{'the run dir is as it was' if _START is not None else 'no run dir was left'}", file=sys.stderr)
+        sys.exit(130)
     except Preempted as e:
         print(f"sgrad-train: {e}", file=sys.stderr)
         sys.exit(128 + e.signum)

@@ -19,7 +19,8 @@ from sgrad.config.overrides import check_overrides
 from sgrad.run import train_and_evaluate
 
 ALL_EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "exp").glob("*.yaml"))
-RECURRENT = [e for e in ALL_EXPERIMENTS if e.startswith(("copy_", "repeat_copy_", "ptb_char_", "two_timescale"))]
+RECURRENT = [e for e in ALL_EXPERIMENTS
+             if e.startswith(("copy_", "repeat_copy_", "ptb_char_", "seq_", "two_timescale"))]
 TEXT = [e for e in ALL_EXPERIMENTS if e.startswith("text_")]  # feed-forward language models (model=transformer)
 IMAGES = [e for e in ALL_EXPERIMENTS if e not in RECURRENT + TEXT]
 EXPERIMENTS = IMAGES + TEXT
@@ -52,7 +53,7 @@ def _distinct_runs(experiments, *overrides):
 
 
 SMOKE_RUNS = _distinct_runs(IMAGES, "dataset=idx", "model.layers=3", *TINY)
-RECURRENT_RUNS = [e for e in _distinct_runs(RECURRENT, *RECURRENT_TINY) if not e.startswith("ptb_char")]
+RECURRENT_RUNS = [e for e in _distinct_runs(RECURRENT, *RECURRENT_TINY) if not e.startswith(("ptb_char", "seq_"))]
 
 
 def test_defaults_are_the_paper_settings():
@@ -103,7 +104,8 @@ def test_every_recurrent_experiment_composes(exp, tmp_path):
     assert (cfg.mode == "cdni") == exp.endswith("_cdni")
 
 
-# The character corpus is not here (tests/test_recurrent.py writes one), so ptb_char_* only compose.
+# The character corpus is not here (tests/test_recurrent.py writes one), so ptb_char_* only compose; so do
+# seq_* (tests/test_sequential_images.py runs the task on IDX files it writes).
 @pytest.mark.slow
 @pytest.mark.parametrize("exp", RECURRENT_RUNS)
 def test_every_recurrent_experiment_runs_on_tiny_settings(exp, tmp_path):

@@ -340,10 +340,13 @@ def test_interrupt_during_start_up_is_one_line_and_leaves_no_run_dir(idx_dir, tm
 
     from conftest import program_env
     run, marker = tmp_path / "run", tmp_path / "building"
+    # A suite started in the background inherits SIGINT ignored (POSIX, without job control), and Python then
+    # leaves it ignored: the run gets SIGINT's default, as from a terminal.
+    default_sigint = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)
     proc = subprocess.Popen(_tiny_cli(idx_dir, run, "model=custom", "model._target_=slow_start_model.make_modules",
                                       f"+model.args.marker={marker}"),
                             env=program_env(), cwd=tmp_path, text=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+                            stderr=subprocess.PIPE, preexec_fn=default_sigint)
     deadline = time.time() + 120
     while not marker.exists():  # the network is being built: start-up, nothing trained yet
         assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-2000:]
