@@ -24,14 +24,14 @@ def test_pipeline_matches_sequential_schedule_and_single_device_step(devices):
 def test_dgl_ddg_and_fr_pipelines_match_their_sequential_schedule_and_single_device_step(devices):
     res = run_on_cpu_devices("pipeline_dgl_ddg", devices, devices)
     expected = (["dgl cnn ok", "ddg cnn ok"] if devices == 2 else
-                ["dgl fcn ok", "ddg fcn ok", "fr fcn ok", "ddg dropout ok", "fr dropout ok"])
+                ["dgl fcn ok", "ddg fcn ok", "fr fcn ok", "fr dropout ok"])
     assert res.stdout.splitlines() == expected
 
 
 @pytest.mark.slow
-def test_transformer_pipelines_match_their_references():
+def test_the_transformer_pipeline_matches_its_sequential_schedule():
     res = run_on_cpu_devices("pipeline_transformer", 2)
-    assert res.stdout.splitlines() == ["cdni ok", "ddg ok"]
+    assert res.stdout.splitlines() == ["cdni ok"]
 
 
 @pytest.mark.slow
