@@ -17,7 +17,7 @@ def test_bench_measures_the_peer_preset():
         cfg = exp_cfg("bench_peer_mlp", mode)
         assert (cfg.model.layers, cfg.model.dni_every, cfg.sg.hidden_layers, cfg.sg.width) == (3, 2, 1, 256)
     # One mode timed (every mode's row is bench_one's same code; the accelerator script's test times another).
-    row = bench.bench_one(cfg, "ddg", chunk=3, chunks=1)
+    row = bench.bench_one(exp_cfg("bench_peer_mlp", "ddg"), "ddg", chunk=3, chunks=1)
     assert row["mode"] == "ddg" and row["batch"] == 64 and row["model"] == "fcn3"
     assert row["steps_per_sec"] > 0 and row["flops_per_sec"] > 0 and row["peak_mib"] > row["temp_mib"] > 0
 

@@ -23,6 +23,11 @@ class StreamChunk:
     resets: np.ndarray
 
 
+def split_windows(a: np.ndarray, count: int, window: int) -> np.ndarray:
+    """A stream per row [B, count*window, ...] as StreamChunk holds it: [count, B, window, ...]."""
+    return np.swapaxes(a.reshape(a.shape[0], count, window, *a.shape[2:]), 0, 1)
+
+
 def copy_episode(rng: np.random.Generator, n: int, bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """N random bit vectors, a delimiter, then N steps in which the target is the input again.
 
@@ -104,8 +109,7 @@ class CopyTask:
                 x[b, t:t + n], y[b, t:t + n], mask[b, t:t + n] = ex[:n], ey[:n], em[:n]
                 resets[b, t] = 1.0
                 t += n
-        split = lambda a: np.swapaxes(a.reshape(self.batch, steps, self.window, *a.shape[2:]), 0, 1)
-        return StreamChunk(split(x), split(y), split(mask), split(resets))
+        return StreamChunk(*(split_windows(a, steps, self.window) for a in (x, y, mask, resets)))
 
     def observe(self, error_per_bit: float) -> bool:
         """Raise N after a chunk whose error per bit is below the threshold; True when it rose."""

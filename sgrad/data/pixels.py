@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from sgrad.config import ConfigError
-from sgrad.data.copy import StreamChunk
+from sgrad.data.copy import StreamChunk, split_windows
 from sgrad.data.datasets import Dataset
 
 
@@ -59,10 +59,6 @@ class PixelStream:
         return x, y, np.broadcast_to(last, ids_BxS.shape).copy(), np.broadcast_to(
             (pos_S == 0).astype(np.float32), ids_BxS.shape).copy()
 
-    def _split(self, a: np.ndarray, count: int, window: int) -> np.ndarray:
-        """[B, count*window, ...] -> [count, B, window, ...]."""
-        return np.swapaxes(a.reshape(a.shape[0], count, window, *a.shape[2:]), 0, 1)
-
     def chunk(self, start: int, steps: int) -> StreamChunk:
         """Windows start..start+steps-1 of the training stream: a pure function of the seed and `start`."""
         s = np.arange(start * self.window, (start + steps) * self.window)
@@ -73,7 +69,7 @@ class PixelStream:
             at = epoch == e
             ids[:, at] = self._order(int(e))[slot[at][None] * self.batch + np.arange(self.batch)[:, None]]
         x, y, mask, resets = self._steps(self.data.train_x, self.data.train_y, ids, pos)
-        return StreamChunk(*(self._split(a, steps, self.window) for a in (x, y, mask, resets)))
+        return StreamChunk(*(split_windows(a, steps, self.window) for a in (x, y, mask, resets)))
 
     def eval_windows(self, split: str = "test", rows: int = 100, images: int = 1000):
         """The first `images` test images (or as many as there are, a multiple of `rows`), `rows` at a time, one
@@ -84,4 +80,4 @@ class PixelStream:
         ids = np.arange(count * rows).reshape(count, rows).T  # row r reads images r, rows + r, ...
         pos = np.tile(np.arange(self.length), count)
         x, y, mask, resets = self._steps(x_all, y_all, np.repeat(ids, self.length, axis=1), pos)
-        return tuple(self._split(a, count, self.length) for a in (x, y, mask, resets))
+        return tuple(split_windows(a, count, self.length) for a in (x, y, mask, resets))
