@@ -90,9 +90,11 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=50, help="steps per compiled chunk")
     ap.add_argument("--chunks", type=int, default=4, help="timed chunks after the warm-up")
     ap.add_argument("--out", type=Path, default=Path("results/bench/single_device.md"))
+    ap.add_argument("--peak-size", type=int, default=2048,
+                    help="n of the n x n matmul chain that measures the peak (smaller: a lower, quicker peak)")
     args = ap.parse_args()
 
-    peak = matmul_peak()
+    peak = matmul_peak(args.peak_size)
     print(f"float32 matmul peak: {peak / 1e9:.1f} GFLOP/s", flush=True)
     rows = []
     if args.exp:
@@ -117,7 +119,7 @@ def main() -> None:
              f"jax {m['jax']}, python {m['python']}.",
              f"Commit: {git_commit()}.",
              f"Command: `python scripts/bench.py {' '.join(sys.argv[1:])}`".rstrip() + ".",
-             f"Measured float32 matmul peak (2048² chain, same run): {peak / 1e9:.1f} GFLOP/s.",
+             f"Measured float32 matmul peak ({args.peak_size}² chain, same run): {peak / 1e9:.1f} GFLOP/s.",
              f"Max pooling: {os.environ.get('SGRAD_MAX_POOL') or 'chosen by measurement'} "
              "(SGRAD_MAX_POOL, sgrad/models/pooling.py).",
              f"Convolutions on XLA:CPU: {os.environ.get('SGRAD_CPU_CONV') or 'chosen by measurement'}"

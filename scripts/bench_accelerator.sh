@@ -17,7 +17,7 @@ out=${SGRAD_BENCH_OUT:-results/bench}
 read -r platform count kind < <(python -c "import jax; d = jax.devices(); \
 print(jax.default_backend(), len(d), d[0].device_kind.replace(' ', '_'))")
 if [[ ${SGRAD_BENCH_QUICK:-0} == 1 ]]; then
-    single=(--models fcn3 --batch 16 --chunk 2 --chunks 1 --modes dni:sg.hidden_layers=0)
+    single=(--models fcn3 --batch 16 --chunk 2 --chunks 1 --modes dni:sg.hidden_layers=0 --peak-size 256)
     multi=(--layers 4 --batch 32 --chunk 2 --chunks 1 --modes cdni)
     tta=(--layers 3 --batch 64 --steps 4 --eval-every 2 --seeds 0 --targets 0.2)
     one=backprop:none

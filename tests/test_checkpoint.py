@@ -45,16 +45,16 @@ def _cfg(idx_dir, *extra):
 
 @pytest.mark.slow
 def test_preempted_run_resumes_exactly_in_the_same_run_dir(idx_dir, tmp_path):
-    args = ("trainer.steps=1000", "checkpoint.every=250", "trainer.eval_every=250")
+    args = ("trainer.steps=400", "checkpoint.every=100", "trainer.eval_every=100")
     ref = train_and_evaluate(_cfg(idx_dir, *args), tmp_path / "ref")
     run = tmp_path / "run"
     preempt_when_checkpointed(run)
     with pytest.raises(Preempted) as stop:
         train_and_evaluate(_cfg(idx_dir, *args), run)
-    assert 250 <= stop.value.step < 1000
+    assert 100 <= stop.value.step < 400
     assert json.loads((run / "summary.json").read_text())["status"] == "preempted"
     again = train_and_evaluate(_cfg(idx_dir, *args), run)
-    assert again["step"] == 1000 and again["test/accuracy"] == ref["test/accuracy"]
+    assert again["step"] == 400 and again["test/accuracy"] == ref["test/accuracy"]
     assert _curve(run) == _curve(tmp_path / "ref")
     _assert_same_params(_final_params(run)[1], _final_params(tmp_path / "ref")[1])
     # TensorBoard's own reader sees each logged step once, and all of them.
@@ -70,13 +70,16 @@ def test_checkpoints_keep_the_newest_n(idx_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_from_another_run_dir(idx_dir, tmp_path):
+def test_resume_from_another_run_dir(idx_dir, tmp_path, caplog):
     ref = train_and_evaluate(_cfg(idx_dir, "trainer.steps=80", "checkpoint.every=40"), tmp_path / "ref")
     train_and_evaluate(_cfg(idx_dir, "trainer.steps=40", "checkpoint.every=40"), tmp_path / "a")
-    b = train_and_evaluate(_cfg(idx_dir, "trainer.steps=80", "checkpoint.every=40",
-                                f"trainer.resume={tmp_path / 'a'}"), tmp_path / "b")
+    with caplog.at_level(logging.WARNING):
+        b = train_and_evaluate(_cfg(idx_dir, "trainer.steps=80", "checkpoint.every=40",
+                                    f"trainer.resume={tmp_path / 'a'}"), tmp_path / "b")
     assert b["test/accuracy"] == ref["test/accuracy"]
     assert min(r["step"] for r in read_jsonl(tmp_path / "b" / "metrics.jsonl")) > 40
+    # Orbax is asked for nothing it would warn about (read-only options on a restore).
+    assert not [r for r in caplog.records if "read_only" in r.getMessage() or "read only" in r.getMessage()]
     with pytest.raises(ValueError, match="no readable checkpoint"):
         train_and_evaluate(_cfg(idx_dir, f"trainer.resume={tmp_path / 'nothing'}"), tmp_path / "c")
 
@@ -122,9 +125,9 @@ def test_divergence_before_any_checkpoint_says_there_is_none(idx_dir, tmp_path):
 
 # --- real processes ----------------------------------------------------------------------------
 
-SLOW_RUN = ["mode=dni", "model.width=64", "sg.width=128", "trainer.steps=1500", "trainer.batch_size=32",
-            "trainer.log_every=25", "trainer.progress=false", "checkpoint.every=500", "log.grad_probe_every=500",
-            "trainer.eval_every=500", "trainer.eval_batch_size=128", "optim.lr=1e-3", "optim.schedule=constant",
+SLOW_RUN = ["mode=dni", "model.width=64", "sg.width=128", "trainer.steps=600", "trainer.batch_size=32",
+            "trainer.log_every=25", "trainer.progress=false", "checkpoint.every=200", "log.grad_probe_every=200",
+            "trainer.eval_every=200", "trainer.eval_batch_size=128", "optim.lr=1e-3", "optim.schedule=constant",
             "sg.optim.lr=1e-3", "sg.optim.schedule=constant"]
 
 
@@ -163,13 +166,13 @@ def test_killed_process_resumes_to_the_uninterrupted_result(idx_dir, tmp_path, r
     proc.wait(timeout=120)
     assert proc.returncode == -signal.SIGKILL
     interrupted_at = max(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit())
-    assert interrupted_at < 1500
+    assert interrupted_at < 600
     res = subprocess.run(_cmd(idx_dir, run), capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     assert _curve(run) == _curve(reference_run)
     ref_step, ref_params = _final_params(reference_run)
     step, params = _final_params(run)
-    assert step == ref_step == 1500
+    assert step == ref_step == 600
     _assert_same_params(params, ref_params)
 
 
@@ -202,15 +205,6 @@ def test_multirun_reports_the_failed_job_and_keeps_the_others(idx_dir, tmp_path)
                                                                              "runs.csv", "table.md",
                                                                              "diagnostics.png"}
     assert all(Path(w).is_file() and Path(w).parent == sweep / "report" for w in wrote)
-
-
-@pytest.mark.slow  # an end-to-end run through the CLI
-def test_resuming_from_another_run_logs_no_orbax_option_warnings(idx_dir, tmp_path, caplog):
-    train_and_evaluate(_cfg(idx_dir, "trainer.steps=40", "checkpoint.every=40"), tmp_path / "a")
-    with caplog.at_level(logging.WARNING):
-        train_and_evaluate(_cfg(idx_dir, "trainer.steps=80", "checkpoint.every=40", f"trainer.resume={tmp_path / 'a'}"),
-                           tmp_path / "b")
-    assert not [r for r in caplog.records if "read_only" in r.getMessage() or "read only" in r.getMessage()]
 
 
 def test_multirun_says_why_a_job_could_not_run(tmp_path):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import (assert_same_run, make_cfg, preempt_when_checkpointed, run_on_cpu_devices,
+from conftest import (assert_same_run, final_checkpoint, make_cfg, preempt_when_checkpointed, run_on_cpu_devices,
                       stop_inside_a_chunk)
 from sgrad.config import ConfigError, flat_config
 from sgrad.run.metrics import read_jsonl
@@ -486,9 +486,10 @@ def _wait_for(lines, proc, text: str, timeout: float = 300) -> str:
 
 
 @pytest.mark.slow
-def test_sigterm_inside_a_long_chunk_stops_within_seconds_with_a_checkpoint_and_resumes_there(idx_dir, tmp_path):
-    # That the resumed run equals an uninterrupted one, stopped inside a chunk, is the stop tests' above (every
-    # task family and layout); here: a real signal on a slow network is honoured within seconds, and resumed.
+def test_sigterm_inside_a_long_chunk_stops_within_seconds_with_a_checkpoint_there(idx_dir, tmp_path):
+    # That a run stopped inside a chunk resumes from that checkpoint to the uninterrupted result is the stop tests'
+    # above (every task family and layout); here: a real signal on a slow network is honoured within seconds and
+    # leaves a complete checkpoint at the step it announced. (Resuming would train the wide network to the end.)
     import signal
     run = tmp_path / "run"
     proc, lines = _start(idx_dir, run)
@@ -505,12 +506,9 @@ def test_sigterm_inside_a_long_chunk_stops_within_seconds_with_a_checkpoint_and_
     assert proc.returncode == 143 and took < 30, (proc.returncode, took)
     assert f"at step {announced};" in stopped and 0 < announced < SLOW_STEPS, (said, stopped)
     assert (run / "checkpoints" / str(announced) / "chunk_sums.npz").is_file()
-    again = subprocess.run(_tiny_cli(idx_dir, run, *SLOW_STEP), cwd=ROOT, capture_output=True, text=True,
-                           timeout=600)
-    assert again.returncode == 0, again.stderr[-2000:]
-    assert f"resuming from the checkpoint at step {announced}" in again.stdout + again.stderr
-    summary = json.loads((run / "summary.json").read_text())
-    assert summary["status"] == "completed" and summary["step"] == SLOW_STEPS, summary
+    step, tree = final_checkpoint(run)  # restores: the checkpoint is whole
+    assert step == announced and tree, step
+    assert json.loads((run / "summary.json").read_text())["status"] == "preempted"
 
 
 @pytest.mark.slow

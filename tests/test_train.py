@@ -26,13 +26,13 @@ def _train(idx_dir, tmp_path, *overrides):
 
 # The FCN learns in backprop, DNI, cDNI, DGL and DDG in the fast tier; complete unlocking, FR and the CNN runs are
 # slow (their steps are checked against their rules in the fast tier: tests/test_dni.py, tests/test_decoupled.py,
-# tests/test_fr.py).
+# tests/test_fr.py). The CNN runs one mode of each kind of interface: an SG model, an auxiliary classifier, a delay.
 _slow = lambda model, mode: pytest.param(model, mode, marks=pytest.mark.slow)
 _cnn = lambda mode: _slow("cnn", mode)
 
 
 @pytest.mark.parametrize("model, mode", [("fcn", mode) for mode in ("backprop", "dni", "cdni")]
-                         + [_cnn(mode) for mode in ("backprop", "dni", "cdni")]
+                         + [_cnn("dni")]
                          + [_slow("fcn", "dni_full"), _slow("fcn", "cdni_full")]
                          + [("fcn", "dgl"), _cnn("dgl"), ("fcn", "ddg"), _cnn("ddg"), _slow("fcn", "fr")])
 def test_every_mode_learns(idx_dir, tmp_path, mode, model):

@@ -1,7 +1,7 @@
 """mode=dgl, ddg and fr with parallel=pipeline on K CPU devices (argv[1]): each equals the same schedule run
 sequentially in plain Python, and the single-device step (DGL drained to one minibatch in flight; DDG and FR
-as they run, since their forward pass is locked). With three devices DDG and FR also run a user's network with
-dropout (tests/dropout_model.py): the masks of a step are the same on the devices as in the one-device step."""
+as they run, since their forward pass is locked). With three devices FR also runs a user's network with dropout
+(tests/dropout_model.py): the masks of a step are the same on the devices as in the one-device step."""
 
 import sys
 
@@ -51,9 +51,9 @@ def moved(a, b):
 
 
 # Conv stages at two devices, FCN stages at three (CI time): three devices hold every role two do (the bottom
-# sending up, the top sending back) and a middle stage besides.
-cases = [("dgl", "fcn", (6, 6, 1)), ("dgl", "cnn", (8, 8, 1)), ("ddg", "fcn", (6, 6, 1)), ("ddg", "cnn", (8, 8, 1)),
-         ("fr", "fcn", (6, 6, 1))]
+# sending up, the top sending back) and a middle stage besides. DDG and FR share the locked schedule: DDG runs it
+# at two devices, FR at three.
+cases = [("dgl", "fcn", (6, 6, 1)), ("dgl", "cnn", (8, 8, 1)), ("ddg", "cnn", (8, 8, 1)), ("fr", "fcn", (6, 6, 1))]
 for mode, model, shape in [c for c in cases if (c[1] == "cnn") == (K == 2)]:
     net, tx, fresh, xs, ys, pre, (mean, std) = setup(mode, model, shape)
     T = 3 * K + 4
