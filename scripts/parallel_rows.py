@@ -45,7 +45,7 @@ def bench_parallel(cfg, spec: str, parallel: str, devices: int, chunk: int, chun
                                         shape, cfg.trainer.batch_size, mean, std, jax.local_devices()[:1])
         baseline = [b_run, b_state, xs, ys, jax.device_put(idx, jax.local_devices()[0])]
     run, state, _ = make_runner(parallel, net, tx, state, settings, shape,
-                                cfg.trainer.batch_size, mean, std, jax.devices()[:devices], replicas)
+                                cfg.trainer.batch_size, mean, std, jax.devices()[:devices], replicas, cfg.sg_share)
     # XLA's memory analysis of each compiled chunk, per device (before the timing donates the states).
     mem = memory(run.compiled(state, xs, ys, idx, np.int32(len(idx))))
     base_mem = memory(baseline[0].compiled(*baseline[1:], np.int32(len(idx)))) if baseline else {}
@@ -92,8 +92,8 @@ def part_seconds(cfg, settings, parallel: str, devices: int, replicas: int, net,
         run = make_chunk_runner(make_train_step(net, tx, settings), mean, std)
         part = idx[:, :batch // devices]
         return {"shard_sec": chunk_seconds(run, state, xs, ys, jax.device_put(part, device[0]), 3) / (3 * len(part))}
-    if parallel != "pipeline" or net.rule.stage.schedule != "unlocked" or replicas > 1:
-        return {}
+    if parallel != "pipeline" or net.rule.stage.schedule != "unlocked" or replicas > 1 or cfg.sg_share:
+        return {}  # (sg_share's tick adds an exchange of gradients between the parts: not modelled)
     from sgrad.devices.layout import build_pipeline
     from sgrad.devices.pipeline import device_tick
     pipe, ps = build_pipeline(net, tx, state, shape, batch, settings, replicas)
@@ -104,7 +104,7 @@ def part_seconds(cfg, settings, parallel: str, devices: int, replicas: int, net,
         def ticks(carry, xs, ys, idx, n, me=None, i=i):
             def tick(j, carry):
                 flat, fwd, bwd, past = carry
-                args = (flat, fwd, bwd, past, xs, ys, idx[j], jnp.bool_(True), j)
+                args = (flat, fwd, bwd, past, None, xs, ys, idx[j], jnp.bool_(True), j)
                 flat, out, back, _ = (branches[i](*args) if me is None else jax.lax.switch(me, branches, *args))
                 # The messages the device sends stand in for those it would receive (same shapes).
                 return flat, out, back, jnp.stack([out, past[0]])

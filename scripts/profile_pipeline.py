@@ -120,7 +120,7 @@ def components(mode: str, layers: int, batch: int) -> dict:
             plain = jax.jit(lambda t, h: rule.stage.tick(pipe, i, t, Tick(h, y, ok, old_h, y, old_h, ok)))
             row["stage"] = seconds(plain, tree, h_in, repeats=20)
             dev = jax.jit(lambda flat, fw, bw, past: device_tick(
-                pipe, i, lambda a: preprocess(a, mean, std), flat, fw, bw, past, xs, ys, idx[0], ok, 0))
+                pipe, i, lambda a: preprocess(a, mean, std), flat, fw, bw, past, None, xs, ys, idx[0], ok, 0))
             row["stage_flat"] = seconds(dev, pstate.stage_KxS[i], pstate.fwd_KxBxA2[i],
                                         pstate.bwd_KxBxA2[i], pstate.past_Kx2xBxA2[i], repeats=20)
         out["stages"].append(row)

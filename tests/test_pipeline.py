@@ -29,6 +29,23 @@ def test_dgl_ddg_and_fr_pipelines_match_their_sequential_schedule_and_single_dev
 
 
 @pytest.mark.slow
+def test_a_shared_sg_regression_equals_the_unshared_pipeline_and_its_copies_stay_equal_to_m():
+    # 3 devices: the middle one holds M_2 and a copy of M_1, so it sends a half-gradient each way.
+    res = run_on_cpu_devices("pipeline_sg_share", 3, 3)
+    assert res.stdout.splitlines() == ["dni shared = unshared", "cdni shared = unshared",
+                                       "cdni batch norm copies equal"]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["sg_share=0.5"], r"sg_share=0.5 .*0 unless parallel=pipeline with replicas=1"),
+    (["parallel=pipeline", "sg_share=1.0"], r"sg_share=1.0 .*in \[0, 1\)"),
+    (["parallel=pipeline", "mode=dgl", "sg_share=0.5"], r"sg_share=0.5 .*0 for mode=dgl .*cdni, dni regress")])
+def test_sg_share_is_checked(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        check(make_cfg(*overrides))
+
+
+@pytest.mark.slow
 def test_the_transformer_pipeline_matches_its_sequential_schedule():
     res = run_on_cpu_devices("pipeline_transformer", 2)
     assert res.stdout.splitlines() == ["cdni ok"]

@@ -223,6 +223,9 @@ class TrainConfig:
     seed: int = 0
     parallel: Parallel = Parallel.none
     replicas: int = 1  # parallel=pipeline: copies of the pipeline, each on 1/replicas of the batch (K x replicas devices)
+    # parallel=pipeline, mode=dni/cdni: the share of each SG model M_i's regression batch that device i+1 computes on a
+    # copy of M_i (device i does the rest; both apply the summed gradient). 0: M_i regresses on device i alone.
+    sg_share: float = 0.0
     distributed: bool = False
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -330,6 +333,10 @@ def validate(cfg: Any) -> None:
     require(cfg.trainer.batch_size % cfg.replicas == 0, "replicas", cfg.replicas,
             f"a divisor of trainer.batch_size={cfg.trainer.batch_size}")
     require(cfg.checkpoint.keep >= 1, "checkpoint.keep", cfg.checkpoint.keep, "an integer >= 1")
+    require(0.0 <= cfg.sg_share < 1.0, "sg_share", cfg.sg_share, "in [0, 1): the share of each SG model's regression "
+            "batch done on the device above")
+    require(cfg.sg_share == 0.0 or (str(cfg.parallel) == "pipeline" and cfg.replicas == 1), "sg_share", cfg.sg_share,
+            "0 unless parallel=pipeline with replicas=1")
     text_tasks = ("ptb_char", "text")
     image_tasks = LSTM_IMAGE_DATASETS
     sequence_tasks = ("copy", "repeat_copy", "ptb_char", "text", "two_timescale")

@@ -33,6 +33,9 @@ class PipelineState:
     fwd_KxBxA2: jnp.ndarray     # activation + valid (-1: none) + example index, arriving at device i next tick
     bwd_KxBxA2: jnp.ndarray     # SG target + valid column (+ unused), arriving at device i next tick
     past_Kx2xBxA2: jnp.ndarray  # each device's last two outgoing activations, newest first
+    # sg_share > 0 only (else None): the last rows of device i's last input message and of the SG target it sent
+    # back for it, on which it regresses its copy of M_{i-1} next tick
+    stash_Kx2xRxA2: Any = None
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -48,6 +51,8 @@ class Pipeline:
     unravel: tuple[Callable, ...]
     width: int                                # A: the widest activation sent between devices
     replicas: int = 1                         # copies of the pipeline, each on 1/replicas of the batch
+    shared_rows: int = 0                      # sg_share: rows of M_i's regression batch done on device i+1
+    grad_width: int = 0                       # P: the largest SG model's flat parameter count
 
     @property
     def k(self) -> int:
@@ -67,9 +72,10 @@ class Pipeline:
         return self.unravel[i](flat[:self.sizes[i]])
 
 
-def stage_tree(state: TrainState, i: int, last: bool) -> dict:
+def stage_tree(state: TrainState, i: int, last: bool, shared: bool = False) -> dict:
     """Stage i's share of the state: module i, its interface model (none for the last), input model I_i (none for
-    the first), and what the mode carries for module i."""
+    the first), and what the mode carries for module i; `shared` (sg_share): device i > 0 also holds a copy of
+    M_{i-1} ("peer": parameters, optimizer state and batch statistics), updated as M_{i-1} is."""
     def pick(tree, group):
         if group == "interface":
             return () if last or not tree["interface"] else tree["interface"][i]
@@ -80,6 +86,9 @@ def stage_tree(state: TrainState, i: int, last: bool) -> dict:
              for name, group in (("module", "modules"), ("interface", "interface"), ("si", "si"))
              for suffix, tree in (("", state.params), ("_stats", state.stats), ("_opt", state.opt_state))}
     stage["carry"] = state.carry[i] if state.carry and not last else ()
+    if shared and i > 0:
+        for suffix, tree in (("", state.params), ("_stats", state.stats), ("_opt", state.opt_state)):
+            stage[f"peer{suffix}"] = tree["interface"][i - 1]
     return stage
 
 
@@ -96,13 +105,14 @@ def gather(trees: Sequence[dict], step) -> TrainState:
 
 
 def build_pipeline(net: Network, tx: Optimizers, state: TrainState, input_shape: Sequence[int],
-                   batch: int, settings: UpdateRule = UpdateRule(), replicas: int = 1
+                   batch: int, settings: UpdateRule = UpdateRule(), replicas: int = 1, sg_share: float = 0.0
                    ) -> tuple[Pipeline, PipelineState]:
     """The layout of a decoupled network over len(net.modules) x `replicas` devices and its initial state.
 
     With replicas > 1 every module has that many devices, each running it on its share of the batch; the
     messages are split along the batch, the stage state is the same on all of them (their gradients and batch
-    statistics are averaged).
+    statistics are averaged). `sg_share` > 0: device i+1 regresses its copy of M_i on that share of each
+    batch, device i on the rest (sgrad/devices/pipeline.py).
     """
     if net.rule.stage is None:
         pipelined = ", ".join(n for n, r in RULES.items() if r.stage is not None)
@@ -111,27 +121,52 @@ def build_pipeline(net: Network, tx: Optimizers, state: TrainState, input_shape:
     if batch % replicas:
         raise ValueError(f"replicas={replicas}: trainer.batch_size={batch} must be divisible by it")
     k = len(net.modules)
-    trees = [stage_tree(state, i, i == k - 1) for i in range(k)]
+    rows = shared_rows(net, batch, replicas, sg_share)
+    trees = [stage_tree(state, i, i == k - 1, rows > 0) for i in range(k)]
     flats, unravels = zip(*(ravel_pytree(t) for t in trees))
     out_shapes = activation_shapes(net.modules, input_shape)
     width = max(int(np.prod(s)) for s in out_shapes[:-1])
+    grad_width = max(ravel_pytree(p)[0].size for p in state.params["interface"]) if rows else 0
     pipe = Pipeline(net, tx, settings, batch // replicas, out_shapes, tuple(int(f.size) for f in flats),
-                    tuple(unravels), width, replicas)
+                    tuple(unravels), width, replicas, rows, grad_width)
     stage = jnp.stack([jnp.pad(f, (0, max(pipe.sizes) - f.size)) for f in flats])
     msg = jnp.zeros((k, batch, width + 2), jnp.float32)
     nothing = msg.at[..., -2].set(-1.0)
-    return pipe, PipelineState(state.step, stage, nothing, msg, jnp.stack([nothing, nothing], axis=1))
+    pstate = PipelineState(state.step, stage, nothing, msg, jnp.stack([nothing, nothing], axis=1))
+    if rows:
+        pstate = pstate.replace(stash_Kx2xRxA2=jnp.zeros((k, 2, rows, width + 2), jnp.float32))
+    return pipe, pstate
 
 
-def repack(flat: jnp.ndarray, tree: dict) -> jnp.ndarray:
+def shared_rows(net: Network, batch: int, replicas: int, sg_share: float) -> int:
+    """How many rows of each SG model's regression batch the device above computes (sg_share)."""
+    if not sg_share:
+        return 0
+    if net.rule.stage is None or net.rule.stage.peer is None:
+        shared = ", ".join(n for n, r in RULES.items() if r.stage is not None and r.stage.peer is not None)
+        raise ValueError(f"sg_share={sg_share}: only modes whose interface model regresses on a target the device "
+                         f"above makes can share it ({shared}), not mode={net.rule.name}")
+    if replicas > 1:
+        raise ValueError(f"sg_share={sg_share}: needs replicas=1")
+    rows = round(sg_share * batch)
+    if not 0 < rows < batch:
+        raise ValueError(f"sg_share={sg_share}: must leave each device at least one row of the batch of {batch} "
+                         "(between 0 and 1)")
+    return rows
+
+
+def repack(flat: jnp.ndarray, tree: dict, keys: Sequence[str] | None = None) -> jnp.ndarray:
     """A stage's new state written over the front of its padded buffer: the padding is never copied (a
-    stage smaller than the largest would otherwise pay for the largest's size every tick)."""
-    # One in-place update per leaf, at its offset in ravel_pytree's order: XLA can write each optimizer
-    # result straight into the buffer instead of concatenating the leaves first.
+    stage smaller than the largest would otherwise pay for the largest's size every tick). `keys`: write only
+    these entries of the stage tree (the others are unchanged)."""
+    # One in-place update per leaf, at its offset in ravel_pytree's order (a dict's keys sorted): XLA can write
+    # each optimizer result straight into the buffer instead of concatenating the leaves first.
     offset = 0
-    for leaf in jax.tree.leaves(tree):
-        flat = jax.lax.dynamic_update_slice(flat, jnp.ravel(leaf).astype(flat.dtype), (offset,))
-        offset += leaf.size
+    for key in sorted(tree):
+        for leaf in jax.tree.leaves(tree[key]):
+            if keys is None or key in keys:
+                flat = jax.lax.dynamic_update_slice(flat, jnp.ravel(leaf).astype(flat.dtype), (offset,))
+            offset += leaf.size
     return flat
 
 

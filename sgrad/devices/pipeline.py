@@ -35,6 +35,7 @@ from sgrad.models.loss import is_classes
 from sgrad.core.optim import Optimizers
 from sgrad.devices import conv_library
 from sgrad.devices.chunk import ChunkRunner, placed
+from sgrad.core.step import masked_update
 from sgrad.devices.layout import Pipeline, PipelineState, pad, repack, unpad
 from sgrad.models.network import dropout_rng
 from sgrad.modes.stage import SLOTS, LockedTick, Tick, run_module
@@ -43,12 +44,16 @@ PIPE_AXIS = "pipe"
 DATA_AXIS = "data"
 
 
-def device_tick(pipe: Pipeline, i: int, preprocess: Callable, flat, fwd, bwd, past, xs, ys, idx_B, feed, step):
+def device_tick(pipe: Pipeline, i: int, preprocess: Callable, flat, fwd, bwd, past, stash, xs, ys, idx_B, feed,
+                step):
     """Stage i's unlocked tick on its padded buffers: unpack the messages, run the rule's stage, pack the replies.
 
     Messages are [B, A+2]: the activation (or SG target) zero-padded to A, then a valid flag (1: an example,
     -1: nothing), then the example index; a device reads an example's target from `ys` by that index, so targets
     of any shape (a class, a token per position, a regression target) travel as one number.
+
+    With sg_share (`stash` not None) it also returns its half of M_i's regression gradient (for device i+1) and of
+    its copy of M_{i-1}'s (for device i-1), each flat, padded to P, with a valid flag, and its new stash.
     """
     stage = pipe.stage
     tree = pipe.tree(i, flat)
@@ -71,6 +76,17 @@ def device_tick(pipe: Pipeline, i: int, preprocess: Callable, flat, fwd, bwd, pa
         tick = tick._replace(past_x=preprocess(xs[fwd[:, -1].astype(jnp.int32)]),
                              si_target=unpad(fwd[:, :-2], pipe.out_shapes[i - 1]), si_target_ok=arrived[0])
     tree, h, d_in, metrics = stage.tick(pipe, i, tree, tick)
+    if stash is not None:
+        tree = dict(tree)
+        own = _flag_row(pipe, tree.pop("sg_grad") if i < pipe.k - 1 else None, tick.target_ok)
+        if i > 0:
+            # Last tick's input and the SG target made for it: the rows of M_{i-1}'s regression that are ours.
+            sent, made = stash[0], stash[1]
+            g_peer, _ = stage.peer(pipe, i, tree, unpad(sent[:, :-2], pipe.out_shapes[i - 1]),
+                                   target_of(sent[:, -1]), unpad(made[:, :-2], pipe.out_shapes[i - 1]))
+            peer = _flag_row(pipe, g_peer, made[0, -2] > 0)
+        else:
+            peer = _flag_row(pipe, None, False)
     if pipe.replicas > 1:
         tree = {key: jax.lax.pmean(value, DATA_AXIS) if key.endswith("_stats") else value
                 for key, value in tree.items()}
@@ -84,7 +100,33 @@ def device_tick(pipe: Pipeline, i: int, preprocess: Callable, flat, fwd, bwd, pa
         back = jnp.zeros_like(bwd)
     else:
         back = jnp.concatenate([pad(d_in, pipe.width), columns(ok_in, 0)], axis=1)
-    return flat, out, back, metrics
+    if stash is None:
+        return flat, out, back, metrics
+    rows = pipe.shared_rows
+    return flat, out, back, metrics, own, peer, jnp.stack([fwd[-rows:], back[-rows:]])
+
+
+def _flag_row(pipe: Pipeline, grads, ok):
+    """A gradient as a flat row padded to P, then a valid flag (1 or 0): sg_share's message."""
+    values = jnp.zeros(pipe.grad_width) if grads is None else pad(ravel_pytree(grads)[0][None], pipe.grad_width)[0]
+    return jnp.concatenate([values, jnp.asarray(ok, jnp.float32)[None]])
+
+
+def apply_shared(pipe: Pipeline, i: int, flat, own, peer):
+    """sg_share, after the exchange: M_i and device i's copy of M_{i-1} step along their regression gradients
+    summed over both devices' rows (`own`, `peer`: [P+1], the lower device's half + the upper's, so both
+    devices add the same numbers in the same order), where the flag says the target was valid. The update is
+    elementwise in the same values on both devices, so the copies stay equal to M."""
+    tree = pipe.tree(i, flat)
+    keys = []
+    for key, row, exists in (("interface", own, i < pipe.k - 1), ("peer", peer, i > 0)):
+        if not exists:
+            continue
+        values, unravel = ravel_pytree(tree[key])
+        tree[key], tree[f"{key}_opt"], _ = masked_update(pipe.tx.sg, unravel(row[:values.size]), tree[f"{key}_opt"],
+                                                         tree[key], row[-1] > 0)
+        keys += [key, f"{key}_opt"]
+    return repack(flat, tree, keys)
 
 
 def _exchange(pipe: Pipeline, out, back, forward_perm, backward_perm):
@@ -131,14 +173,26 @@ def unlocked_chunk_fn(pipe: Pipeline, preprocess: Callable, feed_every: int = 1)
         def tick(j, carry):
             s, sums = carry
             feed = s.step % feed_every == 0
-            flat, out, back, metrics = jax.lax.switch(
-                me, branches, s.stage_KxS[0], s.fwd_KxBxA2[0], s.bwd_KxBxA2[0], s.past_Kx2xBxA2[0],
+            stash = None if s.stash_Kx2xRxA2 is None else s.stash_Kx2xRxA2[0]
+            flat, out, back, metrics, *shared = jax.lax.switch(
+                me, branches, s.stage_KxS[0], s.fwd_KxBxA2[0], s.bwd_KxBxA2[0], s.past_Kx2xBxA2[0], stash,
                 xs, ys, idx_CxB[j], feed, s.step)
             fwd, bwd = _exchange(pipe, out, back, forward_perm, backward_perm)
             # Device 0 receives nothing forward (it reads the data) and device K-1 nothing backward:
             # zeros, whose valid column says "no target".
             past = jnp.stack([out, s.past_Kx2xBxA2[0, 0]])
-            s = PipelineState(s.step + 1, flat[None], fwd[None], bwd[None], past[None])
+            s = s.replace(step=s.step + 1, stage_KxS=flat[None], fwd_KxBxA2=fwd[None], bwd_KxBxA2=bwd[None],
+                          past_Kx2xBxA2=past[None])
+            if shared:
+                own, peer, stash = shared
+                # Device i's half of M_i's gradient goes up, its half of M_{i-1}'s down; each device then adds
+                # the lower device's half to the upper's.
+                from_below = jax.lax.ppermute(own, PIPE_AXIS, forward_perm)
+                from_above = jax.lax.ppermute(peer, PIPE_AXIS, backward_perm)
+                own = jnp.concatenate([own[:-1] + from_above[:-1], own[-1:]])
+                peer = jnp.concatenate([from_below[:-1] + peer[:-1], from_below[-1:]])
+                flat = jax.lax.switch(me, [partial(apply_shared, pipe, i) for i in range(k)], flat, own, peer)
+                s = s.replace(stage_KxS=flat[None], stash_Kx2xRxA2=stash[None])
             return s, sums + metrics
 
         state, sums = jax.lax.fori_loop(lo, lo + n, tick, (state, sums))
@@ -237,7 +291,8 @@ def make_pipeline_runner(pipe: Pipeline, preprocess: Callable, devices: Sequence
         pipe = dataclasses.replace(pipe, tx=Optimizers(*map(_mean_over_replicas, pipe.tx)))
     mesh = jax.make_mesh((pipe.k, pipe.replicas), (PIPE_AXIS, DATA_AXIS), devices=devices[:need])
     message = P(PIPE_AXIS, DATA_AXIS)
-    state_spec = PipelineState(P(), P(PIPE_AXIS), message, message, P(PIPE_AXIS, None, DATA_AXIS))
+    state_spec = PipelineState(P(), P(PIPE_AXIS), message, message, P(PIPE_AXIS, None, DATA_AXIS),
+                               P(PIPE_AXIS) if pipe.shared_rows else None)
     per_device = P((PIPE_AXIS, DATA_AXIS))
     specs = (state_spec, per_device, P(), P(), P(None, DATA_AXIS), P(), P(), P(), P())
     chunk = (locked_chunk_fn(pipe, preprocess) if pipe.stage.schedule == "locked" else

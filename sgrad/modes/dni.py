@@ -47,14 +47,16 @@ def stage(pipe, i: int, tree: dict, t):
     new, metrics = dict(tree), no_metrics()
     if not last:
         model = net.interface_models[i]
-
-        def sg_out(q):
-            # Only the output is used: the running BN statistics were updated when ĝ was predicted.
-            return apply(model, q, tree["interface_stats"], (t.past_h, net.interface_label(t.past_y)), True)[0]
-
-        pred, vjp = jax.vjp(sg_out, tree["interface"])
-        (g_sg,), (sg_loss,) = dni.regression_grads([pred], [vjp], [t.target])
-        new["interface"], new["interface_opt"], _ = masked_update(pipe.tx.sg, g_sg, tree["interface_opt"], tree["interface"], t.target_ok)
+        # sg_share: device i+1 regresses its copy of M_i on the last shared_rows rows; the pipeline sums the two
+        # gradients and applies them on both devices.
+        rows = pipe.batch - pipe.shared_rows
+        g_sg, sg_loss = regression(pipe, model, tree["interface"], tree["interface_stats"], t.past_h[:rows],
+                                   t.past_y[:rows], t.target[:rows])
+        if pipe.shared_rows:
+            new["sg_grad"] = g_sg
+        else:
+            new["interface"], new["interface_opt"], _ = masked_update(pipe.tx.sg, g_sg, tree["interface_opt"],
+                                                                      tree["interface"], t.target_ok)
         metrics[SLOT["sg_loss"]] = jnp.where(t.target_ok, sg_loss, 0.0)
         metrics[SLOT["sg_valid"]] = t.target_ok.astype(jnp.float32)
     h_in = t.h_in
@@ -83,6 +85,23 @@ def stage(pipe, i: int, tree: dict, t):
     return new, h, d_in, jnp.stack(metrics)
 
 
+def regression(pipe, model, params, stats, h, y, target):
+    """M's regression gradient on these rows of a minibatch, as their share of the whole batch's mean-loss
+    gradient, and the rows' mean loss. Only the output is used: the running BN statistics were updated when ĝ
+    was predicted."""
+    pred, vjp = jax.vjp(lambda q: apply(model, q, stats, (h, pipe.net.interface_label(y)), True)[0], params)
+    (grads,), (loss,) = dni.regression_grads([pred], [vjp], [target])
+    if h.shape[0] != pipe.batch:
+        grads = jax.tree.map(lambda g: g * (h.shape[0] / pipe.batch), grads)
+    return grads, loss
+
+
+def peer(pipe, i: int, tree: dict, h, y, target):
+    """sg_share: device i's share of M_{i-1}'s regression, on its copy of M_{i-1}: the last rows of the activation
+    it received last tick, toward the SG target it made for them."""
+    return regression(pipe, pipe.net.interface_models[i - 1], tree["peer"], tree["peer_stats"], h, y, target)
+
+
 def _stage_metrics(sums_KxM, k: int, synthetic_inputs: bool = False):
     out = {**task_means(sums_KxM),
            **slot_means(sums_KxM, k, {"sg/loss": ("sg_loss", "sg_valid"), "sg/norm": ("sg_norm", "valid")})}
@@ -109,7 +128,7 @@ def _rule(name: str, summary: str, conditioned: bool, synthetic_inputs: bool) ->
         link=_link if not (conditioned or synthetic_inputs) else None,
         module_active=_module_active, probe=_probe,
         stage=Stage(stage, _full_stage_metrics if synthetic_inputs else _stage_metrics, "unlocked", sends_back=True,
-                    reads_input=synthetic_inputs),
+                    reads_input=synthetic_inputs, peer=None if synthetic_inputs else peer),
         diagnostic=("sg/cosine", "cosine(ĝ_i, true gradient)"))
 
 

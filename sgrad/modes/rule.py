@@ -37,6 +37,8 @@ class Stage:
       tick(pipe, i, tree, tick) -> (tree, h_out, input cotangent, metric slots): device i's share of a tick
       metrics(per-device sums [K, M], K) -> metric names
       receive(pipe, i, tree, cotangent) -> tree: the locked schedule's between-ticks update
+      peer(pipe, i, tree, h, y, target) -> (gradient, loss): sg_share's regression of device i's copy of M_{i-1}
+        on rows of h_{i-1} and their SG target (None: the mode's interface model cannot be shared)
     """
 
     tick: Callable
@@ -45,6 +47,7 @@ class Stage:
     sends_back: bool = False      # device i sends device i-1 a cotangent each tick
     receive: Callable | None = None
     reads_input: bool = False     # module i > 1 reads the minibatch itself (complete unlocking's I_i(x))
+    peer: Callable | None = None
 
     @property
     def lag(self) -> int:

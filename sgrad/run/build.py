@@ -206,6 +206,9 @@ def check(cfg: Any) -> None:
     if parallel == "pipeline":
         require(cfg.replicas == 1 or rule.stage.schedule != "locked", "replicas", cfg.replicas,
                 f"1 for mode={name} (its stash holds whole minibatches, which replicas would split)")
+        shared = ", ".join(n for n, r in sorted(RULES.items()) if r.stage is not None and r.stage.peer is not None)
+        require(cfg.sg_share == 0.0 or rule.stage.peer is not None, "sg_share", cfg.sg_share,
+                f"0 for mode={name} (only the SG models of {shared} regress on a target the device above makes)")
         # Each device updates from what it has at once; anything that waits for the true gradient would lock it.
         require(cfg.trainer.update_prob == 1.0, "trainer.update_prob", cfg.trainer.update_prob,
                "1.0 with parallel=pipeline")
