@@ -13,6 +13,10 @@ the stage's code, the mode's rule supplies it: sgrad/modes/):
   at once, overlapping the top device's own step, and one cotangent per device goes back, to be used next tick.
   So the pipeline computes exactly the single-device step.
 
+With `sg_share` (dni, cdni) device i+1 also holds a copy of M_i and regresses it on the last rows of the
+activation it received (device i on the first rows); one more ppermute each way carries the two half-gradients,
+and both devices apply their sum at the end of the tick (apply_shared), so the copy stays equal to M.
+
 With `replicas` D > 1 the mesh is K x D (PIPE_AXIS x DATA_AXIS): replica d of every stage runs on its 1/D of
 each minibatch and talks only to replica d of its neighbours; the stage's gradients, batch statistics and
 metrics are averaged over DATA_AXIS, so all D copies of a stage keep the same state.
@@ -187,8 +191,12 @@ def unlocked_chunk_fn(pipe: Pipeline, preprocess: Callable, feed_every: int = 1)
                 own, peer, stash = shared
                 # Device i's half of M_i's gradient goes up, its half of M_{i-1}'s down; each device then adds
                 # the lower device's half to the upper's.
-                from_below = jax.lax.ppermute(own, PIPE_AXIS, forward_perm)
-                from_above = jax.lax.ppermute(peer, PIPE_AXIS, backward_perm)
+                if k == 2:  # device 0 sends only up, device 1 only down: one swap instead of two collectives
+                    from_below = from_above = jax.lax.ppermute(jnp.where(me == 0, own, peer), PIPE_AXIS,
+                                                               [(0, 1), (1, 0)])
+                else:
+                    from_below = jax.lax.ppermute(own, PIPE_AXIS, forward_perm)
+                    from_above = jax.lax.ppermute(peer, PIPE_AXIS, backward_perm)
                 own = jnp.concatenate([own[:-1] + from_above[:-1], own[-1:]])
                 peer = jnp.concatenate([from_below[:-1] + peer[:-1], from_below[-1:]])
                 flat = jax.lax.switch(me, [partial(apply_shared, pipe, i) for i in range(k)], flat, own, peer)
