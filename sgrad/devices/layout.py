@@ -75,7 +75,8 @@ class Pipeline:
 def stage_tree(state: TrainState, i: int, last: bool, shared: bool = False) -> dict:
     """Stage i's share of the state: module i, its interface model (none for the last), input model I_i (none for
     the first), and what the mode carries for module i; `shared` (sg_share): device i > 0 also holds a copy of
-    M_{i-1} ("peer": parameters, optimizer state and batch statistics), updated as M_{i-1} is."""
+    M_{i-1} ("peer"): its parameters and optimizer state, updated as M_{i-1}'s are, and its batch statistics as
+    they were at the start (never updated: the copy only runs in training mode, which normalises by its rows)."""
     def pick(tree, group):
         if group == "interface":
             return () if last or not tree["interface"] else tree["interface"][i]

@@ -14,8 +14,9 @@ the stage's code, the mode's rule supplies it: sgrad/modes/):
   So the pipeline computes exactly the single-device step.
 
 With `sg_share` (dni, cdni) device i+1 also holds a copy of M_i and regresses it on the last rows of the
-activation it received (device i on the first rows); one more ppermute each way carries the two half-gradients,
-and both devices apply their sum at the end of the tick (apply_shared), so the copy stays equal to M.
+activation it received (device i on the first rows); the two half-gradients cross in one more collective (a swap
+on two devices, one ppermute each way on more), and both devices apply their sum at the end of the tick
+(apply_shared), so the copy stays equal to M.
 
 With `replicas` D > 1 the mesh is K x D (PIPE_AXIS x DATA_AXIS): replica d of every stage runs on its 1/D of
 each minibatch and talks only to replica d of its neighbours; the stage's gradients, batch statistics and
