@@ -94,7 +94,7 @@ def part_seconds(cfg, settings, parallel: str, devices: int, replicas: int, net,
         return {"shard_sec": chunk_seconds(run, state, xs, ys, jax.device_put(part, device[0]), 3) / (3 * len(part))}
     if parallel != "pipeline" or net.rule.stage.schedule != "unlocked" or replicas > 1 or cfg.sg_share:
         return {}  # (sg_share's tick adds an exchange of gradients between the parts: not modelled)
-    from sgrad.devices.layout import build_pipeline
+    from sgrad.devices.layout import build_pipeline, row_of
     from sgrad.devices.pipeline import device_tick
     pipe, ps = build_pipeline(net, tx, state, shape, batch, settings, replicas)
     branches = [partial(device_tick, pipe, i, partial(preprocess, mean=mean, std=std)) for i in range(pipe.k)]
@@ -103,13 +103,13 @@ def part_seconds(cfg, settings, parallel: str, devices: int, replicas: int, net,
     for i in range(pipe.k):
         def ticks(carry, xs, ys, idx, n, me=None, i=i):
             def tick(j, carry):
-                flat, fwd, bwd, past = carry
-                args = (flat, fwd, bwd, past, None, xs, ys, idx[j], jnp.bool_(True), j)
-                flat, out, back, _ = (branches[i](*args) if me is None else jax.lax.switch(me, branches, *args))
+                row, fwd, bwd, past = carry
+                args = (row, fwd, bwd, past, None, xs, ys, idx[j], jnp.bool_(True), j)
+                row, out, back, _ = (branches[i](*args) if me is None else jax.lax.switch(me, branches, *args))
                 # The messages the device sends stand in for those it would receive (same shapes).
-                return flat, out, back, jnp.stack([out, past[0]])
+                return row, out, back, jnp.stack([out, past[0]])
             return jax.lax.fori_loop(0, n, tick, carry), jnp.zeros(())
-        carry = lambda: (jnp.copy(ps.stage_KxS[i]), ps.fwd_KxBxA2[i], ps.bwd_KxBxA2[i], ps.past_Kx2xBxA2[i])
+        carry = lambda: (tuple(jnp.copy(b) for b in row_of(ps.stage_KxS, i)), ps.fwd_KxBxA2[i], ps.bwd_KxBxA2[i], ps.past_Kx2xBxA2[i])
         run = jax.jit(ticks, donate_argnums=0)
         alone.append(chunk_seconds(run, carry(), xs, ys, idx, 3) / (3 * len(idx)))
         run = jax.jit(lambda c, xs, ys, idx, n, i=i: ticks(c, xs, ys, idx, n, jnp.int32(i) + 0 * n),

@@ -60,7 +60,7 @@ def components(mode: str, layers: int, batch: int) -> dict:
     from sgrad.core import delayed, dni, greedy
     from sgrad.models.network import apply
     from sgrad.models.partition import seconds
-    from sgrad.devices.layout import repack
+    from sgrad.devices.layout import repack, row_of
     from sgrad.devices.pipeline import device_tick
     from sgrad.modes.stage import LockedTick, Tick
     from sgrad.devices.chunk import preprocess
@@ -72,7 +72,7 @@ def components(mode: str, layers: int, batch: int) -> dict:
     h_in = x
     for i in range(pipe.k):
         last = i == pipe.k - 1
-        tree = pipe.tree(i, pstate.stage_KxS[i])
+        tree = pipe.tree(i, row_of(pstate.stage_KxS, i))
         f = net.modules[i]
         fwd_h = jax.eval_shape(lambda p, s, h: apply(f, p, s, (h,), False)[0], tree["module"],
                                tree["module_stats"], h_in)
@@ -110,18 +110,18 @@ def components(mode: str, layers: int, batch: int) -> dict:
         if rule.stage.schedule == "locked":
             plain = jax.jit(lambda t, h: rule.stage.tick(pipe, i, t, LockedTick(h, x, y, step)))
 
-            def packed(flat, h, i=i):
-                t, h_o, d_in, m = rule.stage.tick(pipe, i, pipe.tree(i, flat), LockedTick(h, x, y, step))
-                return repack(flat, t), h_o, d_in, m
+            def packed(row, h, i=i):
+                t, h_o, d_in, m = rule.stage.tick(pipe, i, pipe.tree(i, row), LockedTick(h, x, y, step))
+                return repack(row, t), h_o, d_in, m
             row["stage"] = seconds(plain, tree, h_in, repeats=20)
-            row["stage_flat"] = seconds(jax.jit(packed), pstate.stage_KxS[i], h_in, repeats=20)
+            row["stage_flat"] = seconds(jax.jit(packed), row_of(pstate.stage_KxS, i), h_in, repeats=20)
         else:
             old_h = h_out if not last else jnp.ones((batch, *pipe.out_shapes[i - 1]))
             plain = jax.jit(lambda t, h: rule.stage.tick(pipe, i, t, Tick(h, y, ok, old_h, y, old_h, ok)))
             row["stage"] = seconds(plain, tree, h_in, repeats=20)
-            dev = jax.jit(lambda flat, fw, bw, past: device_tick(
-                pipe, i, lambda a: preprocess(a, mean, std), flat, fw, bw, past, None, xs, ys, idx[0], ok, 0))
-            row["stage_flat"] = seconds(dev, pstate.stage_KxS[i], pstate.fwd_KxBxA2[i],
+            dev = jax.jit(lambda state_row, fw, bw, past: device_tick(
+                pipe, i, lambda a: preprocess(a, mean, std), state_row, fw, bw, past, None, xs, ys, idx[0], ok, 0))
+            row["stage_flat"] = seconds(dev, row_of(pstate.stage_KxS, i), pstate.fwd_KxBxA2[i],
                                         pstate.bwd_KxBxA2[i], pstate.past_Kx2xBxA2[i], repeats=20)
         out["stages"].append(row)
         h_in = h_out

@@ -1,9 +1,14 @@
-"""The pipeline's static layout: which stage has which shapes, and each stage's state as one flat padded buffer.
+"""The pipeline's static layout: which stage has which shapes, and each stage's state in slots it updates in place.
 
-Stages of different shapes (input layer, hidden layers, classifier, conv or dense) share one SPMD program:
-each device's parameters, interface model, batch statistics, optimizer states and carry are one flat,
-zero-padded row of `stage_KxS`, and a message between devices is [B, A+2]: the activation (or SG target)
-zero-padded to the widest, then a valid column and an example-index column (targets are read by index).
+Stages of different shapes (input layer, hidden layers, classifier, conv or dense) share one SPMD program, so
+every device holds buffers of the same shapes. A stage's state (parameters, interface model, batch
+statistics, optimizer states, carry) is its list of leaves, largest first; leaf p lives in slot p, a [K, S_p]
+buffer whose S_p is the largest p-th leaf of any stage (row i holds stage i's, zero-padded). Each leaf is
+thus its own buffer, read and written in place: one flat padded row per device made XLA copy the whole row
+two or three times a tick (a write into the row while other leaves of the old row were still to be read),
+and ordering by size keeps the padding small (the slots' total is close to the largest stage's state). A
+message between devices is [B, A+2]: the activation (or SG target) zero-padded to the widest, then a valid
+column and an example-index column (targets are read by index).
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ class PipelineState:
     """Everything in flight. Leading axis K (one row per device) except `step`."""
 
     step: jnp.ndarray           # ticks run = minibatches fed
-    stage_KxS: jnp.ndarray      # each stage's params, SG model, batch stats, optimizer states, carry; flat, padded
+    stage_KxS: tuple            # slot p: [K, S_p], row i leaf p (by size) of stage i's params, SG model, batch
+                                # stats, optimizer states, carry; padded
     fwd_KxBxA2: jnp.ndarray     # activation + valid (-1: none) + example index, arriving at device i next tick
     bwd_KxBxA2: jnp.ndarray     # SG target + valid column (+ unused), arriving at device i next tick
     past_Kx2xBxA2: jnp.ndarray  # each device's last two outgoing activations, newest first
@@ -47,12 +53,13 @@ class Pipeline:
     settings: UpdateRule                      # sg.scale and the run's seed (dropout: models.network.dropout_rng)
     batch: int                                # examples per device per tick (the batch / replicas)
     out_shapes: tuple[tuple[int, ...], ...]   # module i's activation, without the batch axis
-    sizes: tuple[int, ...]                    # flat state length of each stage
-    unravel: tuple[Callable, ...]
+    slots: tuple[int, ...]                    # S_p: each slot's length
+    leaves: tuple[tuple[Any, ...], ...]       # stage i: its treedef, then (slot, shape, dtype) per leaf
     width: int                                # A: the widest activation sent between devices
     replicas: int = 1                         # copies of the pipeline, each on 1/replicas of the batch
     shared_rows: int = 0                      # sg_share: rows of M_i's regression batch done on device i+1
     grad_width: int = 0                       # P: the largest SG model's flat parameter count
+    dtype: Any = jnp.float32                  # the slots' (every leaf's, promoted as ravel_pytree does)
 
     @property
     def k(self) -> int:
@@ -67,9 +74,14 @@ class Pipeline:
         """The mode's pipeline protocol (sgrad.modes.rule.Stage)."""
         return self.net.rule.stage
 
-    def tree(self, i: int, flat: jnp.ndarray) -> dict:
-        """Stage i's state from its padded row."""
-        return self.unravel[i](flat[:self.sizes[i]])
+    def tree(self, i: int, row: tuple) -> dict:
+        """Stage i's state from its row of the slots."""
+        treedef, *leaves = self.leaves[i]
+        return jax.tree.unflatten(treedef, [row[p][:int(np.prod(shape))].reshape(shape).astype(dtype)
+                                            for p, shape, dtype in leaves])
+
+    def zeros_row(self) -> tuple:
+        return tuple(jnp.zeros(size, self.dtype) for size in self.slots)
 
 
 def stage_tree(state: TrainState, i: int, last: bool, shared: bool = False) -> dict:
@@ -124,19 +136,38 @@ def build_pipeline(net: Network, tx: Optimizers, state: TrainState, input_shape:
     k = len(net.modules)
     rows = shared_rows(net, batch, replicas, sg_share)
     trees = [stage_tree(state, i, i == k - 1, rows > 0) for i in range(k)]
-    flats, unravels = zip(*(ravel_pytree(t) for t in trees))
+    flat_trees = [jax.tree.flatten(t) for t in trees]
+    dtype = jnp.result_type(*[leaf for leaves, _ in flat_trees for leaf in leaves]) if any(
+        leaves for leaves, _ in flat_trees) else jnp.float32
+    ranks = [_slot_of([leaf.size for leaf in leaves]) for leaves, _ in flat_trees]
+    slots = [0] * max(len(r) for r in ranks)
+    for (leaves, _), rank in zip(flat_trees, ranks):
+        for leaf, p in zip(leaves, rank):
+            slots[p] = max(slots[p], leaf.size)
+    layout = tuple((treedef, *((p, leaf.shape, leaf.dtype) for leaf, p in zip(leaves, rank)))
+                   for (leaves, treedef), rank in zip(flat_trees, ranks))
     out_shapes = activation_shapes(net.modules, input_shape)
     width = max(int(np.prod(s)) for s in out_shapes[:-1])
     grad_width = max(ravel_pytree(p)[0].size for p in state.params["interface"]) if rows else 0
-    pipe = Pipeline(net, tx, settings, batch // replicas, out_shapes, tuple(int(f.size) for f in flats),
-                    tuple(unravels), width, replicas, rows, grad_width)
-    stage = jnp.stack([jnp.pad(f, (0, max(pipe.sizes) - f.size)) for f in flats])
+    pipe = Pipeline(net, tx, settings, batch // replicas, out_shapes, tuple(slots), layout, width, replicas, rows,
+                    grad_width, dtype)
+    stage = tuple(jnp.stack(slot) for slot in zip(*(repack(pipe.zeros_row(), t) for t in trees)))
     msg = jnp.zeros((k, batch, width + 2), jnp.float32)
     nothing = msg.at[..., -2].set(-1.0)
     pstate = PipelineState(state.step, stage, nothing, msg, jnp.stack([nothing, nothing], axis=1))
     if rows:
         pstate = pstate.replace(stash_Kx2xRxA2=jnp.zeros((k, 2, rows, width + 2), jnp.float32))
     return pipe, pstate
+
+
+def _slot_of(sizes: Sequence[int]) -> list[int]:
+    """Each leaf's slot: its rank by size, largest first (ties in tree order), so that every stage's largest
+    leaves share the largest slots."""
+    order = sorted(range(len(sizes)), key=lambda j: -sizes[j])
+    slot = [0] * len(sizes)
+    for p, j in enumerate(order):
+        slot[j] = p
+    return slot
 
 
 def shared_rows(net: Network, batch: int, replicas: int, sg_share: float) -> int:
@@ -156,19 +187,21 @@ def shared_rows(net: Network, batch: int, replicas: int, sg_share: float) -> int
     return rows
 
 
-def repack(flat: jnp.ndarray, tree: dict, keys: Sequence[str] | None = None) -> jnp.ndarray:
-    """A stage's new state written over the front of its padded buffer: the padding is never copied (a
-    stage smaller than the largest would otherwise pay for the largest's size every tick). `keys`: write only
-    these entries of the stage tree (the others are unchanged)."""
-    # One in-place update per leaf, at its offset in ravel_pytree's order (a dict's keys sorted): XLA can write
-    # each optimizer result straight into the buffer instead of concatenating the leaves first.
-    offset = 0
-    for key in sorted(tree):
-        for leaf in jax.tree.leaves(tree[key]):
-            if keys is None or key in keys:
-                flat = jax.lax.dynamic_update_slice(flat, jnp.ravel(leaf).astype(flat.dtype), (offset,))
-            offset += leaf.size
-    return flat
+def repack(row: tuple, tree: dict, keys: Sequence[str] | None = None) -> tuple:
+    """A stage's new state written into its row of the slots, each leaf in place over the front of its slot.
+    `keys`: write only these entries of the stage tree (the others are unchanged)."""
+    named = [(key, leaf) for key in sorted(tree) for leaf in jax.tree.leaves(tree[key])]  # jax.tree's order
+    row = list(row)
+    for (key, leaf), p in zip(named, _slot_of([leaf.size for _, leaf in named])):
+        if keys is None or key in keys:
+            value = jnp.ravel(leaf).astype(row[p].dtype)
+            row[p] = value if value.size == row[p].size else jax.lax.dynamic_update_slice(row[p], value, (0,))
+    return tuple(row)
+
+
+def row_of(stage_KxS: tuple, i: int) -> tuple:
+    """Device i's row of the slots."""
+    return tuple(slot[i] for slot in stage_KxS)
 
 
 def pad(a: jnp.ndarray, width: int) -> jnp.ndarray:
@@ -185,6 +218,6 @@ def to_train_state(pipe: Pipeline, state: PipelineState) -> TrainState:
 
     With several processes (jax.distributed) every process must call it: the stages live on other hosts.
     """
-    rows = multihost_utils.process_allgather(state.stage_KxS, tiled=True)
-    trees = [pipe.tree(i, jnp.asarray(rows[i])) for i in range(pipe.k)]
+    slots = multihost_utils.process_allgather(state.stage_KxS, tiled=True)
+    trees = [pipe.tree(i, tuple(jnp.asarray(slot[i]) for slot in slots)) for i in range(pipe.k)]
     return gather(trees, jnp.asarray(multihost_utils.process_allgather(state.step, tiled=True)))

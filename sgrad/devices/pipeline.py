@@ -41,7 +41,7 @@ from sgrad.core.optim import Optimizers
 from sgrad.devices import conv_library
 from sgrad.devices.chunk import ChunkRunner, placed
 from sgrad.core.step import masked_update
-from sgrad.devices.layout import Pipeline, PipelineState, pad, repack, unpad
+from sgrad.devices.layout import Pipeline, PipelineState, pad, repack, row_of, unpad
 from sgrad.models.network import dropout_rng
 from sgrad.modes.stage import SLOTS, LockedTick, Tick, run_module
 
@@ -49,9 +49,9 @@ PIPE_AXIS = "pipe"
 DATA_AXIS = "data"
 
 
-def device_tick(pipe: Pipeline, i: int, preprocess: Callable, flat, fwd, bwd, past, stash, xs, ys, idx_B, feed,
+def device_tick(pipe: Pipeline, i: int, preprocess: Callable, row, fwd, bwd, past, stash, xs, ys, idx_B, feed,
                 step):
-    """Stage i's unlocked tick on its padded buffers: unpack the messages, run the rule's stage, pack the replies.
+    """Stage i's unlocked tick on its row of the slots: unpack the messages, run the rule's stage, pack the replies.
 
     Messages are [B, A+2]: the activation (or SG target) zero-padded to A, then a valid flag (1: an example,
     -1: nothing), then the example index; a device reads an example's target from `ys` by that index, so targets
@@ -61,7 +61,7 @@ def device_tick(pipe: Pipeline, i: int, preprocess: Callable, flat, fwd, bwd, pa
     its copy of M_{i-1}'s (for device i-1), each flat, padded to P, with a valid flag, and its new stash.
     """
     stage = pipe.stage
-    tree = pipe.tree(i, flat)
+    tree = pipe.tree(i, row)
     arrived = fwd[:, -2] >= 0
     target_of = lambda idx: ys[idx.astype(jnp.int32)]
     if i == 0 or stage.reads_input:
@@ -95,7 +95,7 @@ def device_tick(pipe: Pipeline, i: int, preprocess: Callable, flat, fwd, bwd, pa
     if pipe.replicas > 1:
         tree = {key: jax.lax.pmean(value, DATA_AXIS) if key.endswith("_stats") else value
                 for key, value in tree.items()}
-    flat = repack(flat, tree)
+    row = repack(row, tree)
     columns = lambda a, b: jnp.stack([jnp.broadcast_to(a, (pipe.batch,)), jnp.broadcast_to(b, (pipe.batch,))],
                                      axis=1).astype(jnp.float32)
     valid = jnp.where(ok_in, 1.0, -1.0)
@@ -106,9 +106,14 @@ def device_tick(pipe: Pipeline, i: int, preprocess: Callable, flat, fwd, bwd, pa
     else:
         back = jnp.concatenate([pad(d_in, pipe.width), columns(ok_in, 0)], axis=1)
     if stash is None:
-        return flat, out, back, metrics
+        return row, out, back, metrics
     rows = pipe.shared_rows
-    return flat, out, back, metrics, own, peer, jnp.stack([fwd[-rows:], back[-rows:]])
+    return row, out, back, metrics, own, peer, jnp.stack([fwd[-rows:], back[-rows:]])
+
+
+def _rows(row: tuple) -> tuple:
+    """A device's row of the slots as its block of the [K, S_p] slots."""
+    return tuple(slot[None] for slot in row)
 
 
 def _flag_row(pipe: Pipeline, grads, ok):
@@ -117,31 +122,53 @@ def _flag_row(pipe: Pipeline, grads, ok):
     return jnp.concatenate([values, jnp.asarray(ok, jnp.float32)[None]])
 
 
-def apply_shared(pipe: Pipeline, i: int, flat, own, peer):
+def apply_shared(pipe: Pipeline, i: int, row, own, peer):
     """sg_share, after the exchange: M_i and device i's copy of M_{i-1} step along their regression gradients
     summed over both devices' rows (`own`, `peer`: [P+1], the lower device's half + the upper's, so both
     devices add the same numbers in the same order), where the flag says the target was valid. The update is
     elementwise in the same values on both devices, so the copies stay equal to M."""
-    tree = pipe.tree(i, flat)
+    tree = pipe.tree(i, row)
     keys = []
-    for key, row, exists in (("interface", own, i < pipe.k - 1), ("peer", peer, i > 0)):
+    for key, grad, exists in (("interface", own, i < pipe.k - 1), ("peer", peer, i > 0)):
         if not exists:
             continue
         values, unravel = ravel_pytree(tree[key])
-        tree[key], tree[f"{key}_opt"], _ = masked_update(pipe.tx.sg, unravel(row[:values.size]), tree[f"{key}_opt"],
-                                                         tree[key], row[-1] > 0)
+        tree[key], tree[f"{key}_opt"], _ = masked_update(pipe.tx.sg, unravel(grad[:values.size]), tree[f"{key}_opt"],
+                                                         tree[key], grad[-1] > 0)
         keys += [key, f"{key}_opt"]
-    return repack(flat, tree, keys)
+    return repack(row, tree, keys)
 
 
-def _exchange(pipe: Pipeline, out, back, forward_perm, backward_perm):
-    """A tick's messages: `out` to the device above, `back` to the one below -> (from below, from above).
+def _exchange(pipe: Pipeline, me, out, back, forward_perm, backward_perm, own=None, peer=None):
+    """A tick's messages: `out` to the device above, `back` to the one below -> (from below, from above), and with
+    sg_share each device's halves of the regression gradients (`own` up, `peer` down) -> (from below, from
+    above).
 
-    One ppermute each way (packing both into one collective gave no consistent gain with gloo:
-    results/bench/pipeline_profile.md). A mode that sends nothing back (dgl) has only the forward one.
+    On two devices everything goes in one swap collective: device 0 sends only up (its activation and its half of
+    M_0's gradient), device 1 only down (the SG target and its half of its copy's), so a tick waits on one
+    collective, not two or three (results/bench/processes_8x256_b1024_sg_share.md). On more devices one
+    ppermute each way (packing both ways into one collective gave no consistent gain with gloo:
+    results/bench/pipeline_profile.md), and sg_share's halves one more each way. A mode that sends nothing back
+    (dgl) has only the forward one.
     """
+    shared = own is not None
+    if pipe.k == 2 and pipe.stage.sends_back:
+        up = jnp.concatenate([out.ravel(), own]) if shared else out
+        down = jnp.concatenate([back.ravel(), peer]) if shared else back
+        got = jax.lax.ppermute(jnp.where(me == 0, up, down), PIPE_AXIS, [(0, 1), (1, 0)])
+        msg = got[:out.size].reshape(out.shape) if shared else got
+        # Device 0 receives nothing from below (it reads the data) and device 1 nothing from above: zeros, whose
+        # valid column says "no target", as a one-way ppermute leaves them.
+        fwd, bwd = jnp.where(me == 1, msg, 0.0), jnp.where(me == 0, msg, 0.0)
+        if not shared:
+            return fwd, bwd
+        grads = got[out.size:]
+        return fwd, bwd, grads, grads
     fwd = jax.lax.ppermute(out, PIPE_AXIS, forward_perm)
-    return fwd, jax.lax.ppermute(back, PIPE_AXIS, backward_perm) if pipe.stage.sends_back else back
+    bwd = jax.lax.ppermute(back, PIPE_AXIS, backward_perm) if pipe.stage.sends_back else back
+    if not shared:
+        return fwd, bwd
+    return fwd, bwd, jax.lax.ppermute(own, PIPE_AXIS, forward_perm), jax.lax.ppermute(peer, PIPE_AXIS, backward_perm)
 
 
 def _metrics(pipe: Pipeline, sums, ys):
@@ -153,7 +180,7 @@ def _metrics(pipe: Pipeline, sums, ys):
 
 def _mean_over_replicas(tx: optax.GradientTransformation) -> optax.GradientTransformation:
     """`tx` stepping along the gradient averaged over DATA_AXIS. The same state as `tx` (not an optax.chain),
-    so the stage's flat layout does not change."""
+    so the stage's slots do not change."""
     return optax.GradientTransformation(
         tx.init, lambda grads, state, params=None: tx.update(jax.lax.pmean(grads, DATA_AXIS), state, params))
 
@@ -179,29 +206,22 @@ def unlocked_chunk_fn(pipe: Pipeline, preprocess: Callable, feed_every: int = 1)
             s, sums = carry
             feed = s.step % feed_every == 0
             stash = None if s.stash_Kx2xRxA2 is None else s.stash_Kx2xRxA2[0]
-            flat, out, back, metrics, *shared = jax.lax.switch(
-                me, branches, s.stage_KxS[0], s.fwd_KxBxA2[0], s.bwd_KxBxA2[0], s.past_Kx2xBxA2[0], stash,
+            row, out, back, metrics, *shared = jax.lax.switch(
+                me, branches, row_of(s.stage_KxS, 0), s.fwd_KxBxA2[0], s.bwd_KxBxA2[0], s.past_Kx2xBxA2[0], stash,
                 xs, ys, idx_CxB[j], feed, s.step)
-            fwd, bwd = _exchange(pipe, out, back, forward_perm, backward_perm)
-            # Device 0 receives nothing forward (it reads the data) and device K-1 nothing backward:
-            # zeros, whose valid column says "no target".
+            own, peer, stash = shared if shared else (None, None, None)
+            fwd, bwd, *halves = _exchange(pipe, me, out, back, forward_perm, backward_perm, own, peer)
             past = jnp.stack([out, s.past_Kx2xBxA2[0, 0]])
-            s = s.replace(step=s.step + 1, stage_KxS=flat[None], fwd_KxBxA2=fwd[None], bwd_KxBxA2=bwd[None],
+            s = s.replace(step=s.step + 1, stage_KxS=_rows(row), fwd_KxBxA2=fwd[None], bwd_KxBxA2=bwd[None],
                           past_Kx2xBxA2=past[None])
             if shared:
-                own, peer, stash = shared
-                # Device i's half of M_i's gradient goes up, its half of M_{i-1}'s down; each device then adds
-                # the lower device's half to the upper's.
-                if k == 2:  # device 0 sends only up, device 1 only down: one swap instead of two collectives
-                    from_below = from_above = jax.lax.ppermute(jnp.where(me == 0, own, peer), PIPE_AXIS,
-                                                               [(0, 1), (1, 0)])
-                else:
-                    from_below = jax.lax.ppermute(own, PIPE_AXIS, forward_perm)
-                    from_above = jax.lax.ppermute(peer, PIPE_AXIS, backward_perm)
+                # Each device adds the lower device's half to the upper's, so both add the same numbers in the
+                # same order.
+                from_below, from_above = halves
                 own = jnp.concatenate([own[:-1] + from_above[:-1], own[-1:]])
                 peer = jnp.concatenate([from_below[:-1] + peer[:-1], from_below[-1:]])
-                flat = jax.lax.switch(me, [partial(apply_shared, pipe, i) for i in range(k)], flat, own, peer)
-                s = s.replace(stage_KxS=flat[None], stash_Kx2xRxA2=stash[None])
+                row = jax.lax.switch(me, [partial(apply_shared, pipe, i) for i in range(k)], row, own, peer)
+                s = s.replace(stage_KxS=_rows(row), stash_Kx2xRxA2=stash[None])
             return s, sums + metrics
 
         state, sums = jax.lax.fori_loop(lo, lo + n, tick, (state, sums))
@@ -225,7 +245,7 @@ def locked_chunk_fn(pipe: Pipeline, preprocess: Callable):
     forward_perm = [(j, j + 1) for j in range(k - 1)]
     backward_perm = [(j + 1, j) for j in range(k - 1)]
     # Module r's new batch statistics, from its forward sub-step to its update: one padded row for any r.
-    stats_size = max(ravel_pytree(pipe.tree(i, jnp.zeros(max(pipe.sizes)))["module_stats"])[0].size
+    stats_size = max(ravel_pytree(pipe.tree(i, pipe.zeros_row())["module_stats"])[0].size
                      for i in range(k))
 
     def chunk(state: PipelineState, sums, xs, ys, idx_CxB, lo, n, last, count):
@@ -236,11 +256,11 @@ def locked_chunk_fn(pipe: Pipeline, preprocess: Callable):
         def tick(j, carry):
             s, sums = carry
             x, y = preprocess(xs[idx_CxB[j]]), ys[idx_CxB[j]]
-            flat = s.stage_KxS[0]
+            row = row_of(s.stage_KxS, 0)
 
             def forward(r, msg):
                 h_in = x if r == 0 else unpad(msg, pipe.out_shapes[r - 1])
-                fwd = run_module(pipe, r, pipe.tree(r, flat), h_in, dropout_rng(pipe.settings.seed, s.step))
+                fwd = run_module(pipe, r, pipe.tree(r, row), h_in, dropout_rng(pipe.settings.seed, s.step))
                 stats = ravel_pytree(fwd.stats[0])[0].astype(jnp.float32)
                 return pad(fwd.activations[0], pipe.width), jnp.pad(stats, (0, stats_size - stats.size))
 
@@ -252,8 +272,8 @@ def locked_chunk_fn(pipe: Pipeline, preprocess: Callable):
                 ran_h, ran_stats = jnp.where(me == r, out, ran_h), jnp.where(me == r, stats, ran_stats)
                 msg = jax.lax.ppermute(out, PIPE_AXIS, forward_perm)
 
-            def stage(i, flat, msg, inbox, ran_h, ran_stats):
-                tree = pipe.tree(i, flat)
+            def stage(i, row, msg, inbox, ran_h, ran_stats):
+                tree = pipe.tree(i, row)
                 if i == k - 1:
                     h_in, ran = (x if i == 0 else unpad(msg, pipe.out_shapes[i - 1])), None
                 else:
@@ -262,16 +282,16 @@ def locked_chunk_fn(pipe: Pipeline, preprocess: Callable):
                     ran = (unpad(ran_h, pipe.out_shapes[i]), unravel(ran_stats[:values.size]))
                 tree, h, d_in, metrics = protocol.tick(pipe, i, tree, LockedTick(h_in, x, y, s.step, ran))
                 back = pad(d_in, pipe.width) if i > 0 else zeros_msg
-                return repack(flat, tree), back, metrics
+                return repack(row, tree), back, metrics
 
-            flat, back, metrics = jax.lax.switch(me, [partial(stage, i) for i in range(k)], flat, msg, inbox,
+            row, back, metrics = jax.lax.switch(me, [partial(stage, i) for i in range(k)], row, msg, inbox,
                                                  ran_h, ran_stats)
             arrived = jax.lax.ppermute(back, PIPE_AXIS, backward_perm)
             receive = [lambda f, a, i=i: repack(f, protocol.receive(pipe, i, pipe.tree(i, f),
                                                                 unpad(a, pipe.out_shapes[min(i, k - 2)])))
                        for i in range(k)]
-            flat = jax.lax.switch(me, receive, flat, arrived)
-            s = s.replace(step=s.step + 1, stage_KxS=flat[None])
+            row = jax.lax.switch(me, receive, row, arrived)
+            s = s.replace(step=s.step + 1, stage_KxS=_rows(row))
             return s, sums + metrics
 
         state, sums = jax.lax.fori_loop(lo, lo + n, tick, (state, sums))
@@ -300,7 +320,7 @@ def make_pipeline_runner(pipe: Pipeline, preprocess: Callable, devices: Sequence
         pipe = dataclasses.replace(pipe, tx=Optimizers(*map(_mean_over_replicas, pipe.tx)))
     mesh = jax.make_mesh((pipe.k, pipe.replicas), (PIPE_AXIS, DATA_AXIS), devices=devices[:need])
     message = P(PIPE_AXIS, DATA_AXIS)
-    state_spec = PipelineState(P(), P(PIPE_AXIS), message, message, P(PIPE_AXIS, None, DATA_AXIS),
+    state_spec = PipelineState(P(), tuple(P(PIPE_AXIS) for _ in pipe.slots), message, message, P(PIPE_AXIS, None, DATA_AXIS),
                                P(PIPE_AXIS) if pipe.shared_rows else None)
     per_device = P((PIPE_AXIS, DATA_AXIS))
     specs = (state_spec, per_device, P(), P(), P(None, DATA_AXIS), P(), P(), P(), P())

@@ -15,7 +15,7 @@ import numpy as np
 
 from conftest import device_data, make_cfg
 from sgrad.devices.chunk import preprocess
-from sgrad.devices.layout import build_pipeline, to_train_state
+from sgrad.devices.layout import build_pipeline, row_of, to_train_state
 from sgrad.devices.pipeline import make_pipeline_runner
 from sgrad.core.step import create_state
 from sgrad.models.network import init_variables
@@ -48,9 +48,9 @@ def max_diff(a, b):
 
 
 def assert_copies_equal(pipe, pstate):
-    rows = np.asarray(pstate.stage_KxS)
+    slots = tuple(np.asarray(slot) for slot in pstate.stage_KxS)
     for i in range(1, pipe.k):
-        below, here = pipe.tree(i - 1, jnp.asarray(rows[i - 1])), pipe.tree(i, jnp.asarray(rows[i]))
+        below, here = pipe.tree(i - 1, row_of(slots, i - 1)), pipe.tree(i, row_of(slots, i))
         for a, b in ((below["interface"], here["peer"]), (below["interface_opt"], here["peer_opt"])):
             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
                 np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
