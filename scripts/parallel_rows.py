@@ -84,9 +84,9 @@ def part_seconds(cfg, settings, parallel: str, devices: int, replicas: int, net,
     """What one device of a parallel row computes, timed alone on this process's device: the cost model's inputs
     (scripts/crossover.py). Data: the one-device step on its 1/N of the batch (`shard_sec`). Unlocked pipeline:
     each device's tick as the pipeline's program runs it, in a compiled loop of len(idx) ticks without the
-    messages: its branch of the lax.switch over stages (unpack its padded state and messages, the mode's stage,
-    repack; `stage_sec`, one per device), and the same tick outside any switch (`stage_alone_sec`): the
-    difference is what XLA's conditional costs (it copies its operands and results, the stage's flat state)."""
+    messages: its branch of the lax.switch over stages (unpack its state from its slots and its messages, the
+    mode's stage, write the state back; `stage_sec`, one per device), and the same tick outside any switch
+    (`stage_alone_sec`): the difference is what XLA's conditional costs (it copies the state it passes through)."""
     batch, device = cfg.trainer.batch_size, jax.local_devices()[:1]
     if parallel == "data":
         run = make_chunk_runner(make_train_step(net, tx, settings), mean, std)

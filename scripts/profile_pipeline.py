@@ -1,4 +1,4 @@
-"""Where a pipeline tick's time goes, per device: module, interface model, optimizer, flat-buffer packing,
+"""Where a pipeline tick's time goes, per device: module, interface model, optimizer, packing into its slots,
 transfers and waiting, next to the same work on one device.
 
     python scripts/profile_pipeline.py [--modes dni,cdni,dgl,ddg] [--layers 4] [--batch 256]
@@ -10,13 +10,13 @@ measured cost (`model.partition=profiled`). Three kinds of measurement, each in 
 - components: one process, each piece of a device's tick jitted on its own (median of repeats): the module's
   forward and VJP; the interface model (SG prediction and regression for dni/cdni, the auxiliary classifier
   for dgl, the VJP recomputed at the stash for ddg); both optimizer updates; the whole stage on plain arrays;
-  the whole stage on the padded flat buffer the SPMD program keeps (the difference is packing); and the
+  the whole stage on the slots the SPMD program keeps (the difference is packing); and the
   single-device step of the whole network;
 - transfers: two processes joined by jax.distributed with gloo: one ppermute of a tick's message size, one
   way and as a swap;
 - ticks: the pipeline itself on those two processes (as `bench_processes.py --processes 2` runs it).
 
-waiting = tick − (the busier device's stage on its flat buffer + its collectives).
+waiting = tick − (the busier device's stage on its slots + its collectives).
 """
 
 from __future__ import annotations
@@ -229,7 +229,7 @@ def write_report(args, parts: dict, dist: dict, width: int) -> None:
              f"collective: {'less' if dist['swap'] < 2 * dist['one_way'] else 'more'} than two one-way ppermutes "
              "in this run; a tick sends one each way).", "",
              "| mode | layers per module | device | module fwd+VJP | interface model | optimizers | stage | "
-             "stage on flat buffer (packing) | collectives | tick measured | waiting | one device, whole step (compiled chunk) |",
+             "stage on its slots (packing) | collectives | tick measured | waiting | one device, whole step (compiled chunk) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     summary = []
     for mode, p in parts.items():
@@ -247,7 +247,7 @@ def write_report(args, parts: dict, dist: dict, width: int) -> None:
                        f"{bound:.2f}× one device; measured {p['single_device_step'] / tick:.2f}× "
                        f"(tick {ms(tick)} ms).")
     lines += ["", "Each piece is jitted and timed alone, outside the compiled loop the pipeline runs, so it includes a "
-              "dispatch and (on the flat buffer) a copy that the loop's donated carry avoids: a negative waiting "
+              "dispatch and (on the slots) a copy that the loop's donated carry avoids: a negative waiting "
               "means the loop did better than its pieces alone.", "",
               "Read per mode (the bound assumes no waiting beyond the busier device and the collectives):", "",
               *summary]

@@ -20,7 +20,7 @@ For K = 1..64 the network is the paper's FCN cut into K modules (first: 784 -> 2
 then K-2 hidden 256 -> 256, then the classifier), each cost measured once. It
 also predicts the bench networks of `scripts/bench_devices.py` from their own
 measured stages and sets the prediction beside the measurement when given, and predicts the
-two-process rows of `bench_processes.py --processes 2` (--processes) from the stages on their flat buffers.
+two-process rows of `bench_processes.py --processes 2` (--processes) from the stages as the pipeline runs them.
 """
 
 from __future__ import annotations
