@@ -125,6 +125,26 @@ def device_data(rng: np.random.Generator, n: int, shape: tuple[int, ...]):
     return xs, ys, jnp.full((1,), 0.5), jnp.full((1,), 0.25)
 
 
+def program_setup(cfg, shape: tuple[int, ...], batch: int, rng: np.random.Generator):
+    """What the multi-device programs (tests/programs/) compare runs on: the network of `cfg`, 128 random
+    examples on the device, and fresh() -> a new copy of one initial state (the runners donate the state, so
+    every run starts from its own copy). -> (net, tx, fresh, xs, ys, preprocess, (mean, std))"""
+    import jax
+    import jax.numpy as jnp
+    from sgrad.core.step import init_state
+    from sgrad.devices.chunk import preprocess
+    from sgrad.models.network import init_variables
+    from sgrad.run.build import build_network, build_train_optimizer
+    net = build_network(cfg, shape, 10)
+    xs, ys, mean, std = device_data(rng, 128, shape)
+    params, stats = init_variables(net, jax.random.key(1), jnp.zeros((batch, *shape)))
+    tx = build_train_optimizer(cfg, 100)
+    pre = lambda x: preprocess(x, mean, std)
+    fresh = lambda: init_state(net, jax.tree.map(jnp.copy, params), jax.tree.map(jnp.copy, stats), tx,
+                               pre(xs[:batch]), ys[:batch])
+    return net, tx, fresh, xs, ys, pre, (mean, std)
+
+
 def write_idx_dataset(folder, n_train=1024, n_test=512, classes=10, side=8, gz=True):
     folder.mkdir(parents=True, exist_ok=True)
     ext = ".gz" if gz else ""

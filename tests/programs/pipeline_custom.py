@@ -11,7 +11,7 @@ import optax
 
 from conftest import device_data, make_cfg
 from residual_model import make_modules
-from sgrad import RULES, decouple
+from sgrad import decouple
 from sgrad.devices.chunk import make_chunk_runner, preprocess
 from sgrad.devices.layout import build_pipeline, to_train_state
 from sgrad.devices.pipeline import make_pipeline_runner

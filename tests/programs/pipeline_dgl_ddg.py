@@ -9,15 +9,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from conftest import device_data, make_cfg
-from sgrad.run.build import build_train_optimizer
+from conftest import device_data, make_cfg, program_setup
 from sgrad.core.step import init_state, make_train_step
 from sgrad.devices.chunk import make_chunk_runner, preprocess
 from sgrad.devices.layout import build_pipeline, to_train_state
 from sgrad.devices.pipeline import make_pipeline_runner
 from sgrad.devices.sequential import run_sequential
 from sgrad.models.network import init_variables
-from sgrad.run.build import build_network
 
 K = int(sys.argv[1])
 assert jax.device_count() == K
@@ -29,17 +27,7 @@ sgd = ["optim.name=sgd", "optim.lr=0.01", "sg.optim.name=sgd", "sg.optim.lr=0.01
 def setup(mode, model, shape):
     cfg = make_cfg(f"mode={mode}", f"model.name={model}", f"model.layers={K}", "model.width=16",
                    "aux.hidden_layers=1", "aux.width=16", *sgd)
-    net = build_network(cfg, shape, 10)
-    xs, ys, mean, std = device_data(rng, 128, shape)
-    params, stats = init_variables(net, jax.random.key(1), jnp.zeros((B, *shape)))
-    tx = build_train_optimizer(cfg, 100)
-    pre = lambda x: preprocess(x, mean, std)
-
-    def fresh():
-        # The runners donate the state: every run starts from its own copy.
-        return init_state(net, jax.tree.map(jnp.copy, params), jax.tree.map(jnp.copy, stats), tx, pre(xs[:B]),
-                          ys[:B])
-    return net, tx, fresh, xs, ys, pre, (mean, std)
+    return program_setup(cfg, shape, B, rng)
 
 
 def max_diff(a, b):

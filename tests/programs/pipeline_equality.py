@@ -6,14 +6,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from conftest import device_data, make_cfg
-from sgrad.models.network import init_variables
-from sgrad.run.build import build_network, build_train_optimizer
+from conftest import make_cfg, program_setup
 from sgrad.devices.layout import build_pipeline, to_train_state
 from sgrad.devices.pipeline import make_pipeline_runner
 from sgrad.devices.sequential import run_sequential
-from sgrad.core.step import create_state, make_train_step
-from sgrad.devices.chunk import make_chunk_runner, preprocess
+from sgrad.core.step import make_train_step
+from sgrad.devices.chunk import make_chunk_runner
 
 K = int(sys.argv[1])
 assert jax.device_count() == K
@@ -22,14 +20,7 @@ B = 16
 
 def setup(*overrides, shape=(6, 6, 1)):
     cfg = make_cfg(f"model.layers={K}", "model.width=16", "sg.hidden_layers=1", "sg.width=32", *overrides)
-    net = build_network(cfg, shape, 10)
-    xs, ys, mean, std = device_data(rng, 128, shape)
-    params, stats = init_variables(net, jax.random.key(1), jnp.zeros((B, *shape)))
-    tx = build_train_optimizer(cfg, 100)
-    # The runners donate the state: every run starts from its own copy.
-    fresh = lambda: create_state(jax.tree.map(jnp.copy, params), jax.tree.map(jnp.copy, stats), tx)
-    pre = lambda x: preprocess(x, mean, std)
-    return net, tx, fresh, xs, ys, pre, (mean, std)
+    return program_setup(cfg, shape, B, rng)
 
 def max_diff(a, b):
     return max(float(jnp.max(jnp.abs(x - y))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
@@ -39,7 +30,7 @@ def moved(a, b):
     models = lambda p: list(p["modules"]) + list(p["interface"]) + list(p["si"])
     return all(max_diff(x, y) > 0 for x, y in zip(models(a), models(b)))
 
-# 1. Pipelined (shard_map, ppermute, padded flat buffers) == the same schedule in plain Python.
+# 1. Pipelined (shard_map, ppermute, state in slots) == the same schedule in plain Python.
 # SGD, because Adam divides by the root of tiny early SG gradients and so magnifies float rounding.
 sgd = ["optim.name=sgd", "optim.lr=0.01", "sg.optim.name=sgd", "sg.optim.lr=0.01"]
 # Each case at one device count (CI time): 2 has only first and last stages, 4 has middle ones too (and cDNI with

@@ -13,13 +13,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from conftest import device_data, make_cfg
-from sgrad.devices.chunk import preprocess
+from conftest import make_cfg, program_setup
 from sgrad.devices.layout import build_pipeline, row_of, to_train_state
 from sgrad.devices.pipeline import make_pipeline_runner
-from sgrad.core.step import create_state
-from sgrad.models.network import init_variables
-from sgrad.run.build import build_network, build_train_optimizer
 
 K = int(sys.argv[1])
 assert jax.device_count() == K
@@ -29,12 +25,7 @@ B, SHAPE = 16, (6, 6, 1)
 
 def setup(*overrides):
     cfg = make_cfg(f"model.layers={K}", "model.width=16", "sg.hidden_layers=1", "sg.width=32", *overrides)
-    net = build_network(cfg, SHAPE, 10)
-    xs, ys, mean, std = device_data(rng, 128, SHAPE)
-    params, stats = init_variables(net, jax.random.key(1), jnp.zeros((B, *SHAPE)))
-    tx = build_train_optimizer(cfg, 100)
-    fresh = lambda: create_state(jax.tree.map(jnp.copy, params), jax.tree.map(jnp.copy, stats), tx)
-    return net, tx, fresh, xs, ys, lambda x: preprocess(x, mean, std)
+    return program_setup(cfg, SHAPE, B, rng)[:6]
 
 
 def run(net, tx, state, xs, ys, pre, idx, share):
