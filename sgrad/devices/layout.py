@@ -26,7 +26,7 @@ from jax.flatten_util import ravel_pytree
 from sgrad.core.optim import Optimizers
 from sgrad.core.step import TrainState, UpdateRule
 from sgrad.models.network import Network, activation_shapes
-from sgrad.modes import RULES
+from sgrad.modes import names
 
 
 @struct.dataclass
@@ -128,7 +128,7 @@ def build_pipeline(net: Network, tx: Optimizers, state: TrainState, input_shape:
     batch, device i on the rest (sgrad/devices/pipeline.py).
     """
     if net.rule.stage is None:
-        pipelined = ", ".join(n for n, r in RULES.items() if r.stage is not None)
+        pipelined = names(lambda r: r.stage is not None)
         raise ValueError(f"parallel=pipeline needs a decoupled mode ({pipelined}): {net.rule.name} is "
                          "update-locked")
     if batch % replicas:
@@ -174,8 +174,8 @@ def shared_rows(net: Network, batch: int, replicas: int, sg_share: float) -> int
     """How many rows of each SG model's regression batch the device above computes (sg_share)."""
     if not sg_share:
         return 0
-    if net.rule.stage is None or net.rule.stage.peer is None:
-        shared = ", ".join(n for n, r in RULES.items() if r.stage is not None and r.stage.peer is not None)
+    if not net.rule.shares_sg:
+        shared = names(lambda r: r.shares_sg)
         raise ValueError(f"sg_share={sg_share}: only modes whose interface model regresses on a target the device "
                          f"above makes can share it ({shared}), not mode={net.rule.name}")
     if replicas > 1:

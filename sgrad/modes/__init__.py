@@ -25,6 +25,11 @@ def _discover() -> dict[str, ModeRule]:
 RULES: dict[str, ModeRule] = _discover()
 
 
+def names(where) -> str:
+    """The modes whose rule passes `where` (e.g. `lambda r: r.shares_sg`), sorted, for a message."""
+    return ", ".join(n for n, r in sorted(RULES.items()) if where(r))
+
+
 def rule_for(name: str) -> ModeRule:
     """The rule of mode `name`, or a one-line error naming the modes there are."""
     try:

@@ -101,6 +101,12 @@ class ModeRule:
         return ("classification",) + (("sequence",) if self.window else ()) + (("two_clocks",) if self.link else ())
 
     @property
+    def shares_sg(self) -> bool:
+        """Its pipeline can share an SG model's regression with the device above (sg_share): the device above
+        makes the model's target."""
+        return self.stage is not None and self.stage.peer is not None
+
+    @property
     def interface_name(self) -> str:
         """What to call the model on an interface in messages."""
         return {"sg": "SG model", "aux": "auxiliary classifier"}.get(self.interface, "model")

@@ -26,7 +26,7 @@ from sgrad.models.partition import balanced_sizes, even_sizes, flops, interface_
 from sgrad.core.least_squares import forgetting_least_squares
 from sgrad.models.synthetic import DenseSynthetic, build_sg_model
 from sgrad.models.synthetic_input import build_input_model
-from sgrad.modes import RULES, ModeRule, rule_for
+from sgrad.modes import RULES, ModeRule, names, rule_for
 from sgrad.run.partition_cache import profiled_sizes
 
 
@@ -198,7 +198,7 @@ def check(cfg: Any) -> None:
     family = task_family(cfg)
     where = f"dataset.name={cfg.dataset.name}" if family != "classification" else f"model.name={cfg.model.name}"
     require(family in rule.tasks, "mode", name,
-           f"one of {', '.join(n for n, r in sorted(RULES.items()) if family in r.tasks)} for {where}")
+           f"one of {names(lambda r: family in r.tasks)} for {where}")
     parallel = str(cfg.parallel)
     why = {"pipeline": " (it is update-locked; use parallel=data)",
            "data": " (its carry holds whole minibatches, which data parallelism would split)"}.get(parallel, "")
@@ -206,8 +206,8 @@ def check(cfg: Any) -> None:
     if parallel == "pipeline":
         require(cfg.replicas == 1 or rule.stage.schedule != "locked", "replicas", cfg.replicas,
                 f"1 for mode={name} (its stash holds whole minibatches, which replicas would split)")
-        shared = ", ".join(n for n, r in sorted(RULES.items()) if r.stage is not None and r.stage.peer is not None)
-        require(cfg.sg_share == 0.0 or rule.stage.peer is not None, "sg_share", cfg.sg_share,
+        shared = names(lambda r: r.shares_sg)
+        require(cfg.sg_share == 0.0 or rule.shares_sg, "sg_share", cfg.sg_share,
                 f"0 for mode={name} (only the SG models of {shared} regress on a target the device above makes)")
         # Each device updates from what it has at once; anything that waits for the true gradient would lock it.
         require(cfg.trainer.update_prob == 1.0, "trainer.update_prob", cfg.trainer.update_prob,
@@ -229,8 +229,8 @@ def check(cfg: Any) -> None:
                 "sg.hidden_layers=0 (it refits a linear SG model)")
     if str(cfg.model.name) == "transformer":
         # Synthetic inputs I_i(x) would map token ids to a block's activations: no such model here.
-        require(not rule.synthetic_inputs, "mode", name, "one of " + ", ".join(
-            n for n, r in sorted(RULES.items()) if family in r.tasks and not r.synthetic_inputs) + " for model=transformer")
+        require(not rule.synthetic_inputs, "mode", name,
+                f"one of {names(lambda r: family in r.tasks and not r.synthetic_inputs)} for model=transformer")
     if str(cfg.model.name) == "custom":
         _locate_target(cfg.model._target_)
     if family != "classification":
