@@ -2,7 +2,8 @@
 # Everything the first machine with accelerators should measure, in one command and under 10 minutes on GPUs:
 #  1. single-device throughput of every mode next to the measured matmul peak (FCN 4 and 6 layers and the
 #     paper's 3-layer CNN at 128 channels, batch 256 and 1024) -> results/bench/accelerator_<kind>.md;
-#  2. with two or more devices, parallel=data and parallel=pipeline over all of them (FCN 8x256, batch 1024),
+#  2. with two or more devices, parallel=data and parallel=pipeline over all of them (FCN 8x256, batch 1024; DNI
+#     also as a pipeline with sg_share=0.55),
 #     and with four or more an even count also a pipeline x 2 replicas -> results/bench/accelerator_<kind>_devices.md;
 #  3. time to accuracy on Fashion-MNIST (scripts/time_to_accuracy.py's recipe: FCN 8x256, batch 4096, Adam decaying
 #     over 700 steps, 2 seeds): backprop and
@@ -25,7 +26,8 @@ if [[ ${SGRAD_BENCH_QUICK:-0} == 1 ]]; then
 else
     single=(--models fcn4,fcn6,cnn3 --batch 256,1024 --chunk 50 --chunks 4
             --modes backprop,dni,cdni,dni:sg.hidden_layers=0,dgl,ddg)
-    multi=(--layers 8 --batch 1024 --chunk 50 --chunks 4 --modes backprop,dni,cdni,dgl,ddg)
+    multi=(--layers 8 --batch 1024 --chunk 50 --chunks 4
+           --modes backprop,dni,dni:parallel=pipeline:sg_share=0.55,cdni,dgl,ddg)
     tta=(--seeds 0,1)  # the script's own recipe (its defaults), as results/bench/time_to_accuracy_b4096.md ran it
     one=backprop:none,dni:none,cdni:none,dgl:none,ddg:none,fr:none
     several=backprop:data,dni:data,dni:pipeline,cdni:data,cdni:pipeline,dgl:data,dgl:pipeline,ddg:pipeline,fr:pipeline

@@ -127,12 +127,16 @@ def device_rows(n: int, specs: list[str], layers: int, batch: int, chunk: int, c
     network of that preset (e.g. text_transformer) at `batch` instead of the paper's FCN."""
     rows = []
     for spec in specs:
-        mode = spec.split(":")[0]
+        mode, *overrides = spec.split(":")
         accepts = RULES[mode].parallel  # e.g. ddg's stash holds whole minibatches: no data parallelism
+        # A spec that names its layout (e.g. dni:parallel=pipeline:sg_share=0.55) gets only that layout's rows.
+        named = [o.split("=", 1)[1] for o in overrides if o.startswith("parallel=")]
+        accepts = tuple(p for p in accepts if not named or p in named)
         # Every parallel row carries its own one-device baseline, timed beside it (bench_parallel).
         plans = [(n, p, n, 1) for p in ("data", "pipeline") if n > 1 and p in accepts and p in kinds]
         plans = plans or [(n, "none", 1, 1)]
-        if replicas > 1 and n % replicas == 0 and n // replicas >= 2 and "pipeline" in accepts \
+        shares = any(o.startswith("sg_share=") and float(o.split("=", 1)[1]) for o in overrides)  # replicas=1 only
+        if replicas > 1 and n % replicas == 0 and n // replicas >= 2 and "pipeline" in accepts and not shares \
                 and "pipeline" in kinds and RULES[mode].stage and RULES[mode].stage.schedule == "unlocked":
             plans += [(n // replicas, "pipeline", n, replicas)]
         for modules, parallel, d, r in plans:

@@ -47,8 +47,10 @@ def test_device_sweep_measures_every_parallel_mode(tmp_path):
     # 4 devices: 4 modules (pipeline) and 2 modules x 2 replicas (pipeline), each row
     # after its own one-device baseline (timed beside it). Data rows and the parts: the accelerator script's test.
     out = run_on_cpu_devices("bench_device_rows", 4, 4, 2).stdout.strip().splitlines()[-1]
+    shared = "dni:parallel=pipeline:sg_share=0.5:sg.hidden_layers=0"
     assert out == str([("cdni", "none", 1, 4, 1), ("cdni", "pipeline", 4, 4, 1),
-                       ("cdni", "none", 1, 2, 1), ("cdni", "pipeline", 4, 2, 2)])
+                       ("cdni", "none", 1, 2, 1), ("cdni", "pipeline", 4, 2, 2),
+                       (shared, "none", 1, 4, 1), (shared, "pipeline", 4, 4, 1)])
 
 
 def test_pipeline_cost_model_formulas():
