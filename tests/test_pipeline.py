@@ -114,6 +114,19 @@ def test_balanced_partition_minimises_the_slowest_module():
     assert even_sizes(5, 2) == (2, 2, 1)
 
 
+def test_an_sg_models_cost_counts_its_regression_on_an_older_activation():
+    # ĝ on this tick's activation and the regression on an older one: two forward passes and a VJP w.r.t. the
+    # parameters, three matmuls of a linear SG model (on one activation XLA shared the forwards: two).
+    import jax
+    import jax.numpy as jnp
+    from sgrad.models.partition import flops, interface_cost
+    from sgrad.run.build import interface_models
+    model = interface_models(make_cfg("mode=dni", "sg.hidden_layers=0"), 10)["sg"]((64,))
+    matmul = 2 * 32 * 64 * 64
+    cost = interface_cost(model, jax.ShapeDtypeStruct((32, 64), jnp.float32), None, True, flops)
+    assert 3 * matmul <= cost < 3.5 * matmul
+
+
 def test_balanced_partition_builds_the_networks_it_estimates():
     from sgrad.run.build import build_network
     # The 784-input layer costs as much as the other three together: it gets a module of its own.
@@ -147,6 +160,9 @@ def test_profiled_partition_measures_once_and_every_later_run_builds_the_same_sp
     for path in cache_dir().glob("*.json"):
         path.write_text("{not json")  # unreadable: measured again, not an error
     assert profiled_sizes("a network", 2, measure) == (3, 1) and len(calls) == 2
+    from sgrad.run import partition_cache
+    monkeypatch.setattr(partition_cache, "COSTS", partition_cache.COSTS + 1)  # costs measured anew: so is the split
+    assert profiled_sizes("a network", 2, measure) == (3, 1) and len(calls) == 3
 
 
 @pytest.mark.parametrize("overrides, message", [

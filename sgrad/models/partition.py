@@ -76,15 +76,16 @@ def interface_cost(model: nn.Module | None, h: jax.ShapeDtypeStruct, label, trai
     variables = jax.eval_shape(lambda h, y: model.init(jax.random.key(0), h, y, False), h, label)
     apply = lambda p, v, h, y: model.apply({**v, "params": p}, h, y, True, mutable=["batch_stats"])[0]
 
-    def work(v, h, y):
+    def work(v, h, older, y):
         out, vjp = jax.vjp(lambda p, h: apply(p, v, h, y), v["params"], h)
         if not trains_by_regression:  # one forward and its VJP (w.r.t. params and h) for the auxiliary loss
             return vjp(jnp.ones_like(out))
-        # ĝ for the module, then the regression: forward again (other data in a pipeline) and the VJP w.r.t.
-        # the parameters only.
-        again, vjp_params = jax.vjp(lambda p: apply(p, v, h, y), v["params"])
+        # ĝ for the module, then the regression on an older activation (its target arrives later): a second
+        # forward and the VJP w.r.t. the parameters only. On the same h, XLA would share the two forwards and
+        # the cost would miss a third of the work.
+        again, vjp_params = jax.vjp(lambda p: apply(p, v, older, y), v["params"])
         return out, vjp_params(again)
-    return cost(work, variables, h, label)
+    return cost(work, variables, h, h, label)
 
 
 def balanced_sizes(costs: Sequence[float], interface: Sequence[float], modules: int) -> tuple[int, ...]:

@@ -17,6 +17,10 @@ from jax.experimental import multihost_utils
 
 log = logging.getLogger("sgrad")
 
+# What a cached split was measured with; a change to how costs are measured (sgrad/models/partition.py)
+# measures every split again. 2: an SG model's regression counts its own forward pass.
+COSTS = 2
+
 
 def cache_dir() -> Path:
     """$SGRAD_CACHE/partitions, else ~/.cache/sgrad/partitions."""
@@ -29,7 +33,7 @@ def profiled_sizes(key: Hashable, modules: int, measure: Callable[[], tuple[int,
     Process 0 decides and every process of a jax.distributed run takes its answer (one SPMD program needs one
     split)."""
     device = jax.devices()[0]
-    described = repr((key, device.platform, device.device_kind))
+    described = repr((key, device.platform, device.device_kind, COSTS))
     path = cache_dir() / f"{hashlib.sha256(described.encode()).hexdigest()[:20]}.json"
     sizes = np.zeros(modules, np.int32)
     if jax.process_index() == 0:
