@@ -81,6 +81,7 @@ class Pipeline:
                                             for p, shape, dtype in leaves])
 
     def zeros_row(self) -> tuple:
+        """One device's row of the slots, all zeros."""
         return tuple(jnp.zeros(size, self.dtype) for size in self.slots)
 
 
@@ -137,8 +138,7 @@ def build_pipeline(net: Network, tx: Optimizers, state: TrainState, input_shape:
     rows = shared_rows(net, batch, replicas, sg_share)
     trees = [stage_tree(state, i, i == k - 1, rows > 0) for i in range(k)]
     flat_trees = [jax.tree.flatten(t) for t in trees]
-    dtype = jnp.result_type(*[leaf for leaves, _ in flat_trees for leaf in leaves]) if any(
-        leaves for leaves, _ in flat_trees) else jnp.float32
+    dtype = jnp.result_type(*(leaf for leaves, _ in flat_trees for leaf in leaves))
     ranks = [_slot_of([leaf.size for leaf in leaves]) for leaves, _ in flat_trees]
     slots = [0] * max(len(r) for r in ranks)
     for (leaves, _), rank in zip(flat_trees, ranks):
