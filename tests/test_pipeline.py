@@ -54,8 +54,9 @@ def test_the_transformer_pipeline_matches_its_sequential_schedule():
 
 
 @pytest.mark.slow
-def test_pipeline_run_learns_and_resumes(idx_dir, tmp_path):
-    res = run_on_cpu_devices("pipeline_train", 3, idx_dir, tmp_path)
+@pytest.mark.parametrize("overrides", [[], ["sg_share=0.5"]], ids=["unshared", "sg_share"])
+def test_pipeline_run_learns_and_resumes(idx_dir, tmp_path, overrides):
+    res = run_on_cpu_devices("pipeline_train", 3, idx_dir, tmp_path, *overrides)
     first, second = (json.loads(line) for line in res.stdout.splitlines()[-2:])
     assert first["status"] == "completed" and first["accuracy"] > 0.5, first  # chance is 0.1
     assert second["same"] and second["steps"][-1] == 200, second

@@ -1,6 +1,7 @@
 """A pipelined run through the loop learns, and resumed at step 100 it equals the uninterrupted run.
 
-argv: the IDX data dir, a scratch dir."""
+argv: the IDX data dir, a scratch dir, then overrides for every run (e.g. sg_share=0.5: the stash of rows each
+device keeps for its copy of the SG model below is in the checkpoint too)."""
 
 import json
 import sys
@@ -9,13 +10,13 @@ from conftest import make_cfg
 from sgrad.run.checkpoint import Checkpoints
 from sgrad.run import train_and_evaluate
 
-data, scratch = sys.argv[1], sys.argv[2]
+data, scratch, overrides = sys.argv[1], sys.argv[2], sys.argv[3:]
 
 
 def run(workdir, steps, *extra):
     cfg = make_cfg("dataset.name=idx", f"dataset.dir={data}", "dataset.download=false", "parallel=pipeline",
                    "mode=cdni", "model.layers=3", "sg.hidden_layers=0", f"trainer.steps={steps}",
-                   "checkpoint.every=50", "trainer.eval_every=50", *extra)
+                   "checkpoint.every=50", "trainer.eval_every=50", *overrides, *extra)
     return train_and_evaluate(cfg, workdir)
 
 
