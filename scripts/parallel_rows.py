@@ -67,12 +67,12 @@ def bench_parallel(cfg, spec: str, parallel: str, devices: int, chunk: int, chun
         row["allreduce_sec"] = collective_seconds(bucket, jax.devices()[:devices])
         row["bucket_floats"] = int(bucket)
     if parallel == "pipeline" and devices > 1 and net.rule.stage.schedule == "unlocked":
-        # One message of a tick ([B, A+2], sgrad/devices/layout.py) timed alone; a tick sends one each way
-        # (forward only when nothing goes back).
+        # One message of a tick ([B, A+2], sgrad/devices/layout.py) timed alone as a ring ppermute; a tick sends
+        # one each way (forward only when nothing goes back), two devices one swap (sgrad/devices/pipeline.py).
         width = max(int(np.prod(s)) for s in activation_shapes(net.modules, shape)[:-1])
         size = cfg.trainer.batch_size // replicas * (width + 2)
         row["message_sec"] = collective_seconds(size, jax.devices()[:devices], permute=True)
-        row["messages"] = 2 if net.rule.stage.sends_back else 1
+        row["messages"] = 2 if net.rule.stage.sends_back and devices // replicas > 2 else 1
     if parts and jax.process_index() == 0 and devices > 1:
         row.update(part_seconds(cfg, settings, parallel, devices, replicas, net, tx, alone, shape, xs, ys, idx,
                                 mean, std))

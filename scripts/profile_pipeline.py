@@ -31,13 +31,17 @@ from pathlib import Path
 from sgrad.devices.processes import one_device_env
 
 
-def tick_bound(mode: str, one_way: float, stages: list[float]) -> tuple[float, float]:
+def tick_bound(mode: str, one_way: float, stages: list[float], swap: float | None = None
+               ) -> tuple[float, float]:
     """(seconds of collectives per tick, seconds of the busiest device) for the mode's pipeline schedule: one
-    collective each way (forward only if it sends nothing back); the stages in parallel, or one after another
-    when the forward pass is locked."""
+    collective each way (forward only if it sends nothing back), or on two devices of an unlocked schedule one
+    `swap` where it is given (sgrad/devices/pipeline.py); the stages in parallel, or one after another when the
+    forward pass is locked."""
     from sgrad.modes import RULES
     rule = RULES[mode]
     comm = one_way * (2 if rule.stage.sends_back else 1)
+    if swap is not None and rule.stage.sends_back and rule.stage.schedule == "unlocked" and len(stages) == 2:
+        comm = swap
     return comm, (sum(stages) if rule.stage.schedule == "locked" else max(stages))
 
 
@@ -227,13 +231,14 @@ def write_report(args, parts: dict, dist: dict, width: int) -> None:
              f"of a tick's message ([{args.batch}, {width + 2}] float32) inside a compiled loop: "
              f"**{ms(dist['one_way'])} ms one way, {ms(dist['swap'])} ms as a swap** (both directions in one "
              f"collective: {'less' if dist['swap'] < 2 * dist['one_way'] else 'more'} than two one-way ppermutes "
-             "in this run; a tick sends one each way).", "",
+             "in this run; a tick of a mode that sends targets back is one swap, DGL's one one-way ppermute, "
+             "DDG's one each way).", "",
              "| mode | layers per module | device | module fwd+VJP | interface model | optimizers | stage | "
              "stage on its slots (packing) | collectives | tick measured | waiting | one device, whole step (compiled chunk) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     summary = []
     for mode, p in parts.items():
-        comm, busiest = tick_bound(mode, dist["one_way"], [s["stage_flat"] for s in p["stages"]])
+        comm, busiest = tick_bound(mode, dist["one_way"], [s["stage_flat"] for s in p["stages"]], dist["swap"])
         tick = dist["ticks"].get(mode, float("nan"))
         wait = tick - busiest - comm
         for i, s in enumerate(p["stages"]):
