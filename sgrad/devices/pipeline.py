@@ -5,7 +5,8 @@ the stage's code, the mode's rule supplies it: sgrad/modes/):
 
 - unlocked (dni, cdni, dgl, ...): at tick t device i runs module i on the activation device i-1 produced at
   tick t-1 (minibatch t-i), steps at once, and sends its activation forward and (if the mode sends anything
-  back) the SG target for the interface below backward, one `jax.lax.ppermute` each. The target for its own
+  back) the SG target for the interface below backward, one `jax.lax.ppermute` each (on two devices one swap
+  carries both, see _exchange). The target for its own
   SG model arrives two ticks after the activation it belongs to (one with synthetic inputs, where every
   device takes minibatch t), so each device keeps its last two outputs.
 - locked (ddg, fr): the forward pass is locked (within a tick device i runs module i forward when device i-1's
@@ -14,9 +15,9 @@ the stage's code, the mode's rule supplies it: sgrad/modes/):
   So the pipeline computes exactly the single-device step.
 
 With `sg_share` (dni, cdni) device i+1 also holds a copy of M_i and regresses it on the last rows of the
-activation it received (device i on the first rows); the two half-gradients cross in one more collective (a swap
-on two devices, one ppermute each way on more), and both devices apply their sum at the end of the tick
-(apply_shared), so the copy stays equal to M.
+activation it received (device i on the first rows); the two half-gradients cross with the tick's messages (in
+the same swap on two devices, one more ppermute each way on more), and both devices apply their sum at the end of
+the tick (apply_shared), so the copy stays equal to M.
 
 With `replicas` D > 1 the mesh is K x D (PIPE_AXIS x DATA_AXIS): replica d of every stage runs on its 1/D of
 each minibatch and talks only to replica d of its neighbours; the stage's gradients, batch statistics and
