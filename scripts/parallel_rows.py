@@ -20,6 +20,7 @@ from bench_networks import exp_cfg, paper_cfg, setup
 from sgrad.core.step import make_train_step
 from sgrad.devices.chunk import make_chunk_runner, preprocess
 from sgrad.devices.parallel import make_runner
+from sgrad.devices.pipeline import swaps
 from sgrad.models.network import activation_shapes
 from sgrad.modes import RULES
 from sgrad.run.provenance import git_commit, machine
@@ -72,7 +73,7 @@ def bench_parallel(cfg, spec: str, parallel: str, devices: int, chunk: int, chun
         width = max(int(np.prod(s)) for s in activation_shapes(net.modules, shape)[:-1])
         size = cfg.trainer.batch_size // replicas * (width + 2)
         row["message_sec"] = collective_seconds(size, jax.devices()[:devices], permute=True)
-        row["messages"] = 2 if net.rule.stage.sends_back and devices // replicas > 2 else 1
+        row["messages"] = 2 if net.rule.stage.sends_back and not swaps(net.rule.stage, devices // replicas) else 1
     if parts and jax.process_index() == 0 and devices > 1:
         row.update(part_seconds(cfg, settings, parallel, devices, replicas, net, tx, alone, shape, xs, ys, idx,
                                 mean, std))
@@ -126,27 +127,32 @@ def device_rows(n: int, specs: list[str], layers: int, batch: int, chunk: int, c
     `parts`: each row also times its devices' parts alone (the cost model's inputs, part_seconds). `exp`: the
     network of that preset (e.g. text_transformer) at `batch` instead of the paper's FCN."""
     rows = []
+
+    def compose(spec):
+        if not exp:
+            return paper_cfg("fcn", layers, spec, batch, width)
+        cfg = exp_cfg(exp, spec)
+        cfg.trainer.batch_size = batch
+        return cfg
+
     for spec in specs:
-        mode, *overrides = spec.split(":")
+        mode = spec.split(":")[0]
         accepts = RULES[mode].parallel  # e.g. ddg's stash holds whole minibatches: no data parallelism
         # A spec that names its layout (e.g. dni:parallel=pipeline:sg_share=0.55) gets only that layout's rows.
-        named = [o.split("=", 1)[1] for o in overrides if o.startswith("parallel=")]
-        accepts = tuple(p for p in accepts if not named or p in named)
+        named = compose(spec)
+        if str(named.parallel) != "none":
+            accepts = tuple(p for p in accepts if p == str(named.parallel))
         # Every parallel row carries its own one-device baseline, timed beside it (bench_parallel).
         plans = [(n, p, n, 1) for p in ("data", "pipeline") if n > 1 and p in accepts and p in kinds]
         plans = plans or [(n, "none", 1, 1)]
-        shares = any(o.startswith("sg_share=") and float(o.split("=", 1)[1]) for o in overrides)  # replicas=1 only
-        if replicas > 1 and n % replicas == 0 and n // replicas >= 2 and "pipeline" in accepts and not shares \
-                and "pipeline" in kinds and RULES[mode].stage and RULES[mode].stage.schedule == "unlocked":
+        if replicas > 1 and n % replicas == 0 and n // replicas >= 2 and "pipeline" in accepts \
+                and not named.sg_share and "pipeline" in kinds and RULES[mode].stage \
+                and RULES[mode].stage.schedule == "unlocked":  # (sg_share needs replicas=1)
             plans += [(n // replicas, "pipeline", n, replicas)]
         for modules, parallel, d, r in plans:
             if parallel not in kinds:
                 continue
-            if exp:
-                cfg = exp_cfg(exp, spec)
-                cfg.trainer.batch_size = batch
-            else:
-                cfg = paper_cfg("fcn", layers, spec, batch, width)
+            cfg = compose(spec)
             if modules > 1:  # modules of balanced measured cost (sgrad/models/partition.py), on one device or n
                 cfg.model.partition, cfg.model.modules = "profiled", modules
             row = {**bench_parallel(cfg, spec, parallel, d, chunk, chunks, r, parts), "process_devices": n}

@@ -37,10 +37,11 @@ def tick_bound(mode: str, one_way: float, stages: list[float], swap: float | Non
     collective each way (forward only if it sends nothing back), or on two devices of an unlocked schedule one
     `swap` where it is given (sgrad/devices/pipeline.py); the stages in parallel, or one after another when the
     forward pass is locked."""
+    from sgrad.devices.pipeline import swaps
     from sgrad.modes import RULES
     rule = RULES[mode]
     comm = one_way * (2 if rule.stage.sends_back else 1)
-    if swap is not None and rule.stage.sends_back and rule.stage.schedule == "unlocked" and len(stages) == 2:
+    if swap is not None and rule.stage.schedule == "unlocked" and swaps(rule.stage, len(stages)):
         comm = swap
     return comm, (sum(stages) if rule.stage.schedule == "locked" else max(stages))
 

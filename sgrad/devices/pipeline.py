@@ -140,6 +140,12 @@ def apply_shared(pipe: Pipeline, i: int, row, own, peer):
     return repack(row, tree, keys)
 
 
+def swaps(stage, k: int) -> bool:
+    """Whether an unlocked tick of `k` devices sends its messages in one swap collective (_exchange): two devices
+    and a mode that sends targets back (the cost models count a tick's collectives with it)."""
+    return k == 2 and stage.sends_back
+
+
 def _exchange(pipe: Pipeline, me, out, back, forward_perm, backward_perm, own=None, peer=None):
     """A tick's messages: `out` to the device above, `back` to the one below -> (from below, from above), and with
     sg_share each device's halves of the regression gradients (`own` up, `peer` down) -> (from below, from
@@ -153,7 +159,7 @@ def _exchange(pipe: Pipeline, me, out, back, forward_perm, backward_perm, own=No
     (dgl) has only the forward one.
     """
     shared = own is not None
-    if pipe.k == 2 and pipe.stage.sends_back:
+    if swaps(pipe.stage, pipe.k):
         up = jnp.concatenate([out.ravel(), own]) if shared else out
         down = jnp.concatenate([back.ravel(), peer]) if shared else back
         got = jax.lax.ppermute(jnp.where(me == 0, up, down), PIPE_AXIS, [(0, 1), (1, 0)])
