@@ -80,15 +80,17 @@ def side_by_side(parallel: list, baseline: list | None, chunks: int) -> tuple[fl
 
 
 def collective_seconds(size: int, devices, repeats: int = 5, permute: bool = False, loop: int = 10) -> float:
-    """Seconds of one pmean (or with `permute`, one ring ppermute) of f32[size] over `devices`, paid as a
-    compiled loop pays it: `loop` collectives in one shard_map program (median of `repeats`), so a call's
-    dispatch is not counted."""
+    """Seconds of one mean of f32[size] over `devices` as the data-parallel step takes it
+    (sgrad.core.step.axis_mean), or with `permute` one ring ppermute, paid as a compiled loop pays it: `loop`
+    collectives in one shard_map program (median of `repeats`), so a call's dispatch is not counted."""
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
+
+    from sgrad.core.step import axis_mean
     mesh = jax.make_mesh((len(devices),), ("d",), devices=devices)
     n = len(devices)
     collective = ((lambda a: jax.lax.ppermute(a, "d", [(j, (j + 1) % n) for j in range(n)])) if permute else
-                  (lambda a: jax.lax.pmean(a, "d")))
+                  (lambda a: axis_mean(a, "d")))
     many = lambda a: jax.lax.fori_loop(0, loop, lambda _, a: collective(a), a)
     reduce = jax.jit(jax.shard_map(many, mesh=mesh, in_specs=P("d"), out_specs=P("d"), check_vma=False))
     a = jax.device_put(jnp.ones((len(devices) * size,), jnp.float32), NamedSharding(mesh, P("d")))
