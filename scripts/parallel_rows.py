@@ -188,8 +188,9 @@ def write_table(args, script: str, title: str, how: str, grouping: str, rows: li
              f"batch (`parallel=pipeline replicas=R`), next to `none` with the same K/R modules. Each parallel row is timed beside its own `none` row (the row above it: the same network "
              "on one of the devices, process 0's with several processes), their chunks alternating, after a warm-up "
              f"chunk of each: median chunk of {args.chunks} chunks of {args.chunk} steps.",
-             "Data rows: `all-reduce` is the step's one collective (its gradients, batch statistics and metrics in "
-             "one flat bucket) timed alone at its size in the same processes (ten in one compiled loop, per "
+             "Data rows: `all-reduce` is the step's one collective, the mean of its gradients, batch statistics and "
+             "metrics in one flat bucket (`sgrad.core.step.axis_mean`: one swap on two CPU devices, pmean on more), "
+             "timed alone at its size in the same processes (ten in one compiled loop, per "
              "collective), and `bound` the speed-up a data "
              "parallel step could reach if it paid only that on top of 1/N of the one-device step: "
              "T1 / (T1/N + all-reduce).",
