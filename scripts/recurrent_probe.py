@@ -33,6 +33,10 @@ SETTINGS = {
                                      "sg.optim.lr=1e-3"],
     "cDNI (M sees the next window's targets)": ["mode=cdni"],
     "cDNI, λ=0.9 over 8 windows": ["mode=cdni", "sg.trace_lambda=0.9", "sg.trace_windows=8"],
+    # λ=1: M regresses onto the next 8 windows' true gradient, bootstrapped only past them (a Copy episode of
+    # the lengths solved at T=2 spans fewer windows, so it is mostly the true future gradient).
+    "cDNI, λ=1 over 8 windows": ["mode=cdni", "sg.trace_lambda=1.0", "sg.trace_windows=8"],
+    "cDNI, λ=0.95 over 8 windows": ["mode=cdni", "sg.trace_lambda=0.95", "sg.trace_windows=8"],
     "M by least squares, λ=0.9 over 8 windows": ["sg.optim.name=rls", "sg.trace_lambda=0.9", "sg.trace_windows=8"],
     "cDNI, M by least squares, λ=0.9 over 8": ["mode=cdni", "sg.optim.name=rls", "sg.trace_lambda=0.9",
                                               "sg.trace_windows=8"],
