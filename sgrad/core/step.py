@@ -73,9 +73,10 @@ def axis_mean(tree: PyTree, axis_name: str) -> PyTree:
     their values and add them.
 
     Gloo's all-reduce between two processes pinned to one core each costs 1.4 to 2.6 times a swap of the same
-    buffer at every size sgrad sends (1 MB to 40 MB, results/bench/transport.md), and a small one pays a whole
-    4 ms scheduler tick. The result is the same to the bit: each device adds the same two numbers and halves
-    the sum."""
+    buffer at every size sgrad sends (1 MB to 40 MB, results/bench/transport.md), and a small one takes 4 ms
+    where a swap takes under 1. The result is the same to the bit: each device adds the same two numbers and
+    halves the sum. Every device of the mesh must run it (a collective-permute spans the whole mesh): not
+    inside a branch that only some devices take, such as the pipeline's switch over stages."""
     if jax.default_backend() != "cpu" or jax.lax.axis_size(axis_name) != 2:
         return jax.lax.pmean(tree, axis_name)
     peer = jax.lax.ppermute(tree, axis_name, [(0, 1), (1, 0)])

@@ -41,7 +41,7 @@ from sgrad.models.loss import is_classes
 from sgrad.core.optim import Optimizers
 from sgrad.devices import conv_library
 from sgrad.devices.chunk import ChunkRunner, placed
-from sgrad.core.step import axis_mean, masked_update
+from sgrad.core.step import masked_update
 from sgrad.devices.layout import Pipeline, PipelineState, pad, repack, row_of, unpad
 from sgrad.models.network import dropout_rng
 from sgrad.modes.stage import SLOTS, LockedTick, Tick, run_module
@@ -94,7 +94,9 @@ def device_tick(pipe: Pipeline, i: int, preprocess: Callable, row, fwd, bwd, pas
         else:
             peer = _flag_row(pipe, None, False)
     if pipe.replicas > 1:
-        tree = {key: axis_mean(value, DATA_AXIS) if key.endswith("_stats") else value
+        # pmean, not sgrad.core.step.axis_mean's swap: inside the switch over stages a collective-permute spans
+        # every device of the mesh, and devices of other stages run other branches (it deadlocks).
+        tree = {key: jax.lax.pmean(value, DATA_AXIS) if key.endswith("_stats") else value
                 for key, value in tree.items()}
     row = repack(row, tree)
     columns = lambda a, b: jnp.stack([jnp.broadcast_to(a, (pipe.batch,)), jnp.broadcast_to(b, (pipe.batch,))],
@@ -180,7 +182,7 @@ def _exchange(pipe: Pipeline, me, out, back, forward_perm, backward_perm, own=No
 
 def _metrics(pipe: Pipeline, sums, ys):
     if pipe.replicas > 1:
-        sums = axis_mean(sums, DATA_AXIS)
+        sums = jax.lax.pmean(sums, DATA_AXIS)
     metrics = pipe.stage.metrics(jax.lax.all_gather(sums, PIPE_AXIS), pipe.k)
     return metrics if is_classes(ys) else {k: v for k, v in metrics.items() if "accuracy" not in k}
 
@@ -189,7 +191,7 @@ def _mean_over_replicas(tx: optax.GradientTransformation) -> optax.GradientTrans
     """`tx` stepping along the gradient averaged over DATA_AXIS. The same state as `tx` (not an optax.chain),
     so the stage's slots do not change."""
     return optax.GradientTransformation(
-        tx.init, lambda grads, state, params=None: tx.update(axis_mean(grads, DATA_AXIS), state, params))
+        tx.init, lambda grads, state, params=None: tx.update(jax.lax.pmean(grads, DATA_AXIS), state, params))
 
 
 def unlocked_chunk_fn(pipe: Pipeline, preprocess: Callable, feed_every: int = 1):
