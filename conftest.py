@@ -14,10 +14,11 @@ from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Tests check what a program computes, not how fast it runs, and compiling is most of a small test's time: LLVM's
-# backend optimisation off saves a tenth of it (the processes the tests start inherit it; XLA's own HLO passes,
-# which decide what is computed, still run).
-FAST_COMPILE = "--xla_backend_optimization_level=0"
-if FAST_COMPILE not in os.environ.get("XLA_FLAGS", ""):
+# backend optimisation off saves a tenth of it, and XLA:CPU's older elemental emitters instead of its fusion
+# emitters a third of what is left (the processes the tests start inherit both; XLA's own HLO passes, which decide
+# what is computed, still run).
+FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
+if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):  # unless a test chose its own
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE}".strip()
 # One compilation cache for the whole session, the processes the tests start included: each fresh process
 # would otherwise recompile the same small programs (most of a short run's time on CPU).
@@ -46,10 +47,11 @@ def program_env(**extra: str) -> dict[str, str]:
             **extra}
 
 
-def run_on_cpu_devices(program: str, devices: int, *args: str) -> subprocess.CompletedProcess:
+def run_on_cpu_devices(program: str, devices: int, *args: str, compile_flags: str = FAST_COMPILE
+                       ) -> subprocess.CompletedProcess:
     """Run tests/programs/<program>.py in a fresh process with `devices` CPU devices (JAX fixes the count
     when it starts)."""
-    env = program_env(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} {FAST_COMPILE}")
+    env = program_env(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} {compile_flags}")
     res = subprocess.run([sys.executable, str(ROOT / "tests" / "programs" / f"{program}.py"), *map(str, args)],
                          env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -123,6 +125,14 @@ def device_data(rng: np.random.Generator, n: int, shape: tuple[int, ...]):
     xs = jnp.asarray(rng.integers(0, 256, (n, *shape), dtype=np.uint8))
     ys = jnp.asarray(rng.integers(0, 10, n).astype(np.int32))
     return xs, ys, jnp.full((1,), 0.5), jnp.full((1,), 0.25)
+
+
+def max_diff(a, b) -> float:
+    """The largest absolute difference between two pytrees of arrays of the same structure (on the host: each
+    leaf's difference as a jax operation would compile a program per shape, most of a small program's time)."""
+    import jax
+    return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
+               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
 
 
 def program_setup(cfg, shape: tuple[int, ...], batch: int, rng: np.random.Generator):

@@ -33,7 +33,9 @@ def test_dgl_ddg_and_fr_pipelines_match_their_sequential_schedule_and_single_dev
 def test_a_shared_sg_regression_equals_the_unshared_pipeline_and_its_copies_stay_equal_to_m(devices):
     # 2 devices swap their halves in one collective; at 3 the middle one holds M_2 and a copy of M_1, so it sends
     # a half-gradient each way.
-    res = run_on_cpu_devices("pipeline_sg_share", devices, devices)
+    # Bit for bit holds for the code XLA:CPU emits by default (its fusion emitters), which the two devices' branches
+    # of the switch over stages share; the tests' faster-compiling older emitters round them differently.
+    res = run_on_cpu_devices("pipeline_sg_share", devices, devices, compile_flags="--xla_backend_optimization_level=0")
     assert res.stdout.splitlines() == ["dni shared = unshared", "cdni shared = unshared",
                                        "cdni batch norm copies equal"]
 

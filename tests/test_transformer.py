@@ -175,7 +175,9 @@ FORTUNES = Path("/usr/share/games/fortunes")
 def test_the_preset_learns_real_text_in_dni(tmp_path):
     from sgrad.config.compose import compose_config
     cfg = compose_config("+exp=text_transformer", "mode=dni", "model.layers=2", "model.width=64", "model.context=32",
-                         "trainer.steps=300", "trainer.eval_every=300", "trainer.progress=false")
+                         "trainer.steps=150", "trainer.eval_every=150", "optim.warmup_steps=20",
+                         "trainer.progress=false")
     summary = train_and_evaluate(cfg, tmp_path)
     assert summary["status"] == "completed" and summary["modules"] == 2
-    assert summary["valid/bpc"] < 4.3, summary["valid/bpc"]  # uniform over ~110 symbols is 6.8 bits
+    # Uniform over ~110 symbols is 6.8 bits; 150 steps reach about 4.55 (300 steps about 4.3).
+    assert summary["valid/bpc"] < 4.8, summary["valid/bpc"]

@@ -96,6 +96,16 @@ def init_variables(net: Network, key: jax.Array, x: jnp.ndarray, y: jnp.ndarray 
     The "interface" slot holds whatever sits on the interfaces: SG models, or DGL's auxiliary classifiers.
     `y` (a batch of targets) shapes what a conditioned SG model sees; without it, integer labels.
     """
+    if y is None:
+        y = jnp.zeros((x.shape[0],), jnp.int32)
+    try:
+        hash(net)
+    except TypeError:  # a user's module with an unhashable field: op by op, as Flax would
+        return _init_network(net, key, x, y)
+    return _init_network_compiled(net, key, x, y)
+
+
+def _init_network(net: Network, key: jax.Array, x: jnp.ndarray, y: jnp.ndarray) -> tuple[dict, dict]:
     keys = jax.random.split(key, 2 * len(net.modules))
     params, stats, acts = [], [], []
     h = x
@@ -105,8 +115,6 @@ def init_variables(net: Network, key: jax.Array, x: jnp.ndarray, y: jnp.ndarray 
         stats.append(s)
         h, _ = apply(f, p, s, (h,), False)
         acts.append(h)
-    if y is None:
-        y = jnp.zeros((x.shape[0],), jnp.int32)
     label = net.interface_label(y)
     interface = [_split(_init(m, k, h, label))
                  for m, h, k in zip(net.interface_models, acts, keys[len(net.modules):])]
@@ -114,6 +122,11 @@ def init_variables(net: Network, key: jax.Array, x: jnp.ndarray, y: jnp.ndarray 
               for m, k in zip(net.input_models, jax.random.split(keys[-1], max(len(net.input_models), 1)))]
     return ({"modules": tuple(params), "interface": tuple(p for p, _ in interface), "si": tuple(p for p, _ in inputs)},
             {"modules": tuple(stats), "interface": tuple(s for _, s in interface), "si": tuple(s for _, s in inputs)})
+
+
+# One compiled program per network and shapes: run op by op, a fresh process compiles each of the initialisers'
+# small operations on its own (a second or more of a short run's start-up on CPU, against a few tenths).
+_init_network_compiled = jax.jit(_init_network, static_argnums=0)
 
 
 def activation_shapes(modules: Sequence[nn.Module], input_shape: Sequence[int]) -> tuple[tuple[int, ...], ...]:

@@ -12,7 +12,7 @@ jax.config.update("jax_cpu_collectives_implementation", "gloo")
 jax.distributed.initialize(f"localhost:{sys.argv[2]}", num_processes=2, process_id=int(sys.argv[1]))
 assert jax.process_count() == 2 and jax.device_count() == 2 and jax.local_device_count() == 1
 
-from conftest import device_data, make_cfg
+from conftest import device_data, make_cfg, max_diff
 from sgrad.devices.chunk import make_chunk_runner, preprocess
 from sgrad.models.network import init_variables
 from sgrad.run.build import build_network, build_train_optimizer
@@ -27,10 +27,6 @@ rng = np.random.default_rng(0)  # the same data and initial parameters in both p
 xs, ys, mean, std = device_data(rng, 128, shape)
 pre = lambda x: preprocess(x, mean, std)
 gather = lambda tree: jax.tree.map(lambda a: multihost_utils.process_allgather(a, tiled=True), tree)
-
-def max_diff(a, b):
-    return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
-               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 # SGD: Adam divides by the root of tiny early SG gradients and so magnifies float rounding.
 sgd = ["optim.name=sgd", "optim.lr=0.01", "sg.optim.name=sgd", "sg.optim.lr=0.01"]

@@ -5,11 +5,10 @@ to the single-device step); then a pipelined run through `model=custom` and the 
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
-from conftest import device_data, make_cfg
+from conftest import device_data, make_cfg, max_diff
 from residual_model import make_modules
 from sgrad import decouple
 from sgrad.devices.chunk import make_chunk_runner, preprocess
@@ -26,9 +25,6 @@ B, SHAPE = 16, (6, 6, 1)
 xs, ys, mean, std = device_data(rng, 128, SHAPE)
 pre = lambda x: preprocess(x, mean, std)
 
-
-def max_diff(a, b):
-    return max(float(jnp.max(jnp.abs(x - y))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
 # What a user's modules meet differs by the kind of stage, not by the mode within a kind (every mode's stage is

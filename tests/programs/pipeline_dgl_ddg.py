@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from conftest import device_data, make_cfg, program_setup
+from conftest import device_data, make_cfg, max_diff, program_setup
 from sgrad.core.step import init_state, make_train_step
 from sgrad.devices.chunk import make_chunk_runner, preprocess
 from sgrad.devices.layout import build_pipeline, to_train_state
@@ -29,9 +29,6 @@ def setup(mode, model, shape):
                    "aux.hidden_layers=1", "aux.width=16", *sgd)
     return program_setup(cfg, shape, B, rng)
 
-
-def max_diff(a, b):
-    return max(float(jnp.max(jnp.abs(x - y))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
 def moved(a, b):

@@ -3,10 +3,9 @@
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from conftest import make_cfg, program_setup
+from conftest import make_cfg, max_diff, program_setup
 from sgrad.devices.layout import build_pipeline, to_train_state
 from sgrad.devices.pipeline import make_pipeline_runner
 from sgrad.devices.sequential import run_sequential
@@ -21,9 +20,6 @@ B = 16
 def setup(*overrides, shape=(6, 6, 1)):
     cfg = make_cfg(f"model.layers={K}", "model.width=16", "sg.hidden_layers=1", "sg.width=32", *overrides)
     return program_setup(cfg, shape, B, rng)
-
-def max_diff(a, b):
-    return max(float(jnp.max(jnp.abs(x - y))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 def moved(a, b):
     # Every module, SG model and synthetic input model changed somewhere.

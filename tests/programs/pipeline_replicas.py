@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from conftest import device_data, make_cfg
+from conftest import device_data, make_cfg, max_diff
 from sgrad.models.network import init_variables
 from sgrad.run.build import build_network, build_train_optimizer
 from sgrad.devices.layout import build_pipeline, to_train_state
@@ -23,9 +23,6 @@ B, shape = 16, (6, 6, 1)
 xs, ys, mean, std = device_data(rng, 128, shape)
 pre = lambda x: preprocess(x, mean, std)
 
-
-def max_diff(a, b):
-    return max(float(jnp.max(jnp.abs(x - y))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
 # No batch norm: with it each copy normalises by its own share of the batch, which the whole-batch schedule

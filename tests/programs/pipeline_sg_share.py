@@ -10,10 +10,9 @@
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from conftest import make_cfg, program_setup
+from conftest import make_cfg, max_diff, program_setup
 from sgrad.devices.layout import build_pipeline, row_of, to_train_state
 from sgrad.devices.pipeline import make_pipeline_runner
 
@@ -33,9 +32,6 @@ def run(net, tx, state, xs, ys, pre, idx, share):
     pstate, metrics = make_pipeline_runner(pipe, pre, jax.devices())(pstate, xs, ys, idx, np.int32(len(idx)))
     return pipe, pstate, metrics
 
-
-def max_diff(a, b):
-    return max(float(jnp.max(jnp.abs(x - y))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
 
 
 def assert_copies_equal(pipe, pstate):
