@@ -6,7 +6,7 @@ cluster, where SLURM (hydra/launcher=submitit_slurm) or mpirun starts the proces
 Each process gets `distributed=true` and the coordinator, process count and its index through JAX's own
 variables (JAX_COORDINATOR_ADDRESS, and JAX_NUM_PROCESSES / JAX_PROCESS_ID, which sgrad-train passes to
 jax.distributed.initialize), one CPU device, gloo collectives (or those JAX_CPU_COLLECTIVES_IMPLEMENTATION
-names), and a core of its own when there are enough.
+names: with mpi, one mpiexec starts them as one MPI world), and a core of its own when there are enough.
 Process 0 writes the run dir and the log; the exit status is the first non-zero one.
 SIGTERM to this launcher (a scheduler's preemption) goes on to every process, which stop together at one step with
 a checkpoint; Ctrl-C reaches them from the terminal directly, so the launcher only waits for them.
@@ -17,10 +17,9 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import subprocess
 import sys
 
-from sgrad.devices.processes import one_device_env
+from sgrad.devices.processes import one_device_env, start_processes
 
 
 def free_port() -> int:
@@ -40,11 +39,11 @@ def main() -> None:
             "JAX_CPU_COLLECTIVES_IMPLEMENTATION": os.environ.get("JAX_CPU_COLLECTIVES_IMPLEMENTATION", "gloo")}
     base = one_device_env(base)
     print(f"launch_local: {n} processes of sgrad-train {' '.join(overrides)} distributed=true", flush=True)
-    procs = []
-    for i in range(n):
-        pin = ["taskset", "-c", str(cores[i])] if n <= len(cores) else []
-        procs.append(subprocess.Popen([*pin, sys.executable, "-m", "sgrad.cli", *overrides, "distributed=true"],
-                                      env={**base, "JAX_PROCESS_ID": str(i)}))
+    try:
+        procs = start_processes([[sys.executable, "-m", "sgrad.cli", *overrides, "distributed=true"]] * n, base,
+                                cores[:n] if n <= len(cores) else None)
+    except RuntimeError as e:
+        sys.exit(f"launch_local: {e}")
     def forward(signum, frame):
         for p in procs:
             if p.poll() is None:

@@ -97,6 +97,8 @@ def _run(cfg: DictConfig) -> float:
                   "distributed=false for one process", file=sys.stderr)
             discard_stub(workdir)
             sys.exit(2)
+        from sgrad.devices.processes import warm_collectives
+        warm_collectives()
         workdir = _shared_workdir(workdir)
         if jax.process_index() != 0:
             # One voice per run: only process 0 writes the log (the other processes' records would repeat it).
@@ -195,6 +197,9 @@ def main() -> None:
         print(f"sgrad-train: {e}", file=sys.stderr)
         sys.exit(2)
     _run()
+    if any(a.lower() == "distributed=true" for a in sys.argv[1:]):
+        from sgrad.devices.processes import leave_mpi_world
+        leave_mpi_world()  # under MPI collectives; returns under gloo
 
 
 if __name__ == "__main__":

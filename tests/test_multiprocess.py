@@ -1,9 +1,10 @@
 """Multi-host through jax.distributed: two processes on this machine, one CPU device each, joined over
-localhost with gloo collectives. The pipeline across processes equals the same schedule run sequentially
+localhost with gloo collectives (or MPI's, where the machine has them). The pipeline across processes equals the same schedule run sequentially
 in one process, and data parallelism across processes equals the single-device step."""
 
 import json
 import os
+import shutil
 import time
 import socket
 import subprocess
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from sgrad.devices.processes import device_count_env, one_device_env
+from sgrad.devices.processes import device_count_env, one_device_env, start_processes
 
 from conftest import ROOT, program_env
 
@@ -34,22 +35,51 @@ def test_a_worker_process_keeps_every_xla_flag_but_the_device_count():
     assert device_count_env(2, {})["XLA_FLAGS"] == "--xla_force_host_platform_device_count=2"
 
 
+# JAX's MPI collectives need an mpiexec and an MPIwrapper library built against its MPI (docs/parallelism.md,
+# Transport): neither comes with pip, so the MPI case runs only where the machine has both.
+HAS_MPI = bool(shutil.which("mpiexec") and os.environ.get("MPITRAMPOLINE_LIB"))
+
+
 @pytest.mark.slow
-def test_pipeline_and_data_parallel_across_processes():
-    port = str(_free_port())
-    env = one_device_env(program_env())  # one device per process
+@pytest.mark.parametrize("transport", ["gloo", pytest.param("mpi", marks=pytest.mark.skipif(
+    not HAS_MPI, reason="no mpiexec on PATH or no MPITRAMPOLINE_LIB (docs/parallelism.md, Transport)"))])
+def test_pipeline_and_data_parallel_across_processes(transport):
+    env = one_device_env({**program_env(), "JAX_CPU_COLLECTIVES_IMPLEMENTATION": transport})  # one device each
     program = str(ROOT / "tests" / "programs" / "across_processes.py")
-    procs = [subprocess.Popen([sys.executable, program, str(i), port], env=env, cwd=ROOT, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in range(2)]
+    procs = start_processes([[sys.executable, program, str(_free_port())]] * 2, env, cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         outs = [p.communicate(timeout=600) for p in procs]
     finally:
         for p in procs:
             p.kill()
-    for p, (out, err) in zip(procs, outs):
+    for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
-        # Gloo writes its own connection lines to stdout.
-        assert [line for line in out.splitlines() if line.endswith(" ok")] == ["pipeline ok", "data ok"], out
+    # Gloo writes its own connection lines to stdout; under mpiexec both processes' lines come through one.
+    oks = [line for out, _ in outs for line in out.splitlines() if line.endswith(" ok")]
+    assert sorted(oks) == ["data ok", "data ok", "pipeline ok", "pipeline ok"], outs
+
+
+def test_mpi_processes_start_as_one_world_under_one_mpiexec(tmp_path):
+    # A stand-in mpiexec that records how it was called: one block per process, each with its JAX_PROCESS_ID.
+    fake = tmp_path / "mpiexec"
+    fake.write_text(f"#!{sys.executable}\nimport json, sys\njson.dump(sys.argv[1:], open({str(tmp_path / 'argv')!r}, 'w'))\n")
+    fake.chmod(0o755)
+    env = {"JAX_CPU_COLLECTIVES_IMPLEMENTATION": "mpi", "MPIEXEC": str(fake), "MPITRAMPOLINE_LIB": "/lib/w.so"}
+    procs = start_processes([["python", "w.py"]] * 2, env, cores=[3, 5])
+    assert len(procs) == 1 and procs[0].wait(timeout=60) == 0
+    assert json.loads((tmp_path / "argv").read_text()) == [
+        "-n", "1", "-env", "JAX_PROCESS_ID", "0", "taskset", "-c", "3", "python", "w.py", ":",
+        "-n", "1", "-env", "JAX_PROCESS_ID", "1", "taskset", "-c", "5", "python", "w.py"]
+    with pytest.raises(RuntimeError, match="MPITRAMPOLINE_LIB"):
+        start_processes([["python"]] * 2, {**env, "MPITRAMPOLINE_LIB": ""})
+    with pytest.raises(RuntimeError, match="mpiexec on PATH"):
+        start_processes([["python"]] * 2, {"JAX_CPU_COLLECTIVES_IMPLEMENTATION": "mpi", "PATH": str(tmp_path / "none")})
+    # Under gloo, each its own process with its index.
+    gloo = start_processes([[sys.executable, "-c", "import os; print(os.environ['JAX_PROCESS_ID'])"]] * 2,
+                           {**os.environ, "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo"}, stdout=subprocess.PIPE,
+                           text=True)
+    assert [p.communicate(timeout=60)[0].strip() for p in gloo] == ["0", "1"]
 
 
 def _slurm_processes(tmp_path, idx_dir, *extra):

@@ -1,6 +1,8 @@
-"""One of two processes (argv[1]: its id, argv[2]: the coordinator port) joined by jax.distributed over
-localhost with gloo: the pipeline equals the sequential schedule, data parallelism the single-device step."""
+"""One of two processes (JAX_PROCESS_ID: its id, argv[1]: the coordinator port) joined by jax.distributed over
+localhost with the collectives JAX_CPU_COLLECTIVES_IMPLEMENTATION names (gloo, or mpi under one mpiexec): the
+pipeline equals the sequential schedule, data parallelism the single-device step."""
 
+import os
 import sys
 
 import jax
@@ -8,9 +10,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
-jax.config.update("jax_cpu_collectives_implementation", "gloo")
-jax.distributed.initialize(f"localhost:{sys.argv[2]}", num_processes=2, process_id=int(sys.argv[1]))
+from sgrad.devices.processes import leave_mpi_world, warm_collectives
+
+jax.config.update("jax_cpu_collectives_implementation", os.environ.get("JAX_CPU_COLLECTIVES_IMPLEMENTATION", "gloo"))
+jax.distributed.initialize(f"localhost:{sys.argv[1]}", num_processes=2, process_id=int(os.environ["JAX_PROCESS_ID"]))
 assert jax.process_count() == 2 and jax.device_count() == 2 and jax.local_device_count() == 1
+warm_collectives()
 
 from conftest import device_data, make_cfg, max_diff
 from sgrad.devices.chunk import make_chunk_runner, preprocess
@@ -59,3 +64,4 @@ multi, _ = make_data_parallel_runner(net, tx, UpdateRule(), mean, std, jax.devic
 d = max_diff(gather(multi.params), single.params)
 assert d < 1e-5, d
 print("data ok", flush=True)
+leave_mpi_world()
