@@ -139,6 +139,9 @@ def _run(cfg: DictConfig) -> float:
         sys.exit(130)
     except Preempted as e:
         print(f"sgrad-train: {e}", file=sys.stderr)
+        if cfg.distributed:  # every process stops at the same step, so under MPI they can leave together
+            from sgrad.devices.processes import leave_mpi_world
+            leave_mpi_world(128 + e.signum)
         sys.exit(128 + e.signum)
     except (ConfigError, DatasetError, DivergenceError, ValueError) as e:
         # One line for the user; the run dir keeps the logs and checkpoints written so far.
