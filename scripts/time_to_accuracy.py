@@ -176,7 +176,8 @@ def write(runs: list[dict], layouts: list[tuple[str, str]], args, argv: list[str
     seeds = sorted({r["seed"] for r in runs})
     top, lower = max(args.targets), sorted(args.targets)[:-1]
     how = ("`none` is one process pinned to one core; `data` and `pipeline` are two processes pinned to one core "
-           "each, joined by jax.distributed over localhost (`scripts/launch_local.py`, gloo collectives)"
+           "each, joined by jax.distributed over localhost (`scripts/launch_local.py`, "
+           f"{os.environ.get('JAX_CPU_COLLECTIVES_IMPLEMENTATION', 'gloo')} collectives)"
            if args.launch == "processes" else f"one process on its {m['device_count']} devices")
     procs = lambda parallel: 1 if parallel == "none" or args.launch == "devices" else 2
     lines = [f"# Time to {100 * top:g} % test accuracy: which layout gets there sooner", "",
