@@ -97,7 +97,12 @@ def _run(cfg: DictConfig) -> float:
                   "distributed=false for one process", file=sys.stderr)
             discard_stub(workdir)
             sys.exit(2)
-        from sgrad.devices.processes import warm_collectives
+        from sgrad.devices.processes import layout_refusal, warm_collectives
+        refusal = layout_refusal(cfg.replicas)
+        if refusal:
+            print(f"sgrad-train: {refusal}", file=sys.stderr)
+            discard_stub(workdir)
+            sys.exit(2)
         warm_collectives()
         workdir = _shared_workdir(workdir)
         if jax.process_index() != 0:

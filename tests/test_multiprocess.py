@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from sgrad.devices.processes import device_count_env, one_device_env, start_processes
+from sgrad.devices.processes import device_count_env, layout_refusal, one_device_env, start_processes
 
 from conftest import ROOT, program_env
 
@@ -58,6 +58,18 @@ def test_pipeline_and_data_parallel_across_processes(transport):
     # Gloo writes its own connection lines to stdout; under mpiexec both processes' lines come through one.
     oks = [line for out, _ in outs for line in out.splitlines() if line.endswith(" ok")]
     assert sorted(oks) == ["data ok", "data ok", "pipeline ok", "pipeline ok"], outs
+
+
+def test_replicas_are_refused_on_mpi_collectives_on_cpu():
+    import jax
+    assert layout_refusal(2) is None  # gloo
+    before = jax.config.jax_cpu_collectives_implementation
+    jax.config.update("jax_cpu_collectives_implementation", "mpi")
+    try:
+        assert layout_refusal(1) is None
+        assert "replicas=2 cannot run on JAX's MPI collectives" in layout_refusal(2)
+    finally:
+        jax.config.update("jax_cpu_collectives_implementation", before)
 
 
 def test_mpi_processes_start_as_one_world_under_one_mpiexec(tmp_path):

@@ -62,7 +62,8 @@ def warm_collectives() -> None:
     program of real size runs its collectives on XLA's worker threads; communicators are made once per set of
     devices and then reused from any thread. So one tiny collective over every device, run here, serves every
     later program over them (the data layout's mean, a pipeline's swaps). A pipeline with replicas also averages
-    over groups of devices, which this does not make: that layout needs gloo on CPU. Nothing to do under gloo.
+    over groups of devices, which this does not make: sgrad-train refuses that layout under MPI on CPU
+    (layout_refusal). Nothing to do under gloo.
     """
     import jax
     import numpy as np
@@ -87,3 +88,13 @@ def leave_mpi_world(code: int = 0) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
+
+
+def layout_refusal(replicas: int) -> str | None:
+    """Why a run of `replicas` pipeline copies cannot run on the collectives in use here, or None."""
+    import jax
+    if replicas > 1 and jax.config.jax_cpu_collectives_implementation == "mpi" and jax.default_backend() == "cpu":
+        return (f"replicas={replicas} cannot run on JAX's MPI collectives on CPU: its replica groups' communicators "
+                "would be made on XLA's worker threads, which XLA:CPU refuses; run it with "
+                "JAX_CPU_COLLECTIVES_IMPLEMENTATION=gloo")
+    return None
