@@ -205,9 +205,9 @@ def main() -> None:
         print(f"sgrad-train: {e}", file=sys.stderr)
         sys.exit(2)
     _run()
-    if any(a.lower() == "distributed=true" for a in sys.argv[1:]):
+    if "jax" in sys.modules:  # a run happened (not --help, --cfg)
         from sgrad.devices.processes import leave_mpi_world
-        leave_mpi_world()  # under MPI collectives; returns under gloo
+        leave_mpi_world()  # only a run of several processes on MPI collectives leaves here; the others return
 
 
 if __name__ == "__main__":

@@ -53,8 +53,8 @@ def _close(a, b):
     return all(np.allclose(u, v, atol=1e-6, rtol=1e-4) for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
+@pytest.mark.slow  # 9 s of compiling, with every gradient compiled whole (op by op the LSTMs' scans took 10 s)
 def test_oracle_link_equals_backprop_through_b_and_a_cut_link_leaves_a_alone():
-    # Every gradient compiled whole: op by op, the LSTMs' scans compile each small operation alone (10 s).
     net, state, carry_a, x, ya, yb = _setup()
     p = state.params
     args = (carry_a, state.carry_b, x, ya, yb)

@@ -26,7 +26,6 @@ xs, ys, mean, std = device_data(rng, 128, SHAPE)
 pre = lambda x: preprocess(x, mean, std)
 
 
-
 # What a user's modules meet differs by the kind of stage, not by the mode within a kind (every mode's stage is
 # checked against its schedule on the paper's networks: tests/test_pipeline.py): an SG model with a synthetic input
 # and the label, an auxiliary classifier, and the forward-locked schedule.

@@ -30,7 +30,6 @@ def setup(mode, model, shape):
     return program_setup(cfg, shape, B, rng)
 
 
-
 def moved(a, b):
     return all(max_diff(x, y) > 0 for x, y in zip(list(a["modules"]) + list(a["interface"]), list(b["modules"]) + list(b["interface"])))
 

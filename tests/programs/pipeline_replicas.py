@@ -24,7 +24,6 @@ xs, ys, mean, std = device_data(rng, 128, shape)
 pre = lambda x: preprocess(x, mean, std)
 
 
-
 # No batch norm: with it each copy normalises by its own share of the batch, which the whole-batch schedule
 # does not. SGD as in pipeline_equality.py (Adam magnifies float rounding of tiny early SG gradients).
 sgd = ["optim.name=sgd", "optim.lr=0.05", "sg.optim.name=sgd", "sg.optim.lr=0.05", "model.batch_norm=false",

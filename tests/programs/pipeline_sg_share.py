@@ -33,7 +33,6 @@ def run(net, tx, state, xs, ys, pre, idx, share):
     return pipe, pstate, metrics
 
 
-
 def assert_copies_equal(pipe, pstate):
     slots = tuple(np.asarray(slot) for slot in pstate.stage_KxS)
     for i in range(1, pipe.k):
