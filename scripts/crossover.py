@@ -27,17 +27,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from parallel_rows import predicted_speedup
+
 ROWS = (("backprop", "data"), ("cdni", "data"), ("cdni", "pipeline"), ("dgl", "pipeline"))
-
-
-def predicted(row: dict, batch: int) -> float | None:
-    """The model's speed-up for a measured two-process row, from its own run's measurements."""
-    t1 = batch / row["baseline_examples_per_sec"]
-    if row["parallel"] == "data" and "shard_sec" in row:
-        return t1 / (row["shard_sec"] + row["allreduce_sec"])
-    if "message_sec" not in row or "stage_sec" not in row:
-        return None
-    return t1 / (max(row["stage_sec"]) + row["messages"] * row["message_sec"])
 
 
 def chunk_for(width: int, batch: int, layers: int) -> int:
@@ -60,7 +52,7 @@ def measure(width: int, batch: int, layers: int) -> list[dict]:
         base = row["baseline_examples_per_sec"]  # one process, timed chunk for chunk beside it
         points.append({"width": width, "batch": batch, "mode": mode, "parallel": parallel, "split": row["split"],
                        "t1_ms": 1e3 * batch / base, "measured": row["examples_per_sec"] / base,
-                       "predicted": predicted(row, batch),
+                       "predicted": predicted_speedup(row, batch),
                        "collective_ms": 1e3 * row.get("allreduce_sec", row.get("message_sec", float("nan"))),
                        "part_ms": 1e3 * (row["shard_sec"] if "shard_sec" in row else max(row.get("stage_sec", [0]))),
                        "alone_ms": 1e3 * max(row.get("stage_alone_sec", [float("nan")]))})

@@ -119,6 +119,24 @@ def part_seconds(cfg, settings, parallel: str, devices: int, replicas: int, net,
     return {"stage_sec": switched, "stage_alone_sec": alone}
 
 
+def collective_sec(row: dict) -> float:
+    """Seconds a parallel row's step spends in collectives, each timed alone: a data row's mean, a pipeline
+    tick's messages."""
+    return row["allreduce_sec"] if row["parallel"] == "data" else row["messages"] * row["message_sec"]
+
+
+def predicted_speedup(row: dict, batch: int) -> float | None:
+    """The cost model's speed-up of a measured parallel row, from its own run's measurements (bench_parallel):
+    T1 / (the slowest device's part + the collective), T1 the one-process step timed beside it. None where the
+    parts were not timed (sg_share, replicas, a locked pipeline)."""
+    t1 = batch / row["baseline_examples_per_sec"]
+    if row["parallel"] == "data" and "shard_sec" in row and "allreduce_sec" in row:
+        return t1 / (row["shard_sec"] + collective_sec(row))
+    if row["parallel"] == "pipeline" and "message_sec" in row and "stage_sec" in row:
+        return t1 / (max(row["stage_sec"]) + collective_sec(row))
+    return None
+
+
 def device_rows(n: int, specs: list[str], layers: int, batch: int, chunk: int, chunks: int,
                 kinds: tuple[str, ...] = ("none", "data", "pipeline"), width: int | None = None,
                 replicas: int = 1, parts: bool = True, exp: str | None = None) -> list[dict]:
@@ -188,26 +206,32 @@ def write_table(args, script: str, title: str, how: str, grouping: str, rows: li
              f"batch (`parallel=pipeline replicas=R`), next to `none` with the same K/R modules. Each parallel row is timed beside its own `none` row (the row above it: the same network "
              "on one of the devices, process 0's with several processes), their chunks alternating, after a warm-up "
              f"chunk of each: median chunk of {args.chunks} chunks of {args.chunk} steps.",
-             "Data rows: `all-reduce` is the step's one collective, the mean of its gradients, batch statistics and "
-             "metrics in one flat bucket (`sgrad.core.step.axis_mean`: one swap on two CPU devices, pmean on more), "
-             "timed alone at its size in the same processes (ten in one compiled loop, per "
-             "collective), and `bound` the speed-up a data "
-             "parallel step could reach if it paid only that on top of 1/N of the one-device step: "
-             "T1 / (T1/N + all-reduce).",
+             "`collective`: what a parallel step sends, timed alone at its size in the same processes (ten in one "
+             "compiled loop, per collective): a data row's one collective, the mean of its gradients, batch "
+             "statistics and metrics in one flat bucket (`sgrad.core.step.axis_mean`: one swap on two CPU devices, "
+             "pmean on more); a pipeline row's messages of one tick (one swap on two devices where the mode sends "
+             "targets back, else one ppermute each way). `parts`: what each device computes, timed alone on process "
+             "0's device: a data row's one-device step on 1/N of the batch; an unlocked pipeline row's tick of "
+             "each device as the pipeline runs it (its branch of the switch over stages), without the messages. "
+             "`bound`: the speed-up the row would reach if a step cost only its slowest part plus its collective, "
+             "T1 / (slowest part + collective) (`predicted_speedup`: what `scripts/crossover.py` models); a "
+             "pipeline's parts are whole layers, so an uneven split bounds it below 2.",
              "Memory: XLA's analysis of each row's compiled chunk, per device: `peak` its arguments (the state, "
              "the whole random training set of 8192 examples, the chunk's indices), outputs and working buffers "
              "at the worst point; `working` the buffers alone (activations kept for a backward pass, messages). "
              "On CPU `peak` comes from a heap simulation of the program's top level and can fall below `working` "
              "for a compiled loop: read `working` there.",
-             "", "| mode | devices | layers per module | parallel | examples/s | × one device | all-reduce (ms) | bound × "
-             "| peak MiB / device | working MiB / device |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "", "| mode | devices | layers per module | parallel | examples/s | × one device | collective (ms) "
+             "| parts (ms) | bound × | peak MiB / device | working MiB / device |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         base = r.get("baseline_examples_per_sec", r["examples_per_sec"])
-        extra = "| | |"
-        if "allreduce_sec" in r:
-            t1 = int(args.batch) / base
-            extra = f"| {r['allreduce_sec'] * 1e3:.2f} | {t1 / (t1 / r['devices'] + r['allreduce_sec']):.2f} |"
+        extra = "| | | |"
+        bound = predicted_speedup(r, int(args.batch)) if "baseline_examples_per_sec" in r else None
+        if bound:
+            parts = [r["shard_sec"]] if "shard_sec" in r else r["stage_sec"]
+            extra = (f"| {collective_sec(r) * 1e3:.2f} | {' / '.join(f'{t * 1e3:.1f}' for t in parts)} "
+                     f"| {bound:.2f} |")
         parallel = r["parallel"] + (f" × {r['replicas']} replicas" if r.get("replicas", 1) > 1 else "")
         lines.append(f"| {r['mode']} | {r['devices']} | {r['split']} | {parallel} | "
                      f"{r['examples_per_sec']:.0f} | {r['examples_per_sec'] / base:.2f} {extra} "
