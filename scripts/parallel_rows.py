@@ -46,7 +46,8 @@ def bench_parallel(cfg, spec: str, parallel: str, devices: int, chunk: int, chun
                                         shape, cfg.trainer.batch_size, mean, std, jax.local_devices()[:1])
         baseline = [b_run, b_state, xs, ys, jax.device_put(idx, jax.local_devices()[0])]
     run, state, _ = make_runner(parallel, net, tx, state, settings, shape,
-                                cfg.trainer.batch_size, mean, std, jax.devices()[:devices], replicas, cfg.sg_share)
+                                cfg.trainer.batch_size, mean, std, jax.devices()[:devices], replicas, cfg.sg_share,
+                                cfg.modules_per_device)
     # XLA's memory analysis of each compiled chunk, per device (before the timing donates the states).
     mem = memory(run.compiled(state, xs, ys, idx, np.int32(len(idx))))
     base_mem = memory(baseline[0].compiled(*baseline[1:], np.int32(len(idx)))) if baseline else {}
@@ -116,7 +117,10 @@ def part_seconds(cfg, settings, parallel: str, devices: int, replicas: int, net,
         run = jax.jit(lambda c, xs, ys, idx, n, i=i: ticks(c, xs, ys, idx, n, jnp.int32(i) + 0 * n),
                       donate_argnums=0)
         switched.append(chunk_seconds(run, carry(), xs, ys, idx, 3) / (3 * len(idx)))
-    return {"stage_sec": switched, "stage_alone_sec": alone}
+    # A device's part is the sum of its modules' (modules_per_device consecutive ones).
+    per = lambda times: [sum(times[d:d + cfg.modules_per_device])
+                         for d in range(0, len(times), cfg.modules_per_device)]
+    return {"stage_sec": per(switched), "stage_alone_sec": per(alone)}
 
 
 def collective_sec(row: dict) -> float:
@@ -161,7 +165,9 @@ def device_rows(n: int, specs: list[str], layers: int, batch: int, chunk: int, c
         if str(named.parallel) != "none":
             accepts = tuple(p for p in accepts if p == str(named.parallel))
         # Every parallel row carries its own one-device baseline, timed beside it (bench_parallel).
-        plans = [(n, p, n, 1) for p in ("data", "pipeline") if n > 1 and p in accepts and p in kinds]
+        # modules_per_device M: a pipeline of n·M modules on n devices (and its baseline the same n·M modules).
+        plans = [(n * (named.modules_per_device if p == "pipeline" else 1), p, n, 1) for p in ("data", "pipeline")
+                 if n > 1 and p in accepts and p in kinds]
         plans = plans or [(n, "none", 1, 1)]
         if replicas > 1 and n % replicas == 0 and n // replicas >= 2 and "pipeline" in accepts \
                 and not named.sg_share and "pipeline" in kinds and RULES[mode].stage \

@@ -40,6 +40,31 @@ def test_a_shared_sg_regression_equals_the_unshared_pipeline_and_its_copies_stay
                                        "cdni batch norm copies equal"]
 
 
+@pytest.mark.slow
+def test_two_modules_per_device_match_the_sequential_schedule_of_the_same_modules():
+    res = run_on_cpu_devices("pipeline_per_device", 2)
+    assert [line.split(" ok")[0] for line in res.stdout.splitlines()] == ["cdni", "dgl", "cdni_full"]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["modules_per_device=2"], r"modules_per_device=2 .*1 unless parallel=pipeline with replicas=1 and sg_share=0"),
+    (["parallel=pipeline", "modules_per_device=0"], r"modules_per_device=0 .*an integer >= 1"),
+    (["parallel=pipeline", "mode=ddg", "modules_per_device=2"], r"modules_per_device=2 .*1 for mode=ddg")])
+def test_modules_per_device_is_checked(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        check(make_cfg(*overrides))
+
+
+def test_modules_per_device_must_divide_the_modules():
+    import numpy as np
+    from conftest import program_setup
+    from sgrad.devices.layout import build_pipeline
+    cfg = make_cfg("model.layers=3", "model.width=8", "mode=cdni", "parallel=pipeline")
+    net, tx, fresh, *_ = program_setup(cfg, (4, 4, 1), 4, np.random.default_rng(0))
+    with pytest.raises(ValueError, match=r"modules_per_device=2: must divide the network's 3 modules"):
+        build_pipeline(net, tx, fresh(), (4, 4, 1), 4, per_device=2)
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["sg_share=0.5"], r"sg_share=0.5 .*0 unless parallel=pipeline with replicas=1"),
     (["parallel=pipeline", "sg_share=1.0"], r"sg_share=1.0 .*in \[0, 1\)"),

@@ -226,6 +226,9 @@ class TrainConfig:
     # parallel=pipeline, mode=dni/cdni: the share of each SG model M_i's regression batch that device i+1 computes on a
     # copy of M_i (device i does the rest; both apply the summed gradient). 0: M_i regresses on device i alone.
     sg_share: float = 0.0
+    # parallel=pipeline: consecutive modules on each device (K / modules_per_device devices), e.g. a wide network cut
+    # into more modules than devices so that each device's share can be balanced
+    modules_per_device: int = 1
     distributed: bool = False
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -337,6 +340,10 @@ def validate(cfg: Any) -> None:
             "batch done on the device above")
     require(cfg.sg_share == 0.0 or (str(cfg.parallel) == "pipeline" and cfg.replicas == 1), "sg_share", cfg.sg_share,
             "0 unless parallel=pipeline with replicas=1")
+    require(cfg.modules_per_device >= 1, "modules_per_device", cfg.modules_per_device, "an integer >= 1")
+    require(cfg.modules_per_device == 1 or (str(cfg.parallel) == "pipeline" and cfg.replicas == 1
+                                            and cfg.sg_share == 0.0), "modules_per_device", cfg.modules_per_device,
+            "1 unless parallel=pipeline with replicas=1 and sg_share=0")
     text_tasks = ("ptb_char", "text")
     image_tasks = LSTM_IMAGE_DATASETS
     sequence_tasks = ("copy", "repeat_copy", "ptb_char", "text", "two_timescale")

@@ -60,10 +60,16 @@ class Pipeline:
     shared_rows: int = 0                      # sg_share: rows of M_i's regression batch done on device i+1
     grad_width: int = 0                       # P: the largest SG model's flat parameter count
     dtype: Any = jnp.float32                  # the slots' (every leaf's, promoted as ravel_pytree does)
+    per_device: int = 1                       # M: consecutive modules on each device (modules_per_device)
 
     @property
     def k(self) -> int:
         return len(self.net.modules)
+
+    @property
+    def devices(self) -> int:
+        """Devices along the pipeline: K / M (times `replicas` in all)."""
+        return self.k // self.per_device
 
     @property
     def rule(self) -> Any:
@@ -119,14 +125,15 @@ def gather(trees: Sequence[dict], step) -> TrainState:
 
 
 def build_pipeline(net: Network, tx: Optimizers, state: TrainState, input_shape: Sequence[int],
-                   batch: int, settings: UpdateRule = UpdateRule(), replicas: int = 1, sg_share: float = 0.0
-                   ) -> tuple[Pipeline, PipelineState]:
+                   batch: int, settings: UpdateRule = UpdateRule(), replicas: int = 1, sg_share: float = 0.0,
+                   per_device: int = 1) -> tuple[Pipeline, PipelineState]:
     """The layout of a decoupled network over len(net.modules) x `replicas` devices and its initial state.
 
     With replicas > 1 every module has that many devices, each running it on its share of the batch; the
     messages are split along the batch, the stage state is the same on all of them (their gradients and batch
     statistics are averaged). `sg_share` > 0: device i+1 regresses its copy of M_i on that share of each
-    batch, device i on the rest (sgrad/devices/pipeline.py).
+    batch, device i on the rest (sgrad/devices/pipeline.py). `per_device` M > 1: device d holds modules
+    d·M .. d·M+M-1 (the slots' rows, sharded in blocks of M), so K modules need K / M devices.
     """
     if net.rule.stage is None:
         pipelined = names(lambda r: r.stage is not None)
@@ -135,6 +142,7 @@ def build_pipeline(net: Network, tx: Optimizers, state: TrainState, input_shape:
     if batch % replicas:
         raise ValueError(f"replicas={replicas}: trainer.batch_size={batch} must be divisible by it")
     k = len(net.modules)
+    check_per_device(net, per_device, replicas, sg_share)
     rows = shared_rows(net, batch, replicas, sg_share)
     trees = [stage_tree(state, i, i == k - 1, rows > 0) for i in range(k)]
     flat_trees = [jax.tree.flatten(t) for t in trees]
@@ -150,7 +158,7 @@ def build_pipeline(net: Network, tx: Optimizers, state: TrainState, input_shape:
     width = max(int(np.prod(s)) for s in out_shapes[:-1])
     grad_width = max(ravel_pytree(p)[0].size for p in state.params["interface"]) if rows else 0
     pipe = Pipeline(net, tx, settings, batch // replicas, out_shapes, tuple(slots), layout, width, replicas, rows,
-                    grad_width, dtype)
+                    grad_width, dtype, per_device)
     stage = tuple(jnp.stack(slot) for slot in zip(*(repack(pipe.zeros_row(), t) for t in trees)))
     msg = jnp.zeros((k, batch, width + 2), jnp.float32)
     nothing = msg.at[..., -2].set(-1.0)
@@ -168,6 +176,23 @@ def _slot_of(sizes: Sequence[int]) -> list[int]:
     for p, j in enumerate(order):
         slot[j] = p
     return slot
+
+
+def check_per_device(net: Network, per_device: int, replicas: int, sg_share: float) -> None:
+    """modules_per_device: a whole number of devices, and (for now) only the unlocked schedule without replicas
+    or sg_share, whose messages and gradient exchanges assume one module per device."""
+    if per_device == 1:
+        return
+    k = len(net.modules)
+    if per_device < 1 or k % per_device:
+        raise ValueError(f"modules_per_device={per_device}: must divide the network's {k} modules (model.modules "
+                         "or model.dni_every set how many there are)")
+    if net.rule.stage.schedule == "locked":
+        raise ValueError(f"modules_per_device={per_device}: mode={net.rule.name}'s locked forward pass runs one "
+                         "module per device (modules_per_device=1)")
+    if replicas > 1 or sg_share:
+        raise ValueError(f"modules_per_device={per_device}: needs replicas=1 and sg_share=0 (got replicas={replicas}, "
+                         f"sg_share={sg_share})")
 
 
 def shared_rows(net: Network, batch: int, replicas: int, sg_share: float) -> int:

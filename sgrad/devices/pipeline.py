@@ -19,6 +19,13 @@ activation it received (device i on the first rows); the two half-gradients cros
 the same swap on two devices, one more ppermute each way on more), and both devices apply their sum at the end of
 the tick (apply_shared), so the copy stays equal to M.
 
+With `modules_per_device` M > 1 (unlocked modes) device d holds modules d·M .. d·M+M-1 and runs them one after
+another in its tick; each still reads the activation its predecessor produced a tick earlier (on the same device
+or not) and the reply its successor made, so the schedule is that of K devices, on K / M of them, and only a
+device's first and last modules send anything. A network cut into more modules than devices can so be balanced
+where whole layers cannot: four layers of width 2048 give two devices 1+3 or 2+2 layers whose costs differ by
+half, four modules of one layer two per device much less (results/bench/processes_4x2048_b1024_per_device.md).
+
 With `replicas` D > 1 the mesh is K x D (PIPE_AXIS x DATA_AXIS): replica d of every stage runs on its 1/D of
 each minibatch and talks only to replica d of its neighbours; the stage's gradients, batch statistics and
 metrics are averaged over DATA_AXIS, so all D copies of a stage keep the same state.
@@ -114,6 +121,27 @@ def device_tick(pipe: Pipeline, i: int, preprocess: Callable, row, fwd, bwd, pas
     return row, out, back, metrics, own, peer, jnp.stack([fwd[-rows:], back[-rows:]])
 
 
+def device_ticks(pipe: Pipeline, d: int, preprocess: Callable, rows, fwd, bwd, past, stash, xs, ys, idx_B, feed,
+                 step):
+    """Device d's unlocked tick: device_tick for each of its modules i = d·M + j (M = pipe.per_device), each on its
+    own row j of the device's block of the slots and its own messages (fwd, bwd, past: [M, ...]).
+
+    -> (the block's new slots, outgoing activations [M, B, A+2], replies [M, B, A+2], metric sums [M·S]) and
+    with sg_share (M = 1) its shared halves and stash (device_tick).
+    """
+    m = pipe.per_device
+    outs, backs, metrics = [], [], []
+    for j in range(m):
+        row, out, back, metric, *shared = device_tick(pipe, d * m + j, preprocess, row_of(rows, j), fwd[j], bwd[j],
+                                                      past[j], stash, xs, ys, idx_B, feed, step)
+        # Written in place into the block (one module: the row is the block).
+        rows = _rows(row) if m == 1 else tuple(slot.at[j].set(value) for slot, value in zip(rows, row))
+        outs.append(out)
+        backs.append(back)
+        metrics.append(metric)
+    return (rows, jnp.stack(outs), jnp.stack(backs), jnp.concatenate(metrics), *shared)
+
+
 def _rows(row: tuple) -> tuple:
     """A device's row of the slots as its block of the [K, S_p] slots."""
     return tuple(slot[None] for slot in row)
@@ -161,7 +189,7 @@ def _exchange(pipe: Pipeline, me, out, back, forward_perm, backward_perm, own=No
     (dgl) has only the forward one.
     """
     shared = own is not None
-    if swaps(pipe.stage, pipe.k):
+    if swaps(pipe.stage, pipe.devices):
         up = jnp.concatenate([out.ravel(), own]) if shared else out
         down = jnp.concatenate([back.ravel(), peer]) if shared else back
         got = jax.lax.ppermute(jnp.where(me == 0, up, down), PIPE_AXIS, [(0, 1), (1, 0)])
@@ -183,7 +211,8 @@ def _exchange(pipe: Pipeline, me, out, back, forward_perm, backward_perm, own=No
 def _metrics(pipe: Pipeline, sums, ys):
     if pipe.replicas > 1:
         sums = jax.lax.pmean(sums, DATA_AXIS)
-    metrics = pipe.stage.metrics(jax.lax.all_gather(sums, PIPE_AXIS), pipe.k)
+    # [devices, M·S] -> one row of S per module, in module order (device d holds modules d·M .. d·M+M-1).
+    metrics = pipe.stage.metrics(jax.lax.all_gather(sums, PIPE_AXIS).reshape(pipe.k, -1), pipe.k)
     return metrics if is_classes(ys) else {k: v for k, v in metrics.items() if "accuracy" not in k}
 
 
@@ -203,33 +232,35 @@ def unlocked_chunk_fn(pipe: Pipeline, preprocess: Callable, feed_every: int = 1)
     at tick t): with feed_every = K + 1 (2 with synthetic inputs) one minibatch
     is in flight at a time.
     """
-    k = pipe.k
-    forward_perm = [(j, j + 1) for j in range(k - 1)]
-    backward_perm = [(j + 1, j) for j in range(k - 1)]
+    forward_perm = [(j, j + 1) for j in range(pipe.devices - 1)]
+    backward_perm = [(j + 1, j) for j in range(pipe.devices - 1)]
 
     def chunk(state: PipelineState, sums, xs, ys, idx_CxB, lo, n, last, count):
         me = jax.lax.axis_index(PIPE_AXIS)
-        branches = [partial(device_tick, pipe, i, preprocess) for i in range(k)]
+        branches = [partial(device_ticks, pipe, d, preprocess) for d in range(pipe.devices)]
 
         def tick(j, carry):
             s, sums = carry
             feed = s.step % feed_every == 0
             stash = None if s.stash_Kx2xRxA2 is None else s.stash_Kx2xRxA2[0]
-            row, out, back, metrics, *shared = jax.lax.switch(
-                me, branches, row_of(s.stage_KxS, 0), s.fwd_KxBxA2[0], s.bwd_KxBxA2[0], s.past_Kx2xBxA2[0], stash,
+            rows, out, back, metrics, *shared = jax.lax.switch(
+                me, branches, s.stage_KxS, s.fwd_KxBxA2, s.bwd_KxBxA2, s.past_Kx2xBxA2, stash,
                 xs, ys, idx_CxB[j], feed, s.step)
             own, peer, stash = shared if shared else (None, None, None)
-            fwd, bwd, *halves = _exchange(pipe, me, out, back, forward_perm, backward_perm, own, peer)
-            past = jnp.stack([out, s.past_Kx2xBxA2[0, 0]])
-            s = s.replace(step=s.step + 1, stage_KxS=_rows(row), fwd_KxBxA2=fwd[None], bwd_KxBxA2=bwd[None],
-                          past_Kx2xBxA2=past[None])
+            # Only a device's first and last modules talk to other devices; its other modules read this tick's
+            # output of the module below (and reply) on the device, one tick later as between devices.
+            fwd, bwd, *halves = _exchange(pipe, me, out[-1], back[0], forward_perm, backward_perm, own, peer)
+            past = jnp.stack([out, s.past_Kx2xBxA2[:, 0]], axis=1)
+            s = s.replace(step=s.step + 1, stage_KxS=rows, fwd_KxBxA2=jnp.concatenate([fwd[None], out[:-1]]),
+                          bwd_KxBxA2=jnp.concatenate([back[1:], bwd[None]]), past_Kx2xBxA2=past)
             if shared:
                 # Each device adds the lower device's half to the upper's, so both add the same numbers in the
                 # same order.
                 from_below, from_above = halves
                 own = jnp.concatenate([own[:-1] + from_above[:-1], own[-1:]])
                 peer = jnp.concatenate([from_below[:-1] + peer[:-1], from_below[-1:]])
-                row = jax.lax.switch(me, [partial(apply_shared, pipe, i) for i in range(k)], row, own, peer)
+                row = jax.lax.switch(me, [partial(apply_shared, pipe, i) for i in range(pipe.k)], row_of(rows, 0),
+                                     own, peer)
                 s = s.replace(stage_KxS=_rows(row), stash_Kx2xRxA2=stash[None])
             return s, sums + metrics
 
@@ -313,21 +344,22 @@ def make_pipeline_runner(pipe: Pipeline, preprocess: Callable, devices: Sequence
                          feed_every: int = 1) -> ChunkRunner:
     """jit(shard_map(chunk)) over the first K x replicas devices (stage i on devices i*D .. i*D+D-1); state
     buffers donated."""
-    need = pipe.k * pipe.replicas
+    need = pipe.devices * pipe.replicas
     if len(devices) < need:
         times = f" x replicas={pipe.replicas}" if pipe.replicas > 1 else ""
+        per = f" in groups of modules_per_device={pipe.per_device}" if pipe.per_device > 1 else ""
         more = (f"launch {need} processes, e.g. python scripts/launch_local.py {need} ..." if jax.process_count() > 1
                 else f"on CPU set XLA_FLAGS=--xla_force_host_platform_device_count={need}")
-        raise ValueError(f"parallel=pipeline places one module per device: the network has {pipe.k} modules{times} "
+        raise ValueError(f"parallel=pipeline places one module per device: the network has {pipe.k} modules{per}{times} "
                          f"but only {len(devices)} devices are visible ({more}; or use fewer modules: "
                          "model.dni_every or model.modules for the paper's networks, fewer from your "
-                         "model._target_ with model=custom)")
+                         "model._target_ with model=custom; or several per device: modules_per_device)")
     if pipe.replicas > 1:
         if pipe.stage.schedule == "locked":
             raise ValueError(f"replicas={pipe.replicas}: mode={pipe.rule.name}'s stash holds whole minibatches, "
                              "so its pipeline cannot be replicated over the batch (replicas=1)")
         pipe = dataclasses.replace(pipe, tx=Optimizers(*map(_mean_over_replicas, pipe.tx)))
-    mesh = jax.make_mesh((pipe.k, pipe.replicas), (PIPE_AXIS, DATA_AXIS), devices=devices[:need])
+    mesh = jax.make_mesh((pipe.devices, pipe.replicas), (PIPE_AXIS, DATA_AXIS), devices=devices[:need])
     message = P(PIPE_AXIS, DATA_AXIS)
     state_spec = PipelineState(P(), tuple(P(PIPE_AXIS) for _ in pipe.slots), message, message, P(PIPE_AXIS, None, DATA_AXIS),
                                P(PIPE_AXIS) if pipe.shared_rows else None)
@@ -341,5 +373,5 @@ def make_pipeline_runner(pipe: Pipeline, preprocess: Callable, devices: Sequence
     run = placed(sharded, jax.tree.map(lambda spec: NamedSharding(mesh, spec), specs,
                                        is_leaf=lambda x: isinstance(x, P)))
 
-    zeros = lambda state, *data: jnp.zeros(need * len(SLOTS))
+    zeros = lambda state, *data: jnp.zeros(need * pipe.per_device * len(SLOTS))
     return ChunkRunner(run, zeros)

@@ -206,6 +206,8 @@ def check(cfg: Any) -> None:
     if parallel == "pipeline":
         require(cfg.replicas == 1 or rule.stage.schedule != "locked", "replicas", cfg.replicas,
                 f"1 for mode={name} (its stash holds whole minibatches, which replicas would split)")
+        require(cfg.modules_per_device == 1 or rule.stage.schedule != "locked", "modules_per_device",
+                cfg.modules_per_device, f"1 for mode={name} (its locked forward pass runs one module per device)")
         shared = names(lambda r: r.shares_sg)
         require(cfg.sg_share == 0.0 or rule.shares_sg, "sg_share", cfg.sg_share,
                 f"0 for mode={name} (only the SG models of {shared} regress on a target the device above makes)")
