@@ -109,14 +109,34 @@ def mlp_fit(f_train, g_train, f_test, steps: int = 3000, seed: int = 0):
 def ceiling(run_dir: Path, streams: int) -> dict:
     cfg = run_config(run_dir)
     task = SequenceTask(cfg)
-    found = Checkpoints(find_checkpoint_dir(run_dir), read_only=True).restore_latest(task.checkpoint(task.init()))
+    checkpoints = Checkpoints(find_checkpoint_dir(run_dir), read_only=True)
+    like = task.checkpoint(task.init())
+    found = checkpoints.restore_latest(like)
     if found is None:
         sys.exit(f"no checkpoint in {find_checkpoint_dir(run_dir)}")
     step, saved = found
     state = task.restore(saved)
+    level = task.stream.level
     feats, g_hat, g_true = boundaries(task, state, streams, first=10 ** 7)  # never a training chunk's start
-    return {"run": str(run_dir), "settings": settings(cfg), "step": int(step),
-            "level": task.stream.level, "boundaries": len(feats), **fit_cosines(feats, g_hat, g_true)}
+    row = {"run": str(run_dir), "settings": settings(cfg), "step": int(step), "level": level,
+           "boundaries": len(feats), "probe": probe_mean(run_dir), **fit_cosines(feats, g_hat, g_true)}
+    # How fast the target moves: the affine fit at each earlier checkpoint the run kept (its own core and
+    # curriculum level), against the truth at the last one (its held-out half).
+    test = slice(len(feats) // 2, None)
+    row["stale"] = {}
+    for earlier in checkpoints.steps()[:-1]:
+        old = task.restore(checkpoints.restore(earlier, like))
+        f_old, _, g_old = boundaries(task, old, streams // 2, first=10 ** 7 + 1)
+        row["stale"][int(step) - earlier] = cosine(least_squares(f_old, g_old, feats[test]), g_true[test])
+    task.stream.level = level
+    return row
+
+
+def probe_mean(run_dir: Path) -> float:
+    """The run's own `sg/cosine` (logged every log.grad_probe_every windows), averaged over its second half."""
+    values = [json.loads(line).get("sg/cosine") for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    values = [v for v in values if v is not None]
+    return float(np.mean(values[len(values) // 2:])) if values else float("nan")
 
 
 def fit_cosines(feats, g_hat, g_true, mlp_steps: int = 3000) -> dict:
@@ -148,8 +168,8 @@ def run_config(run_dir: Path):
 
 
 # What sets M's target, its learner and the core's pace: the settings a row of the table is told apart by.
-SALIENT = ("mode", "trainer.bptt", "optim.lr", "sg.optim.name", "sg.optim.lr", "sg.hidden_layers", "sg.trace",
-           "sg.trace_lambda", "sg.trace_windows", "dataset.start_length")
+SALIENT = ("mode", "trainer.bptt", "optim.lr", "sg.optim.name", "sg.optim.lr", "sg.optim.forget", "sg.hidden_layers",
+           "sg.trace", "sg.trace_lambda", "sg.trace_windows", "dataset.start_length")
 
 
 def settings(cfg) -> str:
@@ -172,14 +192,19 @@ def main() -> None:
              "", "Each row: a run's last checkpoint; fresh probe streams at its curriculum level "
              f"({args.streams}, each as `sg/cosine`'s probe makes one), every boundary the probe counts, "
              "boundaries before a new episode left out. Cosines over the held-out half of the boundaries "
-             "(flattened over boundaries and batch, as `sg/cosine`): the run's own M; an affine M fitted by "
+             "(flattened over boundaries and batch, as `sg/cosine`): the run's own M (beside the mean of its own "
+             "`sg/cosine` probes over the second half of training); an affine M fitted by "
              "least squares to the true future gradient on the other half (its in-sample cosine beside it); an "
-             "MLP (512 ReLU units) fitted by Adam to the same target.", "",
-             "| run | settings | windows trained | Copy length | boundaries | run's M | affine M fit to the "
-             "truth (in-sample) | MLP fit to the truth |", "|---|---|---|---|---|---|---|---|"]
+             "MLP (512 ReLU units) fitted by Adam to the same target; the affine fit made at the run's earlier "
+             "checkpoints (their core and curriculum level), on the same held-out boundaries: how fast the best "
+             "M of one moment goes stale.", "",
+             "| run | settings | windows trained | Copy length | boundaries | run's sg/cosine, second half | run's M | affine M fit to the "
+             "truth (in-sample) | MLP fit to the truth | affine fit made N windows earlier |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {Path(r['run']).name} | {r['settings']} | {r['step']} | {r['level']} | {r['boundaries']} "
-                     f"| {r['own']:+.3f} | {r['linear']:+.3f} ({r['linear_in']:+.3f}) | {r['mlp']:+.3f} |")
+                     f"| {r['probe']:+.3f} | {r['own']:+.3f} | {r['linear']:+.3f} ({r['linear_in']:+.3f}) | {r['mlp']:+.3f} | "
+                     + ", ".join(f"{n}: {c:+.3f}" for n, c in sorted(r["stale"].items())) + " |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -55,5 +55,5 @@ def test_it_reads_a_trained_runs_checkpoint_and_reports_every_cosine(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     row = out.read_text().splitlines()[-1].split("|")
     assert row[1].strip() == "run" and row[3].strip() == "200"
-    cosines = [float(c.split()[0]) for c in row[6:9]]
+    cosines = [float(c.split()[0]) for c in row[7:10]]
     assert all(-1 <= c <= 1 for c in cosines)

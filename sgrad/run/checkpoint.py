@@ -125,21 +125,27 @@ class Checkpoints:
         A readable checkpoint of another model raises CheckpointMismatch instead: going back to an older
         checkpoint of the same run would not help, and training over it would mix two runs.
         """
-        target = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
         for step in reversed(self.steps()):
-            mismatch = self._mismatch(step, like)
-            if mismatch:
-                raise CheckpointMismatch(f"the checkpoint at step {step} in {self.directory} does not fit this "
-                                         f"model: {mismatch}. Resume with the settings it was made with, or "
-                                         "start a fresh run dir")
             try:
-                state = self._manager.restore(step, args=ocp.args.StandardRestore(target))
+                state = self.restore(step, like)
+            except CheckpointMismatch:
+                raise
             except Exception as e:  # orbax/tensorstore raise many types for damaged files
                 log.warning("checkpoint at step %d in %s is unreadable (%s: %s); trying an earlier one",
                             step, self.directory, type(e).__name__, str(e).splitlines()[0][:200])
                 continue
             return step, state
         return None
+
+    def restore(self, step: int, like: Any) -> Any:
+        """The checkpoint at `step`, shaped like `like` (CheckpointMismatch if it is another model's)."""
+        mismatch = self._mismatch(step, like)
+        if mismatch:
+            raise CheckpointMismatch(f"the checkpoint at step {step} in {self.directory} does not fit this "
+                                     f"model: {mismatch}. Resume with the settings it was made with, or "
+                                     "start a fresh run dir")
+        return self._manager.restore(step, args=ocp.args.StandardRestore(
+            jax.tree.map(ocp.utils.to_shape_dtype_struct, like)))
 
     def close(self) -> None:
         self._manager.close()
