@@ -22,9 +22,8 @@ the tick (apply_shared), so the copy stays equal to M.
 With `modules_per_device` M > 1 (unlocked modes) device d holds modules d·M .. d·M+M-1 and runs them one after
 another in its tick; each still reads the activation its predecessor produced a tick earlier (on the same device
 or not) and the reply its successor made, so the schedule is that of K devices, on K / M of them, and only a
-device's first and last modules send anything. A network cut into more modules than devices can so be balanced
-where whole layers cannot: four layers of width 2048 give two devices 1+3 or 2+2 layers whose costs differ by
-half, four modules of one layer two per device much less (results/bench/processes_4x2048_b1024_per_device.md).
+device's first and last modules send anything: a network cut into more modules than devices (the paper's DNI
+between every pair of layers, say) runs on the devices there are.
 
 With `replicas` D > 1 the mesh is K x D (PIPE_AXIS x DATA_AXIS): replica d of every stage runs on its 1/D of
 each minibatch and talks only to replica d of its neighbours; the stage's gradients, batch statistics and
@@ -130,16 +129,18 @@ def device_ticks(pipe: Pipeline, d: int, preprocess: Callable, rows, fwd, bwd, p
     with sg_share (M = 1) its shared halves and stash (device_tick).
     """
     m = pipe.per_device
-    outs, backs, metrics = [], [], []
+    new_rows, outs, backs, metrics = [], [], [], []
     for j in range(m):
         row, out, back, metric, *shared = device_tick(pipe, d * m + j, preprocess, row_of(rows, j), fwd[j], bwd[j],
                                                       past[j], stash, xs, ys, idx_B, feed, step)
-        # Written in place into the block (one module: the row is the block).
-        rows = _rows(row) if m == 1 else tuple(slot.at[j].set(value) for slot, value in zip(rows, row))
+        new_rows.append(row)
         outs.append(out)
         backs.append(back)
         metrics.append(metric)
-    return (rows, jnp.stack(outs), jnp.stack(backs), jnp.concatenate(metrics), *shared)
+    # The block is assembled from the new rows, not written into: a branch of the switch that writes into its
+    # operand makes XLA copy the whole block in and out of it (several times the state, every tick).
+    block = _rows(new_rows[0]) if m == 1 else tuple(jnp.stack(leaf) for leaf in zip(*new_rows))
+    return (block, jnp.stack(outs), jnp.stack(backs), jnp.concatenate(metrics), *shared)
 
 
 def _rows(row: tuple) -> tuple:
