@@ -1,6 +1,6 @@
 """How well any synthetic gradient model could agree with the true future gradient, at a trained LSTM.
 
-    python scripts/sg_ceiling.py RUN_DIR [RUN_DIR ...] [--streams 64] [--out results/rnn/sg_ceiling.md]
+    python scripts/sg_ceiling.py RUN_DIR [RUN_DIR ...] [--streams 64] [--out results/rnn/sg_ceiling/table.md]
 
 `sg/cosine` (sgrad/core/recurrent.py, future_gradient_probe) compares ĝ with the true gradient of the rest of
 the episode. How high it can go depends on what the state at a boundary says about that gradient: on Copy the
@@ -106,7 +106,7 @@ def mlp_fit(f_train, g_train, f_test, steps: int = 3000, seed: int = 0):
     return np.asarray(jax.jit(apply)(params, xt))
 
 
-def ceiling(run_dir: Path, streams: int) -> dict:
+def ceiling(run_dir: Path, streams: int, mlp_steps: int = 3000) -> dict:
     cfg = run_config(run_dir)
     task = SequenceTask(cfg)
     checkpoints = Checkpoints(find_checkpoint_dir(run_dir), read_only=True)
@@ -119,7 +119,7 @@ def ceiling(run_dir: Path, streams: int) -> dict:
     level = task.stream.level
     feats, g_hat, g_true = boundaries(task, state, streams, first=10 ** 7)  # never a training chunk's start
     row = {"run": str(run_dir), "settings": settings(cfg), "step": int(step), "level": level,
-           "boundaries": len(feats), "probe": probe_mean(run_dir), **fit_cosines(feats, g_hat, g_true)}
+           "boundaries": len(feats), "probe": probe_mean(run_dir), **fit_cosines(feats, g_hat, g_true, mlp_steps)}
     # How fast the target moves: the affine fit at each earlier checkpoint the run kept (its own core and
     # curriculum level), against the truth at the last one (its held-out half).
     test = slice(len(feats) // 2, None)
@@ -180,11 +180,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="+", type=Path, help="run dirs of LSTM runs on copy or repeat_copy")
     ap.add_argument("--streams", type=int, default=64, help="fresh probe streams (half fit, half held out)")
-    ap.add_argument("--out", type=Path, default=Path("results/rnn/sg_ceiling.md"))
+    ap.add_argument("--mlp-steps", type=int, default=3000, help="Adam steps of the MLP's fit")
+    ap.add_argument("--out", type=Path, default=Path("results/rnn/sg_ceiling/table.md"))
     args = ap.parse_args()
     rows = []
     for run_dir in args.runs:
-        rows.append(ceiling(run_dir, args.streams))
+        rows.append(ceiling(run_dir, args.streams, args.mlp_steps))
         print(rows[-1], flush=True)
     m = machine()
     lines = ["# How far any SG model could agree with the true future gradient, at the core a run reached", "",

@@ -50,7 +50,8 @@ def test_it_reads_a_trained_runs_checkpoint_and_reports_every_cosine(tmp_path):
                     "trainer.log_every=100", "checkpoint.every=100", "model.hidden=16", "log.grad_probe_every=0",
                     f"hydra.run.dir={run}"], check=True, capture_output=True, timeout=300)
     out = tmp_path / "ceiling.md"
-    res = subprocess.run([sys.executable, str(SCRIPT), str(run), "--streams", "4", "--out", str(out)],
+    res = subprocess.run([sys.executable, str(SCRIPT), str(run), "--streams", "2", "--mlp-steps", "20",
+                          "--out", str(out)],
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     row = out.read_text().splitlines()[-1].split("|")

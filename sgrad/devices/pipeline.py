@@ -348,10 +348,10 @@ def make_pipeline_runner(pipe: Pipeline, preprocess: Callable, devices: Sequence
     need = pipe.devices * pipe.replicas
     if len(devices) < need:
         times = f" x replicas={pipe.replicas}" if pipe.replicas > 1 else ""
-        per = f" in groups of modules_per_device={pipe.per_device}" if pipe.per_device > 1 else ""
+        per = "one module" if pipe.per_device == 1 else f"modules_per_device={pipe.per_device} modules"
         more = (f"launch {need} processes, e.g. python scripts/launch_local.py {need} ..." if jax.process_count() > 1
                 else f"on CPU set XLA_FLAGS=--xla_force_host_platform_device_count={need}")
-        raise ValueError(f"parallel=pipeline places one module per device: the network has {pipe.k} modules{per}{times} "
+        raise ValueError(f"parallel=pipeline places {per} per device: the network has {pipe.k} modules{times} "
                          f"but only {len(devices)} devices are visible ({more}; or use fewer modules: "
                          "model.dni_every or model.modules for the paper's networks, fewer from your "
                          "model._target_ with model=custom; or several per device: modules_per_device)")
