@@ -27,7 +27,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from parallel_rows import predicted_speedup
+from parallel_rows import device_parts, predicted_speedup
 
 ROWS = (("backprop", "data"), ("cdni", "data"), ("cdni", "pipeline"), ("dgl", "pipeline"))
 
@@ -54,7 +54,7 @@ def measure(width: int, batch: int, layers: int) -> list[dict]:
                        "t1_ms": 1e3 * batch / base, "measured": row["examples_per_sec"] / base,
                        "predicted": predicted_speedup(row, batch),
                        "collective_ms": 1e3 * row.get("allreduce_sec", row.get("message_sec", float("nan"))),
-                       "part_ms": 1e3 * (row["shard_sec"] if "shard_sec" in row else max(row.get("stage_sec", [0]))),
+                       "part_ms": 1e3 * max(device_parts(row) or [0]),
                        "alone_ms": 1e3 * max(row.get("stage_alone_sec", [float("nan")]))})
     return points
 

@@ -129,16 +129,23 @@ def collective_sec(row: dict) -> float:
     return row["allreduce_sec"] if row["parallel"] == "data" else row["messages"] * row["message_sec"]
 
 
+def device_parts(row: dict) -> list[float] | None:
+    """Seconds of what each device of a parallel row computes, timed alone (part_seconds): a data row's step on
+    its share of the batch (every device alike: one), an unlocked pipeline's tick per device; None where they
+    and the collective were not both timed (sg_share, replicas, a locked pipeline)."""
+    if row["parallel"] == "data" and "shard_sec" in row and "allreduce_sec" in row:
+        return [row["shard_sec"]]
+    if row["parallel"] == "pipeline" and "message_sec" in row and "stage_sec" in row:
+        return row["stage_sec"]
+    return None
+
+
 def predicted_speedup(row: dict, batch: int) -> float | None:
     """The cost model's speed-up of a measured parallel row, from its own run's measurements (bench_parallel):
-    T1 / (the slowest device's part + the collective), T1 the one-process step timed beside it. None where the
-    parts were not timed (sg_share, replicas, a locked pipeline)."""
-    t1 = batch / row["baseline_examples_per_sec"]
-    if row["parallel"] == "data" and "shard_sec" in row and "allreduce_sec" in row:
-        return t1 / (row["shard_sec"] + collective_sec(row))
-    if row["parallel"] == "pipeline" and "message_sec" in row and "stage_sec" in row:
-        return t1 / (max(row["stage_sec"]) + collective_sec(row))
-    return None
+    T1 / (the slowest device's part + the collective), T1 the one-process step timed beside it; None where the
+    parts were not timed (device_parts)."""
+    parts = device_parts(row)
+    return None if parts is None else batch / row["baseline_examples_per_sec"] / (max(parts) + collective_sec(row))
 
 
 def device_rows(n: int, specs: list[str], layers: int, batch: int, chunk: int, chunks: int,
@@ -235,8 +242,7 @@ def write_table(args, script: str, title: str, how: str, grouping: str, rows: li
         extra = "| | | |"
         bound = predicted_speedup(r, int(args.batch)) if "baseline_examples_per_sec" in r else None
         if bound:
-            parts = [r["shard_sec"]] if "shard_sec" in r else r["stage_sec"]
-            extra = (f"| {collective_sec(r) * 1e3:.2f} | {' / '.join(f'{t * 1e3:.1f}' for t in parts)} "
+            extra = (f"| {collective_sec(r) * 1e3:.2f} | {' / '.join(f'{t * 1e3:.1f}' for t in device_parts(r))} "
                      f"| {bound:.2f} |")
         parallel = r["parallel"] + (f" × {r['replicas']} replicas" if r.get("replicas", 1) > 1 else "")
         lines.append(f"| {r['mode']} | {r['devices']} | {r['split']} | {parallel} | "

@@ -36,7 +36,7 @@ from sgrad.core.dni import agreement
 from sgrad.core.recurrent import future_gradients, sg_features, synthetic_gradient, window_label
 from sgrad.run.checkpoint import Checkpoints, find_checkpoint_dir
 from sgrad.run.provenance import git_commit, machine
-from sgrad.run.sequence import PROBE_WINDOWS, SequenceTask
+from sgrad.run.sequence import SequenceTask
 
 
 def boundaries(task: SequenceTask, state, streams: int, first: int):
@@ -44,8 +44,7 @@ def boundaries(task: SequenceTask, state, streams: int, first: int):
     `streams` fresh streams (chunks from step `first` on, a probe's length each), rows where the next window
     starts a new episode left out (ĝ is 0 there by construction)."""
     net, params, vocab = task.net, state.params, task.net.core.outputs
-    needed = 2 * -(-task.stream.longest_episode // task.cfg.trainer.bptt)
-    windows = PROBE_WINDOWS * -(-needed // PROBE_WINDOWS)
+    windows = task.probe_windows()
 
     @jax.jit
     def one(s0, x, y, mask, resets):
@@ -128,7 +127,6 @@ def ceiling(run_dir: Path, streams: int, mlp_steps: int = 3000) -> dict:
         old = task.restore(checkpoints.restore(earlier, like))
         f_old, _, g_old = boundaries(task, old, streams // 2, first=10 ** 7 + 1)
         row["stale"][int(step) - earlier] = cosine(least_squares(f_old, g_old, feats[test]), g_true[test])
-    task.stream.level = level
     return row
 
 

@@ -46,15 +46,6 @@ def test_two_modules_per_device_match_the_sequential_schedule_of_the_same_module
     assert [line.split(" ok")[0] for line in res.stdout.splitlines()] == ["cdni_full", "dgl"]
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["modules_per_device=2"], r"modules_per_device=2 .*1 unless parallel=pipeline with replicas=1 and sg_share=0"),
-    (["parallel=pipeline", "modules_per_device=0"], r"modules_per_device=0 .*an integer >= 1"),
-    (["parallel=pipeline", "mode=ddg", "modules_per_device=2"], r"modules_per_device=2 .*1 for mode=ddg")])
-def test_modules_per_device_is_checked(overrides, message):
-    with pytest.raises(ConfigError, match=message):
-        check(make_cfg(*overrides))
-
-
 def test_modules_per_device_must_divide_the_modules():
     import numpy as np
     from conftest import program_setup
@@ -68,8 +59,11 @@ def test_modules_per_device_must_divide_the_modules():
 @pytest.mark.parametrize("overrides, message", [
     (["sg_share=0.5"], r"sg_share=0.5 .*0 unless parallel=pipeline with replicas=1"),
     (["parallel=pipeline", "sg_share=1.0"], r"sg_share=1.0 .*in \[0, 1\)"),
-    (["parallel=pipeline", "mode=dgl", "sg_share=0.5"], r"sg_share=0.5 .*0 for mode=dgl .*cdni, dni regress")])
-def test_sg_share_is_checked(overrides, message):
+    (["parallel=pipeline", "mode=dgl", "sg_share=0.5"], r"sg_share=0.5 .*0 for mode=dgl .*cdni, dni regress"),
+    (["modules_per_device=2"], r"modules_per_device=2 .*1 unless parallel=pipeline with replicas=1 and sg_share=0"),
+    (["parallel=pipeline", "modules_per_device=0"], r"modules_per_device=0 .*an integer >= 1"),
+    (["parallel=pipeline", "mode=ddg", "modules_per_device=2"], r"modules_per_device=2 .*1 for mode=ddg")])
+def test_sg_share_and_modules_per_device_are_checked(overrides, message):
     with pytest.raises(ConfigError, match=message):
         check(make_cfg(*overrides))
 

@@ -126,10 +126,9 @@ class Checkpoints:
         checkpoint of the same run would not help, and training over it would mix two runs.
         """
         for step in reversed(self.steps()):
+            self._refuse_mismatch(step, like)
             try:
-                state = self.restore(step, like)
-            except CheckpointMismatch:
-                raise
+                state = self._read(step, like)
             except Exception as e:  # orbax/tensorstore raise many types for damaged files
                 log.warning("checkpoint at step %d in %s is unreadable (%s: %s); trying an earlier one",
                             step, self.directory, type(e).__name__, str(e).splitlines()[0][:200])
@@ -139,11 +138,17 @@ class Checkpoints:
 
     def restore(self, step: int, like: Any) -> Any:
         """The checkpoint at `step`, shaped like `like` (CheckpointMismatch if it is another model's)."""
+        self._refuse_mismatch(step, like)
+        return self._read(step, like)
+
+    def _refuse_mismatch(self, step: int, like: Any) -> None:
         mismatch = self._mismatch(step, like)
         if mismatch:
             raise CheckpointMismatch(f"the checkpoint at step {step} in {self.directory} does not fit this "
                                      f"model: {mismatch}. Resume with the settings it was made with, or "
                                      "start a fresh run dir")
+
+    def _read(self, step: int, like: Any) -> Any:
         return self._manager.restore(step, args=ocp.args.StandardRestore(
             jax.tree.map(ocp.utils.to_shape_dtype_struct, like)))
 

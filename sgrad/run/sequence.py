@@ -159,15 +159,18 @@ class SequenceTask:
             out[f"{split}/bpc"] = nats / units / LN2
         return out
 
+    def probe_windows(self) -> int:
+        """Windows in a probe stream. On episodes the probe's first half must hold the longest episode, so that
+        every boundary it counts has its whole future; rounded up to PROBE_WINDOWS so that the curriculum's
+        levels share a few compiled probes."""
+        if not self.copy:
+            return PROBE_WINDOWS
+        needed = 2 * -(-self.stream.longest_episode // self.cfg.trainer.bptt)
+        return PROBE_WINDOWS * -(-needed // PROBE_WINDOWS)
+
     def probe(self, state, step: int) -> dict[str, float]:
-        # The stream's own continuation from the carried state (probed, never trained on here). On episodes the
-        # probe's first half must hold the longest episode, so that every boundary it counts has its whole
-        # future; rounded up to PROBE_WINDOWS so that the curriculum's levels share a few compiled probes.
-        windows = PROBE_WINDOWS
-        if self.copy:
-            needed = 2 * -(-self.stream.longest_episode // self.cfg.trainer.bptt)
-            windows = PROBE_WINDOWS * -(-needed // PROBE_WINDOWS)
-        p = self.stream.chunk(step, windows)
+        # The stream's own continuation from the carried state (probed, never trained on here).
+        p = self.stream.chunk(step, self.probe_windows())
         return {k: float(v) for k, v in jax.device_get(
             self._probe(state.params, state.carry, p.x, p.y, p.mask, p.resets)).items()}
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The runs behind results/rnn/sg_ceiling/table.md: Copy at T=2, 6000 windows, seed 0, each a setting of
 # scripts/recurrent_probe.py's table (the first three) or a learner for M tried against it; then the ceiling of
-# every run's last checkpoint. Run dirs under $DIR (this session's were /tmp/ceil/<name>).
+# every run's last checkpoint. Run dirs under $DIR (outputs/sg_ceiling by default).
 set -euo pipefail
 DIR=${DIR:-outputs/sg_ceiling}
 run() { name=$1; shift; sgrad-train +exp=copy_dni trainer.bptt=2 trainer.steps=6000 log.grad_probe_every=500 seed=0 "$@" \
