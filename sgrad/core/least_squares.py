@@ -15,8 +15,9 @@ C = Σ β^(t-k) X̃_kᵀY_k / B are kept. C comes from the regression's own
 gradient (g = 2 X̃ᵀ(X̃W - Y) / B, sgrad/core/dni.py: regression_grads), so
 the targets need not be passed: X̃ᵀY / B = (X̃ᵀX̃ / B) W - g / 2.
 
-It is an optax transformation with one extra argument, `inputs` (what the
-linear layer reads, [B, d]): the update it returns moves W to W_t.
+It is an optax transformation with extra arguments: `inputs` (what the linear
+layer reads, [B, d]) and optionally `rows` ([B], 0 for a row the regression
+leaves out): the update it returns moves W to W_t.
 """
 
 from __future__ import annotations
@@ -45,12 +46,14 @@ def forgetting_least_squares(forget: float, ridge: float) -> optax.GradientTrans
         w = stacked(params[linear_layer(params, 'sg.optim.name=rls fits')])
         return LeastSquaresState(jnp.zeros((w.shape[0], w.shape[0]), w.dtype), jnp.zeros_like(w))
 
-    def update(grads, state, params=None, *, inputs=None, **_):
+    def update(grads, state, params=None, *, inputs=None, rows=None, **_):
         if params is None or inputs is None:
             raise ValueError("sg.optim.name=rls needs the SG model's parameters and its inputs")
         name = linear_layer(params, 'sg.optim.name=rls fits')
         w, g = stacked(params[name]), stacked(grads[name])
         x = jnp.concatenate([inputs, jnp.ones_like(inputs[:, :1])], axis=-1).astype(w.dtype)
+        if rows is not None:  # 0 for a row the regression leaves out (its gradient, g, has none from it either)
+            x = x * rows[:, None].astype(w.dtype)
         batch_gram = x.T @ x / x.shape[0]
         gram = forget * state.gram + batch_gram
         cross = forget * state.cross + batch_gram @ w - 0.5 * g

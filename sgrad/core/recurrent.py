@@ -253,9 +253,13 @@ def dni_window_grads(net: RecurrentNet, params: PyTree, s0: jnp.ndarray, x, y, m
     if net.trace == "accumulate":
         d_sg, trace, sums["sg_loss"] = accumulate_sg_grads(net, params, at, trace, s0, x, y, mask, resets, target)
         return d_core, d_sg, s_T, trace, sums
+    # M learns only where its ĝ is used: where this window starts a new sequence, ĝ at s0 is 0 by construction
+    # (as `at` and the probe make it), so it fits nothing there (its target there, 0, would pull the fit toward 0
+    # on states that never use it).
     label = window_label(net, y, mask, vocab)
-    pred, sg_vjp = jax.vjp(lambda q: synthetic_gradient(net, q, s0, label), params["sg"])
-    (d_sg,), (sg_loss,) = regression_grads([pred], [sg_vjp], [target])
+    keep = 1.0 - resets[:, :1]
+    pred, sg_vjp = jax.vjp(lambda q: keep * synthetic_gradient(net, q, s0, label), params["sg"])
+    (d_sg,), (sg_loss,) = regression_grads([pred], [sg_vjp], [keep * target])
     sums["sg_loss"] = sg_loss * batch
     return d_core, d_sg, s_T, trace, sums
 
@@ -345,9 +349,11 @@ def make_recurrent_step(net: RecurrentNet, tx: Optimizers, settings: UpdateRule 
         d_core, d_sg, s_T, trace, sums = window_grads(net, state.params, state.carry, x, y, mask, resets,
                                                       following, scale, ahead, state.trace)
         updates, core_opt = tx.modules.update(d_core, state.opt_state["core"], state.params["core"])
-        # M's regression reads the carry this window started from (a least-squares M needs what it read).
+        # M's regression reads the carry this window started from (a least-squares M needs what it read), on the
+        # rows it fits (dni_window_grads: not where the window starts a new sequence).
         inputs = sg_features(net, state.carry, window_label(net, y, mask, net.core.outputs))
-        sg_updates, sg_opt = tx.sg.update(d_sg, state.opt_state["sg"], state.params["sg"], inputs=inputs)
+        sg_updates, sg_opt = tx.sg.update(d_sg, state.opt_state["sg"], state.params["sg"], inputs=inputs,
+                                          rows=1.0 - resets[:, 0])
         params = {"core": optax.apply_updates(state.params["core"], updates),
                   "sg": optax.apply_updates(state.params["sg"], sg_updates)}
         opt = {"core": core_opt, "sg": sg_opt}
