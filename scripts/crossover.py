@@ -11,7 +11,9 @@ collectives alone and what each device computes alone.
 The model predicts a parallel step from what each device computes and sends, each part timed alone in the same
 processes (scripts/parallel_rows.py part_seconds, scripts/timing.py collective_seconds):
 
-  data      T(B/N) + all-reduce(gradients and statistics)       T(B/N): the one-device step on 1/N of the batch
+  data      T(B/N) + mean(gradients and statistics)             T(B/N): the one-device step on 1/N of the batch;
+                                                                 mean: the step's bucket_mean of its leaves (into
+                                                                 one buffer, the collective, back out)
   pipeline  max_i tick_i + messages * ppermute(B x A)            tick_i: device i's tick, its branch of the
                                                                  pipeline's switch over stages, without messages
   speed-up  T1 / predicted step                                  T1: the one-process step, timed beside the row
@@ -73,7 +75,8 @@ def write(points: list[dict], out: Path, argv: list[str]) -> None:
              f"Commit: {git_commit()}.", f"Command: `python scripts/crossover.py {' '.join(argv)}`.", "",
              "Paper FCN (batch norm, Adam), split into 2 modules by measured cost (`model.partition=profiled`). "
              "T1: one process's step. Model (a step's parts, each timed alone in the same processes): data = the "
-             "one-device step on half the batch + the all-reduce; pipeline = the slowest device's tick "
+             "one-device step on half the batch + the step's mean of its gradients and statistics (`bucket_mean`: the "
+             "copies into one flat buffer and back out, and the collective); pipeline = the slowest device's tick "
              "(its branch of the pipeline's switch, without messages) + messages × one message's ppermute "
              "(`scripts/crossover.py`).",
              f"Model error over the {len(errors)} points: median {100 * sorted(errors)[len(errors) // 2]:.0f} %, "

@@ -37,6 +37,7 @@ def bench_parallel(cfg, spec: str, parallel: str, devices: int, chunk: int, chun
     if parallel == "data":
         from jax.flatten_util import ravel_pytree
         bucket = ravel_pytree((state.params, state.stats))[0].size  # before the runner donates the state
+        leaves = [leaf.shape for leaf in jax.tree.leaves((state.params, state.stats))]
     baseline, alone = None, None
     if parallel != "none" and jax.process_index() == 0:
         alone = jax.tree.map(jnp.copy, state)  # for part_seconds: the runners donate their state
@@ -64,9 +65,9 @@ def bench_parallel(cfg, spec: str, parallel: str, devices: int, chunk: int, chun
         row["baseline_examples_per_sec"] = examples / base_chunk
         row.update({f"baseline_{key}": value for key, value in base_mem.items()})
     if parallel == "data" and devices > 1:
-        # The step's one collective (sgrad.core.step.bucket_mean), timed alone at its size: what the data
-        # parallel step pays on top of half the compute, the bound the link sets.
-        row["allreduce_sec"] = collective_seconds(bucket, jax.devices()[:devices])
+        # The step's one collective (sgrad.core.step.bucket_mean of its leaves, the copies into its flat buffer
+        # and back included), timed alone: what the data parallel step pays on top of half the compute.
+        row["allreduce_sec"] = collective_seconds(bucket, jax.devices()[:devices], shapes=leaves)
         row["bucket_floats"] = int(bucket)
     if parallel == "pipeline" and devices > 1 and net.rule.stage.schedule == "unlocked":
         # One message of a tick ([B, A+2], sgrad/devices/layout.py) timed alone as a ring ppermute; a tick sends

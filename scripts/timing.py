@@ -79,21 +79,33 @@ def side_by_side(parallel: list, baseline: list | None, chunks: int) -> tuple[fl
     return float(np.median(times_p)), float(np.median(times_b)) if times_b else None
 
 
-def collective_seconds(size: int, devices, repeats: int = 5, permute: bool = False, loop: int = 10) -> float:
+def collective_seconds(size: int, devices, repeats: int = 5, permute: bool = False, loop: int = 10,
+                       shapes: list[tuple[int, ...]] | None = None) -> float:
     """Seconds of one mean of f32[size] over `devices` as the data-parallel step takes it
     (sgrad.core.step.axis_mean), or with `permute` one ring ppermute, paid as a compiled loop pays it: `loop`
-    collectives in one shard_map program (median of `repeats`), so a call's dispatch is not counted."""
+    collectives in one shard_map program (median of `repeats`), so a call's dispatch is not counted.
+
+    `shapes`: the leaves the step averages (its gradients and statistics); the mean is then the step's own
+    sgrad.core.step.bucket_mean of them, the copies into one flat buffer and back out included (at the 4x2048
+    FCN's 10 M floats they cost about half as much again as the swap itself, two devices in one process)."""
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
-    from sgrad.core.step import axis_mean
+    from sgrad.core.step import axis_mean, bucket_mean
     mesh = jax.make_mesh((len(devices),), ("d",), devices=devices)
     n = len(devices)
-    collective = ((lambda a: jax.lax.ppermute(a, "d", [(j, (j + 1) % n) for j in range(n)])) if permute else
-                  (lambda a: axis_mean(a, "d")))
+    if shapes is not None:
+        # Each device's block of a leaf is the leaf itself (a leading axis of one per device).
+        collective = lambda tree: bucket_mean(tree, "d")
+        a = [jax.device_put(jnp.ones((n, *s), jnp.float32), NamedSharding(mesh, P("d"))) for s in shapes]
+    elif permute:
+        collective = lambda a: jax.lax.ppermute(a, "d", [(j, (j + 1) % n) for j in range(n)])
+    else:
+        collective = lambda a: axis_mean(a, "d")
     many = lambda a: jax.lax.fori_loop(0, loop, lambda _, a: collective(a), a)
     reduce = jax.jit(jax.shard_map(many, mesh=mesh, in_specs=P("d"), out_specs=P("d"), check_vma=False))
-    a = jax.device_put(jnp.ones((len(devices) * size,), jnp.float32), NamedSharding(mesh, P("d")))
+    if shapes is None:
+        a = jax.device_put(jnp.ones((len(devices) * size,), jnp.float32), NamedSharding(mesh, P("d")))
     jax.block_until_ready(reduce(a))
     times = []
     for _ in range(repeats):
