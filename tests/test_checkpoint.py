@@ -125,9 +125,9 @@ def test_divergence_before_any_checkpoint_says_there_is_none(idx_dir, tmp_path):
 
 # --- real processes ----------------------------------------------------------------------------
 
-SLOW_RUN = ["mode=dni", "model.width=64", "sg.width=128", "trainer.steps=600", "trainer.batch_size=32",
-            "trainer.log_every=25", "trainer.progress=false", "checkpoint.every=200", "log.grad_probe_every=200",
-            "trainer.eval_every=200", "trainer.eval_batch_size=128", "optim.lr=1e-3", "optim.schedule=constant",
+SLOW_RUN = ["mode=dni", "model.width=64", "sg.width=128", "trainer.steps=300", "trainer.batch_size=32",
+            "trainer.log_every=25", "trainer.progress=false", "checkpoint.every=100", "log.grad_probe_every=100",
+            "trainer.eval_every=100", "trainer.eval_batch_size=128", "optim.lr=1e-3", "optim.schedule=constant",
             "sg.optim.lr=1e-3", "sg.optim.schedule=constant"]
 
 
@@ -166,13 +166,13 @@ def test_killed_process_resumes_to_the_uninterrupted_result(idx_dir, tmp_path, r
     proc.wait(timeout=120)
     assert proc.returncode == -signal.SIGKILL
     interrupted_at = max(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit())
-    assert interrupted_at < 600
+    assert interrupted_at < 300
     res = subprocess.run(_cmd(idx_dir, run), capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     assert _curve(run) == _curve(reference_run)
     ref_step, ref_params = _final_params(reference_run)
     step, params = _final_params(run)
-    assert step == ref_step == 600
+    assert step == ref_step == 300
     _assert_same_params(params, ref_params)
 
 
