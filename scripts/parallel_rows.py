@@ -149,6 +149,27 @@ def predicted_speedup(row: dict, batch: int) -> float | None:
     return None if parts is None else batch / row["baseline_examples_per_sec"] / (max(parts) + collective_sec(row))
 
 
+def row_plans(named, spec: str, n: int, kinds: tuple[str, ...], replicas: int) -> list[tuple[int, str, int, int]]:
+    """The rows device_rows measures for one spec on n devices, as (modules, parallel, devices, replicas), given
+    the config the spec composes to (`named`): its mode's layouts among `kinds`, on n devices (or `none` on one
+    where it has none), and with replicas R > 1 also a pipeline of n/R modules x R copies."""
+    mode = spec.split(":")[0]
+    accepts = RULES[mode].parallel  # e.g. ddg's stash holds whole minibatches: no data parallelism
+    # A spec that names its layout (e.g. dni:parallel=pipeline:sg_share=0.55) gets only that layout's rows.
+    if str(named.parallel) != "none":
+        accepts = tuple(p for p in accepts if p == str(named.parallel))
+    # Every parallel row carries its own one-device baseline, timed beside it (bench_parallel).
+    # modules_per_device M: a pipeline of n·M modules on n devices (and its baseline the same n·M modules).
+    plans = [(n * (named.modules_per_device if p == "pipeline" else 1), p, n, 1) for p in ("data", "pipeline")
+             if n > 1 and p in accepts and p in kinds]
+    plans = plans or [(n, "none", 1, 1)]
+    if replicas > 1 and n % replicas == 0 and n // replicas >= 2 and "pipeline" in accepts \
+            and not named.sg_share and "pipeline" in kinds and RULES[mode].stage \
+            and RULES[mode].stage.schedule == "unlocked":  # (sg_share needs replicas=1)
+        plans += [(n // replicas, "pipeline", n, replicas)]
+    return [plan for plan in plans if plan[1] in kinds]
+
+
 def device_rows(n: int, specs: list[str], layers: int, batch: int, chunk: int, chunks: int,
                 kinds: tuple[str, ...] = ("none", "data", "pipeline"), width: int | None = None,
                 replicas: int = 1, parts: bool = True, exp: str | None = None) -> list[dict]:
@@ -166,24 +187,8 @@ def device_rows(n: int, specs: list[str], layers: int, batch: int, chunk: int, c
         return cfg
 
     for spec in specs:
-        mode = spec.split(":")[0]
-        accepts = RULES[mode].parallel  # e.g. ddg's stash holds whole minibatches: no data parallelism
-        # A spec that names its layout (e.g. dni:parallel=pipeline:sg_share=0.55) gets only that layout's rows.
-        named = compose(spec)
-        if str(named.parallel) != "none":
-            accepts = tuple(p for p in accepts if p == str(named.parallel))
-        # Every parallel row carries its own one-device baseline, timed beside it (bench_parallel).
-        # modules_per_device M: a pipeline of n·M modules on n devices (and its baseline the same n·M modules).
-        plans = [(n * (named.modules_per_device if p == "pipeline" else 1), p, n, 1) for p in ("data", "pipeline")
-                 if n > 1 and p in accepts and p in kinds]
-        plans = plans or [(n, "none", 1, 1)]
-        if replicas > 1 and n % replicas == 0 and n // replicas >= 2 and "pipeline" in accepts \
-                and not named.sg_share and "pipeline" in kinds and RULES[mode].stage \
-                and RULES[mode].stage.schedule == "unlocked":  # (sg_share needs replicas=1)
-            plans += [(n // replicas, "pipeline", n, replicas)]
+        plans = row_plans(compose(spec), spec, n, kinds, replicas)
         for modules, parallel, d, r in plans:
-            if parallel not in kinds:
-                continue
             cfg = compose(spec)
             if modules > 1:  # modules of balanced measured cost (sgrad/models/partition.py), on one device or n
                 cfg.model.partition, cfg.model.modules = "profiled", modules

@@ -47,10 +47,22 @@ def test_device_sweep_measures_every_parallel_mode(tmp_path):
     # 4 devices: 4 modules (pipeline) and 2 modules x 2 replicas (pipeline), each row
     # after its own one-device baseline (timed beside it). Data rows and the parts: the accelerator script's test.
     out = run_on_cpu_devices("bench_device_rows", 4, 4, 2).stdout.strip().splitlines()[-1]
-    shared = "dni:parallel=pipeline:sg_share=0.5:sg.hidden_layers=0"
     assert out == str([("cdni", "none", 1, 4, 1), ("cdni", "pipeline", 4, 4, 1),
-                       ("cdni", "none", 1, 2, 1), ("cdni", "pipeline", 4, 2, 2),
-                       (shared, "none", 1, 4, 1), (shared, "pipeline", 4, 4, 1)])
+                       ("cdni", "none", 1, 2, 1), ("cdni", "pipeline", 4, 2, 2)])
+
+
+def test_a_spec_gets_the_rows_its_mode_and_layout_allow():
+    from bench_networks import paper_cfg
+    from parallel_rows import row_plans
+    plans = lambda spec, n=4, kinds=("none", "data", "pipeline"), replicas=2: row_plans(
+        paper_cfg("fcn", 4, spec, 32, None), spec, n, kinds, replicas)
+    assert plans("cdni") == [(4, "data", 4, 1), (4, "pipeline", 4, 1), (2, "pipeline", 4, 2)]
+    # A spec that names its layout gets only that layout's rows, and sg_share no replicas row (it needs replicas=1).
+    assert plans("dni:parallel=pipeline:sg_share=0.5:sg.hidden_layers=0") == [(4, "pipeline", 4, 1)]
+    assert plans("ddg") == [(4, "pipeline", 4, 1)]  # its stash holds whole minibatches: no data row, locked: no replicas
+    assert plans("cdni", kinds=("pipeline",), replicas=1) == [(4, "pipeline", 4, 1)]
+    assert plans("cdni", n=1) == [(1, "none", 1, 1)]
+    assert plans("cdni:parallel=pipeline:modules_per_device=2", n=2, replicas=1) == [(4, "pipeline", 2, 1)]
 
 
 def test_pipeline_cost_model_formulas():
