@@ -97,7 +97,7 @@ def test_cost_model_reads_the_measured_latency_and_the_two_process_rows(tmp_path
 def test_memory_is_xlas_analysis_of_the_compiled_program():
     import jax
     import jax.numpy as jnp
-    from timing import MiB, memory
+    from timing import memory
     a = jnp.ones((256, 256), jnp.float32)  # 0.25 MiB
     small = memory(jax.jit(lambda a: jnp.tanh(a @ a) @ a).lower(a).compile())
     # The argument and the result are held at the peak, the tanh(a @ a) between the two products is working memory.
