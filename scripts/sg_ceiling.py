@@ -33,7 +33,7 @@ import optax
 from omegaconf import OmegaConf
 
 from sgrad.core.dni import agreement
-from sgrad.core.recurrent import future_gradients, sg_features, synthetic_gradient, window_label
+from sgrad.core.recurrent import future_gradients, sg_features, sg_used, synthetic_gradient, window_label
 from sgrad.run.checkpoint import Checkpoints, find_checkpoint_dir
 from sgrad.run.provenance import git_commit, machine
 from sgrad.run.sequence import SequenceTask
@@ -53,7 +53,7 @@ def boundaries(task: SequenceTask, state, streams: int, first: int):
         labels = jax.vmap(lambda yk, mk: window_label(net, yk, mk, vocab))(y[counted], mask[counted])
         feats = jax.vmap(lambda s, lab: sg_features(net, s, lab))(states[counted], labels)
         g_hat = jax.vmap(lambda s, lab: synthetic_gradient(net, params["sg"], s, lab))(states[counted], labels)
-        keep = 1.0 - resets[counted][:, :, 0]
+        keep = jax.vmap(sg_used)(resets[counted])[..., 0]  # rows whose ĝ is used
         return feats, g_hat, g_true[counted], keep
 
     out = [[], [], []]

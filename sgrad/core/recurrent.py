@@ -101,6 +101,13 @@ def sg_input(s: jnp.ndarray, squash_cell: bool = False) -> jnp.ndarray:
     return jnp.concatenate([jnp.tanh(c), h], axis=-1)
 
 
+def sg_used(resets: jnp.ndarray) -> jnp.ndarray:
+    """[B, 1]: 1 where ĝ at the boundary before a window is used, 0 where the window (`resets` [B, T]) starts a new
+    sequence: the state is zeroed there, nothing after the boundary depends on it, and ĝ is 0 by construction. The
+    core, M's regression, its refit and trace, and the probe all mask with it."""
+    return 1.0 - resets[:, :1]
+
+
 def synthetic_gradient(net: RecurrentNet, sg_params: PyTree, s: jnp.ndarray, label=None) -> jnp.ndarray:
     state = sg_input(jax.lax.stop_gradient(s), net.squash_cell)
     return net.sg_model.apply({"params": sg_params}, state, label, False)
@@ -236,7 +243,7 @@ def dni_window_grads(net: RecurrentNet, params: PyTree, s0: jnp.ndarray, x, y, m
         # ĝ at a boundary, given the window after it: 0 where that window starts a new sequence (nothing after
         # the boundary depends on the state), conditioned on its targets in cDNI.
         label = window_label(net, y_next, mask_next, vocab)
-        return (1.0 - resets_next[:, :1]) * synthetic_gradient(net, params["sg"], s, label)
+        return sg_used(resets_next) * synthetic_gradient(net, params["sg"], s, label)
 
     if net.oracle:
         # A perfect M over the windows ahead: how far DNI could go were ĝ right (M still learns as set).
@@ -253,11 +260,10 @@ def dni_window_grads(net: RecurrentNet, params: PyTree, s0: jnp.ndarray, x, y, m
     if net.trace == "accumulate":
         d_sg, trace, sums["sg_loss"] = accumulate_sg_grads(net, params, at, trace, s0, x, y, mask, resets, target)
         return d_core, d_sg, s_T, trace, sums
-    # M learns only where its ĝ is used: where this window starts a new sequence, ĝ at s0 is 0 by construction
-    # (as `at` and the probe make it), so it fits nothing there (its target there, 0, would pull the fit toward 0
-    # on states that never use it).
+    # M learns only where its ĝ is used (sg_used): elsewhere its target, 0, would pull the fit toward 0 on states
+    # that never use it.
     label = window_label(net, y, mask, vocab)
-    keep = 1.0 - resets[:, :1]
+    keep = sg_used(resets)
     pred, sg_vjp = jax.vjp(lambda q: keep * synthetic_gradient(net, q, s0, label), params["sg"])
     (d_sg,), (sg_loss,) = regression_grads([pred], [sg_vjp], [keep * target])
     sums["sg_loss"] = sg_loss * batch
@@ -288,7 +294,7 @@ def accumulate_sg_grads(net: RecurrentNet, params: PyTree, at: Callable, trace: 
     batch, n = s0.shape
     name = linear_layer(params["sg"], "sg.trace=accumulate traces")
     w = stacked(params["sg"][name])
-    keep = 1.0 - resets[:, :1]
+    keep = sg_used(resets)
     feats = sg_features(net, s0, window_label(net, y, mask, net.core.outputs))
     x_tilde = keep * jnp.concatenate([feats, jnp.ones_like(feats[:, :1])], axis=-1)  # [B, d+1]
     units = jnp.arange(n)
@@ -350,10 +356,10 @@ def make_recurrent_step(net: RecurrentNet, tx: Optimizers, settings: UpdateRule 
                                                       following, scale, ahead, state.trace)
         updates, core_opt = tx.modules.update(d_core, state.opt_state["core"], state.params["core"])
         # M's regression reads the carry this window started from (a least-squares M needs what it read), on the
-        # rows it fits (dni_window_grads: not where the window starts a new sequence).
+        # rows it fits (sg_used).
         inputs = sg_features(net, state.carry, window_label(net, y, mask, net.core.outputs))
         sg_updates, sg_opt = tx.sg.update(d_sg, state.opt_state["sg"], state.params["sg"], inputs=inputs,
-                                          rows=1.0 - resets[:, 0])
+                                          rows=sg_used(resets)[:, 0])
         params = {"core": optax.apply_updates(state.params["core"], updates),
                   "sg": optax.apply_updates(state.params["sg"], sg_updates)}
         opt = {"core": core_opt, "sg": sg_opt}
@@ -396,7 +402,7 @@ def future_gradient_probe(net: RecurrentNet, params: PyTree, s0: jnp.ndarray, x,
 
     def predict(s, yk, mk, rk):
         # ĝ is 0 where the window after the boundary starts a new sequence, as in training.
-        return (1.0 - rk[:, :1]) * synthetic_gradient(net, params["sg"], s, window_label(net, yk, mk, vocab))
+        return sg_used(rk) * synthetic_gradient(net, params["sg"], s, window_label(net, yk, mk, vocab))
 
     counted = slice(1, x.shape[0] // 2 + 1)
     g_hat = jax.vmap(predict)(states[counted], y[counted], mask[counted], resets[counted])
