@@ -98,14 +98,12 @@ def collective_seconds(size: int, devices, repeats: int = 5, permute: bool = Fal
         # Each device's block of a leaf is the leaf itself (a leading axis of one per device).
         collective = lambda tree: bucket_mean(tree, "d")
         a = [jax.device_put(jnp.ones((n, *s), jnp.float32), NamedSharding(mesh, P("d"))) for s in shapes]
-    elif permute:
-        collective = lambda a: jax.lax.ppermute(a, "d", [(j, (j + 1) % n) for j in range(n)])
     else:
-        collective = lambda a: axis_mean(a, "d")
+        collective = ((lambda a: jax.lax.ppermute(a, "d", [(j, (j + 1) % n) for j in range(n)])) if permute else
+                      (lambda a: axis_mean(a, "d")))
+        a = jax.device_put(jnp.ones((n * size,), jnp.float32), NamedSharding(mesh, P("d")))
     many = lambda a: jax.lax.fori_loop(0, loop, lambda _, a: collective(a), a)
     reduce = jax.jit(jax.shard_map(many, mesh=mesh, in_specs=P("d"), out_specs=P("d"), check_vma=False))
-    if shapes is None:
-        a = jax.device_put(jnp.ones((len(devices) * size,), jnp.float32), NamedSharding(mesh, P("d")))
     jax.block_until_ready(reduce(a))
     times = []
     for _ in range(repeats):
