@@ -35,9 +35,10 @@ ROWS = (("backprop", "data"), ("cdni", "data"), ("cdni", "pipeline"), ("dgl", "p
 
 
 def chunk_for(width: int, batch: int, layers: int) -> int:
-    """Steps per timed chunk: about half a second of work at ~40 GFLOP/s per core, 3 to 50 steps."""
+    """Steps per timed chunk: about half a second of work at ~40 GFLOP/s per core, 3 to 200 steps (the smallest
+    points' steps take a millisecond or two: fewer would time the VM's scheduling noise)."""
     flops = 6 * batch * (784 * width + (layers - 2) * width * width + 10 * width)
-    return int(min(50, max(3, 0.5 / (flops / 40e9))))
+    return int(min(200, max(3, 0.5 / (flops / 40e9))))
 
 
 def measure(width: int, batch: int, layers: int) -> list[dict]:

@@ -15,6 +15,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from omegaconf import OmegaConf
 
 from bench_networks import exp_cfg, paper_cfg, setup
@@ -39,8 +40,9 @@ def bench_parallel(cfg, spec: str, parallel: str, devices: int, chunk: int, chun
         leaves = [leaf.shape for leaf in jax.tree.leaves((state.params, state.stats))]
         bucket = sum(math.prod(shape) for shape in leaves)
     baseline, alone = None, None
-    if parallel != "none" and jax.process_index() == 0:
+    if parallel != "none" and parts:
         alone = jax.tree.map(jnp.copy, state)  # for part_seconds: the runners donate their state
+    if parallel != "none" and jax.process_index() == 0:
         # The same network from the same start (its own copy: the runners donate their state) on this process's
         # own device, timed chunk for chunk beside the parallel runner.
         b_run, b_state, _ = make_runner("none", net, tx, jax.tree.map(jnp.copy, state), settings,
@@ -76,7 +78,7 @@ def bench_parallel(cfg, spec: str, parallel: str, devices: int, chunk: int, chun
         size = cfg.trainer.batch_size // replicas * (width + 2)
         row["message_sec"] = collective_seconds(size, jax.devices()[:devices], permute=True)
         row["messages"] = 2 if net.rule.stage.sends_back and not swaps(net.rule.stage, devices // replicas) else 1
-    if parts and jax.process_index() == 0 and devices > 1:
+    if parts and devices > 1:
         row.update(part_seconds(cfg, settings, parallel, devices, replicas, net, tx, alone, shape, xs, ys, idx,
                                 mean, std))
     return row
@@ -84,44 +86,75 @@ def bench_parallel(cfg, spec: str, parallel: str, devices: int, chunk: int, chun
 
 def part_seconds(cfg, settings, parallel: str, devices: int, replicas: int, net, tx, state, shape, xs, ys, idx,
                  mean, std) -> dict:
-    """What one device of a parallel row computes, timed alone on this process's device: the cost model's inputs
-    (scripts/crossover.py). Data: the one-device step on its 1/N of the batch (`shard_sec`). Unlocked pipeline:
+    """What each device of a parallel row computes, timed alone: the cost model's inputs (scripts/crossover.py),
+    one number per device. Data: the one-device step on its 1/N of the batch (`shard_sec`). Unlocked pipeline:
     each device's tick as the pipeline's program runs it, in a compiled loop of len(idx) ticks without the
     messages: its branch of the lax.switch over stages (unpack its state from its slots and its messages, the
-    mode's stage, write the state back; `stage_sec`, one per device), and the same tick outside any switch
-    (`stage_alone_sec`): the difference is what XLA's conditional costs (it copies the state it passes through)."""
+    mode's stage, write the state back; `stage_sec`), and the same tick outside any switch (`stage_alone_sec`):
+    the difference is what XLA's conditional costs (it copies the state it passes through).
+
+    With a process per device (scripts/bench_processes.py) every process times its own devices' parts on its own
+    core, all at once, as the parallel row runs them: cores of one machine differ by up to a fifth in speed here,
+    and the parallel step waits for the slowest (process 0 timing every part would miss that). With every device
+    in one process, its first device times them all in turn."""
     batch, device = cfg.trainer.batch_size, jax.local_devices()[:1]
+    together = jax.process_count() > 1
+    mine = ([i for i, d in enumerate(jax.devices()[:devices]) if d.process_index == jax.process_index()]
+            if together else list(range(devices)))
+
+    def timed(run, carry, xs, ys, idx) -> float:
+        """Seconds per step; with a process per device, every process's timing starts at once."""
+        carry, m = run(carry, xs, ys, idx, np.int32(len(idx)))  # compiles (each process its own program)
+        jax.block_until_ready((carry, m))
+        if together:
+            multihost_utils.sync_global_devices("parts")
+        return chunk_seconds(run, carry, xs, ys, idx, 3) / (3 * len(idx))
+
+    def gathered(mine_sec: list[float], every: int) -> list[float]:
+        """Per-device seconds from every process (each knows its own devices' `every` parts)."""
+        full = np.full(every, np.nan)
+        full[[j for i in mine for j in range(i * every // devices, (i + 1) * every // devices)]] = mine_sec
+        if together:
+            full = np.nanmax(multihost_utils.process_allgather(full), axis=0)
+        return [float(t) for t in full]
+
     if parallel == "data":
         run = make_chunk_runner(make_train_step(net, tx, settings), mean, std)
-        part = idx[:, :batch // devices]
-        return {"shard_sec": chunk_seconds(run, state, xs, ys, jax.device_put(part, device[0]), 3) / (3 * len(part))}
+        part = jax.device_put(idx[:, :batch // devices], device[0])
+        # Every device runs the same program on its shard: one timing per process serves its devices.
+        return {"shard_sec": gathered([timed(run, state, xs, ys, part)] * len(mine), devices)}
     if parallel != "pipeline" or net.rule.stage.schedule != "unlocked" or replicas > 1 or cfg.sg_share:
         return {}  # (sg_share's tick adds an exchange of gradients between the parts: not modelled)
     from sgrad.devices.layout import build_pipeline, row_of
     from sgrad.devices.pipeline import device_tick
     pipe, ps = build_pipeline(net, tx, state, shape, batch, settings, replicas)
     branches = [partial(device_tick, pipe, i, partial(preprocess, mean=mean, std=std)) for i in range(pipe.k)]
-    idx = jax.device_put(idx[:, :pipe.batch])
+    idx = jax.device_put(idx[:, :pipe.batch], device[0])
+    per = cfg.modules_per_device  # device d holds modules d*per .. d*per + per - 1
+    stages = [i for d in mine for i in range(d * per, (d + 1) * per)]
     switched, alone = [], []
-    for i in range(pipe.k):
+    for i in stages:
         def ticks(carry, xs, ys, idx, n, me=None, i=i):
             def tick(j, carry):
-                row, fwd, bwd, past = carry
+                (row, fwd, bwd, past), sums = carry
                 args = (row, fwd, bwd, past, None, xs, ys, idx[j], jnp.bool_(True), j)
-                row, out, back, _ = (branches[i](*args) if me is None else jax.lax.switch(me, branches, *args))
-                # The messages the device sends stand in for those it would receive (same shapes).
-                return row, out, back, jnp.stack([out, past[0]])
-            return jax.lax.fori_loop(0, n, tick, carry), jnp.zeros(())
-        carry = lambda: (tuple(jnp.copy(b) for b in row_of(ps.stage_KxS, i)), ps.fwd_KxBxA2[i], ps.bwd_KxBxA2[i], ps.past_Kx2xBxA2[i])
-        run = jax.jit(ticks, donate_argnums=0)
-        alone.append(chunk_seconds(run, carry(), xs, ys, idx, 3) / (3 * len(idx)))
+                row, out, back, metrics = (branches[i](*args) if me is None else
+                                           jax.lax.switch(me, branches, *args))
+                # The messages the device sends stand in for those it would receive (same shapes); the metrics
+                # are summed as the pipeline sums them (dropped, XLA would not compute them).
+                return (row, out, back, jnp.stack([out, past[0]])), sums + metrics
+            sums = jnp.zeros(jax.eval_shape(branches[i], *carry, None, xs, ys, idx[0], jnp.bool_(True), 0)[3].shape)
+            carry, sums = jax.lax.fori_loop(0, n, tick, (carry, sums))
+            return carry, sums
+        carry = lambda: jax.device_put((tuple(jnp.copy(b) for b in row_of(ps.stage_KxS, i)), ps.fwd_KxBxA2[i],
+                                        ps.bwd_KxBxA2[i], ps.past_Kx2xBxA2[i]), device[0])
+        alone.append(timed(jax.jit(ticks, donate_argnums=0), carry(), xs, ys, idx))
         run = jax.jit(lambda c, xs, ys, idx, n, i=i: ticks(c, xs, ys, idx, n, jnp.int32(i) + 0 * n),
                       donate_argnums=0)
-        switched.append(chunk_seconds(run, carry(), xs, ys, idx, 3) / (3 * len(idx)))
-    # A device's part is the sum of its modules' (modules_per_device consecutive ones).
-    per = lambda times: [sum(times[d:d + cfg.modules_per_device])
-                         for d in range(0, len(times), cfg.modules_per_device)]
-    return {"stage_sec": per(switched), "stage_alone_sec": per(alone)}
+        switched.append(timed(run, carry(), xs, ys, idx))
+    # A device's part is the sum of its modules' ticks.
+    on_device = lambda times: [sum(times[d:d + per]) for d in range(0, len(times), per)]
+    return {"stage_sec": gathered(on_device(switched), devices), "stage_alone_sec": gathered(on_device(alone), devices)}
 
 
 def collective_sec(row: dict) -> float:
@@ -132,10 +165,10 @@ def collective_sec(row: dict) -> float:
 
 def device_parts(row: dict) -> list[float] | None:
     """Seconds of what each device of a parallel row computes, timed alone (part_seconds): a data row's step on
-    its share of the batch (every device alike: one), an unlocked pipeline's tick per device; None where they
+    its share of the batch, an unlocked pipeline's tick, one per device; None where they
     and the collective were not both timed (sg_share, replicas, a locked pipeline)."""
     if row["parallel"] == "data" and "shard_sec" in row and "allreduce_sec" in row:
-        return [row["shard_sec"]]
+        return row["shard_sec"]
     if row["parallel"] == "pipeline" and "message_sec" in row and "stage_sec" in row:
         return row["stage_sec"]
     return None

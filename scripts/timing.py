@@ -79,11 +79,14 @@ def side_by_side(parallel: list, baseline: list | None, chunks: int) -> tuple[fl
     return float(np.median(times_p)), float(np.median(times_b)) if times_b else None
 
 
-def collective_seconds(size: int, devices, repeats: int = 5, permute: bool = False, loop: int = 10,
+def collective_seconds(size: int, devices, repeats: int = 5, permute: bool = False, loop: int | None = None,
                        shapes: list[tuple[int, ...]] | None = None) -> float:
     """Seconds of one mean of f32[size] over `devices` as the data-parallel step takes it
     (sgrad.core.step.axis_mean), or with `permute` one ring ppermute, paid as a compiled loop pays it: `loop`
-    collectives in one shard_map program (median of `repeats`), so a call's dispatch is not counted.
+    collectives in one shard_map program (median of `repeats`), so a call's dispatch is not counted. By default
+    `loop` grows as the message shrinks (10 at 4 M floats and up, 200 at 20 K floats and below): a loop of ten
+    small messages lasts about a millisecond, within this VM's scheduling noise (one message size was timed
+    at 0.15 and at 2 ms by two rows of one run).
 
     `shapes`: the leaves the step averages (its gradients and statistics); the mean is then the step's own
     sgrad.core.step.bucket_mean of them, the copies into one flat buffer and back out included (at the 4x2048
@@ -94,6 +97,7 @@ def collective_seconds(size: int, devices, repeats: int = 5, permute: bool = Fal
     from sgrad.core.step import axis_mean, bucket_mean
     mesh = jax.make_mesh((len(devices),), ("d",), devices=devices)
     n = len(devices)
+    loop = loop or int(np.clip(2**22 // max(size, 1), 10, 200))
     if shapes is not None:
         # Each device's block of a leaf is the leaf itself (a leading axis of one per device).
         collective = lambda tree: bucket_mean(tree, "d")

@@ -57,7 +57,7 @@ def test_pipeline_and_data_parallel_across_processes(transport):
         assert p.returncode == 0, err[-3000:]
     # Gloo writes its own connection lines to stdout; under mpiexec both processes' lines come through one.
     oks = [line for out, _ in outs for line in out.splitlines() if line.endswith(" ok")]
-    assert sorted(oks) == ["data ok", "data ok", "pipeline ok", "pipeline ok"], outs
+    assert sorted(oks) == ["data ok", "data ok", "parts ok", "parts ok", "pipeline ok", "pipeline ok"], outs
 
 
 def test_replicas_are_refused_on_mpi_collectives_on_cpu():

@@ -17,7 +17,7 @@ jax.distributed.initialize(f"localhost:{sys.argv[1]}", num_processes=2, process_
 assert jax.process_count() == 2 and jax.device_count() == 2 and jax.local_device_count() == 1
 warm_collectives()
 
-from conftest import device_data, make_cfg, max_diff
+from conftest import ROOT, device_data, make_cfg, max_diff
 from sgrad.devices.chunk import make_chunk_runner, preprocess
 from sgrad.models.network import init_variables
 from sgrad.run.build import build_network, build_train_optimizer
@@ -44,6 +44,8 @@ T = 10
 idx = rng.integers(0, 128, (T, B)).astype(np.int32)
 
 # Module 0 in process 0, module 1 in process 1: activations and SG targets cross between processes.
+pipe_cfg, pipe_net, pipe_tx = cfg, net, tx
+pipe_fresh = lambda p=params, s=stats: create_state(jax.tree.map(jnp.copy, p), jax.tree.map(jnp.copy, s), pipe_tx)
 pipe, state = build_pipeline(net, tx, fresh(), shape, B)
 state, metrics = make_pipeline_runner(pipe, pre, jax.devices())(state, xs, ys, idx, np.int32(T))
 got = to_train_state(pipe, state)
@@ -64,4 +66,17 @@ multi, _ = make_data_parallel_runner(net, tx, UpdateRule(), mean, std, jax.devic
 d = max_diff(gather(multi.params), single.params)
 assert d < 1e-5, d
 print("data ok", flush=True)
+
+# The cost model's parts (scripts/parallel_rows.py): each process times its own device's part, both at once, and
+# every process gets both devices' (a part process 1 did not send would stay NaN).
+sys.path.insert(0, str(ROOT / "scripts"))  # the benchmarks are scripts, not modules of the package
+from parallel_rows import part_seconds  # noqa: E402
+for parallel, c, n, t, start in (("data", cfg, net, tx, fresh), ("pipeline", pipe_cfg, pipe_net, pipe_tx,
+                                                                 pipe_fresh)):
+    c.trainer.batch_size = B
+    parts = part_seconds(c, UpdateRule(), parallel, 2, 1, n, t, start(), shape, xs, ys, idx, mean, std)
+    key = "shard_sec" if parallel == "data" else "stage_sec"
+    assert len(parts[key]) == 2 and all(np.isfinite(parts[key])) and min(parts[key]) > 0, parts
+    assert parts[key] == [float(p) for p in multihost_utils.broadcast_one_to_all(np.array(parts[key]))], parts
+print("parts ok", flush=True)
 leave_mpi_world()
