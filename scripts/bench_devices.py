@@ -30,7 +30,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.worker:
         device_rows(args.worker, args.modes.split(","), args.layers, int(args.batch), args.chunk, args.chunks,
-                    width=args.width, replicas=args.replicas, exp=args.exp)
+                    width=args.width, replicas=args.replicas, exp=args.exp, wait=args.wait)
         return
     rows = []
     for n in map(int, args.devices.split(",")):

@@ -34,7 +34,7 @@ def worker(args) -> None:
                                process_id=int(os.environ["JAX_PROCESS_ID"]))
     warm_collectives()
     device_rows(args.processes, args.modes.split(","), args.layers, int(args.batch), args.chunk, args.chunks,
-                kinds=("data", "pipeline"), width=args.width, replicas=args.replicas, exp=args.exp)
+                kinds=("data", "pipeline"), width=args.width, replicas=args.replicas, exp=args.exp, wait=args.wait)
     leave_mpi_world()
 
 

@@ -44,7 +44,7 @@ def chunk_for(width: int, batch: int, layers: int) -> int:
 def measure(width: int, batch: int, layers: int) -> list[dict]:
     cmd = [sys.executable, str(Path(__file__).with_name("bench_processes.py")), "--processes", "2", "--layers", str(layers),
            "--width", str(width), "--batch", str(batch), "--modes", "backprop,cdni,dgl",
-           "--chunk", str(chunk_for(width, batch, layers)), "--chunks", "3", "--out", "/dev/null"]
+           "--chunk", str(chunk_for(width, batch, layers)), "--chunks", "5", "--wait", "--out", "/dev/null"]
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode:
         sys.exit(f"bench_processes.py failed at width {width}, batch {batch}:\n{res.stderr[-3000:]}")
@@ -56,6 +56,8 @@ def measure(width: int, batch: int, layers: int) -> list[dict]:
         points.append({"width": width, "batch": batch, "mode": mode, "parallel": parallel, "split": row["split"],
                        "t1_ms": 1e3 * batch / base, "measured": row["examples_per_sec"] / base,
                        "predicted": predicted_speedup(row, batch),
+                       "without_wait": predicted_speedup({**row, "wait_sec": 0.0}, batch),
+                       "wait_ms": 1e3 * row.get("wait_sec", float("nan")),
                        "collective_ms": 1e3 * row.get("allreduce_sec", row.get("message_sec", float("nan"))),
                        "part_ms": 1e3 * max(device_parts(row) or [0]),
                        "alone_ms": 1e3 * max(row.get("stage_alone_sec", [float("nan")]))})
@@ -69,31 +71,38 @@ def write(points: list[dict], out: Path, argv: list[str]) -> None:
     from sgrad.run.provenance import git_commit, machine
 
     m = machine()
-    errors = [abs(p["predicted"] / p["measured"] - 1) for p in points if p["predicted"]]
+    error = lambda key: [abs(p[key] / p["measured"] - 1) for p in points if p[key]]
+    errors, without = error("predicted"), error("without_wait")
+    median = lambda e: 100 * sorted(e)[len(e) // 2]
     lines = ["# When two devices pay: measured speed-up against the work per step, and the cost model", "",
              f"Machine: {m['cpu']} ({m['cpu_count']} CPUs), jax {m['jax']}: two processes pinned to one core "
              "each, jax.distributed over localhost with gloo collectives.",
              f"Commit: {git_commit()}.", f"Command: `python scripts/crossover.py {' '.join(argv)}`.", "",
              "Paper FCN (batch norm, Adam), split into 2 modules by measured cost (`model.partition=profiled`). "
              "T1: one process's step. Model (a step's parts, each timed alone in the same processes): data = the "
-             "one-device step on half the batch + the step's mean of its gradients and statistics (`bucket_mean`: the "
-             "copies into one flat buffer and back out, and the collective); pipeline = the slowest device's tick "
-             "(its branch of the pipeline's switch, without messages) + messages × one message's ppermute "
-             "(`scripts/crossover.py`).",
-             f"Model error over the {len(errors)} points: median {100 * sorted(errors)[len(errors) // 2]:.0f} %, "
-             f"largest {100 * max(errors):.0f} %.", "",
+             "slowest device's step on its half of the batch + the step's mean of its gradients and statistics "
+             "(`bucket_mean`: the copies into one flat buffer and back out, and the collective); pipeline = the "
+             "slowest device's tick (its branch of the pipeline's switch, without messages) + messages × one "
+             "message's ppermute; both + the wait: what a collective after that much compute costs beyond the same "
+             "collective timed back to back (`timing.wait_seconds`: a stand-in step of that length with and without "
+             "a one-float swap after it, less that swap alone). Each device's part is timed on its own process, both "
+             "at once (`scripts/crossover.py`).",
+             f"Model error over the {len(errors)} points: median {median(errors):.0f} %, largest "
+             f"{100 * max(errors):.0f} % (without the wait: median {median(without):.0f} %, largest {100 * max(without):.0f} %).", "",
              "`part`: what the model charges a device besides the collective (data: the half-batch step; pipeline: the "
              "slowest device's tick inside the pipeline's switch over stages); `outside the switch`: the same tick "
              "compiled on its own, what it would cost without XLA's conditional.", "",
              "| width | batch | mode | parallel | layers per module | T1 (ms) | part (ms) | outside the switch (ms) | "
-             "collective (ms) | measured × | model × | model error |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "collective (ms) | wait (ms) | measured × | model × | model error | error without the wait |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for p in points:
         err = f"{100 * (p['predicted'] / p['measured'] - 1):+.0f} %" if p["predicted"] else ""
+        err_without = f"{100 * (p['without_wait'] / p['measured'] - 1):+.0f} %" if p["without_wait"] else ""
         model = f"{p['predicted']:.2f}" if p["predicted"] else ""
         alone = f"{p['alone_ms']:.1f}" if p["parallel"] == "pipeline" else ""
         lines.append(f"| {p['width']} | {p['batch']} | {p['mode']} | {p['parallel']} | {p['split']} | "
                      f"{p['t1_ms']:.1f} | {p['part_ms']:.1f} | {alone} | {p['collective_ms']:.2f} | "
-                     f"{p['measured']:.2f} | {model} | {err} |")
+                     f"{p['wait_ms']:+.2f} | {p['measured']:.2f} | {model} | {err} | {err_without} |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
     fig, ax = plt.subplots(figsize=(8, 5))

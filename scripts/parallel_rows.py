@@ -26,14 +26,15 @@ from sgrad.devices.pipeline import swaps
 from sgrad.models.network import activation_shapes
 from sgrad.modes import RULES
 from sgrad.run.provenance import git_commit, machine
-from timing import chunk_seconds, collective_seconds, memory, side_by_side
+from timing import chunk_seconds, collective_seconds, memory, side_by_side, wait_seconds
 
 
 def bench_parallel(cfg, spec: str, parallel: str, devices: int, chunk: int, chunks: int, replicas: int = 1,
-                   parts: bool = True) -> dict:
+                   parts: bool = True, wait: bool = False) -> dict:
     """Examples/s of `sgrad-train parallel=... [replicas=R]` on the first `devices` devices (ticks count as
     steps), `spec` naming the row's mode (bench_networks); `parts`: also what each device computes, timed alone
-    (part_seconds)."""
+    (part_seconds); `wait`: and what a collective after that much compute costs beyond the collective alone
+    (timing.wait_seconds)."""
     cfg = OmegaConf.merge(cfg, {"trainer": {"log_every": chunk}})
     net, tx, state, shape, xs, ys, idx, (mean, std), settings = setup(cfg)
     if parallel == "data":  # what the step averages, read before the runner donates the state
@@ -81,6 +82,8 @@ def bench_parallel(cfg, spec: str, parallel: str, devices: int, chunk: int, chun
     if parts and devices > 1:
         row.update(part_seconds(cfg, settings, parallel, devices, replicas, net, tx, alone, shape, xs, ys, idx,
                                 mean, std))
+        if wait and device_parts(row):  # what a collective after the step's compute costs beyond it alone
+            row["wait_sec"] = wait_seconds(jax.devices()[:devices], max(device_parts(row)))
     return row
 
 
@@ -176,10 +179,13 @@ def device_parts(row: dict) -> list[float] | None:
 
 def predicted_speedup(row: dict, batch: int) -> float | None:
     """The cost model's speed-up of a measured parallel row, from its own run's measurements (bench_parallel):
-    T1 / (the slowest device's part + the collective), T1 the one-process step timed beside it; None where the
-    parts were not timed (device_parts)."""
+    T1 / (the slowest device's part + the collective + the wait), T1 the one-process step timed beside it, the
+    wait what a collective after that much compute costs beyond the collective alone (timing.wait_seconds); None
+    where the parts were not timed (device_parts)."""
     parts = device_parts(row)
-    return None if parts is None else batch / row["baseline_examples_per_sec"] / (max(parts) + collective_sec(row))
+    if parts is None:
+        return None
+    return batch / row["baseline_examples_per_sec"] / (max(parts) + collective_sec(row) + row.get("wait_sec", 0.0))
 
 
 def row_plans(named, spec: str, n: int, kinds: tuple[str, ...], replicas: int) -> list[tuple[int, str, int, int]]:
@@ -205,7 +211,7 @@ def row_plans(named, spec: str, n: int, kinds: tuple[str, ...], replicas: int) -
 
 def device_rows(n: int, specs: list[str], layers: int, batch: int, chunk: int, chunks: int,
                 kinds: tuple[str, ...] = ("none", "data", "pipeline"), width: int | None = None,
-                replicas: int = 1, parts: bool = True, exp: str | None = None) -> list[dict]:
+                replicas: int = 1, parts: bool = True, exp: str | None = None, wait: bool = False) -> list[dict]:
     """The network split into n modules: `none` on one device, `data` and `pipeline` on n (those of `kinds`).
     With replicas R > 1 also n/R modules: `none` on one device and a pipeline of them x R copies on n.
     `parts`: each row also times its devices' parts alone (the cost model's inputs, part_seconds). `exp`: the
@@ -225,11 +231,11 @@ def device_rows(n: int, specs: list[str], layers: int, batch: int, chunk: int, c
             cfg = compose(spec)
             if modules > 1:  # modules of balanced measured cost (sgrad/models/partition.py), on one device or n
                 cfg.model.partition, cfg.model.modules = "profiled", modules
-            row = {**bench_parallel(cfg, spec, parallel, d, chunk, chunks, r, parts), "process_devices": n}
+            row = {**bench_parallel(cfg, spec, parallel, d, chunk, chunks, r, parts, wait), "process_devices": n}
             new = [row]
             if "baseline_examples_per_sec" in row:
                 measured_beside = ("allreduce_sec", "bucket_floats", "message_sec", "messages", "shard_sec",
-                                   "stage_sec", "stage_alone_sec", "peak_mib", "temp_mib")
+                                   "stage_sec", "stage_alone_sec", "wait_sec", "peak_mib", "temp_mib")
                 new.insert(0, {**{k: v for k, v in row.items() if k not in measured_beside}, "parallel": "none",
                                "devices": 1, "replicas": 1, "examples_per_sec": row["baseline_examples_per_sec"],
                                **{key: row[f"baseline_{key}"] for key in ("peak_mib", "temp_mib")
@@ -296,7 +302,8 @@ def worker_args(args) -> list[str]:
     """What a worker process is given on its command line: the rows' network and timing."""
     return ["--modes", args.modes, "--layers", str(args.layers), "--batch", args.batch, "--chunk", str(args.chunk),
             "--chunks", str(args.chunks), *(["--width", str(args.width)] if args.width else []),
-            "--replicas", str(args.replicas), *(["--exp", args.exp] if args.exp else [])]
+            "--replicas", str(args.replicas), *(["--exp", args.exp] if args.exp else []),
+            *(["--wait"] if args.wait else [])]
 
 
 def add_row_arguments(ap) -> None:
@@ -309,5 +316,7 @@ def add_row_arguments(ap) -> None:
     ap.add_argument("--batch", default="256")
     ap.add_argument("--chunk", type=int, default=50, help="steps per compiled chunk")
     ap.add_argument("--chunks", type=int, default=4, help="timed chunks after the warm-up")
+    ap.add_argument("--wait", action="store_true", help="also time what a collective after each row's step costs "
+                    "beyond the collective alone (timing.wait_seconds: the cost model's third term, scripts/crossover.py)")
     ap.add_argument("--replicas", type=int, default=1, help="also a pipeline of N/R modules x R copies over the "
                     "batch (parallel=pipeline replicas=R)")

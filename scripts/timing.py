@@ -117,6 +117,52 @@ def collective_seconds(size: int, devices, repeats: int = 5, permute: bool = Fal
     return float(np.median(times)) / loop
 
 
+def wait_seconds(devices, step_sec: float, repeats: int = 3) -> float:
+    """Seconds a parallel step of `step_sec` pays for its collective beyond what the collective costs timed back
+    to back (collective_seconds): devices that compute `step_sec` and then exchange one float wait for the
+    slowest of them and for the message's latency after compute. Measured on a stand-in step (a chain of
+    [256, 512] x [512, 512] matmuls of about `step_sec`) with and without a one-float swap after each, less
+    that swap timed back to back: positive where the devices drift apart while computing (about 7 % of a
+    half-second step here), negative where a back-to-back swap costs more than one after compute (gloo's
+    small messages)."""
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    mesh = jax.make_mesh((len(devices),), ("d",), devices=devices)
+    n = len(devices)
+    ring = [(j, (j + 1) % n) for j in range(n)]
+    put = lambda a: jax.device_put(a, NamedSharding(mesh, P("d")))
+    x, w = put(jnp.ones((n * 256, 512), jnp.float32)), put(jnp.full((n * 512, 512), 1e-3, jnp.float32))
+    one = put(jnp.zeros((n,), jnp.float32))
+
+    def program(swap: bool):
+        def steps(x, w, one, reps, count):
+            def step(_, carry):
+                x, one = carry
+                x = jax.lax.fori_loop(0, reps[0], lambda _, x: jnp.tanh(x @ w), x)
+                return x, (jax.lax.ppermute(one + x[0, 0], "d", ring) if swap else one + x[0, 0])
+            return jax.lax.fori_loop(0, count[0], step, (x, one))
+        return jax.jit(jax.shard_map(steps, mesh=mesh, in_specs=P("d"), out_specs=P("d"), check_vma=False))
+
+    def seconds(run, reps: int, count: int) -> float:
+        args = (x, w, one, put(jnp.full((n,), reps, jnp.int32)), put(jnp.full((n,), count, jnp.int32)))
+        t = time.perf_counter()
+        jax.block_until_ready(run(*args))
+        return time.perf_counter() - t
+
+    alone, swapped = program(False), program(True)
+    seconds(alone, 1, 1), seconds(swapped, 1, 1)  # compiles
+    per_rep = seconds(alone, 20, 1) / 20
+    if jax.process_count() > 1:  # every process must run the same stand-in step
+        per_rep = float(multihost_utils.broadcast_one_to_all(np.float32(per_rep)))
+    reps = max(1, round(step_sec / per_rep))
+    count = int(np.clip(round(1.0 / max(step_sec, 1e-4)), 3, 200))  # about a second of steps a loop
+    gaps = []
+    for _ in range(repeats):
+        gaps.append((seconds(swapped, reps, count) - seconds(alone, reps, count)) / count)
+    return float(np.median(gaps)) - collective_seconds(1, devices, permute=True)
+
+
 def flops(compiled) -> float:
     """FLOPs of one call of a compiled program, from XLA's cost analysis (0 where the backend gives none). XLA
     counts a loop body once: compile one step, not a chunk, to count a step."""

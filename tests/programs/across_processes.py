@@ -71,6 +71,7 @@ print("data ok", flush=True)
 # every process gets both devices' (a part process 1 did not send would stay NaN).
 sys.path.insert(0, str(ROOT / "scripts"))  # the benchmarks are scripts, not modules of the package
 from parallel_rows import part_seconds  # noqa: E402
+from timing import wait_seconds  # noqa: E402
 for parallel, c, n, t, start in (("data", cfg, net, tx, fresh), ("pipeline", pipe_cfg, pipe_net, pipe_tx,
                                                                  pipe_fresh)):
     c.trainer.batch_size = B
@@ -78,5 +79,9 @@ for parallel, c, n, t, start in (("data", cfg, net, tx, fresh), ("pipeline", pip
     key = "shard_sec" if parallel == "data" else "stage_sec"
     assert len(parts[key]) == 2 and all(np.isfinite(parts[key])) and min(parts[key]) > 0, parts
     assert parts[key] == [float(p) for p in multihost_utils.broadcast_one_to_all(np.array(parts[key]))], parts
+# What a collective after a step's compute costs beyond it alone (the model's third term): both processes run the
+# same stand-in step (a differing one would not deadlock but would time the gap), and it returns a finite time.
+wait = wait_seconds(jax.devices(), 1e-3, repeats=1)
+assert np.isfinite(wait) and abs(wait) < 0.1, wait
 print("parts ok", flush=True)
 leave_mpi_world()
