@@ -1,7 +1,7 @@
 """When spreading over two devices pays: measured speed-ups of data and pipeline parallelism against the work per
 step, next to a cost model that predicts them from quantities measured in the same run.
 
-    python scripts/crossover.py [--widths 256,1024,2048] [--batches 64,256,1024] [--layers 4]
+    python scripts/crossover.py [--widths 256,1024,2048] [--batches 64,256,1024] [--layers 4] [--repeats 2]
                                 [--out results/bench/crossover]
 
 Each point runs `scripts/bench_processes.py --processes 2` (two processes pinned to one core each, jax.distributed +
@@ -11,12 +11,20 @@ collectives alone and what each device computes alone.
 The model predicts a parallel step from what each device computes and sends, each part timed alone in the same
 processes (scripts/parallel_rows.py part_seconds, scripts/timing.py collective_seconds):
 
-  data      T(B/N) + mean(gradients and statistics)             T(B/N): the one-device step on 1/N of the batch;
-                                                                 mean: the step's bucket_mean of its leaves (into
-                                                                 one buffer, the collective, back out)
-  pipeline  max_i tick_i + messages * ppermute(B x A)            tick_i: device i's tick, its branch of the
+  data      max_i T_i(B/N) + mean + wait                        T_i(B/N): the one-device step on 1/N of the batch
+                                                                 on device i; mean: the step's bucket_mean of its
+                                                                 leaves (into one buffer, the collective, back out)
+  pipeline  max_i tick_i + messages * ppermute(B x A) + wait     tick_i: device i's tick, its branch of the
                                                                  pipeline's switch over stages, without messages
+  wait      what a collective after a step that long costs       scripts/timing.py wait_seconds: a stand-in step
+            beyond the same collective timed back to back        with and without a one-float swap, less the swap
   speed-up  T1 / predicted step                                  T1: the one-process step, timed beside the row
+
+Each device's part is timed on its own process, all at once (the slowest core counts).
+
+Every point is measured --repeats times (the whole grid each time, every other run in reverse order) and the
+table gives the median of its runs, with the lowest and highest measured speed-up: two runs of one point on
+this VM have differed by up to 43 %.
 
 Writes <out>.md (every point, measured and predicted) and <out>.png (speed-up against T1, with the model).
 """
@@ -28,6 +36,8 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+
+import numpy as np
 
 from parallel_rows import device_parts, predicted_speedup
 
@@ -64,16 +74,19 @@ def measure(width: int, batch: int, layers: int) -> list[dict]:
     return points
 
 
-def write(points: list[dict], out: Path, argv: list[str]) -> None:
+def write(points: list[dict], runs: list[list[dict]], out: Path, argv: list[str]) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from sgrad.run.provenance import git_commit, machine
 
     m = machine()
-    error = lambda key: [abs(p[key] / p["measured"] - 1) for p in points if p[key]]
+    error = lambda key, points=points: [abs(p[key] / p["measured"] - 1) for p in points if p[key]]
     errors, without = error("predicted"), error("without_wait")
     median = lambda e: 100 * sorted(e)[len(e) // 2]
+    each = "; ".join(f"run {r + 1}: median {median(error('predicted', run)):.0f} %, largest "
+                     f"{100 * max(error('predicted', run)):.0f} %" for r, run in enumerate(runs))
+    apart = [p["highest"] / p["lowest"] - 1 for p in points]
     lines = ["# When two devices pay: measured speed-up against the work per step, and the cost model", "",
              f"Machine: {m['cpu']} ({m['cpu_count']} CPUs), jax {m['jax']}: two processes pinned to one core "
              "each, jax.distributed over localhost with gloo collectives.",
@@ -87,14 +100,18 @@ def write(points: list[dict], out: Path, argv: list[str]) -> None:
              "collective timed back to back (`timing.wait_seconds`: a stand-in step of that length with and without "
              "a one-float swap after it, less that swap alone). Each device's part is timed on its own process, both "
              "at once (`scripts/crossover.py`).",
+             f"Each point is the median of {len(runs)} runs of the whole grid (every other run in reverse order); "
+             f"their measured speed-ups differ by {median(apart):.0f} % at the median point and by up to "
+             f"{100 * max(apart):.0f} % (`lowest`, `highest`).", "",
              f"Model error over the {len(errors)} points: median {median(errors):.0f} %, largest "
-             f"{100 * max(errors):.0f} % (without the wait: median {median(without):.0f} %, largest {100 * max(without):.0f} %).", "",
+             f"{100 * max(errors):.0f} % (without the wait: median {median(without):.0f} %, largest "
+             f"{100 * max(without):.0f} %; each run against its own measurements: {each}).", "",
              "`part`: what the model charges a device besides the collective (data: the half-batch step; pipeline: the "
              "slowest device's tick inside the pipeline's switch over stages); `outside the switch`: the same tick "
              "compiled on its own, what it would cost without XLA's conditional.", "",
              "| width | batch | mode | parallel | layers per module | T1 (ms) | part (ms) | outside the switch (ms) | "
-             "collective (ms) | wait (ms) | measured × | model × | model error | error without the wait |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "collective (ms) | wait (ms) | measured × | lowest | highest | model × | model error | "
+             "error without the wait |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for p in points:
         err = f"{100 * (p['predicted'] / p['measured'] - 1):+.0f} %" if p["predicted"] else ""
         err_without = f"{100 * (p['without_wait'] / p['measured'] - 1):+.0f} %" if p["without_wait"] else ""
@@ -102,7 +119,8 @@ def write(points: list[dict], out: Path, argv: list[str]) -> None:
         alone = f"{p['alone_ms']:.1f}" if p["parallel"] == "pipeline" else ""
         lines.append(f"| {p['width']} | {p['batch']} | {p['mode']} | {p['parallel']} | {p['split']} | "
                      f"{p['t1_ms']:.1f} | {p['part_ms']:.1f} | {alone} | {p['collective_ms']:.2f} | "
-                     f"{p['wait_ms']:+.2f} | {p['measured']:.2f} | {model} | {err} | {err_without} |")
+                     f"{p['wait_ms']:+.2f} | {p['measured']:.2f} | {p['lowest']:.2f} | {p['highest']:.2f} | {model} | "
+                     f"{err} | {err_without} |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
     fig, ax = plt.subplots(figsize=(8, 5))
@@ -111,7 +129,9 @@ def write(points: list[dict], out: Path, argv: list[str]) -> None:
     for key, color in colors.items():
         pts = sorted((p for p in points if (p["mode"], p["parallel"]) == key), key=lambda p: p["t1_ms"])
         ax.plot([p["t1_ms"] for p in pts], [p["measured"] for p in pts], "o", color=color,
-                label=f"{key[0]} {key[1]}: measured")
+                label=f"{key[0]} {key[1]}: measured (median; bar: lowest to highest run)")
+        ax.vlines([p["t1_ms"] for p in pts], [p["lowest"] for p in pts], [p["highest"] for p in pts], color=color,
+                  lw=1)
         model = [p for p in pts if p["predicted"]]
         ax.plot([p["t1_ms"] for p in model], [p["predicted"] for p in model], "--", color=color, marker="x",
                 label=f"{key[0]} {key[1]}: model")
@@ -133,15 +153,36 @@ def main() -> None:
     ap.add_argument("--batches", default="64,256,1024")
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--out", type=Path, default=Path("results/bench/crossover"))
+    ap.add_argument("--repeats", type=int, default=2,
+                    help="runs of the whole grid, every other one in reverse order; each point the median of its runs")
     args = ap.parse_args()
-    points = []
-    for width in map(int, args.widths.split(",")):
-        for batch in map(int, args.batches.split(",")):
-            points += measure(width, batch, args.layers)
-            for p in points[-len(ROWS):]:
-                print(json.dumps(p), flush=True)
+    grid = [(w, b) for w in map(int, args.widths.split(",")) for b in map(int, args.batches.split(","))]
+    runs = []
+    for r in range(args.repeats):
+        points = {}
+        for width, batch in (grid if r % 2 == 0 else grid[::-1]):  # drift falls on both ends of the grid alike
+            points[width, batch] = measure(width, batch, args.layers)
+            for p in points[width, batch]:
+                print(json.dumps({"run": r, **p}), flush=True)
+        runs.append([p for key in grid for p in points[key]])
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    write(points, args.out, sys.argv[1:])
+    write(combine(runs), runs, args.out, sys.argv[1:])
+
+
+def combine(runs: list[list[dict]]) -> list[dict]:
+    """Each point the median of its runs (the same points in the same order in every run), with the lowest and
+    highest measured speed-up."""
+    points = []
+    for same in zip(*runs):
+        p = dict(same[0])
+        for key in ("t1_ms", "measured", "predicted", "without_wait", "wait_ms", "collective_ms", "part_ms",
+                    "alone_ms"):
+            values = [q[key] for q in same if q[key] is not None]
+            p[key] = float(np.median(values)) if values else None
+        p["split"] = "/".join(dict.fromkeys(q["split"] for q in same))  # profiled: a busy core can move it
+        p["lowest"], p["highest"] = min(q["measured"] for q in same), max(q["measured"] for q in same)
+        points.append(p)
+    return points
 
 
 if __name__ == "__main__":
