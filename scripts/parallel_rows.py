@@ -113,10 +113,10 @@ def part_seconds(cfg, settings, parallel: str, devices: int, replicas: int, net,
             multihost_utils.sync_global_devices("parts")
         return chunk_seconds(run, carry, xs, ys, idx, 3) / (3 * len(idx))
 
-    def gathered(mine_sec: list[float], every: int) -> list[float]:
-        """Per-device seconds from every process (each knows its own devices' `every` parts)."""
-        full = np.full(every, np.nan)
-        full[[j for i in mine for j in range(i * every // devices, (i + 1) * every // devices)]] = mine_sec
+    def gathered(mine_sec: list[float]) -> list[float]:
+        """Every device's seconds, from the processes that timed them (each its own devices')."""
+        full = np.full(devices, np.nan)
+        full[mine] = mine_sec
         if together:
             full = np.nanmax(multihost_utils.process_allgather(full), axis=0)
         return [float(t) for t in full]
@@ -125,7 +125,7 @@ def part_seconds(cfg, settings, parallel: str, devices: int, replicas: int, net,
         run = make_chunk_runner(make_train_step(net, tx, settings), mean, std)
         part = jax.device_put(idx[:, :batch // devices], device[0])
         # Every device runs the same program on its shard: one timing per process serves its devices.
-        return {"shard_sec": gathered([timed(run, state, xs, ys, part)] * len(mine), devices)}
+        return {"shard_sec": gathered([timed(run, state, xs, ys, part)] * len(mine))}
     if parallel != "pipeline" or net.rule.stage.schedule != "unlocked" or replicas > 1 or cfg.sg_share:
         return {}  # (sg_share's tick adds an exchange of gradients between the parts: not modelled)
     from sgrad.devices.layout import build_pipeline, row_of
@@ -157,7 +157,7 @@ def part_seconds(cfg, settings, parallel: str, devices: int, replicas: int, net,
         switched.append(timed(run, carry(), xs, ys, idx))
     # A device's part is the sum of its modules' ticks.
     on_device = lambda times: [sum(times[d:d + per]) for d in range(0, len(times), per)]
-    return {"stage_sec": gathered(on_device(switched), devices), "stage_alone_sec": gathered(on_device(alone), devices)}
+    return {"stage_sec": gathered(on_device(switched)), "stage_alone_sec": gathered(on_device(alone))}
 
 
 def collective_sec(row: dict) -> float:
