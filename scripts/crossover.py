@@ -123,7 +123,7 @@ def write(points: list[dict], runs: list[list[dict]], out: Path, argv: list[str]
                      f"{err} | {err_without} |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = plt.subplots(figsize=(12, 5))
     colors = {("backprop", "data"): "C0", ("cdni", "data"): "C1", ("cdni", "pipeline"): "C2",
               ("dgl", "pipeline"): "C3"}
     for key, color in colors.items():
@@ -141,7 +141,7 @@ def write(points: list[dict], runs: list[list[dict]], out: Path, argv: list[str]
     ax.set_xlabel("work per step: one process's step time T1 (ms, log scale)")
     ax.set_ylabel("speed-up over one process")
     ax.set_title("Two pinned processes (gloo): when data and pipeline parallelism pay")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the plot: it hid points
     fig.tight_layout()
     fig.savefig(out.with_suffix(".png"), dpi=120)
     print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.png')}")
