@@ -123,8 +123,8 @@ def wait_seconds(devices, step_sec: float, repeats: int = 3) -> float:
     slowest of them and for the message's latency after compute. Measured on a stand-in step (a chain of
     [256, 512] x [512, 512] matmuls of about `step_sec`) with and without a one-float swap after each, less
     that swap timed back to back: positive where the devices drift apart while computing (about 6 % of a
-    0.6 s step here, results/bench/crossover.md), negative where a back-to-back swap costs more than one after compute (gloo's
-    small messages)."""
+    0.6 s step here, results/bench/crossover.md), negative where a back-to-back swap costs more than one after
+    compute (gloo's small messages)."""
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
