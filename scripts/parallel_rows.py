@@ -316,7 +316,8 @@ def add_row_arguments(ap) -> None:
     ap.add_argument("--batch", default="256")
     ap.add_argument("--chunk", type=int, default=50, help="steps per compiled chunk")
     ap.add_argument("--chunks", type=int, default=4, help="timed chunks after the warm-up")
-    ap.add_argument("--wait", action="store_true", help="also time what a collective after each row's step costs "
-                    "beyond the collective alone (timing.wait_seconds: the cost model's third term, scripts/crossover.py)")
+    ap.add_argument("--wait", action="store_true",
+                    help="also time what a collective after each row's step costs beyond the collective alone "
+                         "(timing.wait_seconds: the cost model's third term, scripts/crossover.py)")
     ap.add_argument("--replicas", type=int, default=1, help="also a pipeline of N/R modules x R copies over the "
                     "batch (parallel=pipeline replicas=R)")
