@@ -39,13 +39,19 @@ cfg = make_cfg("mode=dni", "model.layers=2", "model.width=16", "sg.hidden_layers
 net = build_network(cfg, shape, 10)
 params, stats = init_variables(net, jax.random.key(1), jnp.zeros((B, *shape)))
 tx = build_train_optimizer(cfg, 100)
-fresh = lambda: create_state(jax.tree.map(jnp.copy, params), jax.tree.map(jnp.copy, stats), tx)
+
+
+def starts(params, stats, tx):
+    """A maker of fresh copies of one initial state (each runner donates the state it is given)."""
+    return lambda: create_state(jax.tree.map(jnp.copy, params), jax.tree.map(jnp.copy, stats), tx)
+
+
+fresh = starts(params, stats, tx)
 T = 10
 idx = rng.integers(0, 128, (T, B)).astype(np.int32)
 
 # Module 0 in process 0, module 1 in process 1: activations and SG targets cross between processes.
-pipe_cfg, pipe_net, pipe_tx = cfg, net, tx
-pipe_fresh = lambda p=params, s=stats: create_state(jax.tree.map(jnp.copy, p), jax.tree.map(jnp.copy, s), pipe_tx)
+pipeline = (cfg, net, tx, fresh)  # the parts below time this network too
 pipe, state = build_pipeline(net, tx, fresh(), shape, B)
 state, metrics = make_pipeline_runner(pipe, pre, jax.devices())(state, xs, ys, idx, np.int32(T))
 got = to_train_state(pipe, state)
@@ -60,6 +66,7 @@ cfg = make_cfg("mode=cdni", "model.layers=3", "model.width=16", "model.batch_nor
 net = build_network(cfg, shape, 10)
 params, stats = init_variables(net, jax.random.key(1), jnp.zeros((B, *shape)))
 tx = build_train_optimizer(cfg, 100)
+fresh = starts(params, stats, tx)
 single, _ = make_chunk_runner(make_train_step(net, tx), mean, std)(fresh(), xs, ys, idx, np.int32(T))
 multi, _ = make_data_parallel_runner(net, tx, UpdateRule(), mean, std, jax.devices())(fresh(), xs, ys, idx,
                                                                                         np.int32(T))
@@ -72,8 +79,7 @@ print("data ok", flush=True)
 sys.path.insert(0, str(ROOT / "scripts"))  # the benchmarks are scripts, not modules of the package
 from parallel_rows import part_seconds  # noqa: E402
 from timing import wait_seconds  # noqa: E402
-for parallel, c, n, t, start in (("data", cfg, net, tx, fresh), ("pipeline", pipe_cfg, pipe_net, pipe_tx,
-                                                                 pipe_fresh)):
+for parallel, (c, n, t, start) in (("data", (cfg, net, tx, fresh)), ("pipeline", pipeline)):
     c.trainer.batch_size = B
     parts = part_seconds(c, UpdateRule(), parallel, 2, 1, n, t, start(), shape, xs, ys, idx, mean, std)
     key = "shard_sec" if parallel == "data" else "stage_sec"
