@@ -166,3 +166,15 @@ def test_pipeline_profile_times_an_auxiliary_classifier_too():
     import profile_pipeline
     parts = profile_pipeline.components("dgl", 4, 16)
     assert parts["stages"][0]["interface"] > 0 and parts["stages"][-1]["interface"] == 0, parts
+
+
+def test_crossover_takes_each_point_as_the_median_of_its_runs():
+    from crossover import combine
+    point = lambda measured, split, predicted=1.0: {
+        "width": 256, "batch": 64, "mode": "cdni", "parallel": "pipeline", "split": split, "t1_ms": 2.0,
+        "measured": measured, "predicted": predicted, "without_wait": predicted, "wait_ms": 0.5,
+        "collective_ms": 1.0, "part_ms": 1.0, "alone_ms": 1.0}
+    (p,) = combine([[point(0.8, "1+3", 1.0)], [point(1.2, "2+2", 1.4)], [point(1.1, "1+3", None)]])
+    assert p["measured"] == 1.1 and (p["lowest"], p["highest"]) == (0.8, 1.2)
+    assert p["predicted"] == 1.2  # the median of the runs that predicted one
+    assert p["split"] == "1+3/2+2"  # a profiled split that moved between runs says so
