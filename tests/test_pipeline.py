@@ -134,6 +134,10 @@ def test_balanced_partition_minimises_the_slowest_module():
     assert balanced_sizes([2, 2, 2, 2], [0, 3, 0, 0], 2) == (1, 3)
     assert balanced_sizes([3, 1, 1, 1, 1, 1], [0] * 6, 3) == (1, 2, 3)
     assert even_sizes(5, 2) == (2, 2, 1)
+    # sg_share hands part of each SG model's regression to the module above: (1, 3) costs max(2 + 5, 6) unshared,
+    # but with 3 of its 4 handed up (2, 2) costs max(4 + 2, 4 + 3) against (1, 3)'s max(2 + 2, 6 + 3).
+    assert balanced_sizes([2, 2, 2, 2], [5, 5, 5, 0], 2) == (1, 3)
+    assert balanced_sizes([2, 2, 2, 2], [2, 2, 2, 0], 2, handed_up=[3, 3, 3, 0]) == (2, 2)
 
 
 def test_an_sg_models_cost_counts_its_regression_on_an_older_activation():
@@ -145,8 +149,18 @@ def test_an_sg_models_cost_counts_its_regression_on_an_older_activation():
     from sgrad.run.build import interface_models
     model = interface_models(make_cfg("mode=dni", "sg.hidden_layers=0"), 10)["sg"]((64,))
     matmul = 2 * 32 * 64 * 64
-    cost = interface_cost(model, jax.ShapeDtypeStruct((32, 64), jnp.float32), None, True, flops)
-    assert 3 * matmul <= cost < 3.5 * matmul
+    prediction, regression = interface_cost(model, jax.ShapeDtypeStruct((32, 64), jnp.float32), None, True, flops)
+    assert matmul <= prediction < 1.25 * matmul and 2 * matmul <= regression < 2.25 * matmul
+
+
+def test_sg_share_moves_the_balanced_split_towards_the_sg_model():
+    # cDNI at width 1024: the linear SG model costs about as much as a hidden layer. Unshared it sits with the
+    # 784-input layer alone (1+3); with 0.9 of its regression done by the device above, 2+2 balances.
+    from sgrad.run.build import build_network
+    sizes = lambda share: [len(m.layers) for m in build_network(make_cfg(
+        "model.partition=balanced", "model.modules=2", "model.layers=4", "model.width=1024", "trainer.batch_size=64",
+        "mode=cdni", "parallel=pipeline", f"sg_share={share}"), (28, 28, 1), 10).modules]
+    assert sizes(0.0) == [1, 3] and sizes(0.9) == [2, 2]
 
 
 def test_balanced_partition_builds_the_networks_it_estimates():

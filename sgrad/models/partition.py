@@ -68,34 +68,40 @@ def layer_costs(layers: Sequence[nn.Module], x: jax.ShapeDtypeStruct, cost: Call
 
 
 def interface_cost(model: nn.Module | None, h: jax.ShapeDtypeStruct, label, trains_by_regression: bool,
-                   cost: Callable = flops) -> float:
-    """The cost of the interface model's work on activation h in one step: its prediction, plus (SG models) its
-    regression step."""
+                   cost: Callable = flops) -> tuple[float, float]:
+    """The cost of the interface model's work on activation h in one step, as (its prediction, its regression):
+    an SG model's ĝ for the module, and its regression step on an older activation (whose target arrives
+    later); an auxiliary classifier's forward and VJP, all of it in the first."""
     if model is None:
-        return 0.0
+        return 0.0, 0.0
     variables = jax.eval_shape(lambda h, y: model.init(jax.random.key(0), h, y, False), h, label)
     apply = lambda p, v, h, y: model.apply({**v, "params": p}, h, y, True, mutable=["batch_stats"])[0]
 
-    def work(v, h, older, y):
+    def predict(v, h, y):
         out, vjp = jax.vjp(lambda p, h: apply(p, v, h, y), v["params"], h)
-        if not trains_by_regression:  # one forward and its VJP (w.r.t. params and h) for the auxiliary loss
-            return vjp(jnp.ones_like(out))
-        # ĝ for the module, then the regression on an older activation (its target arrives later): a second
-        # forward and the VJP w.r.t. the parameters only. On the same h, XLA would share the two forwards and
-        # the cost would miss a third of the work.
+        # ĝ alone; an auxiliary classifier's loss also takes its VJP (w.r.t. params and h)
+        return vjp(jnp.ones_like(out)) if not trains_by_regression else out
+
+    def regress(v, older, y):  # a forward and the VJP w.r.t. the parameters only
         again, vjp_params = jax.vjp(lambda p: apply(p, v, older, y), v["params"])
-        return out, vjp_params(again)
-    return cost(work, variables, h, h, label)
+        return vjp_params(again)
+    # Costed apart: on one h, XLA would share the two forwards and the cost would miss a third of the work.
+    return cost(predict, variables, h, label), cost(regress, variables, h, label) if trains_by_regression else 0.0
 
 
-def balanced_sizes(costs: Sequence[float], interface: Sequence[float], modules: int) -> tuple[int, ...]:
+def balanced_sizes(costs: Sequence[float], interface: Sequence[float], modules: int,
+                   handed_up: Sequence[float] | None = None) -> tuple[int, ...]:
     """Layer counts of `modules` contiguous modules minimising the largest module cost; `interface[j]` is the
-    cost added to a module that ends after layer j (the top module adds none)."""
+    cost added to a module that ends after layer j (the top module adds none), `handed_up[j]` the cost added to
+    the module that starts after layer j (the share of the SG model's regression that the device above does,
+    `sg_share`)."""
     n = len(costs)
+    handed_up = handed_up or [0.0] * n
     best, best_sizes = float("inf"), None
     for cuts in itertools.combinations(range(1, n), modules - 1):
         bounds = (0, *cuts, n)
-        worst = max(sum(costs[a:b]) + (interface[b - 1] if b < n else 0.0) for a, b in zip(bounds, bounds[1:]))
+        worst = max(sum(costs[a:b]) + (interface[b - 1] if b < n else 0.0) + (handed_up[a - 1] if a else 0.0)
+                    for a, b in zip(bounds, bounds[1:]))
         if worst < best:
             best, best_sizes = worst, tuple(b - a for a, b in zip(bounds, bounds[1:]))
     return best_sizes

@@ -123,12 +123,14 @@ def module_sizes(cfg, layers, input_shape: tuple[int, ...], num_classes: int) ->
         for h in outs:
             if h.shape not in costed:
                 costed[h.shape] = interface_cost(make(h.shape[1:]) if make else None, h, label, rule.synthetic, cost)
-        interface = [costed[h.shape] for h in outs]
-        return balanced_sizes(costs, interface, cfg.model.modules)
+        # sg_share: the device above does that share of each SG model's regression
+        share = float(cfg.sg_share)
+        interface = [costed[h.shape][0] + (1 - share) * costed[h.shape][1] for h in outs]
+        return balanced_sizes(costs, interface, cfg.model.modules, [share * costed[h.shape][1] for h in outs])
     if str(cfg.model.partition) == "balanced":
         return choose(flops)
     key = (tuple(map(repr, layers)), batch, tuple(input_shape), rule.name, str(cfg.sg), str(cfg.aux),
-           cfg.model.modules)
+           cfg.model.modules, *((float(cfg.sg_share),) if cfg.sg_share else ()))
     return profiled_sizes(key, cfg.model.modules, lambda: choose(seconds))
 
 
