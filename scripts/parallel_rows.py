@@ -40,6 +40,10 @@ def bench_parallel(cfg, spec: str, parallel: str, devices: int, chunk: int, chun
     if parallel == "data":  # what the step averages, read before the runner donates the state
         leaves = [leaf.shape for leaf in jax.tree.leaves((state.params, state.stats))]
         bucket = sum(math.prod(shape) for shape in leaves)
+    # sg_share: the SG models' gradient halves travel in the tick's swap (two devices), as a row of the largest
+    # one's parameters and a flag (sgrad/devices/pipeline.py _flag_row)
+    sg_half = max(sum(leaf.size for leaf in jax.tree.leaves(p)) for p in state.params["interface"]) + 1 \
+        if cfg.sg_share else 0
     baseline, alone = None, None
     if parallel != "none" and parts:
         alone = jax.tree.map(jnp.copy, state)  # for part_seconds: the runners donate their state
@@ -77,6 +81,7 @@ def bench_parallel(cfg, spec: str, parallel: str, devices: int, chunk: int, chun
         # one each way (forward only when nothing goes back), two devices one swap (sgrad/devices/pipeline.py).
         width = max(int(np.prod(s)) for s in activation_shapes(net.modules, shape)[:-1])
         size = cfg.trainer.batch_size // replicas * (width + 2)
+        size += sg_half
         row["message_sec"] = collective_seconds(size, jax.devices()[:devices], permute=True)
         row["messages"] = 2 if net.rule.stage.sends_back and not swaps(net.rule.stage, devices // replicas) else 1
     if parts and devices > 1:
@@ -126,12 +131,14 @@ def part_seconds(cfg, settings, parallel: str, devices: int, replicas: int, net,
         part = jax.device_put(idx[:, :batch // devices], device[0])
         # Every device runs the same program on its shard: one timing per process serves its devices.
         return {"shard_sec": gathered([timed(run, state, xs, ys, part)] * len(mine))}
-    if parallel != "pipeline" or net.rule.stage.schedule != "unlocked" or replicas > 1 or cfg.sg_share:
-        return {}  # (sg_share's tick adds an exchange of gradients between the parts: not modelled)
+    if parallel != "pipeline" or net.rule.stage.schedule != "unlocked" or replicas > 1 or \
+            (cfg.sg_share and devices > 2):
+        return {}  # (on more than two devices sg_share's halves travel in collectives of their own: not modelled)
     from sgrad.devices.layout import build_pipeline, row_of
-    from sgrad.devices.pipeline import device_tick
-    pipe, ps = build_pipeline(net, tx, state, shape, batch, settings, replicas)
+    from sgrad.devices.pipeline import apply_shared, device_tick
+    pipe, ps = build_pipeline(net, tx, state, shape, batch, settings, replicas, cfg.sg_share)
     branches = [partial(device_tick, pipe, i, partial(preprocess, mean=mean, std=std)) for i in range(pipe.k)]
+    appliers = [partial(apply_shared, pipe, i) for i in range(pipe.k)]
     idx = jax.device_put(idx[:, :pipe.batch], device[0])
     per = cfg.modules_per_device  # device d holds modules d*per .. d*per + per - 1
     stages = [i for d in mine for i in range(d * per, (d + 1) * per)]
@@ -139,18 +146,23 @@ def part_seconds(cfg, settings, parallel: str, devices: int, replicas: int, net,
     for i in stages:
         def ticks(carry, xs, ys, idx, n, me=None, i=i):
             def tick(j, carry):
-                (row, fwd, bwd, past), sums = carry
-                args = (row, fwd, bwd, past, None, xs, ys, idx[j], jnp.bool_(True), j)
-                row, out, back, metrics = (branches[i](*args) if me is None else
-                                           jax.lax.switch(me, branches, *args))
+                (row, fwd, bwd, past, stash), sums = carry
+                args = (row, fwd, bwd, past, stash, xs, ys, idx[j], jnp.bool_(True), j)
+                row, out, back, metrics, *shared = (branches[i](*args) if me is None else
+                                                    jax.lax.switch(me, branches, *args))
+                if shared:  # sg_share: the device's own halves stand in for the sums the exchange would give
+                    own, peer, stash = shared
+                    row = (appliers[i](row, own, peer) if me is None else
+                           jax.lax.switch(me, appliers, row, own, peer))
                 # The messages the device sends stand in for those it would receive (same shapes); the metrics
                 # are summed as the pipeline sums them (dropped, XLA would not compute them).
-                return (row, out, back, jnp.stack([out, past[0]])), sums + metrics
-            sums = jnp.zeros(jax.eval_shape(branches[i], *carry, None, xs, ys, idx[0], jnp.bool_(True), 0)[3].shape)
+                return (row, out, back, jnp.stack([out, past[0]]), stash), sums + metrics
+            sums = jnp.zeros(jax.eval_shape(branches[i], *carry, xs, ys, idx[0], jnp.bool_(True), 0)[3].shape)
             carry, sums = jax.lax.fori_loop(0, n, tick, (carry, sums))
             return carry, sums
+        stash = None if ps.stash_Kx2xRxA2 is None else ps.stash_Kx2xRxA2[i]
         carry = lambda: jax.device_put((tuple(jnp.copy(b) for b in row_of(ps.stage_KxS, i)), ps.fwd_KxBxA2[i],
-                                        ps.bwd_KxBxA2[i], ps.past_Kx2xBxA2[i]), device[0])
+                                        ps.bwd_KxBxA2[i], ps.past_Kx2xBxA2[i], jax.tree.map(jnp.copy, stash)), device[0])
         alone.append(timed(jax.jit(ticks, donate_argnums=0), carry(), xs, ys, idx))
         run = jax.jit(lambda c, xs, ys, idx, n, i=i: ticks(c, xs, ys, idx, n, jnp.int32(i) + 0 * n),
                       donate_argnums=0)
@@ -169,7 +181,7 @@ def collective_sec(row: dict) -> float:
 def device_parts(row: dict) -> list[float] | None:
     """Seconds of what each device of a parallel row computes, timed alone (part_seconds): a data row's step on
     its share of the batch, an unlocked pipeline's tick, one per device; None where they
-    and the collective were not both timed (sg_share, replicas, a locked pipeline)."""
+    and the collective were not both timed (sg_share on more than two devices, replicas, a locked pipeline)."""
     if row["parallel"] == "data" and "shard_sec" in row and "allreduce_sec" in row:
         return row["shard_sec"]
     if row["parallel"] == "pipeline" and "message_sec" in row and "stage_sec" in row:
