@@ -40,10 +40,11 @@ def bench_parallel(cfg, spec: str, parallel: str, devices: int, chunk: int, chun
     if parallel == "data":  # what the step averages, read before the runner donates the state
         leaves = [leaf.shape for leaf in jax.tree.leaves((state.params, state.stats))]
         bucket = sum(math.prod(shape) for shape in leaves)
-    # sg_share: the SG models' gradient halves travel in the tick's swap (two devices), as a row of the largest
-    # one's parameters and a flag (sgrad/devices/pipeline.py _flag_row)
-    sg_half = max(sum(leaf.size for leaf in jax.tree.leaves(p)) for p in state.params["interface"]) + 1 \
-        if cfg.sg_share else 0
+    # sg_share / first_share: the gradient halves travel in the tick's swap (two devices), as a row of the largest
+    # SG model's parameters / module 0's and its auxiliary classifier's, and a flag (sgrad/devices/pipeline.py)
+    count = lambda tree: sum(leaf.size for leaf in jax.tree.leaves(tree))
+    half = (max(map(count, state.params["interface"])) + 1 if cfg.sg_share else
+            count((state.params["modules"][0], state.params["interface"][0])) + 1 if cfg.first_share else 0)
     baseline, alone = None, None
     if parallel != "none" and parts:
         alone = jax.tree.map(jnp.copy, state)  # for part_seconds: the runners donate their state
@@ -55,7 +56,7 @@ def bench_parallel(cfg, spec: str, parallel: str, devices: int, chunk: int, chun
         baseline = [b_run, b_state, xs, ys, jax.device_put(idx, jax.local_devices()[0])]
     run, state, _ = make_runner(parallel, net, tx, state, settings, shape,
                                 cfg.trainer.batch_size, mean, std, jax.devices()[:devices], replicas, cfg.sg_share,
-                                cfg.modules_per_device)
+                                cfg.modules_per_device, cfg.first_share)
     # XLA's memory analysis of each compiled chunk, per device (before the timing donates the states).
     mem = memory(run.compiled(state, xs, ys, idx, np.int32(len(idx))))
     base_mem = memory(baseline[0].compiled(*baseline[1:], np.int32(len(idx)))) if baseline else {}
@@ -81,9 +82,11 @@ def bench_parallel(cfg, spec: str, parallel: str, devices: int, chunk: int, chun
         # one each way (forward only when nothing goes back), two devices one swap (sgrad/devices/pipeline.py).
         width = max(int(np.prod(s)) for s in activation_shapes(net.modules, shape)[:-1])
         size = cfg.trainer.batch_size // replicas * (width + 2)
-        size += sg_half
+        size += half
         row["message_sec"] = collective_seconds(size, jax.devices()[:devices], permute=True)
-        row["messages"] = 2 if net.rule.stage.sends_back and not swaps(net.rule.stage, devices // replicas) else 1
+        shared = bool(cfg.sg_share or cfg.first_share)
+        row["messages"] = (2 if (net.rule.stage.sends_back or shared) and
+                           not swaps(net.rule.stage, devices // replicas, shared) else 1)
     if parts and devices > 1:
         row.update(part_seconds(cfg, settings, parallel, devices, replicas, net, tx, alone, shape, xs, ys, idx,
                                 mean, std))
@@ -132,13 +135,12 @@ def part_seconds(cfg, settings, parallel: str, devices: int, replicas: int, net,
         # Every device runs the same program on its shard: one timing per process serves its devices.
         return {"shard_sec": gathered([timed(run, state, xs, ys, part)] * len(mine))}
     if parallel != "pipeline" or net.rule.stage.schedule != "unlocked" or replicas > 1 or \
-            (cfg.sg_share and devices > 2):
-        return {}  # (on more than two devices sg_share's halves travel in collectives of their own: not modelled)
+            ((cfg.sg_share or cfg.first_share) and devices > 2):
+        return {}  # (on more than two devices shared halves travel in collectives of their own: not modelled)
     from sgrad.devices.layout import build_pipeline, row_of
-    from sgrad.devices.pipeline import apply_shared, device_tick
-    pipe, ps = build_pipeline(net, tx, state, shape, batch, settings, replicas, cfg.sg_share)
+    from sgrad.devices.pipeline import apply_after_exchange, device_tick
+    pipe, ps = build_pipeline(net, tx, state, shape, batch, settings, replicas, cfg.sg_share, 1, cfg.first_share)
     branches = [partial(device_tick, pipe, i, partial(preprocess, mean=mean, std=std)) for i in range(pipe.k)]
-    appliers = [partial(apply_shared, pipe, i) for i in range(pipe.k)]
     idx = jax.device_put(idx[:, :pipe.batch], device[0])
     per = cfg.modules_per_device  # device d holds modules d*per .. d*per + per - 1
     stages = [i for d in mine for i in range(d * per, (d + 1) * per)]
@@ -150,17 +152,17 @@ def part_seconds(cfg, settings, parallel: str, devices: int, replicas: int, net,
                 args = (row, fwd, bwd, past, stash, xs, ys, idx[j], jnp.bool_(True), j)
                 row, out, back, metrics, *shared = (branches[i](*args) if me is None else
                                                     jax.lax.switch(me, branches, *args))
-                if shared:  # sg_share: the device's own halves stand in for the sums the exchange would give
+                if shared:  # sg_share, first_share: the device's own halves stand in for the exchange's sums
                     own, peer, stash = shared
-                    row = (appliers[i](row, own, peer) if me is None else
-                           jax.lax.switch(me, appliers, row, own, peer))
+                    row = apply_after_exchange(pipe, jnp.int32(i) if me is None else me, row, own, peer)
                 # The messages the device sends stand in for those it would receive (same shapes); the metrics
                 # are summed as the pipeline sums them (dropped, XLA would not compute them).
                 return (row, out, back, jnp.stack([out, past[0]]), stash), sums + metrics
             sums = jnp.zeros(jax.eval_shape(branches[i], *carry, xs, ys, idx[0], jnp.bool_(True), 0)[3].shape)
             carry, sums = jax.lax.fori_loop(0, n, tick, (carry, sums))
             return carry, sums
-        stash = None if ps.stash_Kx2xRxA2 is None else ps.stash_Kx2xRxA2[i]
+        stash = (ps.first_KxRxA2[i] if pipe.first_rows else
+                 None if ps.stash_Kx2xRxA2 is None else ps.stash_Kx2xRxA2[i])
         carry = lambda: jax.device_put((tuple(jnp.copy(b) for b in row_of(ps.stage_KxS, i)), ps.fwd_KxBxA2[i],
                                         ps.bwd_KxBxA2[i], ps.past_Kx2xBxA2[i], jax.tree.map(jnp.copy, stash)), device[0])
         alone.append(timed(jax.jit(ticks, donate_argnums=0), carry(), xs, ys, idx))
@@ -181,7 +183,8 @@ def collective_sec(row: dict) -> float:
 def device_parts(row: dict) -> list[float] | None:
     """Seconds of what each device of a parallel row computes, timed alone (part_seconds): a data row's step on
     its share of the batch, an unlocked pipeline's tick, one per device; None where they
-    and the collective were not both timed (sg_share on more than two devices, replicas, a locked pipeline)."""
+    and the collective were not both timed (sg_share or first_share on more than two devices, replicas, a locked
+    pipeline)."""
     if row["parallel"] == "data" and "shard_sec" in row and "allreduce_sec" in row:
         return row["shard_sec"]
     if row["parallel"] == "pipeline" and "message_sec" in row and "stage_sec" in row:
@@ -215,8 +218,8 @@ def row_plans(named, spec: str, n: int, kinds: tuple[str, ...], replicas: int) -
              if n > 1 and p in accepts and p in kinds]
     plans = plans or [(n, "none", 1, 1)]
     if replicas > 1 and n % replicas == 0 and n // replicas >= 2 and "pipeline" in accepts \
-            and not named.sg_share and "pipeline" in kinds and RULES[mode].stage \
-            and RULES[mode].stage.schedule == "unlocked":  # (sg_share needs replicas=1)
+            and not named.sg_share and not named.first_share and "pipeline" in kinds and RULES[mode].stage \
+            and RULES[mode].stage.schedule == "unlocked":  # (sharing needs replicas=1)
         plans += [(n // replicas, "pipeline", n, replicas)]
     return [plan for plan in plans if plan[1] in kinds]
 

@@ -33,11 +33,18 @@ def test_dgl_ddg_and_fr_pipelines_match_their_sequential_schedule_and_single_dev
 def test_a_shared_sg_regression_equals_the_unshared_pipeline_and_its_copies_stay_equal_to_m(devices):
     # 2 devices swap their halves in one collective; at 3 the middle one holds M_2 and a copy of M_1, so it sends
     # a half-gradient each way.
-    # Bit for bit holds for the code XLA:CPU emits by default (its fusion emitters), which the two devices' branches
-    # of the switch over stages share; the tests' faster-compiling older emitters round them differently.
-    res = run_on_cpu_devices("pipeline_sg_share", devices, devices, compile_flags="--xla_backend_optimization_level=0")
+    # Bit for bit under any compiler flags: the copies step in the same code on both devices, outside the switch
+    # over stages (compiled into each device's branch, the tests' fast emitters rounded them apart).
+    res = run_on_cpu_devices("pipeline_sg_share", devices, devices)
     assert res.stdout.splitlines() == ["dni shared = unshared", "cdni shared = unshared",
                                        "cdni batch norm copies equal"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("devices", [2, 3])
+def test_module_0_shared_with_device_1_equals_the_unshared_pipeline_and_its_copy_stays_equal(devices):
+    res = run_on_cpu_devices("pipeline_first_share", devices, devices)
+    assert res.stdout.splitlines() == ["dgl shared = unshared", "dgl batch norm copy equal"]
 
 
 @pytest.mark.slow
@@ -61,9 +68,12 @@ def test_modules_per_device_must_divide_the_modules():
     (["parallel=pipeline", "sg_share=1.0"], r"sg_share=1.0 .*in \[0, 1\)"),
     (["parallel=pipeline", "mode=dgl", "sg_share=0.5"], r"sg_share=0.5 .*0 for mode=dgl .*cdni, dni regress"),
     (["modules_per_device=2"], r"modules_per_device=2 .*1 unless parallel=pipeline with replicas=1 and sg_share=0"),
+    (["mode=dgl", "first_share=0.2"], r"first_share=0.2 .*0 unless parallel=pipeline with replicas=1"),
+    (["parallel=pipeline", "mode=dgl", "first_share=1.0"], r"first_share=1.0 .*in \[0, 1\)"),
+    (["parallel=pipeline", "mode=cdni", "first_share=0.2"], r"first_share=0.2 .*0 for mode=cdni .*only dgl"),
     (["parallel=pipeline", "modules_per_device=0"], r"modules_per_device=0 .*an integer >= 1"),
     (["parallel=pipeline", "mode=ddg", "modules_per_device=2"], r"modules_per_device=2 .*1 for mode=ddg")])
-def test_sg_share_and_modules_per_device_are_checked(overrides, message):
+def test_sg_share_first_share_and_modules_per_device_are_checked(overrides, message):
     with pytest.raises(ConfigError, match=message):
         check(make_cfg(*overrides))
 
@@ -75,7 +85,8 @@ def test_the_transformer_pipeline_matches_its_sequential_schedule():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("overrides", [[], ["sg_share=0.5"]], ids=["unshared", "sg_share"])
+@pytest.mark.parametrize("overrides", [[], ["sg_share=0.5"], ["mode=dgl", "first_share=0.25"]],
+                         ids=["unshared", "sg_share", "first_share"])
 def test_pipeline_run_learns_and_resumes(idx_dir, tmp_path, overrides):
     res = run_on_cpu_devices("pipeline_train", 3, idx_dir, tmp_path, *overrides)
     first, second = (json.loads(line) for line in res.stdout.splitlines()[-2:])
@@ -138,6 +149,10 @@ def test_balanced_partition_minimises_the_slowest_module():
     # but with 3 of its 4 handed up (2, 2) costs max(4 + 2, 4 + 3) against (1, 3)'s max(2 + 2, 6 + 3).
     assert balanced_sizes([2, 2, 2, 2], [5, 5, 5, 0], 2) == (1, 3)
     assert balanced_sizes([2, 2, 2, 2], [2, 2, 2, 0], 2, handed_up=[3, 3, 3, 0]) == (2, 2)
+    # first_share moves that share of the first module's cost to the second: (1, 3) costs max(4, 3) alone, but with
+    # 0.3 of it moved max(2.8, 3 + 1.2) against (2, 2)'s max(3.5, 2 + 1.5).
+    assert balanced_sizes([4, 1, 1, 1], [0] * 4, 2) == (1, 3)
+    assert balanced_sizes([4, 1, 1, 1], [0] * 4, 2, first_share=0.3) == (2, 2)
 
 
 def test_an_sg_models_cost_counts_its_regression_on_an_older_activation():

@@ -226,6 +226,10 @@ class TrainConfig:
     # parallel=pipeline, mode=dni/cdni: the share of each SG model M_i's regression batch that device i+1 computes on a
     # copy of M_i (device i does the rest; both apply the summed gradient). 0: M_i regresses on device i alone.
     sg_share: float = 0.0
+    # parallel=pipeline, mode=dgl: the share of each minibatch's rows on which device 1 trains a copy of module 0 (and
+    # its auxiliary classifier), device 0 the rest; both apply the summed gradient. For a first module that costs
+    # more than the second device's: it moves work to that device, not whole layers.
+    first_share: float = 0.0
     # parallel=pipeline: consecutive modules on each device (K / modules_per_device devices), e.g. a wide network cut
     # into more modules than devices so that each device's share can be balanced
     modules_per_device: int = 1
@@ -340,6 +344,11 @@ def validate(cfg: Any) -> None:
             "batch done on the device above")
     require(cfg.sg_share == 0.0 or (str(cfg.parallel) == "pipeline" and cfg.replicas == 1), "sg_share", cfg.sg_share,
             "0 unless parallel=pipeline with replicas=1")
+    require(0.0 <= cfg.first_share < 1.0, "first_share", cfg.first_share, "in [0, 1): the share of each "
+            "minibatch's rows on which device 1 trains a copy of module 0")
+    require(cfg.first_share == 0.0 or (str(cfg.parallel) == "pipeline" and cfg.replicas == 1 and cfg.sg_share == 0.0
+                                       and cfg.modules_per_device == 1), "first_share", cfg.first_share,
+            "0 unless parallel=pipeline with replicas=1, sg_share=0 and modules_per_device=1")
     require(cfg.modules_per_device >= 1, "modules_per_device", cfg.modules_per_device, "an integer >= 1")
     require(cfg.modules_per_device == 1 or (str(cfg.parallel) == "pipeline" and cfg.replicas == 1
                                             and cfg.sg_share == 0.0), "modules_per_device", cfg.modules_per_device,

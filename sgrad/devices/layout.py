@@ -42,6 +42,8 @@ class PipelineState:
     # sg_share > 0 only (else None): the last rows of device i's last input message and of the SG target it sent
     # back for it, on which it regresses its copy of M_{i-1} next tick
     stash_Kx2xRxA2: Any = None
+    # first_share > 0 only (else None): the rows of module 0's output that device 1 made on its copy last tick
+    first_KxRxA2: Any = None
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -58,7 +60,8 @@ class Pipeline:
     width: int                                # A: the widest activation sent between devices
     replicas: int = 1                         # copies of the pipeline, each on 1/replicas of the batch
     shared_rows: int = 0                      # sg_share: rows of M_i's regression batch done on device i+1
-    grad_width: int = 0                       # P: the largest SG model's flat parameter count
+    grad_width: int = 0                       # P: the largest shared gradient's flat length (sg_share, first_share)
+    first_rows: int = 0                       # first_share: rows of each minibatch device 1 runs module 0 on
     dtype: Any = jnp.float32                  # the slots' (every leaf's, promoted as ravel_pytree does)
     per_device: int = 1                       # M: consecutive modules on each device (modules_per_device)
 
@@ -91,11 +94,12 @@ class Pipeline:
         return tuple(jnp.zeros(size, self.dtype) for size in self.slots)
 
 
-def stage_tree(state: TrainState, i: int, last: bool, shared: bool = False) -> dict:
+def stage_tree(state: TrainState, i: int, last: bool, shared: bool = False, first: bool = False) -> dict:
     """Stage i's share of the state: module i, its interface model (none for the last), input model I_i (none for
     the first), and what the mode carries for module i; `shared` (sg_share): device i > 0 also holds a copy of
     M_{i-1} ("peer"): its parameters and optimizer state, updated as M_{i-1}'s are, and its batch statistics as
-    they were at the start (never updated: the copy only runs in training mode, which normalises by its rows)."""
+    they were at the start (never updated: the copy only runs in training mode, which normalises by its rows);
+    `first` (first_share): device 1 also holds a copy of module 0 and its interface model ("first"), kept so."""
     def pick(tree, group):
         if group == "interface":
             return () if last or not tree["interface"] else tree["interface"][i]
@@ -109,6 +113,9 @@ def stage_tree(state: TrainState, i: int, last: bool, shared: bool = False) -> d
     if shared and i > 0:
         for suffix, tree in (("", state.params), ("_stats", state.stats), ("_opt", state.opt_state)):
             stage[f"peer{suffix}"] = tree["interface"][i - 1]
+    if first and i == 1:
+        for suffix, tree in (("", state.params), ("_stats", state.stats), ("_opt", state.opt_state)):
+            stage[f"first{suffix}"] = {"interface": tree["interface"][0], "module": tree["modules"][0]}
     return stage
 
 
@@ -126,14 +133,16 @@ def gather(trees: Sequence[dict], step) -> TrainState:
 
 def build_pipeline(net: Network, tx: Optimizers, state: TrainState, input_shape: Sequence[int],
                    batch: int, settings: UpdateRule = UpdateRule(), replicas: int = 1, sg_share: float = 0.0,
-                   per_device: int = 1) -> tuple[Pipeline, PipelineState]:
+                   per_device: int = 1, first_share: float = 0.0) -> tuple[Pipeline, PipelineState]:
     """The layout of a decoupled network over len(net.modules) x `replicas` devices and its initial state.
 
     With replicas > 1 every module has that many devices, each running it on its share of the batch; the
     messages are split along the batch, the stage state is the same on all of them (their gradients and batch
     statistics are averaged). `sg_share` > 0: device i+1 regresses its copy of M_i on that share of each
     batch, device i on the rest (sgrad/devices/pipeline.py). `per_device` M > 1: device d holds modules
-    d·M .. d·M+M-1 (the slots' rows, sharded in blocks of M), so K modules need K / M devices.
+    d·M .. d·M+M-1 (the slots' rows, sharded in blocks of M), so K modules need K / M devices. `first_share` > 0:
+    device 1 trains a copy of module 0 (and its interface model) on that share of each minibatch's rows, device
+    0 on the rest (sgrad/devices/pipeline.py).
     """
     if net.rule.stage is None:
         pipelined = names(lambda r: r.stage is not None)
@@ -144,7 +153,8 @@ def build_pipeline(net: Network, tx: Optimizers, state: TrainState, input_shape:
     k = len(net.modules)
     check_per_device(net, per_device, replicas, sg_share)
     rows = shared_rows(net, batch, replicas, sg_share)
-    trees = [stage_tree(state, i, i == k - 1, rows > 0) for i in range(k)]
+    first = first_rows(net, batch, replicas, sg_share, per_device, first_share)
+    trees = [stage_tree(state, i, i == k - 1, rows > 0, first > 0) for i in range(k)]
     flat_trees = [jax.tree.flatten(t) for t in trees]
     dtype = jnp.result_type(*(leaf for leaves, _ in flat_trees for leaf in leaves))
     ranks = [_slot_of([leaf.size for leaf in leaves]) for leaves, _ in flat_trees]
@@ -157,14 +167,18 @@ def build_pipeline(net: Network, tx: Optimizers, state: TrainState, input_shape:
     out_shapes = activation_shapes(net.modules, input_shape)
     width = max(int(np.prod(s)) for s in out_shapes[:-1])
     grad_width = max(ravel_pytree(p)[0].size for p in state.params["interface"]) if rows else 0
+    if first:
+        grad_width = ravel_pytree(trees[1]["first"])[0].size
     pipe = Pipeline(net, tx, settings, batch // replicas, out_shapes, tuple(slots), layout, width, replicas, rows,
-                    grad_width, dtype, per_device)
+                    grad_width, first, dtype, per_device)
     stage = tuple(jnp.stack(slot) for slot in zip(*(repack(pipe.zeros_row(), t) for t in trees)))
     msg = jnp.zeros((k, batch, width + 2), jnp.float32)
     nothing = msg.at[..., -2].set(-1.0)
     pstate = PipelineState(state.step, stage, nothing, msg, jnp.stack([nothing, nothing], axis=1))
     if rows:
         pstate = pstate.replace(stash_Kx2xRxA2=jnp.zeros((k, 2, rows, width + 2), jnp.float32))
+    if first:
+        pstate = pstate.replace(first_KxRxA2=nothing[:, :first])
     return pipe, pstate
 
 
@@ -209,6 +223,24 @@ def shared_rows(net: Network, batch: int, replicas: int, sg_share: float) -> int
     if not 0 < rows < batch:
         raise ValueError(f"sg_share={sg_share}: must leave each device at least one row of the batch of {batch} "
                          "(between 0 and 1)")
+    return rows
+
+
+def first_rows(net: Network, batch: int, replicas: int, sg_share: float, per_device: int, first_share: float) -> int:
+    """How many rows of each minibatch device 1 runs its copy of module 0 on (first_share)."""
+    if not first_share:
+        return 0
+    if not net.rule.shares_first:
+        shared = names(lambda r: r.shares_first)
+        raise ValueError(f"first_share={first_share}: only modes whose module 0 learns from its own interface "
+                         f"model can train it on two devices ({shared}), not mode={net.rule.name}")
+    if replicas > 1 or sg_share or per_device > 1:
+        raise ValueError(f"first_share={first_share}: needs replicas=1, sg_share=0 and modules_per_device=1 (got "
+                         f"replicas={replicas}, sg_share={sg_share}, modules_per_device={per_device})")
+    rows = round(first_share * batch)
+    if not 0 < rows < batch:
+        raise ValueError(f"first_share={first_share}: must leave each device at least one row of the batch of "
+                         f"{batch} (between 0 and 1)")
     return rows
 
 

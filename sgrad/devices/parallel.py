@@ -33,16 +33,17 @@ def make_data_parallel_runner(net, tx, rule: UpdateRule, mean, std, devices: Seq
 def make_runner(parallel: str, net, tx, state: TrainState, rule: UpdateRule,
                 input_shape: Sequence[int], batch: int, mean, std,
                 devices: Sequence[jax.Device] | None = None, replicas: int = 1, sg_share: float = 0.0,
-                per_device: int = 1) -> tuple[ChunkRunner, Any, Callable]:
+                per_device: int = 1, first_share: float = 0.0) -> tuple[ChunkRunner, Any, Callable]:
     """(runner, state in the runner's layout, view: that layout -> a plain TrainState for eval and probes).
 
-    `replicas`, `sg_share`, `per_device`: with parallel=pipeline, copies of the pipeline over the batch, the share
-    of each SG model's regression done on the device above, and consecutive modules per device
-    (sgrad/devices/pipeline.py).
+    `replicas`, `sg_share`, `per_device`, `first_share`: with parallel=pipeline, copies of the pipeline over the
+    batch, the share of each SG model's regression done on the device above, consecutive modules per device, and
+    the share of each minibatch on which device 1 trains a copy of module 0 (sgrad/devices/pipeline.py).
     """
     devices = list(devices or jax.devices())
     if parallel == "pipeline":
-        pipe, pstate = build_pipeline(net, tx, state, input_shape, batch, rule, replicas, sg_share, per_device)
+        pipe, pstate = build_pipeline(net, tx, state, input_shape, batch, rule, replicas, sg_share, per_device,
+                                      first_share)
         run = make_pipeline_runner(pipe, partial(preprocess, mean=mean, std=std), devices)
         return run, pstate, partial(to_train_state, pipe)
     if parallel == "data":

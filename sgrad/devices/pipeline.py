@@ -17,7 +17,7 @@ the stage's code, the mode's rule supplies it: sgrad/modes/):
 With `sg_share` (dni, cdni) device i+1 also holds a copy of M_i and regresses it on the last rows of the
 activation it received (device i on the first rows); the two half-gradients cross with the tick's messages (in
 the same swap on two devices, one more ppermute each way on more), and both devices apply their sum at the end of
-the tick (apply_shared), so the copy stays equal to M.
+the tick (apply_after_exchange), so the copy stays equal to M.
 
 With `modules_per_device` M > 1 (unlocked modes) device d holds modules d·M .. d·M+M-1 and runs them one after
 another in its tick; each still reads the activation its predecessor produced a tick earlier (on the same device
@@ -69,6 +69,9 @@ def device_tick(pipe: Pipeline, i: int, preprocess: Callable, row, fwd, bwd, pas
     """
     stage = pipe.stage
     tree = pipe.tree(i, row)
+    if pipe.first_rows and i == 1:
+        # first_share: the last rows of module 0's output are those this device made on its copy last tick.
+        fwd = jnp.concatenate([fwd[:pipe.batch - pipe.first_rows], stash])
     arrived = fwd[:, -2] >= 0
     target_of = lambda idx: ys[idx.astype(jnp.int32)]
     if i == 0 or stage.reads_input:
@@ -88,7 +91,20 @@ def device_tick(pipe: Pipeline, i: int, preprocess: Callable, row, fwd, bwd, pas
         tick = tick._replace(past_x=preprocess(xs[fwd[:, -1].astype(jnp.int32)]),
                              si_target=unpad(fwd[:, :-2], pipe.out_shapes[i - 1]), si_target_ok=arrived[0])
     tree, h, d_in, metrics = stage.tick(pipe, i, tree, tick)
-    if stash is not None:
+    columns = lambda a, b: jnp.stack([jnp.broadcast_to(a, (b.shape[0],)), jnp.broadcast_to(b, (b.shape[0],))],
+                                     axis=1).astype(jnp.float32)
+    if pipe.first_rows:
+        # Device 0's gradient of module 0 on its rows goes up, device 1's of its copy on the rest comes down.
+        tree = dict(tree)
+        own = _flag_row(pipe, tree.pop("first_grad") if i == 0 else None, feed & (i == 0))
+        peer, made = _flag_row(pipe, None, False), stash
+        if i == 1:
+            rows = idx_B[pipe.batch - pipe.first_rows:]
+            grads, h_first = stage.first(pipe, tree, preprocess(xs[rows]), ys[rows],
+                                         dropout_rng(pipe.settings.seed, step))
+            peer = _flag_row(pipe, grads, feed)
+            made = jnp.concatenate([pad(h_first, pipe.width), columns(jnp.where(feed, 1.0, -1.0), rows)], axis=1)
+    elif stash is not None:
         tree = dict(tree)
         own = _flag_row(pipe, tree.pop("sg_grad") if i < pipe.k - 1 else None, tick.target_ok)
         if i > 0:
@@ -105,15 +121,15 @@ def device_tick(pipe: Pipeline, i: int, preprocess: Callable, row, fwd, bwd, pas
         tree = {key: jax.lax.pmean(value, DATA_AXIS) if key.endswith("_stats") else value
                 for key, value in tree.items()}
     row = repack(row, tree)
-    columns = lambda a, b: jnp.stack([jnp.broadcast_to(a, (pipe.batch,)), jnp.broadcast_to(b, (pipe.batch,))],
-                                     axis=1).astype(jnp.float32)
     valid = jnp.where(ok_in, 1.0, -1.0)
     out = (jnp.zeros_like(fwd) if i == pipe.k - 1 else
            jnp.concatenate([pad(h, pipe.width), columns(valid, idx_in)], axis=1))
     if i == 0 or not stage.sends_back:
         back = jnp.zeros_like(bwd)
     else:
-        back = jnp.concatenate([pad(d_in, pipe.width), columns(ok_in, 0)], axis=1)
+        back = jnp.concatenate([pad(d_in, pipe.width), columns(ok_in, jnp.zeros(pipe.batch))], axis=1)
+    if pipe.first_rows:
+        return row, out, back, metrics, own, peer, made
     if stash is None:
         return row, out, back, metrics
     rows = pipe.shared_rows
@@ -171,10 +187,85 @@ def apply_shared(pipe: Pipeline, i: int, row, own, peer):
     return repack(row, tree, keys)
 
 
-def swaps(stage, k: int) -> bool:
+def _lanes(pipe: Pipeline, i: int, tree: dict) -> list:
+    """What device i steps after the exchange, as (params, optimizer state) per lane, None where it has none:
+    first_share one lane (module 0 and its interface model on device 0, their copy on device 1), sg_share two
+    (M_i, and the copy of M_{i-1}; M_j in lane j % 2)."""
+    if pipe.first_rows:
+        if i == 0:
+            return [({"interface": tree["interface"], "module": tree["module"]},
+                     {"interface": tree["interface_opt"], "module": tree["module_opt"]})]
+        return [(tree["first"], tree["first_opt"]) if i == 1 else None]
+    # M_j in lane j % 2 on both of its devices (j and j+1), so that the same code steps it and its copy
+    own = (tree["interface"], tree["interface_opt"]) if i < pipe.k - 1 else None
+    peer = (tree["peer"], tree["peer_opt"]) if i > 0 else None
+    return [own, peer] if i % 2 == 0 else [peer, own]
+
+
+def _common_lanes(pipe: Pipeline) -> bool:
+    """Whether every device's lanes have one structure (always for first_share; for sg_share where every SG
+    model has M_0's shapes), so that one piece of code can step them on every device."""
+    shapes = [jax.tree.map(lambda a: (a.shape, a.dtype), _lanes(pipe, i, jax.eval_shape(
+        lambda i=i: pipe.tree(i, pipe.zeros_row())))) for i in range(pipe.k)]
+    first = next(lane for lane in shapes[0] if lane is not None)
+    return all(lane is None or lane == first for lanes in shapes for lane in lanes)
+
+
+def apply_after_exchange(pipe: Pipeline, me, row, own, peer):
+    """sg_share or first_share, after the exchange: what each device shares steps along the gradient summed over
+    both devices' rows (`own`, `peer`: [P+1], the lower device's half + the upper's, so both devices add the same
+    numbers in the same order), where the flag says it is valid: M_i with `own` and device i's copy of M_{i-1}
+    with `peer` (sg_share); module 0 and its interface model with `own` on device 0 and their copy with `peer` on
+    device 1 (first_share).
+
+    The update runs outside the switch over stages, the same code on every device: compiled into each device's
+    branch, XLA's optimised CPU code rounded the two copies' updates differently (by 1e-8), and the copies drifted
+    apart. Each device's lanes are read out of its slots and written back in the switch."""
+    if not _common_lanes(pipe):
+        return jax.lax.switch(me, [partial(apply_shared, pipe, i) for i in range(pipe.k)], row, own, peer)
+    like = next(lane for lane in _lanes(pipe, 0, jax.eval_shape(lambda: pipe.tree(0, pipe.zeros_row())))
+                if lane is not None)
+
+    def read(i, row):
+        return tuple(jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), like) if lane is None else lane
+                     for lane in _lanes(pipe, i, pipe.tree(i, row)))
+
+    def write(i, row, new):
+        tree, keys = pipe.tree(i, row), []
+        for j, (lane, (params, opt)) in enumerate(zip(_lanes(pipe, i, tree), new)):
+            if lane is None:
+                continue
+            if pipe.first_rows and i == 0:
+                tree.update(module=params["module"], module_opt=opt["module"], interface=params["interface"],
+                            interface_opt=opt["interface"])
+                keys += ["module", "module_opt", "interface", "interface_opt"]
+            else:
+                key = "first" if pipe.first_rows else "interface" if j == i % 2 else "peer"
+                tree[key], tree[f"{key}_opt"] = params, opt
+                keys += [key, f"{key}_opt"]
+        return repack(row, tree, keys)
+
+    branches = range(pipe.k)
+    lanes = jax.lax.switch(me, [partial(read, i) for i in branches], row)
+    grads = [jnp.where(me == 0, own, peer)] if pipe.first_rows else [jnp.where(me % 2 == j, own, peer) for j in (0, 1)]
+    new = []
+    for (params, opt), grad in zip(lanes, grads):
+        values, unravel = ravel_pytree(params)
+        step, ok = unravel(grad[:values.size]), grad[-1] > 0
+        if pipe.first_rows:  # module 0 with the modules' optimizer, its interface model with the SG models'
+            parts = {part: masked_update(tx, step[part], opt[part], params[part], ok)
+                     for part, tx in (("interface", pipe.tx.sg), ("module", pipe.tx.modules))}
+            new.append(({p: parts[p][0] for p in parts}, {p: parts[p][1] for p in parts}))
+        else:
+            new.append(masked_update(pipe.tx.sg, step, opt, params, ok)[:2])
+    return jax.lax.switch(me, [partial(write, i) for i in branches], row, tuple(new))
+
+
+def swaps(stage, k: int, shared: bool = False) -> bool:
     """Whether an unlocked tick of `k` devices sends its messages in one swap collective (_exchange): two devices
-    and a mode that sends targets back (the cost models count a tick's collectives with it)."""
-    return k == 2 and stage.sends_back
+    and a mode that sends targets back, or gradient halves both ways (sg_share, first_share; the cost models
+    count a tick's collectives with it)."""
+    return k == 2 and (stage.sends_back or shared)
 
 
 def _exchange(pipe: Pipeline, me, out, back, forward_perm, backward_perm, own=None, peer=None):
@@ -190,7 +281,7 @@ def _exchange(pipe: Pipeline, me, out, back, forward_perm, backward_perm, own=No
     (dgl) has only the forward one.
     """
     shared = own is not None
-    if swaps(pipe.stage, pipe.devices):
+    if swaps(pipe.stage, pipe.devices, shared):
         up = jnp.concatenate([out.ravel(), own]) if shared else out
         down = jnp.concatenate([back.ravel(), peer]) if shared else back
         got = jax.lax.ppermute(jnp.where(me == 0, up, down), PIPE_AXIS, [(0, 1), (1, 0)])
@@ -243,7 +334,8 @@ def unlocked_chunk_fn(pipe: Pipeline, preprocess: Callable, feed_every: int = 1)
         def tick(j, carry):
             s, sums = carry
             feed = s.step % feed_every == 0
-            stash = None if s.stash_Kx2xRxA2 is None else s.stash_Kx2xRxA2[0]
+            stash = (s.first_KxRxA2[0] if pipe.first_rows else
+                     None if s.stash_Kx2xRxA2 is None else s.stash_Kx2xRxA2[0])
             rows, out, back, metrics, *shared = jax.lax.switch(
                 me, branches, s.stage_KxS, s.fwd_KxBxA2, s.bwd_KxBxA2, s.past_Kx2xBxA2, stash,
                 xs, ys, idx_CxB[j], feed, s.step)
@@ -260,9 +352,9 @@ def unlocked_chunk_fn(pipe: Pipeline, preprocess: Callable, feed_every: int = 1)
                 from_below, from_above = halves
                 own = jnp.concatenate([own[:-1] + from_above[:-1], own[-1:]])
                 peer = jnp.concatenate([from_below[:-1] + peer[:-1], from_below[-1:]])
-                row = jax.lax.switch(me, [partial(apply_shared, pipe, i) for i in range(pipe.k)], row_of(rows, 0),
-                                     own, peer)
-                s = s.replace(stage_KxS=_rows(row), stash_Kx2xRxA2=stash[None])
+                row = apply_after_exchange(pipe, me, row_of(rows, 0), own, peer)
+                s = s.replace(stage_KxS=_rows(row), **{"first_KxRxA2" if pipe.first_rows else "stash_Kx2xRxA2":
+                                                       stash[None]})
             return s, sums + metrics
 
         state, sums = jax.lax.fori_loop(lo, lo + n, tick, (state, sums))
@@ -363,7 +455,7 @@ def make_pipeline_runner(pipe: Pipeline, preprocess: Callable, devices: Sequence
     mesh = jax.make_mesh((pipe.devices, pipe.replicas), (PIPE_AXIS, DATA_AXIS), devices=devices[:need])
     message = P(PIPE_AXIS, DATA_AXIS)
     state_spec = PipelineState(P(), tuple(P(PIPE_AXIS) for _ in pipe.slots), message, message, P(PIPE_AXIS, None, DATA_AXIS),
-                               P(PIPE_AXIS) if pipe.shared_rows else None)
+                               P(PIPE_AXIS) if pipe.shared_rows else None, P(PIPE_AXIS) if pipe.first_rows else None)
     per_device = P((PIPE_AXIS, DATA_AXIS))
     specs = (state_spec, per_device, P(), P(), P(None, DATA_AXIS), P(), P(), P(), P())
     chunk = (locked_chunk_fn(pipe, preprocess) if pipe.stage.schedule == "locked" else

@@ -90,20 +90,23 @@ def interface_cost(model: nn.Module | None, h: jax.ShapeDtypeStruct, label, trai
 
 
 def balanced_sizes(costs: Sequence[float], interface: Sequence[float], modules: int,
-                   handed_up: Sequence[float] | None = None) -> tuple[int, ...]:
+                   handed_up: Sequence[float] | None = None, first_share: float = 0.0) -> tuple[int, ...]:
     """Layer counts of `modules` contiguous modules minimising the largest module cost; `interface[j]` is the
     cost added to a module that ends after layer j (the top module adds none), `handed_up[j]` the cost added to
     the module that starts after layer j (the share of the SG model's regression that the device above does,
-    `sg_share`)."""
+    `sg_share`); `first_share` of the first module's cost moves to the second (its copy on device 1)."""
     n = len(costs)
     handed_up = handed_up or [0.0] * n
+    cost = lambda a, b: sum(costs[a:b]) + (interface[b - 1] if b < n else 0.0) + (handed_up[a - 1] if a else 0.0)
     best, best_sizes = float("inf"), None
     for cuts in itertools.combinations(range(1, n), modules - 1):
         bounds = (0, *cuts, n)
-        worst = max(sum(costs[a:b]) + (interface[b - 1] if b < n else 0.0) + (handed_up[a - 1] if a else 0.0)
-                    for a, b in zip(bounds, bounds[1:]))
+        spans = list(zip(bounds, bounds[1:]))
+        first = cost(*spans[0])
+        worst = max([(1 - first_share) * first] +
+                    [cost(a, b) + (first_share * first if j == 1 else 0.0) for j, (a, b) in enumerate(spans) if j])
         if worst < best:
-            best, best_sizes = worst, tuple(b - a for a, b in zip(bounds, bounds[1:]))
+            best, best_sizes = worst, tuple(b - a for a, b in spans)
     return best_sizes
 
 

@@ -39,6 +39,8 @@ class Stage:
       receive(pipe, i, tree, cotangent) -> tree: the locked schedule's between-ticks update
       peer(pipe, i, tree, h, y, target) -> (gradient, loss): sg_share's regression of device i's copy of M_{i-1}
         on rows of h_{i-1} and their SG target (None: the mode's interface model cannot be shared)
+      first(pipe, copy, x, y, rng) -> (gradient, h): first_share's step of device 1's copy of module 0 and what
+        sits on its output, on rows of the minibatch (None: module 0's update needs what only device 0 has)
     """
 
     tick: Callable
@@ -48,6 +50,7 @@ class Stage:
     receive: Callable | None = None
     reads_input: bool = False     # module i > 1 reads the minibatch itself (complete unlocking's I_i(x))
     peer: Callable | None = None
+    first: Callable | None = None
 
     @property
     def lag(self) -> int:
@@ -105,6 +108,12 @@ class ModeRule:
         """Its pipeline can share an SG model's regression with the device above (sg_share): the device above
         makes the model's target."""
         return self.stage is not None and self.stage.peer is not None
+
+    @property
+    def shares_first(self) -> bool:
+        """Its pipeline can train module 0 on two devices (first_share): module 0's update needs only the minibatch
+        and module 0's own interface model."""
+        return self.stage is not None and self.stage.first is not None
 
     @property
     def interface_name(self) -> str:

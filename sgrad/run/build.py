@@ -126,11 +126,13 @@ def module_sizes(cfg, layers, input_shape: tuple[int, ...], num_classes: int) ->
         # sg_share: the device above does that share of each SG model's regression
         share = float(cfg.sg_share)
         interface = [costed[h.shape][0] + (1 - share) * costed[h.shape][1] for h in outs]
-        return balanced_sizes(costs, interface, cfg.model.modules, [share * costed[h.shape][1] for h in outs])
+        return balanced_sizes(costs, interface, cfg.model.modules, [share * costed[h.shape][1] for h in outs],
+                              float(cfg.first_share))
     if str(cfg.model.partition) == "balanced":
         return choose(flops)
     key = (tuple(map(repr, layers)), batch, tuple(input_shape), rule.name, str(cfg.sg), str(cfg.aux),
-           cfg.model.modules, *((float(cfg.sg_share),) if cfg.sg_share else ()))
+           cfg.model.modules, *((float(cfg.sg_share),) if cfg.sg_share else ()),
+           *(("first", float(cfg.first_share)) if cfg.first_share else ()))
     return profiled_sizes(key, cfg.model.modules, lambda: choose(seconds))
 
 
@@ -213,6 +215,9 @@ def check(cfg: Any) -> None:
         shared = names(lambda r: r.shares_sg)
         require(cfg.sg_share == 0.0 or rule.shares_sg, "sg_share", cfg.sg_share,
                 f"0 for mode={name} (only the SG models of {shared} regress on a target the device above makes)")
+        firsts = names(lambda r: r.shares_first)
+        require(cfg.first_share == 0.0 or rule.shares_first, "first_share", cfg.first_share,
+                f"0 for mode={name} (only {firsts} update module 0 from what its own device has)")
         # Each device updates from what it has at once; anything that waits for the true gradient would lock it.
         require(cfg.trainer.update_prob == 1.0, "trainer.update_prob", cfg.trainer.update_prob,
                "1.0 with parallel=pipeline")

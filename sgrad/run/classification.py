@@ -105,7 +105,8 @@ class ClassificationTask:
         self.runner, state, self._view = make_runner(str(self.cfg.parallel), d.network, d.tx, state, d.settings,
                                                          self.data.input_shape, tcfg.batch_size, self._mean, self._std,
                                                          replicas=self.cfg.replicas, sg_share=self.cfg.sg_share,
-                                                         per_device=self.cfg.modules_per_device)
+                                                         per_device=self.cfg.modules_per_device,
+                                                         first_share=self.cfg.first_share)
         return state
 
     def checkpoint(self, state):

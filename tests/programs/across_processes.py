@@ -79,10 +79,15 @@ print("data ok", flush=True)
 sys.path.insert(0, str(ROOT / "scripts"))  # the benchmarks are scripts, not modules of the package
 from parallel_rows import part_seconds  # noqa: E402
 from timing import wait_seconds  # noqa: E402
-# With sg_share each device's part also steps its SG model (and device 1 its copy) along its own half.
+# With sg_share each device's part also steps its SG model (and device 1 its copy) along its own half; with
+# first_share device 1's part also runs its copy of module 0.
 shared = (make_cfg("mode=dni", "model.layers=2", "model.width=16", "sg.hidden_layers=1", "sg.width=32", *sgd,
                    "parallel=pipeline", "sg_share=0.5"), *pipeline[1:])
-for parallel, (c, n, t, start) in (("data", (cfg, net, tx, fresh)), ("pipeline", pipeline), ("pipeline", shared)):
+dgl = make_cfg("mode=dgl", "model.layers=2", "model.width=16", *sgd, "parallel=pipeline", "first_share=0.25")
+dgl_net, dgl_tx = build_network(dgl, shape, 10), build_train_optimizer(dgl, 100)
+first = (dgl, dgl_net, dgl_tx, starts(*init_variables(dgl_net, jax.random.key(2), jnp.zeros((B, *shape))), dgl_tx))
+for parallel, (c, n, t, start) in (("data", (cfg, net, tx, fresh)), ("pipeline", pipeline), ("pipeline", shared),
+                                   ("pipeline", first)):
     c.trainer.batch_size = B
     parts = part_seconds(c, UpdateRule(), parallel, 2, 1, n, t, start(), shape, xs, ys, idx, mean, std)
     key = "shard_sec" if parallel == "data" else "stage_sec"
