@@ -154,7 +154,7 @@ def part_seconds(cfg, settings, parallel: str, devices: int, replicas: int, net,
                                                     jax.lax.switch(me, branches, *args))
                 if shared:  # sg_share, first_share: the device's own halves stand in for the exchange's sums
                     own, peer, stash = shared
-                    row = apply_after_exchange(pipe, jnp.int32(i) if me is None else me, row, own, peer)
+                    row = apply_after_exchange(pipe, jnp.int32(i) if me is None else me, row, own, peer, peer, own)
                 # The messages the device sends stand in for those it would receive (same shapes); the metrics
                 # are summed as the pipeline sums them (dropped, XLA would not compute them).
                 return (row, out, back, jnp.stack([out, past[0]]), stash), sums + metrics

@@ -211,29 +211,36 @@ def _common_lanes(pipe: Pipeline) -> bool:
     return all(lane is None or lane == first for lanes in shapes for lane in lanes)
 
 
-def apply_after_exchange(pipe: Pipeline, me, row, own, peer):
+def apply_after_exchange(pipe: Pipeline, me, row, own, peer, from_below, from_above):
     """sg_share or first_share, after the exchange: what each device shares steps along the gradient summed over
-    both devices' rows (`own`, `peer`: [P+1], the lower device's half + the upper's, so both devices add the same
-    numbers in the same order), where the flag says it is valid: M_i with `own` and device i's copy of M_{i-1}
-    with `peer` (sg_share); module 0 and its interface model with `own` on device 0 and their copy with `peer` on
-    device 1 (first_share).
+    both devices' rows (each [P+1]: this device's halves `own` (sent up) and `peer` (sent down), and those it
+    received), where the flag says it is valid: M_i along own + from_above and device i's copy of M_{i-1} along
+    from_below + peer (sg_share); module 0 and its interface model on device 0 along own + from_above, their
+    copy on device 1 along from_below + peer (first_share). The lower device's half comes first on both devices,
+    so both add the same numbers in the same order.
 
     The update runs outside the switch over stages, the same code on every device: compiled into each device's
-    branch, XLA's optimised CPU code rounded the two copies' updates differently (by 1e-8), and the copies drifted
-    apart. Each device's lanes are read out of its slots and written back in the switch."""
+    branch, XLA's CPU code rounded the two copies' updates differently (by 1e-8), and the copies drifted apart.
+    Each device's lanes are read out of its slots and written back in the switch; a lane no device has is
+    skipped (on two devices sg_share has one)."""
     if not _common_lanes(pipe):
+        own = jnp.concatenate([own[:-1] + from_above[:-1], own[-1:]])
+        peer = jnp.concatenate([from_below[:-1] + peer[:-1], from_below[-1:]])
         return jax.lax.switch(me, [partial(apply_shared, pipe, i) for i in range(pipe.k)], row, own, peer)
-    like = next(lane for lane in _lanes(pipe, 0, jax.eval_shape(lambda: pipe.tree(0, pipe.zeros_row())))
-                if lane is not None)
+    shapes = [_lanes(pipe, i, jax.eval_shape(lambda i=i: pipe.tree(i, pipe.zeros_row()))) for i in range(pipe.k)]
+    used = [j for j in range(len(shapes[0])) if any(lanes[j] is not None for lanes in shapes)]
+    like = next(lane for lanes in shapes for lane in lanes if lane is not None)
 
     def read(i, row):
-        return tuple(jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), like) if lane is None else lane
-                     for lane in _lanes(pipe, i, pipe.tree(i, row)))
+        lanes = _lanes(pipe, i, pipe.tree(i, row))
+        return tuple(jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), like) if lanes[j] is None else lanes[j]
+                     for j in used)
 
     def write(i, row, new):
         tree, keys = pipe.tree(i, row), []
-        for j, (lane, (params, opt)) in enumerate(zip(_lanes(pipe, i, tree), new)):
-            if lane is None:
+        lanes = _lanes(pipe, i, tree)
+        for j, (params, opt) in zip(used, new):
+            if lanes[j] is None:
                 continue
             if pipe.first_rows and i == 0:
                 tree.update(module=params["module"], module_opt=opt["module"], interface=params["interface"],
@@ -247,11 +254,14 @@ def apply_after_exchange(pipe: Pipeline, me, row, own, peer):
 
     branches = range(pipe.k)
     lanes = jax.lax.switch(me, [partial(read, i) for i in branches], row)
-    grads = [jnp.where(me == 0, own, peer)] if pipe.first_rows else [jnp.where(me % 2 == j, own, peer) for j in (0, 1)]
     new = []
-    for (params, opt), grad in zip(lanes, grads):
+    for j, (params, opt) in zip(used, lanes):
+        # lane j is the device's own model (M_i; module 0 on device 0) on device j, j + 2, ..., else its copy
+        mine = me == 0 if pipe.first_rows else me % 2 == j
         values, unravel = ravel_pytree(params)
-        step, ok = unravel(grad[:values.size]), grad[-1] > 0
+        n = values.size
+        step = unravel(jnp.where(mine, own[:n] + from_above[:n], from_below[:n] + peer[:n]))
+        ok = jnp.where(mine, own[-1], from_below[-1]) > 0
         if pipe.first_rows:  # module 0 with the modules' optimizer, its interface model with the SG models'
             parts = {part: masked_update(tx, step[part], opt[part], params[part], ok)
                      for part, tx in (("interface", pipe.tx.sg), ("module", pipe.tx.modules))}
@@ -282,9 +292,10 @@ def _exchange(pipe: Pipeline, me, out, back, forward_perm, backward_perm, own=No
     """
     shared = own is not None
     if swaps(pipe.stage, pipe.devices, shared):
-        up = jnp.concatenate([out.ravel(), own]) if shared else out
-        down = jnp.concatenate([back.ravel(), peer]) if shared else back
-        got = jax.lax.ppermute(jnp.where(me == 0, up, down), PIPE_AXIS, [(0, 1), (1, 0)])
+        # Each device builds only what it sends (device 0 up, device 1 down), in one pass.
+        send = (jnp.concatenate([jnp.where(me == 0, out, back).ravel(), jnp.where(me == 0, own, peer)]) if shared
+                else jnp.where(me == 0, out, back))
+        got = jax.lax.ppermute(send, PIPE_AXIS, [(0, 1), (1, 0)])
         msg = got[:out.size].reshape(out.shape) if shared else got
         # Device 0 receives nothing from below (it reads the data) and device 1 nothing from above: zeros, whose
         # valid column says "no target", as a one-way ppermute leaves them.
@@ -347,12 +358,7 @@ def unlocked_chunk_fn(pipe: Pipeline, preprocess: Callable, feed_every: int = 1)
             s = s.replace(step=s.step + 1, stage_KxS=rows, fwd_KxBxA2=jnp.concatenate([fwd[None], out[:-1]]),
                           bwd_KxBxA2=jnp.concatenate([back[1:], bwd[None]]), past_Kx2xBxA2=past)
             if shared:
-                # Each device adds the lower device's half to the upper's, so both add the same numbers in the
-                # same order.
-                from_below, from_above = halves
-                own = jnp.concatenate([own[:-1] + from_above[:-1], own[-1:]])
-                peer = jnp.concatenate([from_below[:-1] + peer[:-1], from_below[-1:]])
-                row = apply_after_exchange(pipe, me, row_of(rows, 0), own, peer)
+                row = apply_after_exchange(pipe, me, row_of(rows, 0), own, peer, *halves)
                 s = s.replace(stage_KxS=_rows(row), **{"first_KxRxA2" if pipe.first_rows else "stash_Kx2xRxA2":
                                                        stash[None]})
             return s, sums + metrics
