@@ -219,11 +219,7 @@ def shared_rows(net: Network, batch: int, replicas: int, sg_share: float) -> int
                          f"above makes can share it ({shared}), not mode={net.rule.name}")
     if replicas > 1:
         raise ValueError(f"sg_share={sg_share}: needs replicas=1")
-    rows = round(sg_share * batch)
-    if not 0 < rows < batch:
-        raise ValueError(f"sg_share={sg_share}: must leave each device at least one row of the batch of {batch} "
-                         "(between 0 and 1)")
-    return rows
+    return _rows_of("sg_share", sg_share, batch)
 
 
 def first_rows(net: Network, batch: int, replicas: int, sg_share: float, per_device: int, first_share: float) -> int:
@@ -237,10 +233,15 @@ def first_rows(net: Network, batch: int, replicas: int, sg_share: float, per_dev
     if replicas > 1 or sg_share or per_device > 1:
         raise ValueError(f"first_share={first_share}: needs replicas=1, sg_share=0 and modules_per_device=1 (got "
                          f"replicas={replicas}, sg_share={sg_share}, modules_per_device={per_device})")
-    rows = round(first_share * batch)
+    return _rows_of("first_share", first_share, batch)
+
+
+def _rows_of(key: str, share: float, batch: int) -> int:
+    """The rows of a batch that `share` gives the device above; each device keeps at least one."""
+    rows = round(share * batch)
     if not 0 < rows < batch:
-        raise ValueError(f"first_share={first_share}: must leave each device at least one row of the batch of "
-                         f"{batch} (between 0 and 1)")
+        raise ValueError(f"{key}={share}: must leave each device at least one row of the batch of {batch} "
+                         "(between 0 and 1)")
     return rows
 
 
