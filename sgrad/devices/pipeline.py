@@ -65,7 +65,9 @@ def device_tick(pipe: Pipeline, i: int, preprocess: Callable, row, fwd, bwd, pas
     of any shape (a class, a token per position, a regression target) travel as one number.
 
     With sg_share (`stash` not None) it also returns its half of M_i's regression gradient (for device i+1) and of
-    its copy of M_{i-1}'s (for device i-1), each flat, padded to P, with a valid flag, and its new stash.
+    its copy of M_{i-1}'s (for device i-1), each flat, padded to P, with a valid flag, and its new stash. With
+    first_share (`stash`: the rows of module 0's output device 1 made last tick) the halves are device 0's
+    gradient of module 0 and its head (up) and device 1's of its copy (down), and the stash device 1's new rows.
     """
     stage = pipe.stage
     tree = pipe.tree(i, row)
@@ -96,7 +98,7 @@ def device_tick(pipe: Pipeline, i: int, preprocess: Callable, row, fwd, bwd, pas
     if pipe.first_rows:
         # Device 0's gradient of module 0 on its rows goes up, device 1's of its copy on the rest comes down.
         tree = dict(tree)
-        own = _flag_row(pipe, tree.pop("first_grad") if i == 0 else None, feed & (i == 0))
+        own = _flag_row(pipe, tree.pop("first_grad"), feed) if i == 0 else _flag_row(pipe, None, False)
         peer, made = _flag_row(pipe, None, False), stash
         if i == 1:
             rows = idx_B[pipe.batch - pipe.first_rows:]
