@@ -164,7 +164,8 @@ def part_seconds(cfg, settings, parallel: str, devices: int, replicas: int, net,
         stash = (ps.first_KxRxA2[i] if pipe.first_rows else
                  None if ps.stash_Kx2xRxA2 is None else ps.stash_Kx2xRxA2[i])
         carry = lambda: jax.device_put((tuple(jnp.copy(b) for b in row_of(ps.stage_KxS, i)), ps.fwd_KxBxA2[i],
-                                        ps.bwd_KxBxA2[i], ps.past_Kx2xBxA2[i], jax.tree.map(jnp.copy, stash)), device[0])
+                                        ps.bwd_KxBxA2[i], ps.past_Kx2xBxA2[i], jax.tree.map(jnp.copy, stash)),
+                                       device[0])
         alone.append(timed(jax.jit(ticks, donate_argnums=0), carry(), xs, ys, idx))
         run = jax.jit(lambda c, xs, ys, idx, n, i=i: ticks(c, xs, ys, idx, n, jnp.int32(i) + 0 * n),
                       donate_argnums=0)

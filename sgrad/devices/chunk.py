@@ -46,9 +46,10 @@ def chunk_metrics(sums: dict, last: dict, n) -> dict:
 def placed(program: Callable, placements) -> Callable:
     """program(*args) with each argument put on its sharding first (a pytree of them for a pytree argument).
 
-    An argument already there (in a sharding equivalent to its own) passes as it is. One seen in the last few calls is placed once: the training set
-    (and a chunk's zero sums) come back with every dispatch. On a mesh that spans several processes every process
-    holds the same host values (the loop keeps them in step), so each builds its own shards from them:
+    An argument already there (in a sharding equivalent to its placement) passes as it is. One seen in the last
+    few calls is placed once: the training set (and a chunk's zero sums) come back with every dispatch. On a
+    mesh that spans several processes every process holds the same host values (the loop keeps them in step), so
+    each builds its own shards from them:
     `jax.device_put` would first check that they agree with a collective on the devices, which waits for the
     dispatches already queued there, so the devices would idle while the host prepared each dispatch.
     """

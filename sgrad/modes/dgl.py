@@ -37,7 +37,8 @@ def _local_step(pipe, i: int, tree: dict, h_in, y_in, rng):
 def first(pipe, copy: dict, x, y, rng):
     """first_share: device 1's copy of module 0 and its head on its rows of the minibatch -> (their gradient, h).
     Its batch statistics are not kept: a copy only runs in training mode (batch norm by its rows)."""
-    view = {f"{part}{suffix}": copy[f"first{suffix}"][part] for part in ("module", "interface") for suffix in ("", "_stats")}
+    view = {f"{part}{suffix}": copy[f"first{suffix}"][part]
+            for part in ("module", "interface") for suffix in ("", "_stats")}
     grads, _, _, h, _ = _local_step(pipe, 0, view, x, y, rng)
     return grads, h
 
@@ -49,7 +50,8 @@ def stage(pipe, i: int, tree: dict, t):
     new, metrics = dict(tree), no_metrics()
     if i == 0 and pipe.first_rows:
         # first_share: module 0 on the first rows, device 1's copy on the rest; both step along the summed
-        # gradient after the exchange (sgrad/devices/pipeline.py apply_after_exchange). Device 1 fills the last rows of h.
+        # gradient after the exchange (sgrad/devices/pipeline.py apply_after_exchange). Device 1 fills the last
+        # rows of h.
         rows = pipe.batch - pipe.first_rows
         new["first_grad"], stats, head_stats, h, head = _local_step(pipe, 0, tree, t.h_in[:rows], t.y_in[:rows],
                                                                     t.rng)
