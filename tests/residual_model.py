@@ -40,6 +40,11 @@ def make_modules(num_classes: int, width: int = 32, blocks: int = 2) -> list[nn.
     return [Stem(width), *(ResidualBlock(width) for _ in range(blocks)), Head(num_classes)]
 
 
+def widening_modules(num_classes: int) -> list[nn.Module]:
+    """Two dense stages of different widths and the head: interfaces of different shapes (and SG models)."""
+    return [Stem(16), Stem(24), Head(num_classes)]
+
+
 def not_modules(num_classes: int):
     return {"stem": num_classes}
 

@@ -204,13 +204,11 @@ def _lanes(pipe: Pipeline, i: int, tree: dict) -> list:
     return [own, peer] if i % 2 == 0 else [peer, own]
 
 
-def _common_lanes(pipe: Pipeline) -> bool:
-    """Whether every device's lanes have one structure (always for first_share; for sg_share where every SG
-    model has M_0's shapes), so that one piece of code can step them on every device."""
-    shapes = [jax.tree.map(lambda a: (a.shape, a.dtype), _lanes(pipe, i, jax.eval_shape(
-        lambda i=i: pipe.tree(i, pipe.zeros_row())))) for i in range(pipe.k)]
-    first = next(lane for lane in shapes[0] if lane is not None)
-    return all(lane is None or lane == first for lanes in shapes for lane in lanes)
+def _lane_shapes(pipe: Pipeline) -> list:
+    """Every device's lanes (_lanes) as shapes and dtypes, None where it has none."""
+    return [jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
+                         _lanes(pipe, i, jax.eval_shape(lambda i=i: pipe.tree(i, pipe.zeros_row()))))
+            for i in range(pipe.k)]
 
 
 def apply_after_exchange(pipe: Pipeline, me, row, own, peer, from_below, from_above):
@@ -224,14 +222,16 @@ def apply_after_exchange(pipe: Pipeline, me, row, own, peer, from_below, from_ab
     The update runs outside the switch over stages, the same code on every device: compiled into each device's
     branch, XLA's CPU code rounded the two copies' updates differently (by 1e-8), and the copies drifted apart.
     Each device's lanes are read out of its slots and written back in the switch; a lane no device has is
-    skipped (on two devices sg_share has one)."""
-    if not _common_lanes(pipe):
+    skipped (on two devices sg_share has one). That needs one structure for every lane (always for first_share;
+    for sg_share where every SG model has M_0's shapes); where SG models differ, each device's branch steps its
+    own (apply_shared), and the copies can differ in rounding as before."""
+    shapes = _lane_shapes(pipe)
+    like = next(lane for lanes in shapes for lane in lanes if lane is not None)
+    if not all(lane is None or lane == like for lanes in shapes for lane in lanes):
         own = jnp.concatenate([own[:-1] + from_above[:-1], own[-1:]])
         peer = jnp.concatenate([from_below[:-1] + peer[:-1], from_below[-1:]])
         return jax.lax.switch(me, [partial(apply_shared, pipe, i) for i in range(pipe.k)], row, own, peer)
-    shapes = [_lanes(pipe, i, jax.eval_shape(lambda i=i: pipe.tree(i, pipe.zeros_row()))) for i in range(pipe.k)]
     used = [j for j in range(len(shapes[0])) if any(lanes[j] is not None for lanes in shapes)]
-    like = next(lane for lanes in shapes for lane in lanes if lane is not None)
 
     def read(i, row):
         lanes = _lanes(pipe, i, pipe.tree(i, row))

@@ -14,7 +14,7 @@ import numpy as np
 
 from conftest import make_cfg, max_diff, program_setup
 from sgrad.devices.layout import build_pipeline, row_of, to_train_state
-from sgrad.devices.pipeline import make_pipeline_runner
+from sgrad.devices.pipeline import _lane_shapes, make_pipeline_runner
 
 K = int(sys.argv[1])
 assert jax.device_count() == K
@@ -59,6 +59,25 @@ for mode in ("dni", "cdni"):
     assert_copies_equal(pipe, shared)
     assert np.isfinite(float(metrics["sg/loss/1"]))
     print(mode, "shared = unshared")
+
+if K == 3:
+    # Interfaces of widths 16 and 24: M_0 and M_1 differ in shape, so no one piece of code can step every device's
+    # copies, and each device's branch steps its own (apply_shared): shared = unshared there too.
+    cfg = make_cfg("model=custom", "model._target_=residual_model.widening_modules", "sg.hidden_layers=0",
+                   "mode=dni", "sg.batch_norm=false", *sgd)
+    net, tx, fresh, xs, ys, pre = program_setup(cfg, SHAPE, B, rng)[:6]
+    plain_pipe, plain = build_pipeline(net, tx, fresh(), SHAPE, B)
+    pipe, shared = build_pipeline(net, tx, fresh(), SHAPE, B, sg_share=0.25)
+    lanes = [lane for lanes in _lane_shapes(pipe) for lane in lanes if lane is not None]
+    assert any(lane != lanes[0] for lane in lanes), "the SG models must differ in shape"
+    plain, _ = make_pipeline_runner(plain_pipe, pre, jax.devices())(plain, xs, ys, idx, np.int32(len(idx)))
+    shared, _ = make_pipeline_runner(pipe, pre, jax.devices())(shared, xs, ys, idx, np.int32(len(idx)))
+    got, want = to_train_state(pipe, shared), to_train_state(plain_pipe, plain)
+    assert max_diff(got.params["interface"], fresh().params["interface"]) > 1e-3
+    for part in ("params", "opt_state"):
+        d = max_diff(getattr(got, part), getattr(want, part))
+        assert d < 1e-5, ("widths", part, d)
+    print("dni widths 16, 24 shared = unshared")
 
 net, tx, fresh, xs, ys, pre = setup("mode=cdni")  # Adam, batch norm in M
 pipe, shared, _ = run(net, tx, fresh(), xs, ys, pre, idx, 0.5)
