@@ -21,6 +21,7 @@ from omegaconf import OmegaConf
 from bench_networks import exp_cfg, paper_cfg, setup
 from sgrad.core.step import make_train_step
 from sgrad.devices.chunk import make_chunk_runner, preprocess
+from sgrad.devices.layout import shared_width
 from sgrad.devices.parallel import make_runner
 from sgrad.devices.pipeline import swaps
 from sgrad.models.network import activation_shapes
@@ -40,11 +41,9 @@ def bench_parallel(cfg, spec: str, parallel: str, devices: int, chunk: int, chun
     if parallel == "data":  # what the step averages, read before the runner donates the state
         leaves = [leaf.shape for leaf in jax.tree.leaves((state.params, state.stats))]
         bucket = sum(math.prod(shape) for shape in leaves)
-    # sg_share / first_share: the gradient halves travel in the tick's swap (two devices), as a row of the largest
-    # SG model's parameters / module 0's and its auxiliary classifier's, and a flag (sgrad/devices/pipeline.py)
-    count = lambda tree: sum(leaf.size for leaf in jax.tree.leaves(tree))
-    half = (max(map(count, state.params["interface"])) + 1 if cfg.sg_share else
-            count((state.params["modules"][0], state.params["interface"][0])) + 1 if cfg.first_share else 0)
+    # sg_share / first_share: the gradient halves travel in the tick's swap (two devices), each with a valid flag
+    shared = bool(cfg.sg_share or cfg.first_share)
+    half = shared_width(state.params, bool(cfg.sg_share), bool(cfg.first_share)) + 1 if shared else 0
     baseline, alone = None, None
     if parallel != "none" and parts:
         alone = jax.tree.map(jnp.copy, state)  # for part_seconds: the runners donate their state
@@ -84,7 +83,6 @@ def bench_parallel(cfg, spec: str, parallel: str, devices: int, chunk: int, chun
         size = cfg.trainer.batch_size // replicas * (width + 2)
         size += half
         row["message_sec"] = collective_seconds(size, jax.devices()[:devices], permute=True)
-        shared = bool(cfg.sg_share or cfg.first_share)
         row["messages"] = (2 if (net.rule.stage.sends_back or shared) and
                            not swaps(net.rule.stage, devices // replicas, shared) else 1)
     if parts and devices > 1:

@@ -21,7 +21,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 from jax.experimental import multihost_utils
-from jax.flatten_util import ravel_pytree
 
 from sgrad.core.optim import Optimizers
 from sgrad.core.step import TrainState, UpdateRule
@@ -166,11 +165,8 @@ def build_pipeline(net: Network, tx: Optimizers, state: TrainState, input_shape:
                    for (leaves, treedef), rank in zip(flat_trees, ranks))
     out_shapes = activation_shapes(net.modules, input_shape)
     width = max(int(np.prod(s)) for s in out_shapes[:-1])
-    grad_width = max(ravel_pytree(p)[0].size for p in state.params["interface"]) if rows else 0
-    if first:
-        grad_width = ravel_pytree(trees[1]["first"])[0].size
     pipe = Pipeline(net, tx, settings, batch // replicas, out_shapes, tuple(slots), layout, width, replicas, rows,
-                    grad_width, first, dtype, per_device)
+                    shared_width(state.params, rows > 0, first > 0), first, dtype, per_device)
     stage = tuple(jnp.stack(slot) for slot in zip(*(repack(pipe.zeros_row(), t) for t in trees)))
     msg = jnp.zeros((k, batch, width + 2), jnp.float32)
     nothing = msg.at[..., -2].set(-1.0)
@@ -234,6 +230,15 @@ def first_rows(net: Network, batch: int, replicas: int, sg_share: float, per_dev
         raise ValueError(f"first_share={first_share}: needs replicas=1, sg_share=0 and modules_per_device=1 (got "
                          f"replicas={replicas}, sg_share={sg_share}, modules_per_device={per_device})")
     return _rows_of("first_share", first_share, batch)
+
+
+def shared_width(params: dict, sg_share: bool, first_share: bool) -> int:
+    """P: the flat length of the gradient half a shared tick sends each way (before its valid flag): the largest
+    SG model's parameters (sg_share), module 0's and its interface model's (first_share), else 0."""
+    count = lambda tree: sum(leaf.size for leaf in jax.tree.leaves(tree))
+    if first_share:
+        return count((params["modules"][0], params["interface"][0]))
+    return max(map(count, params["interface"])) if sg_share else 0
 
 
 def _rows_of(key: str, share: float, batch: int) -> int:
